@@ -1,0 +1,125 @@
+//! Cancel keys handed to clients, and which server each client's query is running on.
+//!
+//! The process id we give a client carries this instance's peer_id in its top bits, so a
+//! later peer-forwarding step can tell which instance issued a key. The secret is random.
+
+use crate::server::CancelKey;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+
+const SEQ_BITS: u32 = 17;
+
+/// One client's entry: its secret, and the server it holds right now (if any).
+pub struct Slot {
+    secret: i32,
+    server: Mutex<Option<Arc<CancelKey>>>,
+}
+
+impl Slot {
+    pub fn secret(&self) -> i32 {
+        self.secret
+    }
+
+    pub fn set(&self, key: Option<Arc<CancelKey>>) {
+        *self.server.lock().unwrap_or_else(|e| e.into_inner()) = key;
+    }
+}
+
+pub struct Cancels {
+    peer_id: u32,
+    next: AtomicU32,
+    slots: Mutex<HashMap<i32, Arc<Slot>>>,
+}
+
+/// Removes a client's slot when its session ends, however it ends.
+pub struct Registration<'a> {
+    cancels: &'a Cancels,
+    pub process_id: i32,
+    pub slot: Arc<Slot>,
+}
+
+impl Drop for Registration<'_> {
+    fn drop(&mut self) {
+        self.cancels
+            .slots
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.process_id);
+    }
+}
+
+impl Cancels {
+    pub fn new(peer_id: u16) -> Cancels {
+        Cancels {
+            peer_id: peer_id.into(),
+            next: AtomicU32::new(0),
+            slots: Mutex::default(),
+        }
+    }
+
+    pub fn register(&self) -> Registration<'_> {
+        let secret: i32 = rand::random();
+        let slot = Arc::new(Slot {
+            secret,
+            server: Mutex::new(None),
+        });
+        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        let process_id = loop {
+            let seq = self.next.fetch_add(1, Ordering::Relaxed) & ((1 << SEQ_BITS) - 1);
+            let pid = ((self.peer_id << SEQ_BITS) | seq) as i32;
+            // pid 0 looks unset to some drivers; a pid still in use is skipped.
+            if pid != 0 && !slots.contains_key(&pid) {
+                break pid;
+            }
+        };
+        slots.insert(process_id, slot.clone());
+        Registration {
+            cancels: self,
+            process_id,
+            slot,
+        }
+    }
+
+    /// The server to cancel for a CancelRequest, if the key is genuine and a query may be running.
+    pub fn lookup(&self, process_id: i32, secret: i32) -> Option<Arc<CancelKey>> {
+        let slot = self
+            .slots
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&process_id)
+            .cloned()?;
+        if slot.secret != secret {
+            return None;
+        }
+        let key = slot
+            .server
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        key
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_carry_peer_id_and_need_the_secret() {
+        let c = Cancels::new(5);
+        let r = c.register();
+        assert_eq!(r.process_id >> SEQ_BITS, 5);
+        let key = Arc::new(CancelKey {
+            addr: "x:1".into(),
+            process_id: 1,
+            secret_key: 2,
+        });
+        r.slot.set(Some(key.clone()));
+        assert_eq!(c.lookup(r.process_id, r.slot.secret), Some(key));
+        assert_eq!(c.lookup(r.process_id, r.slot.secret.wrapping_add(1)), None);
+        let pid = r.process_id;
+        drop(r);
+        assert!(c.slots.lock().unwrap().get(&pid).is_none());
+    }
+}

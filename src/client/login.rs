@@ -1,0 +1,377 @@
+//! Startup and authentication of a client: SSL/GSS refusal, cancel requests, protocol version
+//! negotiation, the configured auth method, and the welcome (parameters, cancel key, ready).
+
+use super::cancel::Registration;
+use super::{fatal, Context};
+use crate::auth::scram::{self, ServerExchange};
+use crate::auth::{md5, Secret};
+use crate::config::{AuthType, Config};
+use crate::pool::Pool;
+use crate::protocol::backend::{self, TxStatus};
+use crate::protocol::sqlstate;
+use crate::protocol::startup::{self, Startup, StartupPacket};
+use crate::protocol::{frontend, ProtocolError};
+use bytes::{Buf, BytesMut};
+use std::sync::Arc;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Session parameters PostgreSQL reports and a client may set: the pooler keeps each client's
+/// values and re-applies them on whichever server the client gets.
+pub const TRACKED: [&str; 6] = [
+    "application_name",
+    "client_encoding",
+    "datestyle",
+    "intervalstyle",
+    "standard_conforming_strings",
+    "timezone",
+];
+
+pub struct LoggedIn {
+    pub user: String,
+    pub database: String,
+    pub pool: Arc<Pool>,
+    /// The session parameters this client wants, lowercase names: the pool's server defaults
+    /// for the tracked ones, overridden by the startup packet and its `options`.
+    pub params: Vec<(String, String)>,
+    /// Bytes the client sent after its startup packet, already read.
+    pub buf: BytesMut,
+}
+
+async fn read_more(stream: &mut TcpStream, buf: &mut BytesMut) -> bool {
+    buf.reserve(512);
+    matches!(stream.read_buf(buf).await, Ok(n) if n > 0)
+}
+
+async fn protocol_violation(stream: &mut TcpStream, e: ProtocolError) {
+    fatal(stream, sqlstate::PROTOCOL_VIOLATION, &e.to_string()).await;
+}
+
+/// Runs the login; `None` when the connection ended (cancel request, error already sent, EOF).
+pub async fn login(
+    ctx: &Context,
+    config: &Config,
+    stream: &mut TcpStream,
+    reg: &Registration<'_>,
+) -> Option<LoggedIn> {
+    let mut buf = BytesMut::new();
+    let startup = loop {
+        match startup::decode(&mut buf) {
+            Ok(None) => {
+                if !read_more(stream, &mut buf).await {
+                    return None;
+                }
+            }
+            Ok(Some(StartupPacket::Ssl | StartupPacket::GssEnc)) => {
+                // No TLS or GSS encryption yet: 'N' tells the client to go on in plain text.
+                // A client that pipelined bytes after the request is broken or malicious.
+                if !buf.is_empty() || stream.write_all(b"N").await.is_err() {
+                    return None;
+                }
+            }
+            Ok(Some(StartupPacket::Cancel {
+                process_id,
+                secret_key,
+            })) => {
+                if let Some(key) = ctx.cancels.lookup(process_id, secret_key) {
+                    tracing::info!(pid = process_id, "forwarding cancel request");
+                    if let Err(e) = crate::server::cancel(&key).await {
+                        tracing::warn!(error = %e, "cancel request to server failed");
+                    }
+                }
+                return None;
+            }
+            Ok(Some(StartupPacket::Startup(s))) => break s,
+            Err(e) => {
+                protocol_violation(stream, e).await;
+                return None;
+            }
+        }
+    };
+    let Some(user) = startup
+        .get("user")
+        .filter(|u| !u.is_empty())
+        .map(str::to_owned)
+    else {
+        fatal(
+            stream,
+            sqlstate::INVALID_AUTHORIZATION,
+            "no PostgreSQL user name specified in startup packet",
+        )
+        .await;
+        return None;
+    };
+    let database = startup
+        .get("database")
+        .filter(|d| !d.is_empty())
+        .unwrap_or(&user)
+        .to_owned();
+    let wanted = match client_params(&startup) {
+        Ok(p) => p,
+        Err(msg) => {
+            fatal(stream, sqlstate::PROTOCOL_VIOLATION, &msg).await;
+            return None;
+        }
+    };
+    let mut out = BytesMut::new();
+    let unsupported: Vec<&str> = startup
+        .params
+        .iter()
+        .map(|(k, _)| k.as_str())
+        .filter(|k| k.starts_with("_pq_."))
+        .collect();
+    if startup.minor > 0 || !unsupported.is_empty() {
+        backend::negotiate_protocol_version(&mut out, 0, &unsupported);
+    }
+    if !config.databases.contains_key(&database) {
+        let _ = stream.write_all(&out).await;
+        fatal(
+            stream,
+            sqlstate::INVALID_CATALOG_NAME,
+            &format!("no such database: {database}"),
+        )
+        .await;
+        return None;
+    }
+    if !authenticate(ctx, config, stream, &mut buf, &mut out, &user).await {
+        return None;
+    }
+    backend::authentication_ok(&mut out);
+    let pool = ctx.pools.get(config, &database, &user)?;
+    let server_params = match pool.server_params() {
+        Some(p) => p,
+        None => match pool.checkout().await {
+            Ok(c) => {
+                pool.release(c.conn, true);
+                pool.server_params()?
+            }
+            Err(e) => {
+                let _ = stream.write_all(&out).await;
+                fatal(stream, sqlstate::CONNECTION_FAILURE, &e.to_string()).await;
+                return None;
+            }
+        },
+    };
+    // What the client sees: the server's parameters, with its own wishes applied on top.
+    let mut params: Vec<(String, String)> = Vec::new();
+    for (name, value) in server_params.iter() {
+        let lower = name.to_ascii_lowercase();
+        let value = wanted
+            .iter()
+            .find(|(k, _)| *k == lower)
+            .map_or(value.as_str(), |(_, v)| v.as_str());
+        backend::parameter_status(&mut out, name.as_bytes(), value.as_bytes());
+        if TRACKED.contains(&lower.as_str()) {
+            params.push((lower, value.to_owned()));
+        }
+    }
+    for (k, v) in wanted {
+        if !params.iter().any(|(p, _)| *p == k) {
+            params.push((k, v));
+        }
+    }
+    backend::backend_key_data(&mut out, reg.process_id, reg.slot.secret());
+    backend::ready_for_query(&mut out, TxStatus::Idle);
+    stream.write_all(&out).await.ok()?;
+    Some(LoggedIn {
+        user,
+        database,
+        pool,
+        params,
+        buf,
+    })
+}
+
+/// The startup parameters that become session settings, with `options` expanded.
+fn client_params(startup: &Startup) -> Result<Vec<(String, String)>, String> {
+    let mut out: Vec<(String, String)> = Vec::new();
+    let mut push = |k: &str, v: &str| {
+        let k = k.to_ascii_lowercase();
+        if !k
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.')
+        {
+            return Err(format!("invalid startup parameter name \"{k}\""));
+        }
+        out.retain(|(o, _)| *o != k);
+        out.push((k, v.to_owned()));
+        Ok(())
+    };
+    for (k, v) in &startup.params {
+        match k.as_str() {
+            "user" | "database" => {}
+            "replication" if !matches!(v.as_str(), "false" | "off" | "no" | "0") => {
+                return Err("replication connections are not supported".into());
+            }
+            "replication" => {}
+            "options" => {
+                for (k, v) in startup::parse_options(v)? {
+                    push(&k, &v)?;
+                }
+            }
+            k if k.starts_with("_pq_.") => {}
+            k => push(k, v)?,
+        }
+    }
+    Ok(out)
+}
+
+/// Reads one PasswordMessage-type frame ('p') during authentication.
+async fn read_password_frame(stream: &mut TcpStream, buf: &mut BytesMut) -> Option<BytesMut> {
+    loop {
+        match frontend::header(buf, startup::MAX_STARTUP_PACKET) {
+            Ok(Some(h)) if h.tag != b'p' => {
+                fatal(
+                    stream,
+                    sqlstate::PROTOCOL_VIOLATION,
+                    "expected password response",
+                )
+                .await;
+                return None;
+            }
+            Ok(Some(h)) if buf.len() >= h.len => {
+                let mut frame = buf.split_to(h.len);
+                frame.advance(5);
+                return Some(frame);
+            }
+            Ok(_) => {
+                if !read_more(stream, buf).await {
+                    return None;
+                }
+            }
+            Err(e) => {
+                protocol_violation(stream, e).await;
+                return None;
+            }
+        }
+    }
+}
+
+/// Runs the configured method; on failure the client has been told and closed.
+async fn authenticate(
+    ctx: &Context,
+    config: &Config,
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+    out: &mut BytesMut,
+    user: &str,
+) -> bool {
+    let secret = config
+        .users
+        .get(user)
+        .and_then(|u| u.password.as_deref())
+        .and_then(|p| Secret::parse(p).ok());
+    let known = config.users.contains_key(user);
+    let ok = match (config.general.auth_type, &secret) {
+        (AuthType::Trust, _) => {
+            if !known {
+                let _ = stream.write_all(out).await;
+                fatal(
+                    stream,
+                    sqlstate::INVALID_AUTHORIZATION,
+                    &format!("no such user: {user}"),
+                )
+                .await;
+                return false;
+            }
+            true
+        }
+        (AuthType::Md5, Some(Secret::Scram(_))) | (AuthType::ScramSha256, _) => {
+            let verifier = match &secret {
+                Some(Secret::Scram(v)) => v.clone(),
+                Some(Secret::Plain(p)) => ctx.verifier_for(user, p),
+                _ => scram::mock_verifier(user, &ctx.mock_secret),
+            };
+            let known = known && matches!(secret, Some(Secret::Scram(_) | Secret::Plain(_)));
+            match scram_exchange(stream, buf, out, verifier).await {
+                Some(proof_ok) => proof_ok && known,
+                None => return false,
+            }
+        }
+        (AuthType::Md5, _) => {
+            let salt: [u8; 4] = rand::random();
+            backend::authentication_md5(out, salt);
+            if stream.write_all(out).await.is_err() {
+                return false;
+            }
+            out.clear();
+            let Some(frame) = read_password_frame(stream, buf).await else {
+                return false;
+            };
+            let answer = match frontend::password(&frame) {
+                Ok(a) => a,
+                Err(e) => {
+                    protocol_violation(stream, e).await;
+                    return false;
+                }
+            };
+            match &secret {
+                Some(Secret::Plain(p)) => md5::verify(&md5::stored_hash(user, p), salt, answer),
+                Some(Secret::Md5(h)) => md5::verify(h, salt, answer),
+                _ => false,
+            }
+        }
+    };
+    if !ok {
+        tracing::info!(user, "password authentication failed");
+        fatal(
+            stream,
+            sqlstate::INVALID_PASSWORD,
+            &format!("password authentication failed for user \"{user}\""),
+        )
+        .await;
+    }
+    ok
+}
+
+/// Some(true) when the proof checked out, Some(false) when it did not, None when the client
+/// broke the exchange (and has been told).
+async fn scram_exchange(
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+    out: &mut BytesMut,
+    verifier: scram::Verifier,
+) -> Option<bool> {
+    backend::authentication_sasl(out, scram::MECHANISM);
+    stream.write_all(out).await.ok()?;
+    out.clear();
+    let frame = read_password_frame(stream, buf).await?;
+    let (mechanism, first) = match frontend::sasl_initial_response(&frame) {
+        Ok(r) => r,
+        Err(e) => {
+            protocol_violation(stream, e).await;
+            return None;
+        }
+    };
+    if mechanism != scram::MECHANISM.as_bytes() {
+        fatal(
+            stream,
+            sqlstate::PROTOCOL_VIOLATION,
+            "client selected an invalid SASL authentication mechanism",
+        )
+        .await;
+        return None;
+    }
+    let (exchange, server_first) = match ServerExchange::start(verifier, first, &scram::nonce()) {
+        Ok(r) => r,
+        Err(e) => {
+            fatal(stream, sqlstate::PROTOCOL_VIOLATION, &e.to_string()).await;
+            return None;
+        }
+    };
+    backend::authentication_sasl_continue(out, server_first.as_bytes());
+    stream.write_all(out).await.ok()?;
+    out.clear();
+    let frame = read_password_frame(stream, buf).await?;
+    match exchange.finish(&frame) {
+        Ok(server_final) => {
+            backend::authentication_sasl_final(out, server_final.as_bytes());
+            Some(true)
+        }
+        Err(scram::ScramError::Proof) => Some(false),
+        Err(e) => {
+            fatal(stream, sqlstate::PROTOCOL_VIOLATION, &e.to_string()).await;
+            None
+        }
+    }
+}

@@ -1,0 +1,126 @@
+//! One task per client connection: startup and authentication (`login`), then the session
+//! loop (`session`) that borrows a server from the pool per transaction or per session.
+
+pub mod cancel;
+mod login;
+mod session;
+
+use crate::auth::scram::Verifier;
+use crate::config::Config;
+use crate::pool::Pools;
+use crate::protocol::backend;
+use arc_swap::ArcSwap;
+use bytes::BytesMut;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+/// What every client task shares.
+pub struct Context {
+    pub config: ArcSwap<Config>,
+    pub pools: Arc<Pools>,
+    pub cancels: cancel::Cancels,
+    clients: AtomicUsize,
+    /// Seeds the mock SCRAM salt of unknown users; fixed for the life of the process.
+    mock_secret: [u8; 32],
+    /// SCRAM verifiers derived from plain-text passwords, keyed by (user, password) so that a
+    /// changed password never meets a stale verifier.
+    verifiers: Mutex<HashMap<(String, String), Verifier>>,
+}
+
+impl Context {
+    pub fn new(config: Config) -> Arc<Context> {
+        Arc::new(Context {
+            cancels: cancel::Cancels::new(config.general.peer_id),
+            config: ArcSwap::from_pointee(config),
+            pools: Arc::new(Pools::default()),
+            clients: AtomicUsize::new(0),
+            mock_secret: rand::random(),
+            verifiers: Mutex::default(),
+        })
+    }
+
+    pub fn client_count(&self) -> usize {
+        self.clients.load(Ordering::Relaxed)
+    }
+
+    fn verifier_for(&self, user: &str, password: &str) -> Verifier {
+        let key = (user.to_owned(), password.to_owned());
+        if let Some(v) = self
+            .verifiers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key)
+        {
+            return v.clone();
+        }
+        // Derived outside the lock: 4096 HMAC rounds should not stall other logins.
+        let v = Verifier::generate(password);
+        self.verifiers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(key)
+            .or_insert(v)
+            .clone()
+    }
+}
+
+/// Counts a client for max_client_conn for as long as it lives.
+struct ClientSlot<'a>(&'a AtomicUsize);
+
+impl Drop for ClientSlot<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Sends a FATAL error and closes; used wherever a client must be turned away.
+async fn fatal(stream: &mut TcpStream, code: &str, message: &str) {
+    let mut buf = BytesMut::new();
+    backend::error_response(&mut buf, "FATAL", code, message);
+    let _ = stream.write_all(&buf).await;
+    let _ = stream.shutdown().await;
+}
+
+/// Serves one client from accept to close.
+pub async fn handle(ctx: Arc<Context>, mut stream: TcpStream, peer: SocketAddr) {
+    let _ = stream.set_nodelay(true);
+    let config = ctx.config.load_full();
+    let _slot = ClientSlot(&ctx.clients);
+    if ctx.clients.fetch_add(1, Ordering::Relaxed) >= config.general.max_client_conn {
+        tracing::warn!(%peer, "client refused: max_client_conn reached");
+        fatal(
+            &mut stream,
+            crate::protocol::sqlstate::TOO_MANY_CONNECTIONS,
+            "no more connections allowed (max_client_conn)",
+        )
+        .await;
+        return;
+    }
+    let registration = ctx.cancels.register();
+    let login = tokio::time::timeout(
+        config.general.client_login_timeout.0,
+        login::login(&ctx, &config, &mut stream, &registration),
+    )
+    .await;
+    let login = match login {
+        Ok(Some(login)) => login,
+        Ok(None) => return,
+        Err(_) => {
+            tracing::info!(%peer, "client login timed out");
+            fatal(
+                &mut stream,
+                crate::protocol::sqlstate::PROTOCOL_VIOLATION,
+                "client_login_timeout",
+            )
+            .await;
+            return;
+        }
+    };
+    tracing::info!(%peer, user = %login.user, db = %login.database, pid = registration.process_id, "client login");
+    let reason = session::run(&config, login, &mut stream, &registration).await;
+    tracing::info!(%peer, pid = registration.process_id, reason, "client logout");
+}

@@ -1,0 +1,520 @@
+//! The session loop: a client between logins and logout.
+//!
+//! `State::Idle` holds no server. The first message that needs one checks a server out of the
+//! pool, re-applies this client's session parameters if that server differs, and moves to
+//! `State::Linked`, where bytes flow both ways until the server owes nothing and reports an
+//! idle transaction status (transaction mode) or until the client leaves (session mode).
+//! A client that leaves while linked never passes its state on: its query is cancelled, its
+//! transaction rolled back, and the server is reused only if it then reports idle.
+
+use super::cancel::Registration;
+use super::login::{LoggedIn, TRACKED};
+use crate::config::{Config, General, PoolMode};
+use crate::pool::{Pool, PoolError};
+use crate::protocol::backend::{self, Event, Scanner, TxStatus};
+use crate::protocol::{frontend, sqlstate, ProtocolError};
+use crate::server::tracker::Tracker;
+use crate::server::ServerConn;
+use bytes::{Buf, BytesMut};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Stop reading from one side while this much is waiting to be written to the other.
+const HIGH_WATER: usize = 256 * 1024;
+/// Read granularity: big enough that a typical transaction is one read.
+const READ_CHUNK: usize = 16 * 1024;
+/// How long cleaning up after a departed client may take before the server is closed instead.
+const CLEANUP_DEADLINE: Duration = Duration::from_secs(10);
+
+/// A server checked out by this client, and what it still owes.
+struct Link {
+    conn: ServerConn,
+    scanner: Scanner,
+    tracker: Tracker,
+    to_server: BytesMut,
+}
+
+enum State {
+    Idle,
+    Linked(Box<Link>),
+}
+
+/// How a linked stretch ended.
+enum Unlink {
+    /// Transaction mode: the server owes nothing and is idle.
+    Release,
+    /// The client sent Terminate and everything before it has been answered.
+    Terminate,
+    ClientGone,
+    ServerGone,
+    Violation(ProtocolError),
+    IdleTransactionTimeout,
+}
+
+struct Session<'a> {
+    general: &'a General,
+    pool: Arc<Pool>,
+    mode: PoolMode,
+    client: &'a mut TcpStream,
+    cbuf: BytesMut,
+    to_client: BytesMut,
+    params: Vec<(String, String)>,
+    reg: &'a Registration<'a>,
+}
+
+pub async fn run(
+    config: &Config,
+    login: LoggedIn,
+    client: &mut TcpStream,
+    reg: &Registration<'_>,
+) -> &'static str {
+    let mode = login.pool.settings.pool_mode;
+    let mut s = Session {
+        general: &config.general,
+        pool: login.pool,
+        mode,
+        client,
+        cbuf: login.buf,
+        to_client: BytesMut::new(),
+        params: login.params,
+        reg,
+    };
+    s.serve().await
+}
+
+fn write_error(buf: &mut BytesMut, severity: &str, code: &str, message: &str) {
+    backend::error_response(buf, severity, code, message);
+}
+
+impl Session<'_> {
+    async fn serve(&mut self) -> &'static str {
+        let mut state = State::Idle;
+        loop {
+            state = match state {
+                State::Idle => match self.idle_step().await {
+                    Ok(Some(link)) => State::Linked(link),
+                    Ok(None) => State::Idle,
+                    Err(reason) => return reason,
+                },
+                State::Linked(mut link) => {
+                    let how = self.pump(&mut link).await;
+                    self.reg.slot.set(None);
+                    match how {
+                        Unlink::Release => {
+                            self.pool.release(link.conn, true);
+                            State::Idle
+                        }
+                        Unlink::ServerGone => {
+                            self.pool.release(link.conn, false);
+                            self.fatal(sqlstate::CONNECTION_FAILURE, "server conn crashed?")
+                                .await;
+                            return "server connection lost";
+                        }
+                        how => {
+                            let reason = match &how {
+                                Unlink::Terminate => "client terminated",
+                                Unlink::ClientGone => "client disconnected",
+                                Unlink::Violation(_) => "protocol violation",
+                                _ => "idle_transaction_timeout",
+                            };
+                            match how {
+                                Unlink::Violation(e) => {
+                                    self.fatal(sqlstate::PROTOCOL_VIOLATION, &e.to_string())
+                                        .await
+                                }
+                                Unlink::IdleTransactionTimeout => {
+                                    self.fatal(
+                                        sqlstate::PROTOCOL_VIOLATION,
+                                        "idle transaction timeout",
+                                    )
+                                    .await
+                                }
+                                _ => {}
+                            }
+                            self.finish(link).await;
+                            return reason;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    async fn fatal(&mut self, code: &str, message: &str) {
+        write_error(&mut self.to_client, "FATAL", code, message);
+        let _ = self.client.write_all(&self.to_client).await;
+        self.to_client.clear();
+        let _ = self.client.shutdown().await;
+    }
+
+    /// Without a server: wait for the client's next message and link when it needs a server.
+    async fn idle_step(&mut self) -> Result<Option<Box<Link>>, &'static str> {
+        if !self.to_client.is_empty() {
+            self.client
+                .write_all(&self.to_client)
+                .await
+                .map_err(|_| "client disconnected")?;
+            self.to_client.clear();
+        }
+        let header = match frontend::header(&self.cbuf, self.general.max_packet_size) {
+            Ok(h) => h,
+            Err(e) => {
+                self.fatal(sqlstate::PROTOCOL_VIOLATION, &e.to_string())
+                    .await;
+                return Err("protocol violation");
+            }
+        };
+        let Some(h) = header.filter(|h| self.cbuf.len() >= h.len) else {
+            self.read_idle().await?;
+            return Ok(None);
+        };
+        if let Err(e) = frontend::parse(h.tag, &self.cbuf[5..h.len]) {
+            self.fatal(sqlstate::PROTOCOL_VIOLATION, &e.to_string())
+                .await;
+            return Err("protocol violation");
+        }
+        match h.tag {
+            b'X' => return Err("client terminated"),
+            // Nothing is open: answer a lone Sync ourselves and ignore Flush.
+            b'S' | b'H' => {
+                self.cbuf.advance(h.len);
+                if h.tag == b'S' {
+                    backend::ready_for_query(&mut self.to_client, TxStatus::Idle);
+                }
+                return Ok(None);
+            }
+            _ => {}
+        }
+        let checkout = match self.pool.checkout().await {
+            Ok(c) => c,
+            Err(e) => {
+                let code = match e {
+                    PoolError::Connect(_) => sqlstate::CONNECTION_FAILURE,
+                    _ => sqlstate::PROTOCOL_VIOLATION,
+                };
+                self.fatal(code, &e.to_string()).await;
+                return Err(match e {
+                    PoolError::WaitTimeout => "query_wait_timeout",
+                    _ => "server unavailable",
+                });
+            }
+        };
+        let mut link = Box::new(Link {
+            conn: checkout.conn,
+            scanner: Scanner::default(),
+            tracker: Tracker::default(),
+            to_server: BytesMut::new(),
+        });
+        self.reg.slot.set(Some(link.conn.cancel_key.clone()));
+        if let Err(message) = self.apply_params(&mut link).await {
+            self.reg.slot.set(None);
+            let reusable = link.tracker.idle();
+            self.pool.release(link.conn, reusable);
+            self.fatal(sqlstate::PROTOCOL_VIOLATION, &message).await;
+            return Err("invalid session parameter");
+        }
+        Ok(Some(link))
+    }
+
+    /// Waits for client bytes with no server held. An idle client keeps no read buffer.
+    async fn read_idle(&mut self) -> Result<(), &'static str> {
+        if self.cbuf.is_empty() && self.cbuf.capacity() > 0 {
+            self.cbuf = BytesMut::new();
+            self.to_client = BytesMut::new();
+        }
+        let wait = self.client.readable();
+        match self.general.client_idle_timeout.enabled() {
+            Some(t) => {
+                if tokio::time::timeout(t, wait).await.is_err() {
+                    self.fatal(sqlstate::PROTOCOL_VIOLATION, "client_idle_timeout")
+                        .await;
+                    return Err("client_idle_timeout");
+                }
+            }
+            None => {
+                let _ = wait.await;
+            }
+        }
+        self.cbuf.reserve(READ_CHUNK);
+        match self.client.read_buf(&mut self.cbuf).await {
+            Ok(n) if n > 0 => Ok(()),
+            _ => Err("client disconnected"),
+        }
+    }
+
+    /// Brings the server's session parameters in line with this client's before its work runs.
+    async fn apply_params(&mut self, link: &mut Link) -> Result<(), String> {
+        let mut sql = String::new();
+        for (name, value) in &self.params {
+            if link.conn.params.get(name) != Some(value) {
+                sql.push_str(&format!("SET {name} = {};", quote_literal(value)));
+            }
+        }
+        if sql.is_empty() {
+            return Ok(());
+        }
+        backend::query(&mut link.to_server, &sql);
+        link.tracker.sent(b'Q');
+        let mut failure = None;
+        let deadline = Instant::now() + self.general.server_connect_timeout.0;
+        let done = drain(link, deadline, &mut self.params, &mut failure).await;
+        if let Some(message) = failure {
+            return Err(message);
+        }
+        if !done || !link.tracker.idle() {
+            return Err("could not apply session parameters".into());
+        }
+        // Settings the server does not report: remember what we set.
+        for (name, value) in &self.params {
+            if !link.conn.params.contains_key(name) {
+                link.conn.params.insert(name.clone(), value.clone());
+            }
+        }
+        Ok(())
+    }
+
+    /// Moves every complete client frame into the server's output. Stops after Terminate.
+    fn take_client_frames(&mut self, link: &mut Link) -> Result<bool, ProtocolError> {
+        loop {
+            let Some(h) = frontend::header(&self.cbuf, self.general.max_packet_size)? else {
+                return Ok(false);
+            };
+            if self.cbuf.len() < h.len {
+                return Ok(false);
+            }
+            frontend::parse(h.tag, &self.cbuf[5..h.len])?;
+            if h.tag == b'X' {
+                self.cbuf.advance(h.len);
+                return Ok(true);
+            }
+            link.tracker.sent(h.tag);
+            link.to_server.extend_from_slice(&self.cbuf[..h.len]);
+            self.cbuf.advance(h.len);
+        }
+    }
+
+    /// Forwards both ways until the link must end.
+    async fn pump(&mut self, link: &mut Link) -> Unlink {
+        let mut terminating = false;
+        let idle_tx = self.general.idle_transaction_timeout.enabled();
+        loop {
+            if !terminating {
+                match self.take_client_frames(link) {
+                    Ok(t) => terminating = t,
+                    Err(e) => return Unlink::Violation(e),
+                }
+            }
+            let settled = link.to_server.is_empty() && link.conn.buf.is_empty();
+            if settled && terminating && !link.tracker.busy() {
+                let _ = self.client.write_all(&self.to_client).await;
+                self.to_client.clear();
+                return Unlink::Terminate;
+            }
+            if settled && self.mode == PoolMode::Transaction && link.tracker.idle() {
+                return Unlink::Release;
+            }
+            let waiting_in_tx = idle_tx.filter(|_| {
+                link.tracker.status != TxStatus::Idle
+                    && !link.tracker.busy()
+                    && link.to_server.is_empty()
+            });
+            let Link {
+                conn,
+                scanner,
+                tracker,
+                to_server,
+            } = link;
+            let (mut srv_r, mut srv_w) = conn.stream.split();
+            let (mut cli_r, mut cli_w) = self.client.split();
+            if self.cbuf.capacity() - self.cbuf.len() < 1024 {
+                self.cbuf.reserve(READ_CHUNK);
+            }
+            if conn.buf.capacity() - conn.buf.len() < 1024 {
+                conn.buf.reserve(READ_CHUNK);
+            }
+            tokio::select! {
+                biased;
+                r = srv_w.write(to_server), if !to_server.is_empty() => match r {
+                    Ok(n) if n > 0 => to_server.advance(n),
+                    _ => return Unlink::ServerGone,
+                },
+                r = cli_w.write(&self.to_client), if !self.to_client.is_empty() => match r {
+                    Ok(n) if n > 0 => self.to_client.advance(n),
+                    _ => return Unlink::ClientGone,
+                },
+                r = srv_r.read_buf(&mut conn.buf), if self.to_client.len() < HIGH_WATER => match r {
+                    Ok(n) if n > 0 => {
+                        let params = &mut self.params;
+                        let server_params = &mut conn.params;
+                        let scanned = scanner.scan(&conn.buf, |ev| {
+                            on_server_event(ev, tracker, server_params, params, &mut None)
+                        });
+                        match scanned {
+                            Ok(n) => {
+                                self.to_client.extend_from_slice(&conn.buf[..n]);
+                                conn.buf.advance(n);
+                            }
+                            Err(_) => return Unlink::ServerGone,
+                        }
+                    }
+                    _ => return Unlink::ServerGone,
+                },
+                r = cli_r.read_buf(&mut self.cbuf), if !terminating && to_server.len() < HIGH_WATER => match r {
+                    Ok(n) if n > 0 => {}
+                    _ => return Unlink::ClientGone,
+                },
+                _ = sleep_or_never(waiting_in_tx) => return Unlink::IdleTransactionTimeout,
+            }
+        }
+    }
+
+    /// After the client has gone: make the server safe for someone else, or close it.
+    async fn finish(&mut self, mut link: Box<Link>) {
+        let reset = match self.mode {
+            PoolMode::Session => {
+                Some(self.general.server_reset_query.as_str()).filter(|q| !q.is_empty())
+            }
+            PoolMode::Transaction => None,
+        };
+        let reusable = cleanup(&mut link, reset, &mut self.params).await;
+        self.pool.release(link.conn, reusable);
+    }
+}
+
+async fn sleep_or_never(d: Option<Duration>) {
+    match d {
+        Some(d) => tokio::time::sleep(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn on_server_event(
+    ev: Event<'_>,
+    tracker: &mut Tracker,
+    server_params: &mut std::collections::HashMap<String, String>,
+    client_params: &mut Vec<(String, String)>,
+    failure: &mut Option<String>,
+) {
+    match ev {
+        Event::ReadyForQuery(status) => tracker.ready_for_query(status),
+        Event::CopyIn => tracker.copy_in(),
+        Event::ParameterStatus { name, value } => {
+            let name = String::from_utf8_lossy(name).to_ascii_lowercase();
+            let value = String::from_utf8_lossy(value).into_owned();
+            if TRACKED.contains(&name.as_str()) {
+                match client_params.iter_mut().find(|(k, _)| *k == name) {
+                    Some((_, v)) => v.clone_from(&value),
+                    None => client_params.push((name.clone(), value.clone())),
+                }
+            }
+            server_params.insert(name, value);
+        }
+        Event::Error { message, .. } => {
+            if failure.is_none() {
+                *failure = Some(String::from_utf8_lossy(message).into_owned());
+            }
+        }
+    }
+}
+
+/// Reads and discards server replies until nothing is owed. False if the deadline passed or
+/// the server broke; then the connection must not be reused.
+async fn drain(
+    link: &mut Link,
+    deadline: Instant,
+    client_params: &mut Vec<(String, String)>,
+    failure: &mut Option<String>,
+) -> bool {
+    let work = async {
+        if !link.to_server.is_empty() {
+            link.conn.stream.write_all(&link.to_server).await.ok()?;
+            link.to_server.clear();
+        }
+        while link.tracker.busy() {
+            link.conn.buf.reserve(READ_CHUNK);
+            if link.conn.stream.read_buf(&mut link.conn.buf).await.ok()? == 0 {
+                return None;
+            }
+            let Link {
+                conn,
+                scanner,
+                tracker,
+                ..
+            } = &mut *link;
+            let n = scanner
+                .scan(&conn.buf, |ev| {
+                    on_server_event(ev, tracker, &mut conn.params, client_params, failure)
+                })
+                .ok()?;
+            conn.buf.advance(n);
+        }
+        Some(())
+    };
+    matches!(
+        tokio::time::timeout_at(deadline.into(), work).await,
+        Ok(Some(()))
+    ) && link.conn.buf.is_empty()
+}
+
+/// Cancels what runs, ends a COPY or open batch, rolls back, runs the reset query. True when
+/// the server ends up idle and may be pooled again.
+async fn cleanup(
+    link: &mut Link,
+    reset: Option<&str>,
+    client_params: &mut Vec<(String, String)>,
+) -> bool {
+    let deadline = Instant::now() + CLEANUP_DEADLINE;
+    let mut ignored = None;
+    if link.tracker.busy() {
+        let key = link.conn.cancel_key.clone();
+        if tokio::time::timeout_at(deadline.into(), crate::server::cancel(&key))
+            .await
+            .is_err()
+        {
+            return false;
+        }
+    }
+    if link.tracker.in_copy_in() {
+        backend::copy_fail(&mut link.to_server, "client disconnected");
+        link.tracker.sent(b'f');
+    }
+    if link.tracker.unsynced() {
+        backend::sync(&mut link.to_server);
+        link.tracker.sent(b'S');
+    }
+    if !drain(link, deadline, client_params, &mut ignored).await {
+        return false;
+    }
+    if link.tracker.status != TxStatus::Idle {
+        backend::query(&mut link.to_server, "ROLLBACK");
+        link.tracker.sent(b'Q');
+        if !drain(link, deadline, client_params, &mut ignored).await {
+            return false;
+        }
+    }
+    if let Some(sql) = reset {
+        backend::query(&mut link.to_server, sql);
+        link.tracker.sent(b'Q');
+        if !drain(link, deadline, client_params, &mut ignored).await {
+            return false;
+        }
+    }
+    link.tracker.idle()
+}
+
+/// A string literal safe under any standard_conforming_strings setting.
+fn quote_literal(value: &str) -> String {
+    let mut out = String::with_capacity(value.len() + 3);
+    out.push_str("E'");
+    for c in value.chars() {
+        match c {
+            '\'' => out.push_str("''"),
+            '\\' => out.push_str("\\\\"),
+            c => out.push(c),
+        }
+    }
+    out.push('\'');
+    out
+}

@@ -1,0 +1,385 @@
+//! The one TOML file: schema, defaults and validation.
+//!
+//! Each default lives here once; `config/pgsluice.toml` documents the same values and a test
+//! holds the two together. Loading either yields a fully validated [`Config`] or an error that
+//! names the file and the key, so a bad reload can be refused before anything changes.
+
+mod duration;
+
+pub use duration::Seconds;
+
+use crate::auth::Secret;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::Path;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PoolMode {
+    Session,
+    Transaction,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AuthType {
+    #[serde(rename = "trust")]
+    Trust,
+    /// md5, or SCRAM where the stored secret is a SCRAM verifier (as PgBouncer does).
+    #[serde(rename = "md5")]
+    Md5,
+    #[serde(rename = "scram-sha-256")]
+    ScramSha256,
+}
+
+/// Process-wide settings: the top level of the file, with PgBouncer's names and meanings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct General {
+    pub listen_addr: String,
+    pub listen_port: u16,
+    pub pool_mode: PoolMode,
+    pub auth_type: AuthType,
+    pub max_client_conn: usize,
+    pub default_pool_size: usize,
+    pub min_pool_size: usize,
+    pub reserve_pool_size: usize,
+    pub reserve_pool_timeout: Seconds,
+    pub query_wait_timeout: Seconds,
+    pub server_connect_timeout: Seconds,
+    pub server_login_retry: Seconds,
+    pub server_idle_timeout: Seconds,
+    pub server_lifetime: Seconds,
+    pub server_reset_query: String,
+    pub client_login_timeout: Seconds,
+    pub client_idle_timeout: Seconds,
+    pub idle_transaction_timeout: Seconds,
+    pub max_packet_size: usize,
+    pub peer_id: u16,
+}
+
+impl Default for General {
+    fn default() -> Self {
+        General {
+            listen_addr: "127.0.0.1".into(),
+            listen_port: 6432,
+            pool_mode: PoolMode::Transaction,
+            auth_type: AuthType::Md5,
+            max_client_conn: 100,
+            default_pool_size: 20,
+            min_pool_size: 0,
+            reserve_pool_size: 0,
+            reserve_pool_timeout: Seconds::secs(5),
+            query_wait_timeout: Seconds::secs(120),
+            server_connect_timeout: Seconds::secs(15),
+            server_login_retry: Seconds::secs(15),
+            server_idle_timeout: Seconds::secs(600),
+            server_lifetime: Seconds::secs(3600),
+            server_reset_query: "DISCARD ALL".into(),
+            client_login_timeout: Seconds::secs(60),
+            client_idle_timeout: Seconds::secs(0),
+            idle_transaction_timeout: Seconds::secs(0),
+            max_packet_size: 1_073_741_823,
+            peer_id: 0,
+        }
+    }
+}
+
+/// `[databases.NAME]`: where the primary is and how to log in to it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Database {
+    #[serde(default = "default_host")]
+    pub host: String,
+    #[serde(default = "default_port")]
+    pub port: u16,
+    /// Name of the database on the server; defaults to the section name.
+    pub dbname: Option<String>,
+    /// Server login used for every client of this database instead of the client's own.
+    pub user: Option<String>,
+    pub password: Option<String>,
+    pub pool_size: Option<usize>,
+    pub min_pool_size: Option<usize>,
+    pub pool_mode: Option<PoolMode>,
+}
+
+fn default_host() -> String {
+    "127.0.0.1".into()
+}
+
+fn default_port() -> u16 {
+    5432
+}
+
+/// `[users.NAME]`: a client login.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct User {
+    /// Plain text, an `md5…` hash or a `SCRAM-SHA-256$…` verifier.
+    pub password: Option<String>,
+    pub pool_size: Option<usize>,
+    pub pool_mode: Option<PoolMode>,
+}
+
+/// A loaded and validated configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub general: General,
+    pub databases: BTreeMap<String, Database>,
+    pub users: BTreeMap<String, User>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{file}: {source}")]
+    Read {
+        file: String,
+        source: std::io::Error,
+    },
+    #[error("{file}: {message}")]
+    Syntax { file: String, message: String },
+    #[error("{file}: key `{key}`: {message}")]
+    Key {
+        file: String,
+        key: String,
+        message: String,
+    },
+}
+
+/// The effective settings of one (database, user) pool, resolved once when the pool is made.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PoolSettings {
+    pub pool_mode: PoolMode,
+    pub pool_size: usize,
+    pub min_pool_size: usize,
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            file: file.clone(),
+            source,
+        })?;
+        Config::parse(&text, &file)
+    }
+
+    pub fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
+        let mut table: toml::Table =
+            text.parse()
+                .map_err(|e: toml::de::Error| ConfigError::Syntax {
+                    file: file.into(),
+                    message: e.to_string().trim_end().to_owned(),
+                })?;
+        let databases = table
+            .remove("databases")
+            .unwrap_or_else(|| toml::Table::new().into());
+        let users = table
+            .remove("users")
+            .unwrap_or_else(|| toml::Table::new().into());
+        let key_err = |prefix: &str, e: serde_path_to_error::Error<toml::de::Error>| {
+            let path = e.path().to_string();
+            ConfigError::Key {
+                file: file.into(),
+                key: match (prefix, path.as_str()) {
+                    (p, ".") => p.to_owned(),
+                    ("", p) => p.to_owned(),
+                    (pre, p) => format!("{pre}.{p}"),
+                },
+                message: e.into_inner().message().to_owned(),
+            }
+        };
+        let general: General = serde_path_to_error::deserialize(toml::Value::Table(table))
+            .map_err(|e| key_err("", e))?;
+        let databases: BTreeMap<String, Database> =
+            serde_path_to_error::deserialize(databases).map_err(|e| key_err("databases", e))?;
+        let users: BTreeMap<String, User> =
+            serde_path_to_error::deserialize(users).map_err(|e| key_err("users", e))?;
+        let config = Config {
+            general,
+            databases,
+            users,
+        };
+        config
+            .validate()
+            .map_err(|(key, message)| ConfigError::Key {
+                file: file.into(),
+                key,
+                message,
+            })?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), (String, String)> {
+        let g = &self.general;
+        let bad = |key: &str, msg: String| Err((key.to_owned(), msg));
+        if g.listen_addr != "*" && g.listen_addr.parse::<IpAddr>().is_err() {
+            return bad(
+                "listen_addr",
+                format!("\"{}\" is not an IP address or *", g.listen_addr),
+            );
+        }
+        if g.default_pool_size == 0 {
+            return bad("default_pool_size", "must be at least 1".into());
+        }
+        if g.max_client_conn == 0 {
+            return bad("max_client_conn", "must be at least 1".into());
+        }
+        if g.peer_id > 16383 {
+            return bad("peer_id", "must be between 0 and 16383".into());
+        }
+        if g.max_packet_size < 1024 {
+            return bad("max_packet_size", "must be at least 1024".into());
+        }
+        if self.databases.is_empty() {
+            return bad(
+                "databases",
+                "at least one [databases.NAME] section is needed".into(),
+            );
+        }
+        for (name, db) in &self.databases {
+            if db.host.is_empty() {
+                return bad(
+                    &format!("databases.{name}.host"),
+                    "must not be empty".into(),
+                );
+            }
+            if db.pool_size == Some(0) {
+                return bad(
+                    &format!("databases.{name}.pool_size"),
+                    "must be at least 1".into(),
+                );
+            }
+            if db.password.is_some() && db.user.is_none() {
+                return bad(
+                    &format!("databases.{name}.password"),
+                    "needs `user` as well".into(),
+                );
+            }
+        }
+        for (name, user) in &self.users {
+            if user.pool_size == Some(0) {
+                return bad(
+                    &format!("users.{name}.pool_size"),
+                    "must be at least 1".into(),
+                );
+            }
+            if let Some(pw) = &user.password {
+                Secret::parse(pw).map_err(|m| (format!("users.{name}.password"), m))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Resolves one pool's settings: the database's value wins over the user's, which wins over
+    /// the global default (PgBouncer's order for pool_size and pool_mode).
+    pub fn pool_settings(&self, database: &str, user: &str) -> Option<PoolSettings> {
+        let db = self.databases.get(database)?;
+        let u = self.users.get(user);
+        let g = &self.general;
+        Some(PoolSettings {
+            pool_mode: db
+                .pool_mode
+                .or_else(|| u.and_then(|u| u.pool_mode))
+                .unwrap_or(g.pool_mode),
+            pool_size: db
+                .pool_size
+                .or_else(|| u.and_then(|u| u.pool_size))
+                .unwrap_or(g.default_pool_size),
+            min_pool_size: db.min_pool_size.unwrap_or(g.min_pool_size),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = "[databases.app]\nport = 5433\n";
+
+    #[test]
+    fn minimal_file_takes_defaults() {
+        let c = Config::parse(MINIMAL, "t.toml").unwrap();
+        assert_eq!(c.general, General::default());
+        assert_eq!(c.databases["app"].host, "127.0.0.1");
+    }
+
+    fn key_of(text: &str) -> String {
+        match Config::parse(text, "t.toml") {
+            Err(ConfigError::Key { key, file, .. }) => {
+                assert_eq!(file, "t.toml");
+                key
+            }
+            other => panic!("expected a key error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        assert_eq!(
+            key_of(&format!("listen_prot = 1\n{MINIMAL}")),
+            "listen_prot"
+        );
+        assert_eq!(
+            key_of(&format!("listen_port = \"x\"\n{MINIMAL}")),
+            "listen_port"
+        );
+        assert_eq!(
+            key_of(&format!("query_wait_timeout = \"5 weeks\"\n{MINIMAL}")),
+            "query_wait_timeout"
+        );
+        assert_eq!(
+            key_of(&format!("listen_addr = \"localhost:1\"\n{MINIMAL}")),
+            "listen_addr"
+        );
+        assert_eq!(
+            key_of(&format!("pool_mode = \"statement\"\n{MINIMAL}")),
+            "pool_mode"
+        );
+        assert_eq!(key_of("[databases.app]\nport = -1\n"), "databases.app.port");
+        assert_eq!(
+            key_of("[databases.app]\nhots = \"x\"\n"),
+            "databases.app.hots"
+        );
+        assert_eq!(
+            key_of(&format!(
+                "{MINIMAL}[users.bob]\npassword = \"SCRAM-SHA-256$x\"\n"
+            )),
+            "users.bob.password"
+        );
+        assert_eq!(key_of(""), "databases");
+    }
+
+    #[test]
+    fn syntax_errors_name_the_file() {
+        let e = Config::parse("listen_port = ", "t.toml").unwrap_err();
+        assert!(e.to_string().starts_with("t.toml: "), "{e}");
+    }
+
+    #[test]
+    fn pool_settings_prefer_database_then_user() {
+        let text = "default_pool_size = 7\n[databases.a]\npool_size = 3\n[databases.b]\n\
+                    [users.u]\npool_size = 5\npool_mode = \"session\"\n";
+        let c = Config::parse(text, "t").unwrap();
+        assert_eq!(c.pool_settings("a", "u").unwrap().pool_size, 3);
+        assert_eq!(c.pool_settings("b", "u").unwrap().pool_size, 5);
+        assert_eq!(c.pool_settings("b", "x").unwrap().pool_size, 7);
+        assert_eq!(
+            c.pool_settings("b", "u").unwrap().pool_mode,
+            PoolMode::Session
+        );
+        assert!(c.pool_settings("zz", "u").is_none());
+    }
+
+    /// The documented file must list every general key with exactly the code's default.
+    #[test]
+    fn documented_defaults_match_code() {
+        let text = include_str!("../../config/pgsluice.toml");
+        let mut documented: toml::Table = text.parse().unwrap();
+        documented.remove("databases");
+        documented.remove("users");
+        let code = toml::Table::try_from(General::default()).unwrap();
+        assert_eq!(documented, code);
+        Config::parse(text, "config/pgsluice.toml").unwrap();
+    }
+}

@@ -1,0 +1,10 @@
+//! pgsluice: a PostgreSQL connection pooler and read/write router.
+
+pub mod auth;
+pub mod client;
+pub mod config;
+pub mod demo;
+pub mod pool;
+pub mod protocol;
+pub mod server;
+pub mod service;

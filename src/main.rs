@@ -1,0 +1,123 @@
+//! The command line: `pgsluice [run] --config FILE`, `pgsluice check --config FILE`,
+//! `pgsluice demo`.
+
+use pgsluice::config::Config;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+const USAGE: &str = "usage:
+  pgsluice [run] --config FILE    run the pooler
+  pgsluice check --config FILE    validate FILE and exit (status 2 when invalid)
+  pgsluice demo                   throwaway primary + replica with pgsluice in front";
+
+enum Command {
+    Run(PathBuf),
+    Check(PathBuf),
+    Demo,
+}
+
+fn parse_args() -> Result<Command, lexopt::Error> {
+    use lexopt::prelude::*;
+    let mut parser = lexopt::Parser::from_env();
+    let mut sub: Option<String> = None;
+    let mut config: Option<PathBuf> = None;
+    while let Some(arg) = parser.next()? {
+        match arg {
+            Short('c') | Long("config") => config = Some(parser.value()?.into()),
+            Short('h') | Long("help") => {
+                println!("{USAGE}");
+                std::process::exit(0);
+            }
+            Value(v) if sub.is_none() => sub = Some(v.string()?),
+            _ => return Err(arg.unexpected()),
+        }
+    }
+    let need_config = || {
+        config
+            .clone()
+            .ok_or_else(|| lexopt::Error::from("--config FILE is required"))
+    };
+    match sub.as_deref() {
+        None | Some("run") => Ok(Command::Run(need_config()?)),
+        Some("check") => Ok(Command::Check(need_config()?)),
+        Some("demo") => Ok(Command::Demo),
+        Some(other) => Err(format!("unknown command \"{other}\"").into()),
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .init();
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+}
+
+fn main() -> ExitCode {
+    let command = match parse_args() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("pgsluice: {e}\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    match command {
+        Command::Check(path) => match Config::load(&path) {
+            Ok(c) => {
+                println!(
+                    "{}: ok ({} databases, {} users)",
+                    path.display(),
+                    c.databases.len(),
+                    c.users.len()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("pgsluice: {e}");
+                ExitCode::from(2)
+            }
+        },
+        Command::Run(path) => {
+            let config = match Config::load(&path) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("pgsluice: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            init_logging();
+            runtime().block_on(async {
+                let service = match pgsluice::service::Service::bind(config).await {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot listen");
+                        return ExitCode::FAILURE;
+                    }
+                };
+                tokio::select! {
+                    _ = service.serve() => {}
+                    _ = tokio::signal::ctrl_c() => tracing::info!("interrupted, exiting"),
+                }
+                ExitCode::SUCCESS
+            })
+        }
+        Command::Demo => {
+            init_logging();
+            match runtime().block_on(pgsluice::demo::run()) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("pgsluice demo: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}

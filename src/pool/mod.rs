@@ -1,0 +1,414 @@
+//! Server connections per (database, user): checkout with a bounded FIFO wait queue, pool and
+//! reserve sizes, lifetime and idle reaping, min_pool_size kept warm, and a pause on new
+//! connects after a failed login.
+//!
+//! One mutex per pool guards the idle list and the queue; it is held for a few pointer moves,
+//! never across IO. A waiter is a oneshot channel: a released connection goes straight to the
+//! oldest waiter, and a freed slot becomes a permission to connect.
+
+mod registry;
+
+pub use registry::Pools;
+
+use crate::config::{Config, PoolSettings};
+use crate::server::{ServerConn, Target};
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+use tokio::sync::oneshot;
+
+/// Why no server connection could be had. Each maps to PgBouncer's error text.
+#[derive(Debug, thiserror::Error, Clone)]
+pub enum PoolError {
+    #[error("query_wait_timeout")]
+    WaitTimeout,
+    #[error("server login has been failing, try again later (server_login_retry)")]
+    LoginFailing { detail: Arc<str> },
+    #[error("server connection failed: {0}")]
+    Connect(Arc<str>),
+}
+
+enum Grant {
+    Server(ServerConn),
+    /// A slot was freed and counted for the receiver: it opens the connection itself.
+    Connect,
+    Failed(PoolError),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+struct Timeouts {
+    query_wait: Option<Duration>,
+    reserve_after: Duration,
+    reserve_size: usize,
+    connect: Duration,
+    login_retry: Duration,
+    idle: Option<Duration>,
+    lifetime: Option<Duration>,
+}
+
+impl Timeouts {
+    fn from(config: &Config) -> Timeouts {
+        let g = &config.general;
+        Timeouts {
+            query_wait: g.query_wait_timeout.enabled(),
+            reserve_after: g.reserve_pool_timeout.0,
+            reserve_size: g.reserve_pool_size,
+            connect: g.server_connect_timeout.0,
+            login_retry: g.server_login_retry.0,
+            idle: g.server_idle_timeout.enabled(),
+            lifetime: g.server_lifetime.enabled(),
+        }
+    }
+}
+
+struct Inner {
+    idle: Vec<ServerConn>,
+    /// Connections that exist or are being opened: idle + checked out + connecting.
+    total: usize,
+    waiters: VecDeque<oneshot::Sender<Grant>>,
+    last_failure: Option<(Instant, Arc<str>)>,
+}
+
+pub struct Pool {
+    pub database: String,
+    pub user: String,
+    pub settings: PoolSettings,
+    pub target: Target,
+    timeouts: Timeouts,
+    inner: Mutex<Inner>,
+    /// ParameterStatus values of this pool's servers, learned from the first connection and
+    /// shown to each client at login.
+    server_params: Mutex<Option<ServerParams>>,
+}
+
+/// ParameterStatus name/value pairs as a server reported them at login.
+pub type ServerParams = Arc<Vec<(String, String)>>;
+
+/// A connection and how long the client waited for it.
+pub struct Checkout {
+    pub conn: ServerConn,
+    pub waited: Duration,
+}
+
+impl Pool {
+    pub fn new(
+        database: &str,
+        user: &str,
+        settings: PoolSettings,
+        target: Target,
+        config: &Config,
+    ) -> Pool {
+        Pool {
+            database: database.to_owned(),
+            user: user.to_owned(),
+            settings,
+            target,
+            timeouts: Timeouts::from(config),
+            inner: Mutex::new(Inner {
+                idle: Vec::new(),
+                total: 0,
+                waiters: VecDeque::new(),
+                last_failure: None,
+            }),
+            server_params: Mutex::new(None),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding this lock cannot leave it half-updated in a way worse than
+        // a lost connection count, so recover instead of poisoning every later client.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn expired(&self, conn: &ServerConn, now: Instant) -> bool {
+        self.timeouts.lifetime.is_some_and(|l| conn.age(now) >= l)
+    }
+
+    pub fn server_params(&self) -> Option<ServerParams> {
+        self.server_params
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn learn_params(&self, conn: &ServerConn) {
+        let mut cached = self.server_params.lock().unwrap_or_else(|e| e.into_inner());
+        if cached.is_none() {
+            let mut params: Vec<_> = conn
+                .params
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            params.sort();
+            *cached = Some(Arc::new(params));
+        }
+    }
+
+    /// Takes a server connection, waiting in line (FIFO) when the pool is at its size.
+    pub async fn checkout(&self) -> Result<Checkout, PoolError> {
+        let start = Instant::now();
+        let mut expired = Vec::new();
+        let taken = {
+            let mut inner = self.lock();
+            let now = Instant::now();
+            let mut found = None;
+            while let Some(conn) = inner.idle.pop() {
+                if self.expired(&conn, now) {
+                    inner.total -= 1;
+                    expired.push(conn);
+                } else {
+                    found = Some(conn);
+                    break;
+                }
+            }
+            match found {
+                Some(conn) => Ok(conn),
+                None if inner.total < self.settings.pool_size => {
+                    self.may_connect(&inner, now)?;
+                    inner.total += 1;
+                    Err(None)
+                }
+                None => {
+                    let (tx, rx) = oneshot::channel();
+                    inner.waiters.push_back(tx);
+                    Err(Some(rx))
+                }
+            }
+        };
+        for conn in expired {
+            tokio::spawn(conn.close("server_lifetime"));
+        }
+        let mut rx = match taken {
+            Ok(conn) => {
+                return Ok(Checkout {
+                    conn,
+                    waited: Duration::ZERO,
+                })
+            }
+            Err(None) => {
+                let conn = self.open_counted().await?;
+                return Ok(Checkout {
+                    conn,
+                    waited: start.elapsed(),
+                });
+            }
+            Err(Some(rx)) => rx,
+        };
+        let deadline = self.timeouts.query_wait.map(|t| start + t);
+        let mut reserve_at =
+            (self.timeouts.reserve_size > 0).then(|| start + self.timeouts.reserve_after);
+        let grant = loop {
+            let wake = match (deadline, reserve_at) {
+                (Some(d), Some(r)) => Some(d.min(r)),
+                (d, r) => d.or(r),
+            };
+            let received = match wake {
+                Some(at) => tokio::time::timeout_at(at.into(), &mut rx).await.ok(),
+                None => Some((&mut rx).await),
+            };
+            match received {
+                Some(Ok(grant)) => break grant,
+                // The sender was dropped without a grant: only when the pool itself is gone.
+                Some(Err(_)) => return Err(PoolError::WaitTimeout),
+                None => {}
+            }
+            let now = Instant::now();
+            if reserve_at.is_some_and(|r| now >= r) && deadline.is_none_or(|d| now < d) {
+                // One try at the reserve; afterwards only a grant or the deadline wakes us.
+                reserve_at = None;
+                if self.take_reserve_slot(now) {
+                    rx.close();
+                    if let Ok(grant) = rx.try_recv() {
+                        // A grant raced with us: take it and give the reserve slot back.
+                        self.slot_freed_after_reserve();
+                        break grant;
+                    }
+                    tracing::debug!(db = %self.database, user = %self.user, "using reserve pool");
+                    let conn = self.open_counted().await?;
+                    return Ok(Checkout {
+                        conn,
+                        waited: start.elapsed(),
+                    });
+                }
+            }
+            if deadline.is_some_and(|d| now >= d) {
+                rx.close();
+                match rx.try_recv() {
+                    Ok(grant) => break grant,
+                    Err(_) => return Err(PoolError::WaitTimeout),
+                }
+            }
+        };
+        let waited = start.elapsed();
+        match grant {
+            Grant::Server(conn) => Ok(Checkout { conn, waited }),
+            Grant::Connect => Ok(Checkout {
+                conn: self.open_counted().await?,
+                waited,
+            }),
+            Grant::Failed(e) => Err(e),
+        }
+    }
+
+    fn take_reserve_slot(&self, now: Instant) -> bool {
+        let mut inner = self.lock();
+        let room = inner.total < self.settings.pool_size + self.timeouts.reserve_size;
+        if room && self.may_connect(&inner, now).is_ok() {
+            inner.total += 1;
+            return true;
+        }
+        false
+    }
+
+    fn slot_freed_after_reserve(&self) {
+        let mut inner = self.lock();
+        inner.total -= 1;
+        self.slot_freed(inner);
+    }
+
+    fn may_connect(&self, inner: &Inner, now: Instant) -> Result<(), PoolError> {
+        match &inner.last_failure {
+            Some((at, why)) if now.duration_since(*at) < self.timeouts.login_retry => {
+                Err(PoolError::LoginFailing {
+                    detail: why.clone(),
+                })
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Opens a connection whose slot has already been counted in `total`.
+    async fn open_counted(&self) -> Result<ServerConn, PoolError> {
+        match ServerConn::connect(&self.target, self.timeouts.connect).await {
+            Ok(conn) => {
+                self.lock().last_failure = None;
+                self.learn_params(&conn);
+                Ok(conn)
+            }
+            Err(e) => {
+                let why: Arc<str> = e.to_string().into();
+                tracing::warn!(db = %self.database, user = %self.user, error = %why, "server login failed");
+                let mut inner = self.lock();
+                inner.total -= 1;
+                inner.last_failure = Some((Instant::now(), why.clone()));
+                if inner.total == 0 {
+                    // Nobody holds a connection that could come back to the waiters: tell them
+                    // now instead of letting them run into query_wait_timeout.
+                    for w in inner.waiters.drain(..) {
+                        let _ = w.send(Grant::Failed(PoolError::LoginFailing {
+                            detail: why.clone(),
+                        }));
+                    }
+                }
+                Err(PoolError::Connect(why))
+            }
+        }
+    }
+
+    /// Gives a connection back. `reusable` is false when its state is in doubt: then it is
+    /// closed, and a waiter gets the freed slot.
+    pub fn release(&self, mut conn: ServerConn, reusable: bool) {
+        let now = Instant::now();
+        let mut inner = self.lock();
+        if !reusable || self.expired(&conn, now) {
+            inner.total -= 1;
+            self.slot_freed(inner);
+            let why = if reusable {
+                "server_lifetime"
+            } else {
+                "state unknown after client left"
+            };
+            tokio::spawn(conn.close(why));
+            return;
+        }
+        conn.last_used = now;
+        while let Some(w) = inner.waiters.pop_front() {
+            match w.send(Grant::Server(conn)) {
+                Ok(()) => return,
+                Err(Grant::Server(c)) => conn = c,
+                Err(_) => unreachable!("send returns what it was given"),
+            }
+        }
+        inner.idle.push(conn);
+    }
+
+    /// A slot below pool_size became free: the oldest live waiter may connect.
+    fn slot_freed(&self, mut inner: MutexGuard<'_, Inner>) {
+        if inner.total >= self.settings.pool_size {
+            return;
+        }
+        while let Some(w) = inner.waiters.pop_front() {
+            inner.total += 1;
+            if w.send(Grant::Connect).is_ok() {
+                return;
+            }
+            inner.total -= 1;
+        }
+    }
+
+    /// Closes idle connections past server_idle_timeout or server_lifetime (keeping
+    /// min_pool_size), then opens connections up to min_pool_size. Run on a timer.
+    pub async fn maintain(&self) {
+        let now = Instant::now();
+        let mut closing = Vec::new();
+        {
+            let mut inner = self.lock();
+            let mut keep = Vec::with_capacity(inner.idle.len());
+            let mut total = inner.total;
+            for conn in inner.idle.drain(..) {
+                let idle_out = self.timeouts.idle.is_some_and(|t| conn.idle_for(now) >= t)
+                    && total > self.settings.min_pool_size;
+                if idle_out || self.expired(&conn, now) {
+                    total -= 1;
+                    closing.push((
+                        conn,
+                        if idle_out {
+                            "server_idle_timeout"
+                        } else {
+                            "server_lifetime"
+                        },
+                    ));
+                } else {
+                    keep.push(conn);
+                }
+            }
+            inner.idle = keep;
+            inner.total = total;
+        }
+        for (conn, why) in closing {
+            conn.close(why).await;
+        }
+        loop {
+            {
+                let mut inner = self.lock();
+                let want = self.settings.min_pool_size.min(self.settings.pool_size);
+                if inner.total >= want || self.may_connect(&inner, Instant::now()).is_err() {
+                    return;
+                }
+                inner.total += 1;
+            }
+            match self.open_counted().await {
+                Ok(conn) => self.release(conn, true),
+                Err(_) => return,
+            }
+        }
+    }
+
+    /// Connections counted by the pool: (idle, total, waiting clients).
+    pub fn counts(&self) -> (usize, usize, usize) {
+        let inner = self.lock();
+        (inner.idle.len(), inner.total, inner.waiters.len())
+    }
+
+    /// Empties the idle list; used when the pool is dropped from the configuration or at exit.
+    pub async fn close_idle(&self) {
+        let idle: Vec<_> = {
+            let mut inner = self.lock();
+            inner.total -= inner.idle.len();
+            inner.idle.drain(..).collect()
+        };
+        for conn in idle {
+            conn.close("pool closing").await;
+        }
+    }
+}

@@ -1,0 +1,71 @@
+//! All pools of the process, created on first use of a (database, user) pair.
+
+use super::Pool;
+use crate::auth::Secret;
+use crate::config::Config;
+use crate::server::{Credentials, Target};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+#[derive(Default)]
+pub struct Pools {
+    map: Mutex<HashMap<(String, String), Arc<Pool>>>,
+}
+
+impl Pools {
+    /// The pool for a client of `database` logged in as `user`; `None` if the database is unknown.
+    pub fn get(&self, config: &Config, database: &str, user: &str) -> Option<Arc<Pool>> {
+        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        let key = (database.to_owned(), user.to_owned());
+        if let Some(p) = map.get(&key) {
+            return Some(p.clone());
+        }
+        let settings = config.pool_settings(database, user)?;
+        let db = &config.databases[database];
+        let credentials = match &db.user {
+            Some(u) => Credentials {
+                user: u.clone(),
+                secret: db.password.as_ref().map(|p| Secret::Plain(p.clone())),
+            },
+            None => Credentials {
+                user: user.to_owned(),
+                secret: config
+                    .users
+                    .get(user)
+                    .and_then(|u| u.password.as_deref())
+                    .and_then(|p| Secret::parse(p).ok()),
+            },
+        };
+        let target = Target {
+            host: db.host.clone(),
+            port: db.port,
+            dbname: db.dbname.clone().unwrap_or_else(|| database.to_owned()),
+            credentials,
+        };
+        let pool = Arc::new(Pool::new(database, user, settings, target, config));
+        map.insert(key, pool.clone());
+        Some(pool)
+    }
+
+    pub fn all(&self) -> Vec<Arc<Pool>> {
+        self.map
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    /// Reaps and warms every pool once a second, for as long as the process runs.
+    pub async fn maintain_forever(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            for pool in self.all() {
+                pool.maintain().await;
+            }
+        }
+    }
+}

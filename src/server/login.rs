@@ -1,0 +1,186 @@
+//! Connecting to a server and authenticating with the configured credentials: SCRAM-SHA-256,
+//! md5 (also from a stored md5 hash), cleartext or trust.
+
+use super::{next_id, CancelKey, ServerConn, Target};
+use crate::auth::{md5, Secret};
+use bytes::BytesMut;
+use postgres_protocol::authentication::sasl::{self, ChannelBinding, ScramSha256};
+use postgres_protocol::message::{backend::Message, frontend};
+use std::collections::HashMap;
+use std::time::Instant;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Who the pooler logs in to a server as.
+#[derive(Clone, PartialEq)]
+pub struct Credentials {
+    pub user: String,
+    pub secret: Option<Secret>,
+}
+
+impl std::fmt::Debug for Credentials {
+    // Never print a secret, not even in a debug log.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("user", &self.user)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoginError {
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("timed out connecting to the server")]
+    Timeout,
+    #[error("server refused login: {message} ({code})")]
+    Refused { code: String, message: String },
+    #[error("cannot log in to the server: {0}")]
+    Auth(String),
+    #[error("unexpected reply from server during login")]
+    Protocol,
+}
+
+async fn read_message(stream: &mut TcpStream, buf: &mut BytesMut) -> Result<Message, LoginError> {
+    loop {
+        if let Some(msg) = Message::parse(buf).map_err(|_| LoginError::Protocol)? {
+            return Ok(msg);
+        }
+        if stream.read_buf(buf).await? == 0 {
+            return Err(LoginError::Io(std::io::ErrorKind::UnexpectedEof.into()));
+        }
+    }
+}
+
+fn refused(body: &postgres_protocol::message::backend::ErrorResponseBody) -> LoginError {
+    use fallible_iterator::FallibleIterator;
+    let mut code = String::new();
+    let mut message = String::new();
+    let mut fields = body.fields();
+    while let Ok(Some(f)) = fields.next() {
+        match f.type_() {
+            b'C' => code = String::from_utf8_lossy(f.value_bytes()).into_owned(),
+            b'M' => message = String::from_utf8_lossy(f.value_bytes()).into_owned(),
+            _ => {}
+        }
+    }
+    LoginError::Refused { code, message }
+}
+
+fn plain<'a>(creds: &'a Credentials, method: &str) -> Result<&'a str, LoginError> {
+    match &creds.secret {
+        Some(Secret::Plain(p)) => Ok(p),
+        Some(_) => Err(LoginError::Auth(format!(
+            "server asks for {method}, which needs the plain-text password of user \"{}\"",
+            creds.user
+        ))),
+        None => Err(LoginError::Auth(format!(
+            "server asks for a password for user \"{}\"",
+            creds.user
+        ))),
+    }
+}
+
+pub(super) async fn connect(target: &Target) -> Result<ServerConn, LoginError> {
+    let mut stream = TcpStream::connect((target.host.as_str(), target.port)).await?;
+    stream.set_nodelay(true)?;
+    let creds = &target.credentials;
+    let mut out = BytesMut::with_capacity(256);
+    frontend::startup_message(
+        [
+            ("user", creds.user.as_str()),
+            ("database", target.dbname.as_str()),
+        ],
+        &mut out,
+    )?;
+    stream.write_all(&out).await?;
+    let mut buf = BytesMut::with_capacity(1024);
+    let mut scram: Option<ScramSha256> = None;
+    loop {
+        out.clear();
+        match read_message(&mut stream, &mut buf).await? {
+            Message::AuthenticationOk => break,
+            Message::AuthenticationCleartextPassword => {
+                frontend::password_message(
+                    plain(creds, "a cleartext password")?.as_bytes(),
+                    &mut out,
+                )?;
+            }
+            Message::AuthenticationMd5Password(body) => {
+                let hash = match &creds.secret {
+                    Some(Secret::Md5(h)) => h.clone(),
+                    _ => md5::stored_hash(&creds.user, plain(creds, "md5")?),
+                };
+                frontend::password_message(md5::response(&hash, body.salt()).as_bytes(), &mut out)?;
+            }
+            Message::AuthenticationSasl(body) => {
+                use fallible_iterator::FallibleIterator;
+                let mut mechs = body.mechanisms();
+                let mut found = false;
+                while let Some(m) = mechs.next().map_err(|_| LoginError::Protocol)? {
+                    found |= m == sasl::SCRAM_SHA_256;
+                }
+                if !found {
+                    return Err(LoginError::Auth(
+                        "server offers no SASL mechanism we know".into(),
+                    ));
+                }
+                let s = ScramSha256::new(
+                    plain(creds, "SCRAM-SHA-256")?.as_bytes(),
+                    ChannelBinding::unsupported(),
+                );
+                frontend::sasl_initial_response(sasl::SCRAM_SHA_256, s.message(), &mut out)?;
+                scram = Some(s);
+            }
+            Message::AuthenticationSaslContinue(body) => {
+                let s = scram.as_mut().ok_or(LoginError::Protocol)?;
+                s.update(body.data())
+                    .map_err(|e| LoginError::Auth(e.to_string()))?;
+                frontend::sasl_response(s.message(), &mut out)?;
+            }
+            Message::AuthenticationSaslFinal(body) => {
+                let s = scram.as_mut().ok_or(LoginError::Protocol)?;
+                s.finish(body.data())
+                    .map_err(|e| LoginError::Auth(e.to_string()))?;
+            }
+            Message::ErrorResponse(body) => return Err(refused(&body)),
+            _ => return Err(LoginError::Protocol),
+        }
+        if !out.is_empty() {
+            stream.write_all(&out).await?;
+        }
+    }
+    let mut params = HashMap::new();
+    let mut key = None;
+    loop {
+        match read_message(&mut stream, &mut buf).await? {
+            Message::ParameterStatus(p) => {
+                let name = p.name().map_err(|_| LoginError::Protocol)?.to_owned();
+                params.insert(
+                    name,
+                    p.value().map_err(|_| LoginError::Protocol)?.to_owned(),
+                );
+            }
+            Message::BackendKeyData(k) => key = Some((k.process_id(), k.secret_key())),
+            Message::ReadyForQuery(_) => break,
+            Message::NoticeResponse(_) => {}
+            Message::ErrorResponse(body) => return Err(refused(&body)),
+            _ => return Err(LoginError::Protocol),
+        }
+    }
+    let (process_id, secret_key) = key.ok_or(LoginError::Protocol)?;
+    let now = Instant::now();
+    Ok(ServerConn {
+        id: next_id(),
+        stream,
+        buf,
+        cancel_key: std::sync::Arc::new(CancelKey {
+            addr: target.addr(),
+            process_id,
+            secret_key,
+        }),
+        params,
+        created: now,
+        last_used: now,
+    })
+}

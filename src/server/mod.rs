@@ -1,0 +1,108 @@
+//! One connection to a PostgreSQL server: connect and log in, remember what the server told us
+//! (parameters, cancel key), and the bookkeeping the pool needs (age, last use).
+//!
+//! The socket and its read buffer are owned here; the client session borrows them while the
+//! connection is checked out and forwards bytes through them directly.
+
+mod login;
+pub mod tracker;
+
+pub use login::{Credentials, LoginError};
+
+use bytes::BytesMut;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+/// Where a pool's servers are and who to log in as.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Target {
+    pub host: String,
+    pub port: u16,
+    pub dbname: String,
+    pub credentials: Credentials,
+}
+
+impl Target {
+    pub fn addr(&self) -> String {
+        format!("{}:{}", self.host, self.port)
+    }
+}
+
+/// What a CancelRequest to this server needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CancelKey {
+    pub addr: String,
+    pub process_id: i32,
+    pub secret_key: i32,
+}
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+#[derive(Debug)]
+pub struct ServerConn {
+    pub id: u64,
+    pub stream: TcpStream,
+    /// Bytes read from the server and not yet handled; empty whenever the server is idle.
+    pub buf: BytesMut,
+    pub cancel_key: std::sync::Arc<CancelKey>,
+    /// Session parameters as the server reported them, plus those the pooler set itself.
+    pub params: HashMap<String, String>,
+    pub created: Instant,
+    pub last_used: Instant,
+}
+
+impl ServerConn {
+    pub async fn connect(target: &Target, timeout: Duration) -> Result<ServerConn, LoginError> {
+        let conn = tokio::time::timeout(timeout, login::connect(target))
+            .await
+            .map_err(|_| LoginError::Timeout)??;
+        tracing::info!(
+            server = conn.id,
+            addr = %target.addr(),
+            db = %target.dbname,
+            user = %target.credentials.user,
+            "server connected"
+        );
+        Ok(conn)
+    }
+
+    pub fn age(&self, now: Instant) -> Duration {
+        now.saturating_duration_since(self.created)
+    }
+
+    pub fn idle_for(&self, now: Instant) -> Duration {
+        now.saturating_duration_since(self.last_used)
+    }
+
+    /// Says goodbye politely, so the server logs no "unexpected EOF".
+    pub async fn close(mut self, why: &str) {
+        let mut buf = BytesMut::new();
+        crate::protocol::backend::terminate(&mut buf);
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.stream.write_all(&buf)).await;
+        tracing::info!(server = self.id, reason = why, "server closed");
+    }
+}
+
+/// Sends a CancelRequest on a connection of its own, as the protocol requires.
+pub async fn cancel(key: &CancelKey) -> std::io::Result<()> {
+    let mut buf = BytesMut::new();
+    postgres_protocol::message::frontend::cancel_request(key.process_id, key.secret_key, &mut buf);
+    let mut stream =
+        tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(&key.addr)).await??;
+    stream.write_all(&buf).await?;
+    // The server closes the connection once it has read the request.
+    let mut sink = [0u8; 1];
+    let _ = tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio::io::AsyncReadExt::read(&mut stream, &mut sink),
+    )
+    .await;
+    Ok(())
+}
+
+fn next_id() -> u64 {
+    NEXT_ID.fetch_add(1, Ordering::Relaxed)
+}

@@ -1,0 +1,51 @@
+//! The listening socket and the process's long-lived tasks.
+
+use crate::client::{self, Context};
+use crate::config::Config;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+
+/// A bound but not yet serving pooler; tests bind port 0 and read the address back.
+pub struct Service {
+    pub ctx: Arc<Context>,
+    listener: TcpListener,
+}
+
+impl Service {
+    pub async fn bind(config: Config) -> std::io::Result<Service> {
+        let host = match config.general.listen_addr.as_str() {
+            "*" => "0.0.0.0",
+            a => a,
+        };
+        let listener = TcpListener::bind((host, config.general.listen_port)).await?;
+        Ok(Service {
+            ctx: Context::new(config),
+            listener,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+
+    /// Accepts clients until the future is dropped.
+    pub async fn serve(self) {
+        tracing::info!(addr = %self.local_addr(), "listening");
+        tokio::spawn(self.ctx.pools.clone().maintain_forever());
+        loop {
+            match self.listener.accept().await {
+                Ok((stream, peer)) => {
+                    tokio::spawn(client::handle(self.ctx.clone(), stream, peer));
+                }
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,160 @@
+//! The integration-test harness: a real PostgreSQL primary (from `pgsluice::demo`) with test
+//! roles, and a pgsluice in front of it running on its own runtime thread. Both are torn down
+//! when dropped, also when the test fails.
+#![allow(dead_code)]
+
+use pgsluice::config::Config;
+use pgsluice::demo::LocalPostgres;
+use std::net::SocketAddr;
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+pub const APP_PASSWORD: &str = "app secret";
+
+/// A primary with: role `app` (SCRAM-stored password), role `md5user` (md5-stored),
+/// role `cleartext_user` (asked for a cleartext password), database `app`.
+pub fn primary() -> LocalPostgres {
+    let pg = LocalPostgres::start_primary().expect("start primary");
+    pg.psql(&format!("CREATE ROLE app LOGIN PASSWORD '{APP_PASSWORD}'"))
+        .unwrap();
+    pg.psql("SET password_encryption = 'md5'; CREATE ROLE md5user LOGIN PASSWORD 'md5 pw'")
+        .unwrap();
+    pg.psql("CREATE ROLE cleartext_user LOGIN PASSWORD 'clear pw'")
+        .unwrap();
+    pg.psql("CREATE DATABASE app OWNER app").unwrap();
+    pg.psql("GRANT ALL ON DATABASE app TO md5user, cleartext_user")
+        .unwrap();
+    pg
+}
+
+pub struct Pooler {
+    pub addr: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Pooler {
+    /// Starts pgsluice on a free port with `extra` general settings, database `app` on `pg`,
+    /// and users app / md5user / cleartext_user with their passwords.
+    pub fn start(pg: &LocalPostgres, extra: &str) -> Pooler {
+        let text = format!(
+            "listen_port = 0\n{extra}\n\
+             [databases.app]\nport = {port}\n\
+             [users.app]\npassword = \"{APP_PASSWORD}\"\n\
+             [users.md5user]\npassword = \"md5 pw\"\n\
+             [users.cleartext_user]\npassword = \"clear pw\"\n",
+            port = pg.port
+        );
+        Pooler::with_config(Config::parse(&text, "test.toml").expect("test config"))
+    }
+
+    pub fn with_config(config: Config) -> Pooler {
+        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+        let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let service = pgsluice::service::Service::bind(config)
+                    .await
+                    .expect("bind");
+                addr_tx.send(service.local_addr()).unwrap();
+                tokio::select! {
+                    _ = service.serve() => {}
+                    _ = stop_rx => {}
+                }
+            });
+            rt.shutdown_timeout(Duration::from_secs(2));
+        });
+        let addr = addr_rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("pooler listening");
+        Pooler {
+            addr,
+            stop: Some(stop),
+            thread: Some(thread),
+        }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    /// A libpq-style connection string for tokio-postgres or psql.
+    pub fn conn_str(&self, user: &str, password: &str) -> String {
+        format!(
+            "host=127.0.0.1 port={} user={user} password='{password}' dbname=app",
+            self.port()
+        )
+    }
+
+    /// psql through the pooler as `app`; returns the raw output.
+    pub fn psql(&self, sql: &str) -> Output {
+        self.psql_as("app", APP_PASSWORD, "app", &["-c", sql])
+    }
+
+    pub fn psql_as(&self, user: &str, password: &str, db: &str, args: &[&str]) -> Output {
+        Command::new(pgsluice::demo::pg_bindir().join("psql"))
+            .args([
+                "-X",
+                "-q",
+                "-A",
+                "-t",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-h",
+                "127.0.0.1",
+            ])
+            .args(["-p", &self.port().to_string(), "-U", user, "-d", db])
+            .args(args)
+            .env("PGPASSWORD", password)
+            .env("PGCONNECT_TIMEOUT", "10")
+            .output()
+            .expect("run psql")
+    }
+}
+
+impl Drop for Pooler {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+pub fn stdout(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "command failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// Polls `check` until it returns true or `within` passes.
+pub fn wait_for(within: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + within;
+    while Instant::now() < end {
+        if check() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    check()
+}
+
+pub async fn connect(pooler: &Pooler, user: &str, password: &str) -> tokio_postgres::Client {
+    let (client, conn) =
+        tokio_postgres::connect(&pooler.conn_str(user, password), tokio_postgres::NoTls)
+            .await
+            .expect("connect through pgsluice");
+    tokio::spawn(conn);
+    client
+}
