@@ -235,8 +235,13 @@ impl LocalPostgres {
         Ok(())
     }
 
-    /// Runs SQL as the superuser through psql and returns its unaligned output.
+    /// Runs SQL as the superuser in database `postgres` and returns psql's unaligned output.
     pub fn psql(&self, sql: &str) -> std::io::Result<String> {
+        self.psql_in("postgres", sql)
+    }
+
+    /// Runs SQL as the superuser in database `db`.
+    pub fn psql_in(&self, db: &str, sql: &str) -> std::io::Result<String> {
         let out = Command::new(self.bindir.join("psql"))
             .args([
                 "-X",
@@ -247,7 +252,7 @@ impl LocalPostgres {
                 "-U",
                 "postgres",
                 "-d",
-                "postgres",
+                db,
             ])
             .args(["-v", "ON_ERROR_STOP=1", "-Atq", "-c", sql])
             .output()?;

@@ -1,0 +1,147 @@
+//! Many clients over few servers: real load from pgbench and from hundreds of tokio-postgres
+//! clients, with the server side watched in pg_stat_activity.
+
+mod support;
+
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use support::{primary, Pooler, APP_PASSWORD};
+
+fn pgbench(port: u16, args: &[&str]) -> String {
+    let out = Command::new(pgsluice::demo::pg_bindir().join("pgbench"))
+        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", "app"])
+        .args(args)
+        .arg("app")
+        .env("PGPASSWORD", APP_PASSWORD)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "pgbench {args:?} failed:\n{text}");
+    text
+}
+
+fn assert_clean_run(text: &str, transactions: usize) {
+    assert!(
+        text.contains(&format!(
+            "number of transactions actually processed: {transactions}/{transactions}"
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains("number of failed transactions: 0 (0.000%)"),
+        "{text}"
+    );
+}
+
+#[test]
+fn pgbench_simple_and_extended_through_transaction_pool() {
+    let pg = primary();
+    pgbench(pg.port, &["-i", "-s", "1", "-q"]);
+    let pooler = Pooler::start(&pg, "default_pool_size = 4\nmax_client_conn = 100");
+    for mode in ["simple", "extended"] {
+        // -n: no VACUUM/TRUNCATE first, so the history of both runs is kept.
+        let text = pgbench(
+            pooler.port(),
+            &["-n", "-M", mode, "-c", "16", "-j", "2", "-t", "100"],
+        );
+        assert_clean_run(&text, 1600);
+    }
+    let text = pgbench(
+        pooler.port(),
+        &[
+            "-n", "-M", "simple", "-S", "-c", "32", "-j", "2", "-t", "200",
+        ],
+    );
+    assert_clean_run(&text, 6400);
+    // Every update landed: 1600 TPC-B transactions each insert one history row.
+    assert_eq!(
+        pg.psql_in("app", "SELECT count(*) FROM pgbench_history")
+            .unwrap(),
+        "3200"
+    );
+}
+
+/// 500 concurrent clients over a pool of 10: the primary never sees more than 10 server
+/// connections for that user, and every client's work is done.
+#[test]
+fn five_hundred_clients_share_ten_servers() {
+    let pg = primary();
+    pg.psql_in("app", "CREATE TABLE counter (id int PRIMARY KEY, n int); INSERT INTO counter VALUES (1, 0); ALTER TABLE counter OWNER TO app").unwrap();
+    let pooler = Pooler::start(
+        &pg,
+        "default_pool_size = 10\nmax_client_conn = 600\nquery_wait_timeout = 60",
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    let max_seen = Arc::new(AtomicUsize::new(0));
+    let watcher = {
+        let (stop, max_seen, port) = (stop.clone(), max_seen.clone(), pg.port);
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let dsn = format!("host=127.0.0.1 port={port} user=postgres dbname=postgres");
+                let (c, conn) = tokio_postgres::connect(&dsn, tokio_postgres::NoTls)
+                    .await
+                    .unwrap();
+                tokio::spawn(conn);
+                while !stop.load(Ordering::Relaxed) {
+                    let row = c
+                        .query_one(
+                            "SELECT count(*) FROM pg_stat_activity WHERE usename = 'app'",
+                            &[],
+                        )
+                        .await
+                        .unwrap();
+                    max_seen.fetch_max(row.get::<_, i64>(0) as usize, Ordering::Relaxed);
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            });
+        })
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let dsn = pooler.conn_str("app", APP_PASSWORD);
+    let done = rt.block_on(async move {
+        let mut tasks = Vec::new();
+        for i in 0..500 {
+            let dsn = dsn.clone();
+            tasks.push(tokio::spawn(async move {
+                let (c, conn) = tokio_postgres::connect(&dsn, tokio_postgres::NoTls).await.unwrap();
+                tokio::spawn(conn);
+                for _ in 0..3 {
+                    c.simple_query("BEGIN; UPDATE counter SET n = n + 1 WHERE id = 1; SELECT pg_sleep(0.001); COMMIT")
+                        .await
+                        .unwrap();
+                }
+                let rows = c.simple_query(&format!("SELECT {i}")).await.unwrap();
+                assert_eq!(rows.len(), 3);
+                1usize
+            }));
+        }
+        let mut done = 0;
+        for t in tasks {
+            done += t.await.unwrap();
+        }
+        done
+    });
+    stop.store(true, Ordering::Relaxed);
+    watcher.join().unwrap();
+    assert_eq!(done, 500);
+    assert_eq!(pg.psql_in("app", "SELECT n FROM counter").unwrap(), "1500");
+    let max = max_seen.load(Ordering::Relaxed);
+    assert!(
+        (1..=10).contains(&max),
+        "primary saw {max} server connections for app"
+    );
+}
