@@ -40,31 +40,27 @@ fn assert_clean_run(text: &str, transactions: usize) {
 }
 
 #[test]
-fn pgbench_simple_and_extended_through_transaction_pool() {
+fn pgbench_every_query_mode_through_a_small_pool() {
     let pg = primary();
     pgbench(pg.port, &["-i", "-s", "1", "-q"]);
     let pooler = Pooler::start(&pg, "default_pool_size = 4\nmax_client_conn = 100");
-    for mode in ["simple", "extended"] {
-        // -n: no VACUUM/TRUNCATE first, so the history of both runs is kept.
+    // -j as many as -c: pgbench prepares statements synchronously, so with fewer threads than
+    // clients one client waiting for a server stalls the clients of its thread that hold one.
+    for mode in ["simple", "extended", "prepared"] {
+        // -n: no VACUUM/TRUNCATE first, so the history of every run is kept.
         let text = pgbench(
             pooler.port(),
-            &["-n", "-M", mode, "-c", "16", "-j", "2", "-t", "100"],
+            &["-n", "-M", mode, "-c", "16", "-j", "16", "-t", "100"],
         );
         assert_clean_run(&text, 1600);
     }
-    let text = pgbench(
-        pooler.port(),
-        &[
-            "-n", "-M", "simple", "-S", "-c", "32", "-j", "2", "-t", "200",
-        ],
-    );
-    assert_clean_run(&text, 6400);
-    // Every update landed: 1600 TPC-B transactions each insert one history row.
-    assert_eq!(
-        pg.psql_in("app", "SELECT count(*) FROM pgbench_history")
-            .unwrap(),
-        "3200"
-    );
+    for mode in ["simple", "prepared"] {
+        let args = ["-n", "-M", mode, "-S", "-c", "32", "-j", "32", "-t", "200"];
+        assert_clean_run(&pgbench(pooler.port(), &args), 6400);
+    }
+    // Every update landed: 1600 TPC-B transactions per mode, each inserting one history row.
+    let history = pg.psql_in("app", "SELECT count(*) FROM pgbench_history");
+    assert_eq!(history.unwrap(), "4800");
 }
 
 /// 500 concurrent clients over a pool of 10: the primary never sees more than 10 server

@@ -4,6 +4,7 @@
 pub mod cancel;
 mod login;
 mod session;
+pub mod statements;
 
 use crate::auth::scram::Verifier;
 use crate::config::Config;
@@ -23,6 +24,7 @@ pub struct Context {
     pub config: ArcSwap<Config>,
     pub pools: Arc<Pools>,
     pub cancels: cancel::Cancels,
+    pub statements: statements::Registry,
     clients: AtomicUsize,
     /// Seeds the mock SCRAM salt of unknown users; fixed for the life of the process.
     mock_secret: [u8; 32],
@@ -37,6 +39,7 @@ impl Context {
             cancels: cancel::Cancels::new(config.general.peer_id),
             config: ArcSwap::from_pointee(config),
             pools: Arc::new(Pools::default()),
+            statements: statements::Registry::default(),
             clients: AtomicUsize::new(0),
             mock_secret: rand::random(),
             verifiers: Mutex::default(),
@@ -121,6 +124,6 @@ pub async fn handle(ctx: Arc<Context>, mut stream: TcpStream, peer: SocketAddr) 
         }
     };
     tracing::info!(%peer, user = %login.user, db = %login.database, pid = registration.process_id, "client login");
-    let reason = session::run(&config, login, &mut stream, &registration).await;
+    let reason = session::run(&config, &ctx.statements, login, &mut stream, &registration).await;
     tracing::info!(%peer, pid = registration.process_id, reason, "client logout");
 }

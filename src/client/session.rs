@@ -9,11 +9,12 @@
 
 use super::cancel::Registration;
 use super::login::{LoggedIn, TRACKED};
+use super::statements::{ClientStatements, Registry, Statement};
 use crate::config::{Config, General, PoolMode};
 use crate::pool::{Pool, PoolError};
-use crate::protocol::backend::{self, Event, Scanner, TxStatus};
+use crate::protocol::backend::{self, Action, Event, Scanner, TxStatus};
 use crate::protocol::{frontend, sqlstate, ProtocolError};
-use crate::server::tracker::Tracker;
+use crate::server::tracker::{Reply, Tracker};
 use crate::server::ServerConn;
 use bytes::{Buf, BytesMut};
 use std::sync::Arc;
@@ -62,10 +63,16 @@ struct Session<'a> {
     to_client: BytesMut,
     params: Vec<(String, String)>,
     reg: &'a Registration<'a>,
+    registry: &'a Registry,
+    statements: ClientStatements,
 }
+
+/// A name no statement of ours ever has: closing it is a no-op the server still answers.
+const NO_STATEMENT: &[u8] = b"pgsluice_none";
 
 pub async fn run(
     config: &Config,
+    registry: &Registry,
     login: LoggedIn,
     client: &mut TcpStream,
     reg: &Registration<'_>,
@@ -80,6 +87,8 @@ pub async fn run(
         to_client: BytesMut::new(),
         params: login.params,
         reg,
+        registry,
+        statements: ClientStatements::default(),
     };
     s.serve().await
 }
@@ -255,7 +264,7 @@ impl Session<'_> {
         if sql.is_empty() {
             return Ok(());
         }
-        backend::query(&mut link.to_server, &sql);
+        frontend::encode_query(&mut link.to_server, &sql);
         link.tracker.sent(b'Q');
         let mut failure = None;
         let deadline = Instant::now() + self.general.server_connect_timeout.0;
@@ -275,8 +284,10 @@ impl Session<'_> {
         Ok(())
     }
 
-    /// Moves every complete client frame into the server's output. Stops after Terminate.
+    /// Moves every complete client frame into the server's output, mapping named prepared
+    /// statements to the pooler's. Stops after Terminate.
     fn take_client_frames(&mut self, link: &mut Link) -> Result<bool, ProtocolError> {
+        let map = self.general.max_prepared_statements > 0;
         loop {
             let Some(h) = frontend::header(&self.cbuf, self.general.max_packet_size)? else {
                 return Ok(false);
@@ -284,36 +295,107 @@ impl Session<'_> {
             if self.cbuf.len() < h.len {
                 return Ok(false);
             }
-            frontend::parse(h.tag, &self.cbuf[5..h.len])?;
-            if h.tag == b'X' {
-                self.cbuf.advance(h.len);
-                return Ok(true);
+            let frame = self.cbuf.split_to(h.len);
+            let msg = frontend::parse(h.tag, &frame[5..])?;
+            let out = &mut link.to_server;
+            match msg {
+                frontend::Message::Terminate => return Ok(true),
+                frontend::Message::Parse {
+                    name, definition, ..
+                } if map && !name.is_empty() => {
+                    let stmt = self.registry.get(definition);
+                    self.statements.insert(name, stmt.clone());
+                    if link.conn.prepared.touch(stmt.id) {
+                        // Already prepared there: a no-op Close yields the reply the client
+                        // expects, in its place among the other replies.
+                        frontend::encode_target(out, b'C', b'S', NO_STATEMENT);
+                        link.tracker.close_sent(Reply::AsParseComplete);
+                    } else {
+                        prepare_on_server(
+                            link,
+                            &stmt,
+                            self.general.max_prepared_statements,
+                            Reply::Forward,
+                        );
+                    }
+                }
+                frontend::Message::Bind {
+                    portal,
+                    statement,
+                    params,
+                } if map && !statement.is_empty() => {
+                    match self.statements.get(statement) {
+                        Some(stmt) => {
+                            ensure_prepared(link, stmt, self.general.max_prepared_statements);
+                            frontend::encode_bind(&mut link.to_server, portal, &stmt.name, params);
+                        }
+                        // Unknown to us: the server answers with PostgreSQL's own error.
+                        None => out.extend_from_slice(&frame),
+                    }
+                }
+                frontend::Message::Describe { kind: b'S', name } if map && !name.is_empty() => {
+                    match self.statements.get(name) {
+                        Some(stmt) => {
+                            ensure_prepared(link, stmt, self.general.max_prepared_statements);
+                            frontend::encode_target(&mut link.to_server, b'D', b'S', &stmt.name);
+                        }
+                        None => out.extend_from_slice(&frame),
+                    }
+                }
+                frontend::Message::Close { kind: b'S', name } if map && !name.is_empty() => {
+                    // The server's statement may serve other clients: only the name goes.
+                    self.statements.remove(name);
+                    frontend::encode_target(out, b'C', b'S', NO_STATEMENT);
+                    link.tracker.close_sent(Reply::Forward);
+                }
+                frontend::Message::Parse { .. } => {
+                    link.tracker.parse_sent(None, Reply::Forward);
+                    out.extend_from_slice(&frame);
+                }
+                frontend::Message::Close { .. } => {
+                    link.tracker.close_sent(Reply::Forward);
+                    out.extend_from_slice(&frame);
+                }
+                frontend::Message::Sync => {
+                    link.conn.prepared.new_batch();
+                    out.extend_from_slice(&frame);
+                }
+                _ => out.extend_from_slice(&frame),
             }
             link.tracker.sent(h.tag);
-            link.to_server.extend_from_slice(&self.cbuf[..h.len]);
-            self.cbuf.advance(h.len);
         }
     }
 
     /// Forwards both ways until the link must end.
     async fn pump(&mut self, link: &mut Link) -> Unlink {
         let mut terminating = false;
+        let mut forwarded = false;
         let idle_tx = self.general.idle_transaction_timeout.enabled();
         loop {
+            // Release before taking the client's next transaction, so that clients waiting
+            // for a server get their turn even against a client that never pauses.
+            let settled = link.to_server.is_empty() && link.conn.buf.is_empty();
+            if forwarded
+                && settled
+                && !terminating
+                && self.mode == PoolMode::Transaction
+                && link.tracker.idle()
+            {
+                return Unlink::Release;
+            }
             if !terminating {
+                let before = link.to_server.len();
                 match self.take_client_frames(link) {
                     Ok(t) => terminating = t,
                     Err(e) => return Unlink::Violation(e),
                 }
+                forwarded |= link.to_server.len() > before;
             }
             let settled = link.to_server.is_empty() && link.conn.buf.is_empty();
             if settled && terminating && !link.tracker.busy() {
                 let _ = self.client.write_all(&self.to_client).await;
                 self.to_client.clear();
                 return Unlink::Terminate;
-            }
-            if settled && self.mode == PoolMode::Transaction && link.tracker.idle() {
-                return Unlink::Release;
             }
             let waiting_in_tx = idle_tx.filter(|_| {
                 link.tracker.status != TxStatus::Idle
@@ -346,17 +428,8 @@ impl Session<'_> {
                 },
                 r = srv_r.read_buf(&mut conn.buf), if self.to_client.len() < HIGH_WATER => match r {
                     Ok(n) if n > 0 => {
-                        let params = &mut self.params;
-                        let server_params = &mut conn.params;
-                        let scanned = scanner.scan(&conn.buf, |ev| {
-                            on_server_event(ev, tracker, server_params, params, &mut None)
-                        });
-                        match scanned {
-                            Ok(n) => {
-                                self.to_client.extend_from_slice(&conn.buf[..n]);
-                                conn.buf.advance(n);
-                            }
-                            Err(_) => return Unlink::ServerGone,
+                        if absorb(conn, scanner, tracker, &mut self.params, &mut None, Some(&mut self.to_client)).is_err() {
+                            return Unlink::ServerGone;
                         }
                     }
                     _ => return Unlink::ServerGone,
@@ -390,32 +463,105 @@ async fn sleep_or_never(d: Option<Duration>) {
     }
 }
 
-fn on_server_event(
-    ev: Event<'_>,
+/// Takes in what the server sent: updates the tracker, parameters and prepared statements,
+/// and moves what the client should see to `out` (or discards it when `out` is None).
+fn absorb(
+    conn: &mut ServerConn,
+    scanner: &mut Scanner,
     tracker: &mut Tracker,
-    server_params: &mut std::collections::HashMap<String, String>,
     client_params: &mut Vec<(String, String)>,
     failure: &mut Option<String>,
-) {
-    match ev {
-        Event::ReadyForQuery(status) => tracker.ready_for_query(status),
-        Event::CopyIn => tracker.copy_in(),
-        Event::ParameterStatus { name, value } => {
-            let name = String::from_utf8_lossy(name).to_ascii_lowercase();
-            let value = String::from_utf8_lossy(value).into_owned();
-            if TRACKED.contains(&name.as_str()) {
-                match client_params.iter_mut().find(|(k, _)| *k == name) {
-                    Some((_, v)) => v.clone_from(&value),
-                    None => client_params.push((name.clone(), value.clone())),
+    mut out: Option<&mut BytesMut>,
+) -> Result<(), ProtocolError> {
+    loop {
+        let ServerConn {
+            buf,
+            params,
+            prepared,
+            ..
+        } = &mut *conn;
+        let scanned = scanner.scan(buf, |ev| match ev {
+            Event::ReadyForQuery(status) => {
+                tracker.ready_for_query(status, |id| prepared.forget(id));
+                Action::Forward
+            }
+            Event::CopyIn => {
+                tracker.copy_in();
+                Action::Forward
+            }
+            Event::ParameterStatus { name, value } => {
+                let name = String::from_utf8_lossy(name).to_ascii_lowercase();
+                let value = String::from_utf8_lossy(value).into_owned();
+                if TRACKED.contains(&name.as_str()) {
+                    match client_params.iter_mut().find(|(k, _)| *k == name) {
+                        Some((_, v)) => v.clone_from(&value),
+                        None => client_params.push((name.clone(), value.clone())),
+                    }
                 }
+                params.insert(name, value);
+                Action::Forward
             }
-            server_params.insert(name, value);
+            Event::Error { message, .. } => {
+                if failure.is_none() {
+                    *failure = Some(String::from_utf8_lossy(message).into_owned());
+                }
+                Action::Forward
+            }
+            Event::ParseComplete => {
+                let (statement, reply) = tracker.parse_complete();
+                if let Some(id) = statement {
+                    prepared.confirm(id);
+                }
+                reply_action(reply)
+            }
+            Event::CloseComplete => reply_action(tracker.close_complete()),
+            Event::CommandComplete(tag) => {
+                if tag == b"DISCARD ALL" || tag == b"DEALLOCATE ALL" {
+                    prepared.clear();
+                }
+                Action::Forward
+            }
+        })?;
+        if let Some(out) = out.as_deref_mut() {
+            out.extend_from_slice(&buf[..scanned.forward]);
         }
-        Event::Error { message, .. } => {
-            if failure.is_none() {
-                *failure = Some(String::from_utf8_lossy(message).into_owned());
+        buf.advance(scanned.forward);
+        match scanned.edit {
+            None => return Ok(()),
+            Some((len, action)) => {
+                if let (Action::Replace(bytes), Some(out)) = (action, out.as_deref_mut()) {
+                    out.extend_from_slice(bytes);
+                }
+                buf.advance(len);
             }
         }
+    }
+}
+
+fn reply_action(reply: Reply) -> Action {
+    match reply {
+        Reply::Forward => Action::Forward,
+        Reply::Drop => Action::Drop,
+        Reply::AsParseComplete => Action::Replace(backend::PARSE_COMPLETE),
+    }
+}
+
+/// Sends a Parse of the pooler's statement, closing the least recently used one first when
+/// the server's cache is full.
+fn prepare_on_server(link: &mut Link, stmt: &Statement, capacity: usize, reply: Reply) {
+    if let Some(victim) = link.conn.prepared.insert(stmt.id, capacity) {
+        let name = format!("pgsluice_{victim}");
+        frontend::encode_target(&mut link.to_server, b'C', b'S', name.as_bytes());
+        link.tracker.close_sent(Reply::Drop);
+    }
+    frontend::encode_parse(&mut link.to_server, &stmt.name, &stmt.definition);
+    link.tracker.parse_sent(Some(stmt.id), reply);
+}
+
+/// Before a Bind or Describe of a statement: prepare it on this server if it is not there.
+fn ensure_prepared(link: &mut Link, stmt: &Statement, capacity: usize) {
+    if !link.conn.prepared.touch(stmt.id) {
+        prepare_on_server(link, stmt, capacity, Reply::Drop);
     }
 }
 
@@ -443,12 +589,7 @@ async fn drain(
                 tracker,
                 ..
             } = &mut *link;
-            let n = scanner
-                .scan(&conn.buf, |ev| {
-                    on_server_event(ev, tracker, &mut conn.params, client_params, failure)
-                })
-                .ok()?;
-            conn.buf.advance(n);
+            absorb(conn, scanner, tracker, client_params, failure, None).ok()?;
         }
         Some(())
     };
@@ -477,25 +618,25 @@ async fn cleanup(
         }
     }
     if link.tracker.in_copy_in() {
-        backend::copy_fail(&mut link.to_server, "client disconnected");
+        frontend::encode_copy_fail(&mut link.to_server, "client disconnected");
         link.tracker.sent(b'f');
     }
     if link.tracker.unsynced() {
-        backend::sync(&mut link.to_server);
+        frontend::encode_sync(&mut link.to_server);
         link.tracker.sent(b'S');
     }
     if !drain(link, deadline, client_params, &mut ignored).await {
         return false;
     }
     if link.tracker.status != TxStatus::Idle {
-        backend::query(&mut link.to_server, "ROLLBACK");
+        frontend::encode_query(&mut link.to_server, "ROLLBACK");
         link.tracker.sent(b'Q');
         if !drain(link, deadline, client_params, &mut ignored).await {
             return false;
         }
     }
     if let Some(sql) = reset {
-        backend::query(&mut link.to_server, sql);
+        frontend::encode_query(&mut link.to_server, sql);
         link.tracker.sent(b'Q');
         if !drain(link, deadline, client_params, &mut ignored).await {
             return false;

@@ -55,6 +55,7 @@ pub struct General {
     pub client_idle_timeout: Seconds,
     pub idle_transaction_timeout: Seconds,
     pub max_packet_size: usize,
+    pub max_prepared_statements: usize,
     pub peer_id: u16,
 }
 
@@ -80,6 +81,7 @@ impl Default for General {
             client_idle_timeout: Seconds::secs(0),
             idle_transaction_timeout: Seconds::secs(0),
             max_packet_size: 1_073_741_823,
+            max_prepared_statements: 200,
             peer_id: 0,
         }
     }

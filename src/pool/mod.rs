@@ -29,7 +29,7 @@ pub enum PoolError {
 }
 
 enum Grant {
-    Server(ServerConn),
+    Server(Box<ServerConn>),
     /// A slot was freed and counted for the receiver: it opens the connection itself.
     Connect,
     Failed(PoolError),
@@ -241,7 +241,10 @@ impl Pool {
         };
         let waited = start.elapsed();
         match grant {
-            Grant::Server(conn) => Ok(Checkout { conn, waited }),
+            Grant::Server(conn) => Ok(Checkout {
+                conn: *conn,
+                waited,
+            }),
             Grant::Connect => Ok(Checkout {
                 conn: self.open_counted().await?,
                 waited,
@@ -323,9 +326,9 @@ impl Pool {
         }
         conn.last_used = now;
         while let Some(w) = inner.waiters.pop_front() {
-            match w.send(Grant::Server(conn)) {
+            match w.send(Grant::Server(Box::new(conn))) {
                 Ok(()) => return,
-                Err(Grant::Server(c)) => conn = c,
+                Err(Grant::Server(c)) => conn = *c,
                 Err(_) => unreachable!("send returns what it was given"),
             }
         }

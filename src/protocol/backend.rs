@@ -38,10 +38,41 @@ impl TxStatus {
 #[derive(Debug, PartialEq, Eq)]
 pub enum Event<'a> {
     ReadyForQuery(TxStatus),
-    ParameterStatus { name: &'a [u8], value: &'a [u8] },
+    ParameterStatus {
+        name: &'a [u8],
+        value: &'a [u8],
+    },
     CopyIn,
-    Error { code: &'a [u8], message: &'a [u8] },
+    Error {
+        code: &'a [u8],
+        message: &'a [u8],
+    },
+    ParseComplete,
+    CloseComplete,
+    /// CommandComplete with its tag, e.g. `SELECT 1` or `DISCARD ALL`.
+    CommandComplete(&'a [u8]),
 }
+
+/// What to do with an inspected message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Forward,
+    /// The reply to something the pooler sent on its own: the client must not see it.
+    Drop,
+    /// Forward these bytes instead of the message.
+    Replace(&'static [u8]),
+}
+
+/// How far a scan got: `forward` bytes may go to the client as they are; then, if `edit` is
+/// set, a message of that many bytes is to be dropped or replaced before scanning on.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Scanned {
+    pub forward: usize,
+    pub edit: Option<(usize, Action)>,
+}
+
+/// ParseComplete, as the pooler sends it in place of a reply it produced itself.
+pub const PARSE_COMPLETE: &[u8] = b"1\0\0\0\x04";
 
 /// Finds frame boundaries in the server → client byte stream across reads.
 #[derive(Debug, Default)]
@@ -51,18 +82,18 @@ pub struct Scanner {
 }
 
 fn inspected(tag: u8) -> bool {
-    matches!(tag, b'Z' | b'S' | b'G' | b'W' | b'E')
+    matches!(tag, b'Z' | b'S' | b'G' | b'W' | b'E' | b'1' | b'3' | b'C')
 }
 
 impl Scanner {
-    /// Scans `buf` from its start and returns how many bytes may be forwarded now. A partial
-    /// inspected message is left in place for the next call; `on_event` sees each inspected
-    /// message once.
+    /// Scans `buf` from its start. Stops at a partial inspected message (left for the next
+    /// call) or after the first message `on_event` does not forward. `on_event` sees each
+    /// inspected message once.
     pub fn scan<'a>(
         &mut self,
         buf: &'a [u8],
-        mut on_event: impl FnMut(Event<'a>),
-    ) -> Result<usize, ProtocolError> {
+        mut on_event: impl FnMut(Event<'a>) -> Action,
+    ) -> Result<Scanned, ProtocolError> {
         let mut pos = 0;
         loop {
             if self.remaining > 0 {
@@ -70,12 +101,18 @@ impl Scanner {
                 self.remaining -= n;
                 pos += n;
                 if self.remaining > 0 {
-                    return Ok(pos);
+                    return Ok(Scanned {
+                        forward: pos,
+                        edit: None,
+                    });
                 }
             }
             let rest = &buf[pos..];
             if rest.len() < 5 {
-                return Ok(pos);
+                return Ok(Scanned {
+                    forward: pos,
+                    edit: None,
+                });
             }
             let tag = rest[0];
             let len = i32::from_be_bytes([rest[1], rest[2], rest[3], rest[4]]);
@@ -88,10 +125,20 @@ impl Scanner {
                 continue;
             }
             if rest.len() < total {
-                return Ok(pos);
+                return Ok(Scanned {
+                    forward: pos,
+                    edit: None,
+                });
             }
-            on_event(inspect(tag, &rest[5..total])?);
-            pos += total;
+            match on_event(inspect(tag, &rest[5..total])?) {
+                Action::Forward => pos += total,
+                edit => {
+                    return Ok(Scanned {
+                        forward: pos,
+                        edit: Some((total, edit)),
+                    })
+                }
+            }
         }
     }
 }
@@ -111,6 +158,11 @@ fn inspect(tag: u8, body: &[u8]) -> Result<Event<'_>, ProtocolError> {
             Ok(Event::ParameterStatus { name, value })
         }
         b'G' | b'W' => Ok(Event::CopyIn),
+        b'1' => Ok(Event::ParseComplete),
+        b'3' => Ok(Event::CloseComplete),
+        b'C' => Ok(Event::CommandComplete(
+            take_cstr(body).map_or(body, |(tag, _)| tag),
+        )),
         _ => Ok(Event::Error {
             code: error_field(body, b'C').unwrap_or(b""),
             message: error_field(body, b'M').unwrap_or(b""),
@@ -233,31 +285,20 @@ pub fn negotiate_protocol_version(buf: &mut BytesMut, minor: i32, unsupported: &
     });
 }
 
-/// A simple Query message, for statements the pooler itself sends to a server.
-pub fn query(buf: &mut BytesMut, sql: &str) {
-    frame(buf, b'Q', |b| put_cstr(b, sql.as_bytes()));
-}
-
-pub fn sync(buf: &mut BytesMut) {
-    frame(buf, b'S', |_| {});
-}
-
-pub fn copy_fail(buf: &mut BytesMut, message: &str) {
-    frame(buf, b'f', |b| put_cstr(b, message.as_bytes()));
-}
-
-pub fn terminate(buf: &mut BytesMut) {
-    frame(buf, b'X', |_| {});
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn events(scanner: &mut Scanner, buf: &[u8]) -> (usize, Vec<String>) {
         let mut seen = Vec::new();
-        let n = scanner.scan(buf, |e| seen.push(format!("{e:?}"))).unwrap();
-        (n, seen)
+        let s = scanner
+            .scan(buf, |e| {
+                seen.push(format!("{e:?}"));
+                Action::Forward
+            })
+            .unwrap();
+        assert_eq!(s.edit, None);
+        (s.forward, seen)
     }
 
     #[test]
@@ -283,19 +324,53 @@ mod tests {
         let mut s = Scanner::default();
         let mut seen = Vec::new();
         let n = s
-            .scan(&b, |e| match e {
-                Event::Error { code, .. } => seen.push(code.to_vec()),
-                Event::ParameterStatus { name, value } => seen.push([name, value].concat()),
-                _ => {}
+            .scan(&b, |e| {
+                match e {
+                    Event::Error { code, .. } => seen.push(code.to_vec()),
+                    Event::ParameterStatus { name, value } => seen.push([name, value].concat()),
+                    _ => {}
+                }
+                Action::Forward
             })
             .unwrap();
-        assert_eq!(n, b.len());
+        assert_eq!(
+            n,
+            Scanned {
+                forward: b.len(),
+                edit: None
+            }
+        );
         assert_eq!(seen, vec![b"42P01".to_vec(), b"TimeZoneUTC".to_vec()]);
     }
 
     #[test]
     fn rejects_bad_length() {
         let mut s = Scanner::default();
-        assert!(s.scan(b"D\0\0\0\x02", |_| {}).is_err());
+        assert!(s.scan(b"D\0\0\0\x02", |_| Action::Forward).is_err());
+    }
+
+    #[test]
+    fn stops_at_a_message_to_edit() {
+        let mut b = BytesMut::new();
+        b.extend_from_slice(PARSE_COMPLETE);
+        b.extend_from_slice(b"2\0\0\0\x04");
+        ready_for_query(&mut b, TxStatus::Idle);
+        let mut s = Scanner::default();
+        let first = s.scan(&b, |_| Action::Drop).unwrap();
+        assert_eq!(
+            first,
+            Scanned {
+                forward: 0,
+                edit: Some((5, Action::Drop))
+            }
+        );
+        let rest = s.scan(&b[5..], |_| Action::Forward).unwrap();
+        assert_eq!(
+            rest,
+            Scanned {
+                forward: 11,
+                edit: None
+            }
+        );
     }
 }

@@ -5,6 +5,7 @@
 //! out of one frame's body. Every length is checked before it is used.
 
 use super::{take_cstr, ProtocolError};
+use bytes::{BufMut, BytesMut};
 
 /// Type byte and total size (type byte included) of the frame at the front of a buffer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,10 +41,14 @@ pub enum Message<'a> {
     Parse {
         name: &'a [u8],
         query: &'a [u8],
+        /// Everything after the name (query and parameter types), to re-send under another name.
+        definition: &'a [u8],
     },
     Bind {
         portal: &'a [u8],
         statement: &'a [u8],
+        /// Everything after the statement name, to re-send for another name.
+        params: &'a [u8],
     },
     Describe {
         kind: u8,
@@ -150,22 +155,38 @@ pub fn parse(tag: u8, body: &[u8]) -> Result<Message<'_>, ProtocolError> {
             done(rest, Message::Query(q), "Query")
         }
         b'P' => {
-            let (name, rest) = cstr(body, "Parse")?;
-            let (query, rest) = cstr(rest, "Parse")?;
+            let (name, definition) = cstr(body, "Parse")?;
+            let (query, rest) = cstr(definition, "Parse")?;
             let (n, rest) = i16_at(rest, "Parse")?;
             let rest = skip(rest, n, 4, "Parse")?;
-            done(rest, Message::Parse { name, query }, "Parse")
+            done(
+                rest,
+                Message::Parse {
+                    name,
+                    query,
+                    definition,
+                },
+                "Parse",
+            )
         }
         b'B' => {
             let (portal, rest) = cstr(body, "Bind")?;
-            let (statement, rest) = cstr(rest, "Bind")?;
-            let (n, rest) = i16_at(rest, "Bind")?;
+            let (statement, params) = cstr(rest, "Bind")?;
+            let (n, rest) = i16_at(params, "Bind")?;
             let rest = skip(rest, n, 2, "Bind")?;
             let (n, rest) = i16_at(rest, "Bind")?;
             let rest = skip_values(rest, n, "Bind")?;
             let (n, rest) = i16_at(rest, "Bind")?;
             let rest = skip(rest, n, 2, "Bind")?;
-            done(rest, Message::Bind { portal, statement }, "Bind")
+            done(
+                rest,
+                Message::Bind {
+                    portal,
+                    statement,
+                    params,
+                },
+                "Bind",
+            )
         }
         b'D' => {
             let (kind, name) = kind_and_name(body, "Describe")?;
@@ -222,6 +243,48 @@ pub fn password(body: &[u8]) -> Result<&[u8], ProtocolError> {
     done(rest, Message::Sync, "PasswordMessage").map(|_| pw)
 }
 
+fn frame(buf: &mut BytesMut, tag: u8, parts: &[&[u8]]) {
+    let len: usize = 4 + parts.iter().map(|p| p.len()).sum::<usize>();
+    buf.reserve(len + 1);
+    buf.put_u8(tag);
+    buf.put_i32(len as i32);
+    for p in parts {
+        buf.put_slice(p);
+    }
+}
+
+/// Parse under `name`, with a definition taken from a client's Parse.
+pub fn encode_parse(buf: &mut BytesMut, name: &[u8], definition: &[u8]) {
+    frame(buf, b'P', &[name, b"\0", definition]);
+}
+
+/// Bind for `statement`, with everything else taken from a client's Bind.
+pub fn encode_bind(buf: &mut BytesMut, portal: &[u8], statement: &[u8], params: &[u8]) {
+    frame(buf, b'B', &[portal, b"\0", statement, b"\0", params]);
+}
+
+/// Describe (`D`) or Close (`C`) of a statement (`S`) or portal (`P`).
+pub fn encode_target(buf: &mut BytesMut, tag: u8, kind: u8, name: &[u8]) {
+    frame(buf, tag, &[&[kind], name, b"\0"]);
+}
+
+/// A simple Query, for statements the pooler itself sends to a server.
+pub fn encode_query(buf: &mut BytesMut, sql: &str) {
+    frame(buf, b'Q', &[sql.as_bytes(), b"\0"]);
+}
+
+pub fn encode_sync(buf: &mut BytesMut) {
+    frame(buf, b'S', &[]);
+}
+
+pub fn encode_copy_fail(buf: &mut BytesMut, message: &str) {
+    frame(buf, b'f', &[message.as_bytes(), b"\0"]);
+}
+
+pub fn encode_terminate(buf: &mut BytesMut) {
+    frame(buf, b'X', &[]);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -257,7 +320,8 @@ mod tests {
             parse(b'P', b"s1\0select $1\0\0\x01\0\0\0\x17"),
             Ok(Message::Parse {
                 name: b"s1",
-                query: b"select $1"
+                query: b"select $1",
+                definition: b"select $1\0\0\x01\0\0\0\x17"
             })
         );
         let bind = b"p\0s1\0\0\x01\0\x01\0\x01\0\0\0\x02hi\0\x01\0\x01";
@@ -265,7 +329,8 @@ mod tests {
             parse(b'B', bind),
             Ok(Message::Bind {
                 portal: b"p",
-                statement: b"s1"
+                statement: b"s1",
+                params: &bind[5..]
             })
         );
         assert_eq!(
@@ -293,6 +358,23 @@ mod tests {
         assert!(parse(b'D', b"X\0").is_err());
         assert!(parse(b'S', b"x").is_err());
         assert_eq!(parse(b'z', b""), Err(ProtocolError::UnknownMessage(b'z')));
+    }
+
+    #[test]
+    fn encoders_round_trip_through_the_parser() {
+        let mut b = BytesMut::new();
+        encode_parse(&mut b, b"g1", b"select 1\0\0\0");
+        encode_bind(&mut b, b"", b"g1", b"\0\0\0\0\0\0");
+        encode_target(&mut b, b'C', b'S', b"g1");
+        encode_query(&mut b, "ROLLBACK");
+        encode_sync(&mut b);
+        let mut tags = Vec::new();
+        while let Some(h) = header(&b, 1 << 20).unwrap() {
+            parse(h.tag, &b[5..h.len]).unwrap();
+            tags.push(h.tag);
+            let _ = b.split_to(h.len);
+        }
+        assert_eq!(tags, b"PBCQS");
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! connection is checked out and forwards bytes through them directly.
 
 mod login;
+pub mod prepared;
 pub mod tracker;
 
 pub use login::{Credentials, LoginError};
@@ -50,6 +51,8 @@ pub struct ServerConn {
     pub cancel_key: std::sync::Arc<CancelKey>,
     /// Session parameters as the server reported them, plus those the pooler set itself.
     pub params: HashMap<String, String>,
+    /// The pooler's named statements this server has prepared.
+    pub prepared: prepared::PreparedCache,
     pub created: Instant,
     pub last_used: Instant,
 }
@@ -80,7 +83,7 @@ impl ServerConn {
     /// Says goodbye politely, so the server logs no "unexpected EOF".
     pub async fn close(mut self, why: &str) {
         let mut buf = BytesMut::new();
-        crate::protocol::backend::terminate(&mut buf);
+        crate::protocol::frontend::encode_terminate(&mut buf);
         let _ = tokio::time::timeout(Duration::from_secs(1), self.stream.write_all(&buf)).await;
         tracing::info!(server = self.id, reason = why, "server closed");
     }

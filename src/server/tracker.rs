@@ -13,6 +13,28 @@ enum Pending {
     /// A Query or FunctionCall: answered by its own ReadyForQuery.
     Query,
     Sync,
+    /// A Parse, answered by ParseComplete unless an earlier error skips it. `statement` is the
+    /// pooler's statement id when it names one; `reply` says what the client gets.
+    Parse {
+        statement: Option<u64>,
+        reply: Reply,
+    },
+    /// A Close, answered by CloseComplete.
+    Close {
+        reply: Reply,
+    },
+}
+
+/// What becomes of the reply to a Parse or Close.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reply {
+    /// The client sent it: the reply is theirs.
+    Forward,
+    /// The pooler sent it on its own: the client never sees the reply.
+    Drop,
+    /// Stands in for a client's Parse of a statement the server already has: the client gets
+    /// ParseComplete.
+    AsParseComplete,
 }
 
 #[derive(Debug)]
@@ -53,8 +75,49 @@ impl Tracker {
         }
     }
 
-    pub fn ready_for_query(&mut self, status: TxStatus) {
-        self.pending.pop_front();
+    pub fn parse_sent(&mut self, statement: Option<u64>, reply: Reply) {
+        self.pending.push_back(Pending::Parse { statement, reply });
+    }
+
+    pub fn close_sent(&mut self, reply: Reply) {
+        self.pending.push_back(Pending::Close { reply });
+    }
+
+    /// A ParseComplete arrived: which statement it confirms and what to do with it.
+    pub fn parse_complete(&mut self) -> (Option<u64>, Reply) {
+        match self.pending.front() {
+            Some(&Pending::Parse { statement, reply }) => {
+                self.pending.pop_front();
+                (statement, reply)
+            }
+            _ => (None, Reply::Forward),
+        }
+    }
+
+    /// A CloseComplete arrived: what to do with it.
+    pub fn close_complete(&mut self) -> Reply {
+        match self.pending.front() {
+            Some(&Pending::Close { reply }) => {
+                self.pending.pop_front();
+                reply
+            }
+            _ => Reply::Forward,
+        }
+    }
+
+    /// ReadyForQuery ends a Query or Sync. Parses still queued before it were skipped after an
+    /// error; `skipped` hears of each statement that therefore never got prepared.
+    pub fn ready_for_query(&mut self, status: TxStatus, mut skipped: impl FnMut(u64)) {
+        while let Some(p) = self.pending.pop_front() {
+            match p {
+                Pending::Query | Pending::Sync => break,
+                Pending::Parse {
+                    statement: Some(id),
+                    ..
+                } => skipped(id),
+                _ => {}
+            }
+        }
         self.status = status;
     }
 
@@ -62,7 +125,7 @@ impl Tracker {
     /// server (libpq and tokio-postgres both send one before they see this reply).
     pub fn copy_in(&mut self) {
         self.copy_in = true;
-        self.pending.retain(|p| *p == Pending::Query);
+        self.pending.retain(|p| *p != Pending::Sync);
     }
 
     /// Nothing is owed and no transaction is open: the server may serve someone else.
@@ -94,7 +157,7 @@ mod tests {
         let mut t = Tracker::default();
         t.sent(b'Q');
         assert!(!t.idle());
-        t.ready_for_query(Idle);
+        t.ready_for_query(Idle, |_| {});
         assert!(t.idle());
     }
 
@@ -104,9 +167,9 @@ mod tests {
         for tag in *b"PBESPBES" {
             t.sent(tag);
         }
-        t.ready_for_query(Idle);
+        t.ready_for_query(Idle, |_| {});
         assert!(!t.idle(), "second sync still owed");
-        t.ready_for_query(Idle);
+        t.ready_for_query(Idle, |_| {});
         assert!(t.idle());
     }
 
@@ -117,10 +180,10 @@ mod tests {
         t.sent(b'H');
         assert!(!t.idle());
         t.sent(b'S');
-        t.ready_for_query(InTransaction);
+        t.ready_for_query(InTransaction, |_| {});
         assert!(!t.idle());
         t.sent(b'Q');
-        t.ready_for_query(Idle);
+        t.ready_for_query(Idle, |_| {});
         assert!(t.idle());
     }
 
@@ -135,7 +198,33 @@ mod tests {
         t.sent(b'c');
         t.sent(b'S');
         assert!(!t.idle());
-        t.ready_for_query(Idle);
+        t.ready_for_query(Idle, |_| {});
+        assert!(t.idle());
+    }
+
+    #[test]
+    fn parse_and_close_replies_pair_with_what_was_sent() {
+        let mut t = Tracker::default();
+        t.parse_sent(Some(7), Reply::Drop);
+        t.sent(b'P');
+        t.close_sent(Reply::AsParseComplete);
+        t.sent(b'C');
+        t.sent(b'S');
+        assert_eq!(t.parse_complete(), (Some(7), Reply::Drop));
+        assert_eq!(t.close_complete(), Reply::AsParseComplete);
+        t.ready_for_query(Idle, |_| panic!("nothing skipped"));
+        assert!(t.idle());
+    }
+
+    #[test]
+    fn parses_skipped_after_an_error_are_reported() {
+        let mut t = Tracker::default();
+        t.parse_sent(Some(1), Reply::Forward);
+        t.parse_sent(Some(2), Reply::Drop);
+        t.sent(b'S');
+        let mut skipped = Vec::new();
+        t.ready_for_query(Idle, |id| skipped.push(id));
+        assert_eq!(skipped, vec![1, 2]);
         assert!(t.idle());
     }
 
@@ -147,7 +236,7 @@ mod tests {
         t.sent(b'd');
         t.sent(b'f');
         assert!(!t.idle());
-        t.ready_for_query(Idle);
+        t.ready_for_query(Idle, |_| {});
         assert!(t.idle());
     }
 }

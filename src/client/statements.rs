@@ -1,0 +1,88 @@
+//! Named prepared statements across transaction pooling.
+//!
+//! A client's statement names are its own; what a server prepares is the pooler's statement,
+//! named `pgsluice_<id>` and identified by the statement's definition (query text and parameter
+//! types), so clients that prepare the same query share one prepared statement per server.
+
+use bytes::Bytes;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+
+#[derive(Debug)]
+pub struct Statement {
+    pub id: u64,
+    /// Server-side name.
+    pub name: Box<[u8]>,
+    /// The Parse body after the name: query text and parameter types.
+    pub definition: Bytes,
+}
+
+/// Every statement some client has prepared, by definition. Entries die with their last client.
+#[derive(Default)]
+pub struct Registry {
+    by_definition: Mutex<HashMap<Bytes, Weak<Statement>>>,
+    next_id: AtomicU64,
+    purge_at: AtomicU64,
+}
+
+impl Registry {
+    pub fn get(&self, definition: &[u8]) -> Arc<Statement> {
+        let mut map = self.by_definition.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(s) = map.get(definition).and_then(Weak::upgrade) {
+            return s;
+        }
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
+        let definition = Bytes::copy_from_slice(definition);
+        let stmt = Arc::new(Statement {
+            id,
+            name: format!("pgsluice_{id}").into_bytes().into_boxed_slice(),
+            definition: definition.clone(),
+        });
+        map.insert(definition, Arc::downgrade(&stmt));
+        // Drop dead entries whenever the map has doubled since the last sweep.
+        if map.len() as u64 >= self.purge_at.load(Ordering::Relaxed) {
+            map.retain(|_, w| w.strong_count() > 0);
+            self.purge_at
+                .store((map.len() as u64 * 2).max(1024), Ordering::Relaxed);
+        }
+        stmt
+    }
+}
+
+/// One client's names for its statements.
+#[derive(Default)]
+pub struct ClientStatements {
+    by_name: HashMap<Box<[u8]>, Arc<Statement>>,
+}
+
+impl ClientStatements {
+    pub fn get(&self, name: &[u8]) -> Option<&Arc<Statement>> {
+        self.by_name.get(name)
+    }
+
+    pub fn insert(&mut self, name: &[u8], stmt: Arc<Statement>) {
+        self.by_name.insert(name.into(), stmt);
+    }
+
+    pub fn remove(&mut self, name: &[u8]) {
+        self.by_name.remove(name);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn same_definition_same_statement_until_all_clients_drop_it() {
+        let r = Registry::default();
+        let a = r.get(b"select 1\0\0\0");
+        let b = r.get(b"select 1\0\0\0");
+        assert_eq!(a.id, b.id);
+        assert_ne!(r.get(b"select 2\0\0\0").id, a.id);
+        let id = a.id;
+        drop((a, b));
+        assert_ne!(r.get(b"select 1\0\0\0").id, id);
+    }
+}

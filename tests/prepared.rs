@@ -1,0 +1,115 @@
+//! Named prepared statements under transaction pooling: clients keep their statements
+//! whichever server they get, with many more clients than servers.
+
+mod support;
+
+use std::time::Duration;
+use support::{connect, primary, Pooler, APP_PASSWORD};
+
+async fn run_clients(pooler: &Pooler, clients: usize, rounds: usize) {
+    let mut tasks = Vec::new();
+    for i in 0..clients {
+        let c = connect(pooler, "app", APP_PASSWORD).await;
+        tasks.push(tokio::spawn(async move {
+            let by_id = c
+                .prepare("SELECT id, v FROM kv WHERE id = $1")
+                .await
+                .unwrap();
+            let add = c.prepare("SELECT $1::int + $2::int").await.unwrap();
+            for r in 0..rounds {
+                let id = ((i + r) % 100) as i32;
+                let row = c.query_one(&by_id, &[&id]).await.unwrap();
+                assert_eq!(row.get::<_, String>(1), format!("v{id}"));
+                let sum: i32 = c
+                    .query_one(&add, &[&(i as i32), &(r as i32)])
+                    .await
+                    .unwrap()
+                    .get(0);
+                assert_eq!(sum, (i + r) as i32);
+                // Statements made and dropped (Close) on the way.
+                let tmp = c
+                    .prepare(&format!("SELECT {r} AS n, $1::text AS t"))
+                    .await
+                    .unwrap();
+                let t: String = c.query_one(&tmp, &[&"x"]).await.unwrap().get(1);
+                assert_eq!(t, "x");
+                drop(tmp);
+                if r % 5 == 0 {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+}
+
+async fn setup(pooler: &Pooler) {
+    let c = connect(pooler, "app", APP_PASSWORD).await;
+    c.batch_execute("CREATE TABLE kv (id int PRIMARY KEY, v text); INSERT INTO kv SELECT g, 'v' || g FROM generate_series(0, 99) g")
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prepared_statements_survive_transaction_pooling() {
+    let pg = primary();
+    let pooler = Pooler::start(&pg, "default_pool_size = 3");
+    setup(&pooler).await;
+    run_clients(&pooler, 40, 30).await;
+    // Statements are shared: the servers hold a handful, not one per client.
+    let count = pg
+        .psql_in(
+            "app",
+            "SELECT count(*) FROM pg_stat_activity WHERE usename = 'app'",
+        )
+        .unwrap();
+    assert!(count.parse::<i32>().unwrap() <= 3, "{count} servers");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statements_are_evicted_and_prepared_again() {
+    let pg = primary();
+    let pooler = Pooler::start(&pg, "default_pool_size = 2\nmax_prepared_statements = 2");
+    setup(&pooler).await;
+    run_clients(&pooler, 10, 20).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statement_errors_are_postgres_errors() {
+    let pg = primary();
+    let pooler = Pooler::start(&pg, "default_pool_size = 2");
+    let c = connect(&pooler, "app", APP_PASSWORD).await;
+    let err = c.prepare("SELEC 1").await.unwrap_err();
+    assert_eq!(
+        err.code(),
+        Some(&tokio_postgres::error::SqlState::SYNTAX_ERROR)
+    );
+    let err = c.prepare("SELECT * FROM missing_table").await.unwrap_err();
+    assert_eq!(
+        err.code(),
+        Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE)
+    );
+    // The session is still fine, and a DISCARD ALL by the client does not break its statements.
+    let s = c.prepare("SELECT 5").await.unwrap();
+    c.batch_execute("DISCARD ALL").await.unwrap();
+    let five: i32 = c.query_one(&s, &[]).await.unwrap().get(0);
+    assert_eq!(five, 5);
+    // A transaction with prepared statements in it.
+    let mut c = c;
+    let tx = c.transaction().await.unwrap();
+    let s2 = tx.prepare("SELECT $1::int * 2").await.unwrap();
+    let v: i32 = tx.query_one(&s2, &[&21]).await.unwrap().get(0);
+    tx.commit().await.unwrap();
+    assert_eq!(v, 42);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_mode_keeps_statements_too() {
+    let pg = primary();
+    let pooler = Pooler::start(&pg, "default_pool_size = 2\npool_mode = \"session\"");
+    setup(&pooler).await;
+    run_clients(&pooler, 2, 10).await;
+    run_clients(&pooler, 2, 10).await;
+}
