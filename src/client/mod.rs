@@ -106,7 +106,9 @@ pub async fn handle(ctx: Arc<Context>, mut stream: TcpStream, peer: SocketAddr) 
     let registration = ctx.cancels.register();
     let login = tokio::time::timeout(
         config.general.client_login_timeout.0,
-        login::login(&ctx, &config, &mut stream, &registration),
+        // Boxed, like the larger steps of a session, so that an idle client keeps only a
+        // small future: its size is the largest state it may ever be in.
+        Box::pin(login::login(&ctx, &config, &mut stream, &registration)),
     )
     .await;
     let login = match login {

@@ -103,12 +103,17 @@ impl Session<'_> {
         loop {
             state = match state {
                 State::Idle => match self.idle_step().await {
-                    Ok(Some(link)) => State::Linked(link),
-                    Ok(None) => State::Idle,
+                    // Boxed: linking is a brief state, and an idle client should not carry
+                    // its size.
+                    Ok(true) => match Box::pin(self.link()).await {
+                        Ok(link) => State::Linked(link),
+                        Err(reason) => return reason,
+                    },
+                    Ok(false) => State::Idle,
                     Err(reason) => return reason,
                 },
                 State::Linked(mut link) => {
-                    let how = self.pump(&mut link).await;
+                    let how = Box::pin(self.pump(&mut link)).await;
                     self.reg.slot.set(None);
                     match how {
                         Unlink::Release => {
@@ -142,7 +147,7 @@ impl Session<'_> {
                                 }
                                 _ => {}
                             }
-                            self.finish(link).await;
+                            Box::pin(self.finish(link)).await;
                             return reason;
                         }
                     }
@@ -158,8 +163,8 @@ impl Session<'_> {
         let _ = self.client.shutdown().await;
     }
 
-    /// Without a server: wait for the client's next message and link when it needs a server.
-    async fn idle_step(&mut self) -> Result<Option<Box<Link>>, &'static str> {
+    /// Without a server: wait for the client's next message. True when it needs a server.
+    async fn idle_step(&mut self) -> Result<bool, &'static str> {
         if !self.to_client.is_empty() {
             self.client
                 .write_all(&self.to_client)
@@ -177,7 +182,7 @@ impl Session<'_> {
         };
         let Some(h) = header.filter(|h| self.cbuf.len() >= h.len) else {
             self.read_idle().await?;
-            return Ok(None);
+            return Ok(false);
         };
         if let Err(e) = frontend::parse(h.tag, &self.cbuf[5..h.len]) {
             self.fatal(sqlstate::PROTOCOL_VIOLATION, &e.to_string())
@@ -185,17 +190,21 @@ impl Session<'_> {
             return Err("protocol violation");
         }
         match h.tag {
-            b'X' => return Err("client terminated"),
+            b'X' => Err("client terminated"),
             // Nothing is open: answer a lone Sync ourselves and ignore Flush.
             b'S' | b'H' => {
                 self.cbuf.advance(h.len);
                 if h.tag == b'S' {
                     backend::ready_for_query(&mut self.to_client, TxStatus::Idle);
                 }
-                return Ok(None);
+                Ok(false)
             }
-            _ => {}
+            _ => Ok(true),
         }
+    }
+
+    /// Checks out a server and brings its session parameters in line with this client's.
+    async fn link(&mut self) -> Result<Box<Link>, &'static str> {
         let checkout = match self.pool.checkout().await {
             Ok(c) => c,
             Err(e) => {
@@ -224,7 +233,7 @@ impl Session<'_> {
             self.fatal(sqlstate::PROTOCOL_VIOLATION, &message).await;
             return Err("invalid session parameter");
         }
-        Ok(Some(link))
+        Ok(link)
     }
 
     /// Waits for client bytes with no server held. An idle client keeps no read buffer.

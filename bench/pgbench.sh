@@ -1,0 +1,177 @@
+#!/usr/bin/env bash
+# End-to-end benchmark: pgbench -S through pgsluice and PgBouncer (same pool size, transaction
+# mode) against a throwaway local PostgreSQL, plus direct connections as the ceiling. Prints one
+# table of TPS and latency with pgsluice/PgBouncer ratios, then the RSS of each pooler holding
+# many idle clients.
+#
+#   bench/pgbench.sh                      # defaults below
+#   CLIENTS="16 64" DURATION=10 ROUNDS=5 POOL_SIZE=20 IDLE_CLIENTS=2000 bench/pgbench.sh
+#
+# Every run is bounded (-T), everything listens on 127.0.0.1 only, and all of it is removed at
+# exit. PgBouncer comes from Debian's package and is installed if missing. Debian's PgBouncer
+# (1.18) cannot carry prepared statements in transaction mode, so -M prepared compares
+# pgsluice with direct connections only.
+set -euo pipefail
+
+CLIENTS=${CLIENTS:-"1 16 64 256"}
+MODES=${MODES:-"simple prepared"}
+DURATION=${DURATION:-5}
+ROUNDS=${ROUNDS:-3}
+POOL_SIZE=${POOL_SIZE:-20}
+IDLE_CLIENTS=${IDLE_CLIENTS:-2000}
+SCALE=${SCALE:-1}
+
+root=$(cd "$(dirname "$0")/.." && pwd)
+bindir=$(pg_config --bindir 2>/dev/null || ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
+as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+if ! command -v pgbouncer >/dev/null && [ ! -x /usr/sbin/pgbouncer ]; then
+    echo "installing pgbouncer from Debian's packages ..." >&2
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q pgbouncer >/dev/null
+fi
+pgbouncer_bin=$(command -v pgbouncer || echo /usr/sbin/pgbouncer)
+
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+work=$(mktemp -d /tmp/pgsluice-bench.XXXXXX)
+chmod 755 "$work"
+[ "$(id -u)" = 0 ] && chown postgres "$work"
+pids=()
+cleanup() {
+    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+    as_pg "$bindir/pg_ctl" -D "$work/data" -m immediate stop >/dev/null 2>&1 || true
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+echo "building pgsluice (release) ..." >&2
+(cd "$root" && cargo build --release -q)
+
+pg_port=$(free_port)
+as_pg "$bindir/initdb" -D "$work/data" -U postgres -A trust --no-sync >/dev/null
+cat >>"$work/data/postgresql.conf" <<CONF
+listen_addresses = '127.0.0.1'
+unix_socket_directories = '$work'
+max_connections = 600
+fsync = off
+synchronous_commit = off
+CONF
+as_pg "$bindir/pg_ctl" -D "$work/data" -l "$work/pg.log" -o "-p $pg_port" -w start >/dev/null
+"$bindir/pgbench" -h 127.0.0.1 -p "$pg_port" -U postgres -i -q -s "$SCALE" postgres >/dev/null 2>&1
+
+bouncer_port=$(free_port)
+cat >"$work/pgbouncer.ini" <<INI
+[databases]
+postgres = host=127.0.0.1 port=$pg_port
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = $bouncer_port
+unix_socket_dir =
+auth_type = trust
+auth_file = $work/userlist.txt
+pool_mode = transaction
+default_pool_size = $POOL_SIZE
+max_client_conn = $((IDLE_CLIENTS + 500))
+logfile = $work/pgbouncer.log
+INI
+echo '"postgres" ""' >"$work/userlist.txt"
+[ "$(id -u)" = 0 ] && chown postgres "$work"/pgbouncer.ini "$work"/userlist.txt
+as_pg "$pgbouncer_bin" "$work/pgbouncer.ini" >/dev/null 2>&1 &
+pids+=($!)
+
+sluice_port=$(free_port)
+cat >"$work/pgsluice.toml" <<TOML
+listen_port = $sluice_port
+auth_type = "trust"
+pool_mode = "transaction"
+default_pool_size = $POOL_SIZE
+max_client_conn = $((IDLE_CLIENTS + 500))
+[databases.postgres]
+port = $pg_port
+[users.postgres]
+TOML
+RUST_LOG=warn "$root/target/release/pgsluice" --config "$work/pgsluice.toml" >"$work/pgsluice.log" 2>&1 &
+pids+=($!)
+sluice_pid=$!
+
+for port in "$bouncer_port" "$sluice_port"; do
+    for _ in $(seq 100); do
+        "$bindir/psql" -X -h 127.0.0.1 -p "$port" -U postgres -d postgres -Atc 'SELECT 1' >/dev/null 2>&1 && break
+        sleep 0.1
+    done
+done
+bouncer_pid=$(pgrep -f "^$pgbouncer_bin $work/pgbouncer.ini" | head -1)
+
+# One pgbench run: prints "tps latency_ms".
+run() {
+    local port=$1 mode=$2 clients=$3
+    local jobs=$((clients < 2 ? 1 : 2))
+    "$bindir/pgbench" -h 127.0.0.1 -p "$port" -U postgres -n -S -M "$mode" -c "$clients" -j "$jobs" \
+        -T "$DURATION" postgres 2>&1 |
+        awk '/^latency average/ {lat=$4} /^tps/ {tps=$3} END {printf "%.0f %.3f\n", tps, lat}'
+}
+
+# Median of ROUNDS runs, rounds interleaved across targets so drift hits all alike.
+median() { sort -n | awk '{a[NR]=$0} END {print a[int((NR+1)/2)]}'; }
+
+printf '%-8s %7s | %10s %8s | %10s %8s | %10s %8s | %9s %9s\n' \
+    mode clients direct_tps lat_ms bouncer_tps lat_ms sluice_tps lat_ms "vs_bouncer" "vs_direct"
+for mode in $MODES; do
+    for c in $CLIENTS; do
+        : >"$work/direct" >"$work/bouncer" >"$work/sluice"
+        for _ in $(seq "$ROUNDS"); do
+            run "$pg_port" "$mode" "$c" >>"$work/direct"
+            [ "$mode" = simple ] && run "$bouncer_port" "$mode" "$c" >>"$work/bouncer"
+            run "$sluice_port" "$mode" "$c" >>"$work/sluice"
+        done
+        read -r d_tps d_lat < <(median <"$work/direct")
+        read -r s_tps s_lat < <(median <"$work/sluice")
+        if [ -s "$work/bouncer" ]; then
+            read -r b_tps b_lat < <(median <"$work/bouncer")
+            vs_b=$(awk -v s="$s_tps" -v b="$b_tps" 'BEGIN {printf "%.2fx", s / b}')
+        else
+            b_tps=-; b_lat=-; vs_b=-
+        fi
+        vs_d=$(awk -v s="$s_tps" -v d="$d_tps" 'BEGIN {printf "%.2fx", s / d}')
+        printf '%-8s %7s | %10s %8s | %10s %8s | %10s %8s | %9s %9s\n' \
+            "$mode" "$c" "$d_tps" "$d_lat" "$b_tps" "$b_lat" "$s_tps" "$s_lat" "$vs_b" "$vs_d"
+    done
+done
+
+# RSS with many idle clients: log each in, then hold the connections open.
+rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
+hold_idle() {
+    python3 - "$1" "$IDLE_CLIENTS" <<'PY' &
+import socket, struct, sys, time
+port, n = int(sys.argv[1]), int(sys.argv[2])
+body = b"user\0postgres\0database\0postgres\0\0"
+startup = struct.pack("!ii", 8 + len(body), 196608) + body
+socks = []
+for _ in range(n):
+    s = socket.create_connection(("127.0.0.1", port))
+    s.sendall(startup)
+    buf = b""
+    while not buf.endswith(b"Z\0\0\0\x05I"):
+        chunk = s.recv(4096)
+        if not chunk:
+            sys.exit("closed during login")
+        buf += chunk
+    socks.append(s)
+print("ready", flush=True)
+time.sleep(30)
+PY
+}
+echo
+printf '%-10s %12s %14s %16s\n' pooler rss_idle_kib "rss_with_${IDLE_CLIENTS}_kib" per_client_bytes
+for target in bouncer sluice; do
+    if [ "$target" = bouncer ]; then pid=$bouncer_pid; port=$bouncer_port; else pid=$sluice_pid; port=$sluice_port; fi
+    before=$(rss_kib "$pid")
+    hold_idle "$port" >"$work/hold.$target"
+    holder=$!
+    for _ in $(seq 300); do grep -q ready "$work/hold.$target" 2>/dev/null && break; sleep 0.1; done
+    sleep 1
+    after=$(rss_kib "$pid")
+    kill "$holder" 2>/dev/null || true
+    wait "$holder" 2>/dev/null || true
+    printf '%-10s %12s %14s %16s\n' "$target" "$before" "$after" $(((after - before) * 1024 / IDLE_CLIENTS))
+done
