@@ -283,6 +283,19 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        #[test]
+        fn random_client_messages_never_panic(
+            first in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..120),
+            last in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..120),
+        ) {
+            let v = Verifier::from_password("x", b"salt", 1);
+            if let Ok((ex, _)) = ServerExchange::start(v, &first, "n") {
+                let _ = ex.finish(&last);
+            }
+        }
+    }
+
     #[test]
     fn refuses_channel_binding_and_garbage() {
         let v = rfc_verifier();

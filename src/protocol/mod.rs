@@ -45,3 +45,108 @@ pub(crate) fn take_cstr(buf: &[u8]) -> Option<(&[u8], &[u8])> {
     let end = buf.iter().position(|&b| b == 0)?;
     Some((&buf[..end], &buf[end + 1..]))
 }
+
+/// "Fuzz lite" that runs with every `cargo test`: random and split byte streams into every
+/// decoder. None may panic, and splitting a stream must not change what is decoded.
+#[cfg(test)]
+mod fuzz_lite {
+    use super::{backend, frontend, startup};
+    use bytes::BytesMut;
+    use proptest::prelude::*;
+
+    fn decode_frontend_stream(
+        bytes: &[u8],
+        cuts: &[usize],
+    ) -> Vec<Result<u8, super::ProtocolError>> {
+        let mut buf = BytesMut::new();
+        let mut out = Vec::new();
+        let mut fed = 0;
+        for &cut in cuts.iter().chain(std::iter::once(&bytes.len())) {
+            let cut = cut.clamp(fed, bytes.len());
+            buf.extend_from_slice(&bytes[fed..cut]);
+            fed = cut;
+            loop {
+                match frontend::header(&buf, 1 << 16) {
+                    Ok(Some(h)) if buf.len() >= h.len => {
+                        let frame = buf.split_to(h.len);
+                        out.push(frontend::parse(h.tag, &frame[5..]).map(|_| h.tag));
+                    }
+                    Ok(_) => break,
+                    Err(e) => {
+                        out.push(Err(e));
+                        return out;
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    fn frontend_message() -> impl Strategy<Value = Vec<u8>> {
+        let tags = prop::sample::select(b"QPBDCESHXdcfFpz".to_vec());
+        (tags, prop::collection::vec(any::<u8>(), 0..40)).prop_map(|(tag, body)| {
+            let mut m = vec![tag];
+            m.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());
+            m.extend_from_slice(&body);
+            m
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn startup_decoder_never_panics(bytes in prop::collection::vec(any::<u8>(), 0..300)) {
+            let mut buf = BytesMut::from(&bytes[..]);
+            let _ = startup::decode(&mut buf);
+        }
+
+        #[test]
+        fn frontend_decoder_never_panics(bytes in prop::collection::vec(any::<u8>(), 0..600)) {
+            let _ = decode_frontend_stream(&bytes, &[]);
+        }
+
+        #[test]
+        fn frontend_split_streams_decode_alike(
+            msgs in prop::collection::vec(frontend_message(), 1..12),
+            cuts in prop::collection::vec(0usize..400, 0..8),
+        ) {
+            let stream: Vec<u8> = msgs.concat();
+            let mut cuts = cuts;
+            cuts.sort_unstable();
+            prop_assert_eq!(decode_frontend_stream(&stream, &[]), decode_frontend_stream(&stream, &cuts));
+        }
+
+        #[test]
+        fn backend_scanner_never_panics_and_splits_alike(
+            bytes in prop::collection::vec(any::<u8>(), 0..600),
+            cut in 0usize..600,
+        ) {
+            let scan_all = |parts: &[&[u8]]| {
+                let mut s = backend::Scanner::default();
+                let mut buf = Vec::new();
+                let mut forwarded = Vec::new();
+                for part in parts {
+                    buf.extend_from_slice(part);
+                    match s.scan(&buf, |_| backend::Action::Forward) {
+                        Ok(r) => {
+                            forwarded.extend(buf.drain(..r.forward));
+                        }
+                        Err(_) => return None,
+                    }
+                }
+                Some(forwarded)
+            };
+            let cut = cut.min(bytes.len());
+            let whole = scan_all(&[&bytes]);
+            let split = scan_all(&[&bytes[..cut], &bytes[cut..]]);
+            if let (Some(w), Some(s)) = (whole, split) {
+                prop_assert_eq!(w, s);
+            }
+        }
+
+        #[test]
+        fn password_message_parsers_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..200)) {
+            let _ = frontend::sasl_initial_response(&bytes);
+            let _ = frontend::password(&bytes);
+        }
+    }
+}
