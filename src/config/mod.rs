@@ -45,6 +45,8 @@ pub struct General {
     pub min_pool_size: usize,
     pub reserve_pool_size: usize,
     pub reserve_pool_timeout: Seconds,
+    pub max_db_connections: usize,
+    pub max_user_connections: usize,
     pub query_wait_timeout: Seconds,
     pub server_connect_timeout: Seconds,
     pub server_login_retry: Seconds,
@@ -71,6 +73,8 @@ impl Default for General {
             min_pool_size: 0,
             reserve_pool_size: 0,
             reserve_pool_timeout: Seconds::secs(5),
+            max_db_connections: 0,
+            max_user_connections: 0,
             query_wait_timeout: Seconds::secs(120),
             server_connect_timeout: Seconds::secs(15),
             server_login_retry: Seconds::secs(15),
@@ -103,6 +107,8 @@ pub struct Database {
     pub pool_size: Option<usize>,
     pub min_pool_size: Option<usize>,
     pub pool_mode: Option<PoolMode>,
+    /// Overrides max_db_connections for this database.
+    pub max_db_connections: Option<usize>,
 }
 
 fn default_host() -> String {
@@ -121,6 +127,8 @@ pub struct User {
     pub password: Option<String>,
     pub pool_size: Option<usize>,
     pub pool_mode: Option<PoolMode>,
+    /// Overrides max_user_connections for this user.
+    pub max_user_connections: Option<usize>,
 }
 
 /// A loaded and validated configuration.
@@ -271,6 +279,21 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// Server connections allowed for a database across all its pools (0 = no limit).
+    pub fn max_db_connections(&self, database: &str) -> usize {
+        let db = self
+            .databases
+            .get(database)
+            .and_then(|d| d.max_db_connections);
+        db.unwrap_or(self.general.max_db_connections)
+    }
+
+    /// Server connections allowed for a user across all its pools (0 = no limit).
+    pub fn max_user_connections(&self, user: &str) -> usize {
+        let u = self.users.get(user).and_then(|u| u.max_user_connections);
+        u.unwrap_or(self.general.max_user_connections)
     }
 
     /// Resolves one pool's settings: the database's value wins over the user's, which wins over

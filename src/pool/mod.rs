@@ -6,8 +6,10 @@
 //! never across IO. A waiter is a oneshot channel: a released connection goes straight to the
 //! oldest waiter, and a freed slot becomes a permission to connect.
 
+mod limits;
 mod registry;
 
+pub use limits::{Limit, Limits};
 pub use registry::Pools;
 
 use crate::config::{Config, PoolSettings};
@@ -75,6 +77,7 @@ pub struct Pool {
     pub settings: PoolSettings,
     pub target: Target,
     timeouts: Timeouts,
+    limits: Limits,
     inner: Mutex<Inner>,
     /// ParameterStatus values of this pool's servers, learned from the first connection and
     /// shown to each client at login.
@@ -96,6 +99,7 @@ impl Pool {
         user: &str,
         settings: PoolSettings,
         target: Target,
+        limits: Limits,
         config: &Config,
     ) -> Pool {
         Pool {
@@ -104,6 +108,7 @@ impl Pool {
             settings,
             target,
             timeouts: Timeouts::from(config),
+            limits,
             inner: Mutex::new(Inner {
                 idle: Vec::new(),
                 total: 0,
@@ -280,10 +285,24 @@ impl Pool {
         }
     }
 
-    /// Opens a connection whose slot has already been counted in `total`.
+    /// Opens a connection whose slot has already been counted in `total`, once the database
+    /// and user limits allow one more.
     async fn open_counted(&self) -> Result<ServerConn, PoolError> {
+        let permits = match self.timeouts.query_wait {
+            Some(t) => match tokio::time::timeout(t, self.limits.acquire(self)).await {
+                Ok(p) => p,
+                Err(_) => {
+                    let mut inner = self.lock();
+                    inner.total -= 1;
+                    self.slot_freed(inner);
+                    return Err(PoolError::WaitTimeout);
+                }
+            },
+            None => self.limits.acquire(self).await,
+        };
         match ServerConn::connect(&self.target, self.timeouts.connect).await {
-            Ok(conn) => {
+            Ok(mut conn) => {
+                conn.permits = permits;
                 self.lock().last_failure = None;
                 self.learn_params(&conn);
                 Ok(conn)
@@ -331,6 +350,15 @@ impl Pool {
                 Err(Grant::Server(c)) => conn = *c,
                 Err(_) => unreachable!("send returns what it was given"),
             }
+        }
+        if self.limits.contended() {
+            // Another pool of this database or user waits for a permit this one holds.
+            inner.total -= 1;
+            drop(inner);
+            tokio::spawn(
+                conn.close("max_db_connections/max_user_connections: room for another pool"),
+            );
+            return;
         }
         inner.idle.push(conn);
     }
@@ -401,6 +429,15 @@ impl Pool {
     pub fn counts(&self) -> (usize, usize, usize) {
         let inner = self.lock();
         (inner.idle.len(), inner.total, inner.waiters.len())
+    }
+
+    /// Takes one idle connection out of the pool, for closing.
+    fn take_idle(&self) -> Option<ServerConn> {
+        let mut inner = self.lock();
+        let conn = inner.idle.pop()?;
+        inner.total -= 1;
+        self.slot_freed(inner);
+        Some(conn)
     }
 
     /// Empties the idle list; used when the pool is dropped from the configuration or at exit.

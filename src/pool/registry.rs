@@ -1,6 +1,6 @@
 //! All pools of the process, created on first use of a (database, user) pair.
 
-use super::Pool;
+use super::{Limit, Limits, Pool};
 use crate::auth::Secret;
 use crate::config::Config;
 use crate::server::{Credentials, Target};
@@ -11,6 +11,24 @@ use std::time::Duration;
 #[derive(Default)]
 pub struct Pools {
     map: Mutex<HashMap<(String, String), Arc<Pool>>>,
+    db_limits: Mutex<HashMap<String, Arc<Limit>>>,
+    user_limits: Mutex<HashMap<String, Arc<Limit>>>,
+}
+
+fn shared_limit(
+    map: &Mutex<HashMap<String, Arc<Limit>>>,
+    name: &str,
+    max: usize,
+) -> Option<Arc<Limit>> {
+    if max == 0 {
+        return None;
+    }
+    let mut map = map.lock().unwrap_or_else(|e| e.into_inner());
+    Some(
+        map.entry(name.to_owned())
+            .or_insert_with(|| Limit::new(max))
+            .clone(),
+    )
 }
 
 impl Pools {
@@ -43,7 +61,25 @@ impl Pools {
             dbname: db.dbname.clone().unwrap_or_else(|| database.to_owned()),
             credentials,
         };
-        let pool = Arc::new(Pool::new(database, user, settings, target, config));
+        let limits = Limits {
+            db: shared_limit(
+                &self.db_limits,
+                database,
+                config.max_db_connections(database),
+            ),
+            user: shared_limit(&self.user_limits, user, config.max_user_connections(user)),
+        };
+        let pool = Arc::new(Pool::new(
+            database,
+            user,
+            settings,
+            target,
+            limits.clone(),
+            config,
+        ));
+        for limit in [&limits.db, &limits.user].into_iter().flatten() {
+            limit.add_pool(&pool);
+        }
         map.insert(key, pool.clone());
         Some(pool)
     }

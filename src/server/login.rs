@@ -180,6 +180,7 @@ pub(super) async fn connect(target: &Target) -> Result<ServerConn, LoginError> {
             secret_key,
         }),
         params,
+        permits: Vec::new(),
         prepared: Default::default(),
         created: now,
         last_used: now,

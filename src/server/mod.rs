@@ -51,6 +51,9 @@ pub struct ServerConn {
     pub cancel_key: std::sync::Arc<CancelKey>,
     /// Session parameters as the server reported them, plus those the pooler set itself.
     pub params: HashMap<String, String>,
+    /// Permits held against max_db_connections / max_user_connections; dropped with the
+    /// connection.
+    pub permits: Vec<tokio::sync::OwnedSemaphorePermit>,
     /// The pooler's named statements this server has prepared.
     pub prepared: prepared::PreparedCache,
     pub created: Instant,

@@ -1,0 +1,250 @@
+//! Limits and timeouts: max_db_connections / max_user_connections across pools,
+//! query_wait_timeout, a server that goes away (server_login_retry), client_login_timeout.
+
+mod support;
+
+use std::io::Read;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use support::{connect, primary, Pooler, APP_PASSWORD};
+
+/// Runs `clients` clients per user for `rounds` short queries each, while a watcher records
+/// the most server connections the primary saw matching `watch`.
+fn load_and_watch(
+    pg: &pgsluice::demo::LocalPostgres,
+    pooler: &Pooler,
+    users: &[(&str, &str)],
+    watch: &str,
+) -> usize {
+    let stop = Arc::new(AtomicBool::new(false));
+    let max_seen = Arc::new(AtomicUsize::new(0));
+    let watcher = {
+        let (stop, max_seen, port, watch) =
+            (stop.clone(), max_seen.clone(), pg.port, watch.to_owned());
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let dsn = format!("host=127.0.0.1 port={port} user=postgres dbname=postgres");
+                let (c, conn) = tokio_postgres::connect(&dsn, tokio_postgres::NoTls)
+                    .await
+                    .unwrap();
+                tokio::spawn(conn);
+                let sql = format!("SELECT count(*) FROM pg_stat_activity WHERE {watch}");
+                while !stop.load(Ordering::Relaxed) {
+                    let n: i64 = c.query_one(&sql, &[]).await.unwrap().get(0);
+                    max_seen.fetch_max(n as usize, Ordering::Relaxed);
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            });
+        })
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut tasks = Vec::new();
+        for (user, password) in users {
+            for _ in 0..8 {
+                let dsn = pooler.conn_str(user, password);
+                tasks.push(tokio::spawn(async move {
+                    let (c, conn) = tokio_postgres::connect(&dsn, tokio_postgres::NoTls)
+                        .await
+                        .unwrap();
+                    tokio::spawn(conn);
+                    for _ in 0..10 {
+                        c.simple_query("SELECT pg_sleep(0.005)").await.unwrap();
+                    }
+                }));
+            }
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+    });
+    stop.store(true, Ordering::Relaxed);
+    watcher.join().unwrap();
+    max_seen.load(Ordering::Relaxed)
+}
+
+#[test]
+fn max_db_connections_spans_pools_of_a_database() {
+    let pg = primary();
+    let pooler = Pooler::start(
+        &pg,
+        "default_pool_size = 5\nmax_db_connections = 3\nquery_wait_timeout = 60",
+    );
+    let users = [("app", APP_PASSWORD), ("md5user", "md5 pw")];
+    let max = load_and_watch(
+        &pg,
+        &pooler,
+        &users,
+        "datname = 'app' AND usename IN ('app', 'md5user')",
+    );
+    assert!(
+        (1..=3).contains(&max),
+        "database app saw {max} server connections"
+    );
+}
+
+#[test]
+fn max_user_connections_spans_pools_of_a_user() {
+    let pg = primary();
+    pg.psql("CREATE DATABASE app2 OWNER app").unwrap();
+    let text = format!(
+        "listen_port = 0\ndefault_pool_size = 5\nmax_user_connections = 2\nquery_wait_timeout = 60\n\
+         [databases.app]\nport = {p}\n[databases.app2]\nport = {p}\n\
+         [users.app]\npassword = \"{APP_PASSWORD}\"\n",
+        p = pg.port
+    );
+    let pooler = Pooler::with_config(pgsluice::config::Config::parse(&text, "t").unwrap());
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let max = Arc::new(AtomicUsize::new(0));
+    rt.block_on(async {
+        let mut tasks = Vec::new();
+        for db in ["app", "app2", "app", "app2", "app", "app2"] {
+            let dsn = format!(
+                "host=127.0.0.1 port={} user=app password='{APP_PASSWORD}' dbname={db}",
+                pooler.port()
+            );
+            tasks.push(tokio::spawn(async move {
+                let (c, conn) = tokio_postgres::connect(&dsn, tokio_postgres::NoTls)
+                    .await
+                    .unwrap();
+                tokio::spawn(conn);
+                for _ in 0..10 {
+                    c.simple_query("SELECT pg_sleep(0.005)").await.unwrap();
+                }
+            }));
+        }
+        let watch = {
+            let max = max.clone();
+            let dsn = format!(
+                "host=127.0.0.1 port={} user=postgres dbname=postgres",
+                pg.port
+            );
+            tokio::spawn(async move {
+                let (c, conn) = tokio_postgres::connect(&dsn, tokio_postgres::NoTls)
+                    .await
+                    .unwrap();
+                tokio::spawn(conn);
+                for _ in 0..200 {
+                    let n: i64 = c
+                        .query_one(
+                            "SELECT count(*) FROM pg_stat_activity WHERE usename = 'app'",
+                            &[],
+                        )
+                        .await
+                        .unwrap()
+                        .get(0);
+                    max.fetch_max(n as usize, Ordering::Relaxed);
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            })
+        };
+        for t in tasks {
+            t.await.unwrap();
+        }
+        watch.abort();
+    });
+    let max = max.load(Ordering::Relaxed);
+    assert!(
+        (1..=2).contains(&max),
+        "user app had {max} server connections"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn query_wait_timeout_disconnects_with_pgbouncer_text() {
+    let pg = primary();
+    let pooler = Pooler::start(&pg, "default_pool_size = 1\nquery_wait_timeout = 1");
+    let holder = connect(&pooler, "app", APP_PASSWORD).await;
+    holder.batch_execute("BEGIN").await.unwrap();
+    let waiter = connect(&pooler, "app", APP_PASSWORD).await;
+    let started = Instant::now();
+    let err = waiter.simple_query("SELECT 1").await.unwrap_err();
+    let db = err.as_db_error().expect("an ErrorResponse");
+    assert_eq!(db.message(), "query_wait_timeout");
+    assert_eq!(
+        db.code(),
+        &tokio_postgres::error::SqlState::PROTOCOL_VIOLATION
+    );
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert!(waiter.is_closed() || waiter.simple_query("SELECT 1").await.is_err());
+    holder.batch_execute("COMMIT").await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_server_gives_clear_errors_then_recovers() {
+    let pg = primary();
+    let pooler = Pooler::start(
+        &pg,
+        "default_pool_size = 2\nserver_login_retry = 2\nserver_connect_timeout = 2",
+    );
+    let first = connect(&pooler, "app", APP_PASSWORD).await;
+    first.simple_query("SELECT 1").await.unwrap();
+    drop(first);
+    // Let the pooled connection go: it would die with the server anyway.
+    pg.stop(false).unwrap();
+    let c = connect(&pooler, "app", APP_PASSWORD).await;
+    let started = Instant::now();
+    // The idle server connection is dead: the client is told, not left hanging.
+    let mut messages = Vec::new();
+    for _ in 0..3 {
+        match c.simple_query("SELECT 1").await {
+            Ok(_) => panic!("a query succeeded with the server down"),
+            Err(e) => messages.push(e.to_string()),
+        }
+        if c.is_closed() {
+            break;
+        }
+    }
+    assert!(started.elapsed() < Duration::from_secs(10), "{messages:?}");
+    // New clients within server_login_retry get PgBouncer's text at once.
+    let late = connect(&pooler, "app", APP_PASSWORD).await;
+    let err = late.simple_query("SELECT 1").await.unwrap_err();
+    let text = err
+        .as_db_error()
+        .map(|d| d.message().to_owned())
+        .unwrap_or_default();
+    assert!(
+        text.contains("server login has been failing") || text.contains("server connection failed"),
+        "{text}"
+    );
+    pg.start().unwrap();
+    // After server_login_retry the pooler connects again.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let c = connect(&pooler, "app", APP_PASSWORD).await;
+        if c.simple_query("SELECT 1").await.is_ok() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "pooler never reconnected");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[test]
+fn client_login_timeout_closes_silent_clients() {
+    let pg = primary();
+    let pooler = Pooler::start(&pg, "client_login_timeout = 1");
+    let mut s = std::net::TcpStream::connect(pooler.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let started = Instant::now();
+    let mut got = Vec::new();
+    s.read_to_end(&mut got).unwrap();
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert!(
+        String::from_utf8_lossy(&got).contains("client_login_timeout"),
+        "{got:?}"
+    );
+}
