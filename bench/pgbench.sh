@@ -39,6 +39,7 @@ chmod 755 "$work"
 pids=()
 cleanup() {
     for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+    pkill -f "pgbouncer $work/pgbouncer.ini" 2>/dev/null || true
     as_pg "$bindir/pg_ctl" -D "$work/data" -m immediate stop >/dev/null 2>&1 || true
     rm -rf "$work"
 }

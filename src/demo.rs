@@ -307,9 +307,11 @@ pub async fn run() -> Result<(), Box<dyn std::error::Error>> {
     println!("  connect:  psql \"host=127.0.0.1 port={port} user=demo password=demo dbname=demo\"");
     println!("  pgbench:  PGPASSWORD=demo pgbench -h 127.0.0.1 -p {port} -U demo -i demo");
     println!("Press Ctrl-C to stop and remove everything.");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         _ = service.serve() => {}
         _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
     }
     eprintln!("stopping ...");
     drop(replica);
