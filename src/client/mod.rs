@@ -3,6 +3,7 @@
 
 pub mod cancel;
 mod login;
+mod params;
 mod session;
 pub mod statements;
 

@@ -9,6 +9,7 @@
 
 use super::cancel::Registration;
 use super::login::{LoggedIn, TRACKED};
+use super::params::SessionParams;
 use super::statements::{ClientStatements, Registry, Statement};
 use crate::config::{Config, General, PoolMode};
 use crate::pool::{Pool, PoolError};
@@ -61,7 +62,7 @@ struct Session<'a> {
     client: &'a mut TcpStream,
     cbuf: BytesMut,
     to_client: BytesMut,
-    params: Vec<(String, String)>,
+    params: SessionParams,
     reg: &'a Registration<'a>,
     registry: &'a Registry,
     statements: ClientStatements,
@@ -85,7 +86,7 @@ pub async fn run(
         client,
         cbuf: login.buf,
         to_client: BytesMut::new(),
-        params: login.params,
+        params: SessionParams::new(login.params),
         reg,
         registry,
         statements: ClientStatements::default(),
@@ -264,32 +265,36 @@ impl Session<'_> {
 
     /// Brings the server's session parameters in line with this client's before its work runs.
     async fn apply_params(&mut self, link: &mut Link) -> Result<(), String> {
+        let wanted = self.params.fingerprint();
+        if link.conn.params_synced == Some(wanted) {
+            return Ok(());
+        }
         let mut sql = String::new();
-        for (name, value) in &self.params {
-            if link.conn.params.get(name) != Some(value) {
+        for (name, value) in self.params.iter() {
+            if link.conn.params.get(name).map(String::as_str) != Some(value) {
                 sql.push_str(&format!("SET {name} = {};", quote_literal(value)));
             }
         }
-        if sql.is_empty() {
-            return Ok(());
-        }
-        frontend::encode_query(&mut link.to_server, &sql);
-        link.tracker.sent(b'Q');
-        let mut failure = None;
-        let deadline = Instant::now() + self.general.server_connect_timeout.0;
-        let done = drain(link, deadline, &mut self.params, &mut failure).await;
-        if let Some(message) = failure {
-            return Err(message);
-        }
-        if !done || !link.tracker.idle() {
-            return Err("could not apply session parameters".into());
-        }
-        // Settings the server does not report: remember what we set.
-        for (name, value) in &self.params {
-            if !link.conn.params.contains_key(name) {
-                link.conn.params.insert(name.clone(), value.clone());
+        if !sql.is_empty() {
+            frontend::encode_query(&mut link.to_server, &sql);
+            link.tracker.sent(b'Q');
+            let mut failure = None;
+            let deadline = Instant::now() + self.general.server_connect_timeout.0;
+            let done = drain(link, deadline, &mut self.params, &mut failure).await;
+            if let Some(message) = failure {
+                return Err(message);
+            }
+            if !done || !link.tracker.idle() {
+                return Err("could not apply session parameters".into());
+            }
+            // Settings the server does not report: remember what we set.
+            for (name, value) in self.params.iter() {
+                if !link.conn.params.contains_key(name) {
+                    link.conn.params.insert(name.to_owned(), value.to_owned());
+                }
             }
         }
+        link.conn.params_synced = Some(self.params.fingerprint());
         Ok(())
     }
 
@@ -478,7 +483,7 @@ fn absorb(
     conn: &mut ServerConn,
     scanner: &mut Scanner,
     tracker: &mut Tracker,
-    client_params: &mut Vec<(String, String)>,
+    client_params: &mut SessionParams,
     failure: &mut Option<String>,
     mut out: Option<&mut BytesMut>,
 ) -> Result<(), ProtocolError> {
@@ -487,6 +492,7 @@ fn absorb(
             buf,
             params,
             prepared,
+            params_synced,
             ..
         } = &mut *conn;
         let scanned = scanner.scan(buf, |ev| match ev {
@@ -502,11 +508,10 @@ fn absorb(
                 let name = String::from_utf8_lossy(name).to_ascii_lowercase();
                 let value = String::from_utf8_lossy(value).into_owned();
                 if TRACKED.contains(&name.as_str()) {
-                    match client_params.iter_mut().find(|(k, _)| *k == name) {
-                        Some((_, v)) => v.clone_from(&value),
-                        None => client_params.push((name.clone(), value.clone())),
-                    }
+                    client_params.set(&name, &value);
                 }
+                // The server changed under us: compare in full at the next checkout.
+                *params_synced = None;
                 params.insert(name, value);
                 Action::Forward
             }
@@ -579,7 +584,7 @@ fn ensure_prepared(link: &mut Link, stmt: &Statement, capacity: usize) {
 async fn drain(
     link: &mut Link,
     deadline: Instant,
-    client_params: &mut Vec<(String, String)>,
+    client_params: &mut SessionParams,
     failure: &mut Option<String>,
 ) -> bool {
     let work = async {
@@ -610,11 +615,7 @@ async fn drain(
 
 /// Cancels what runs, ends a COPY or open batch, rolls back, runs the reset query. True when
 /// the server ends up idle and may be pooled again.
-async fn cleanup(
-    link: &mut Link,
-    reset: Option<&str>,
-    client_params: &mut Vec<(String, String)>,
-) -> bool {
+async fn cleanup(link: &mut Link, reset: Option<&str>, client_params: &mut SessionParams) -> bool {
     let deadline = Instant::now() + CLEANUP_DEADLINE;
     let mut ignored = None;
     if link.tracker.busy() {

@@ -180,6 +180,7 @@ pub(super) async fn connect(target: &Target) -> Result<ServerConn, LoginError> {
             secret_key,
         }),
         params,
+        params_synced: None,
         permits: Vec::new(),
         prepared: Default::default(),
         created: now,

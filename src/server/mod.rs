@@ -51,6 +51,9 @@ pub struct ServerConn {
     pub cancel_key: std::sync::Arc<CancelKey>,
     /// Session parameters as the server reported them, plus those the pooler set itself.
     pub params: HashMap<String, String>,
+    /// Fingerprint of the client parameters this server was last brought in line with; None
+    /// once the server reports a change.
+    pub params_synced: Option<u64>,
     /// Permits held against max_db_connections / max_user_connections; dropped with the
     /// connection.
     pub permits: Vec<tokio::sync::OwnedSemaphorePermit>,
