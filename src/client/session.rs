@@ -94,10 +94,6 @@ pub async fn run(
     s.serve().await
 }
 
-fn write_error(buf: &mut BytesMut, severity: &str, code: &str, message: &str) {
-    backend::error_response(buf, severity, code, message);
-}
-
 impl Session<'_> {
     async fn serve(&mut self) -> &'static str {
         let mut state = State::Idle;
@@ -127,29 +123,19 @@ impl Session<'_> {
                                 .await;
                             return "server connection lost";
                         }
-                        how => {
-                            let reason = match &how {
-                                Unlink::Terminate => "client terminated",
-                                Unlink::ClientGone => "client disconnected",
-                                Unlink::Violation(_) => "protocol violation",
-                                _ => "idle_transaction_timeout",
-                            };
-                            match how {
-                                Unlink::Violation(e) => {
-                                    self.fatal(sqlstate::PROTOCOL_VIOLATION, &e.to_string())
-                                        .await
-                                }
-                                Unlink::IdleTransactionTimeout => {
-                                    self.fatal(
-                                        sqlstate::PROTOCOL_VIOLATION,
-                                        "idle transaction timeout",
-                                    )
-                                    .await
-                                }
-                                _ => {}
-                            }
-                            Box::pin(self.finish(link)).await;
-                            return reason;
+                        Unlink::Terminate => {
+                            return self.end(link, "client terminated", None).await
+                        }
+                        Unlink::ClientGone => {
+                            return self.end(link, "client disconnected", None).await
+                        }
+                        Unlink::Violation(e) => {
+                            let message = e.to_string();
+                            return self.end(link, "protocol violation", Some(&message)).await;
+                        }
+                        Unlink::IdleTransactionTimeout => {
+                            let message = Some("idle transaction timeout");
+                            return self.end(link, "idle_transaction_timeout", message).await;
                         }
                     }
                 }
@@ -157,8 +143,23 @@ impl Session<'_> {
         }
     }
 
+    /// The client is leaving (or being sent away with `fatal`): tell it, then make the server
+    /// safe for someone else.
+    async fn end(
+        &mut self,
+        link: Box<Link>,
+        reason: &'static str,
+        fatal: Option<&str>,
+    ) -> &'static str {
+        if let Some(message) = fatal {
+            self.fatal(sqlstate::PROTOCOL_VIOLATION, message).await;
+        }
+        Box::pin(self.finish(link)).await;
+        reason
+    }
+
     async fn fatal(&mut self, code: &str, message: &str) {
-        write_error(&mut self.to_client, "FATAL", code, message);
+        backend::error_response(&mut self.to_client, "FATAL", code, message);
         let _ = self.client.write_all(&self.to_client).await;
         self.to_client.clear();
         let _ = self.client.shutdown().await;
