@@ -81,6 +81,16 @@ impl Limits {
         permits
     }
 
+    /// Permits only if all are free right now; for warming pools, which must not take room
+    /// from clients.
+    pub fn try_acquire(&self) -> Option<Vec<OwnedSemaphorePermit>> {
+        [&self.db, &self.user]
+            .into_iter()
+            .flatten()
+            .map(|l| l.permits.clone().try_acquire_owned().ok())
+            .collect()
+    }
+
     /// Another pool under one of these limits waits for a permit.
     pub fn contended(&self) -> bool {
         [&self.db, &self.user]

@@ -82,6 +82,8 @@ pub struct Pool {
     /// ParameterStatus values of this pool's servers, learned from the first connection and
     /// shown to each client at login.
     server_params: Mutex<Option<ServerParams>>,
+    /// Set while `maintain` runs for this pool.
+    pub(crate) maintaining: std::sync::atomic::AtomicBool,
 }
 
 /// ParameterStatus name/value pairs as a server reported them at login.
@@ -116,6 +118,7 @@ impl Pool {
                 last_failure: None,
             }),
             server_params: Mutex::new(None),
+            maintaining: Default::default(),
         }
     }
 
@@ -300,6 +303,14 @@ impl Pool {
             },
             None => self.limits.acquire(self).await,
         };
+        self.connect_counted(permits).await
+    }
+
+    /// Opens a connection whose slot is counted and whose permits are in hand.
+    async fn connect_counted(
+        &self,
+        permits: Vec<tokio::sync::OwnedSemaphorePermit>,
+    ) -> Result<ServerConn, PoolError> {
         match ServerConn::connect(&self.target, self.timeouts.connect).await {
             Ok(mut conn) => {
                 conn.permits = permits;
@@ -410,15 +421,23 @@ impl Pool {
             conn.close(why).await;
         }
         loop {
-            {
+            let permits = {
                 let mut inner = self.lock();
                 let want = self.settings.min_pool_size.min(self.settings.pool_size);
                 if inner.total >= want || self.may_connect(&inner, Instant::now()).is_err() {
                     return;
                 }
+                // Warming never waits for, or takes, room that clients of other pools need.
+                if self.limits.contended() {
+                    return;
+                }
+                let Some(permits) = self.limits.try_acquire() else {
+                    return;
+                };
                 inner.total += 1;
-            }
-            match self.open_counted().await {
+                permits
+            };
+            match self.connect_counted(permits).await {
                 Ok(conn) => self.release(conn, true),
                 Err(_) => return,
             }

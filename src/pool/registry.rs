@@ -100,7 +100,18 @@ impl Pools {
         loop {
             tick.tick().await;
             for pool in self.all() {
-                pool.maintain().await;
+                // Each pool on its own task, so a slow server connect delays no other pool;
+                // a pool still busy from the last tick is skipped.
+                if !pool
+                    .maintaining
+                    .swap(true, std::sync::atomic::Ordering::AcqRel)
+                {
+                    tokio::spawn(async move {
+                        pool.maintain().await;
+                        pool.maintaining
+                            .store(false, std::sync::atomic::Ordering::Release);
+                    });
+                }
             }
         }
     }
