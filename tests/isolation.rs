@@ -4,7 +4,7 @@
 mod support;
 
 use std::io::Write;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 use support::{connect, primary, Pooler, APP_PASSWORD};
 
@@ -22,23 +22,7 @@ async fn abandoned_transaction_releases_locks() {
         .unwrap();
 
     // psql holds the lock, then is killed: its socket dies mid-transaction.
-    let mut holder = Command::new(pgsluice::demo::pg_bindir().join("psql"))
-        .args([
-            "-X",
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &pooler.port().to_string(),
-            "-U",
-            "app",
-            "-d",
-            "app",
-        ])
-        .env("PGPASSWORD", APP_PASSWORD)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut holder = support::spawn_psql(&pooler, &[], Stdio::piped());
     let mut stdin = holder.stdin.take().unwrap();
     writeln!(stdin, "BEGIN; SELECT * FROM acct WHERE id = 1 FOR UPDATE; CREATE TEMP TABLE leak (x int); SET search_path = nowhere;").unwrap();
     stdin.flush().unwrap();
@@ -96,25 +80,7 @@ async fn abandoned_transaction_releases_locks() {
 async fn abandoned_long_query_is_cancelled() {
     let pg = primary();
     let pooler = Pooler::start(&pg, "default_pool_size = 1");
-    let mut sleeper = Command::new(pgsluice::demo::pg_bindir().join("psql"))
-        .args([
-            "-X",
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &pooler.port().to_string(),
-            "-U",
-            "app",
-            "-d",
-            "app",
-            "-c",
-            "SELECT pg_sleep(60)",
-        ])
-        .env("PGPASSWORD", APP_PASSWORD)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut sleeper = support::spawn_psql(&pooler, &["-c", "SELECT pg_sleep(60)"], Stdio::null());
     assert!(support::wait_for(Duration::from_secs(10), || {
         pg.psql("SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(60)' AND state = 'active'")
             .map(|n| n == "1")
@@ -142,26 +108,7 @@ async fn abandoned_copy_is_aborted() {
     let c = connect(&pooler, "app", APP_PASSWORD).await;
     c.batch_execute("CREATE TABLE sink (x int)").await.unwrap();
     drop(c);
-    let mut copier = Command::new(pgsluice::demo::pg_bindir().join("psql"))
-        .args([
-            "-X",
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &pooler.port().to_string(),
-            "-U",
-            "app",
-            "-d",
-            "app",
-            "-c",
-            "COPY sink FROM STDIN",
-        ])
-        .env("PGPASSWORD", APP_PASSWORD)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut copier = support::spawn_psql(&pooler, &["-c", "COPY sink FROM STDIN"], Stdio::piped());
     let mut stdin = copier.stdin.take().unwrap();
     for i in 0..1000 {
         writeln!(stdin, "{i}").unwrap();

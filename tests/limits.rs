@@ -4,44 +4,17 @@
 mod support;
 
 use std::io::Read;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 use support::{connect, primary, Pooler, APP_PASSWORD};
 
-/// Runs `clients` clients per user for `rounds` short queries each, while a watcher records
-/// the most server connections the primary saw matching `watch`.
-fn load_and_watch(
+/// Runs eight clients per connection string, ten short queries each, and returns the most
+/// server connections matching `filter` that the primary had meanwhile.
+fn peak_servers_under_load(
     pg: &pgsluice::demo::LocalPostgres,
-    pooler: &Pooler,
-    users: &[(&str, &str)],
-    watch: &str,
+    dsns: &[String],
+    filter: &str,
 ) -> usize {
-    let stop = Arc::new(AtomicBool::new(false));
-    let max_seen = Arc::new(AtomicUsize::new(0));
-    let watcher = {
-        let (stop, max_seen, port, watch) =
-            (stop.clone(), max_seen.clone(), pg.port, watch.to_owned());
-        std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
-                let dsn = format!("host=127.0.0.1 port={port} user=postgres dbname=postgres");
-                let (c, conn) = tokio_postgres::connect(&dsn, tokio_postgres::NoTls)
-                    .await
-                    .unwrap();
-                tokio::spawn(conn);
-                let sql = format!("SELECT count(*) FROM pg_stat_activity WHERE {watch}");
-                while !stop.load(Ordering::Relaxed) {
-                    let n: i64 = c.query_one(&sql, &[]).await.unwrap().get(0);
-                    max_seen.fetch_max(n as usize, Ordering::Relaxed);
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
-            });
-        })
-    };
+    let watch = support::ActivityWatch::start(pg, filter);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -49,27 +22,22 @@ fn load_and_watch(
         .unwrap();
     rt.block_on(async {
         let mut tasks = Vec::new();
-        for (user, password) in users {
-            for _ in 0..8 {
-                let dsn = pooler.conn_str(user, password);
-                tasks.push(tokio::spawn(async move {
-                    let (c, conn) = tokio_postgres::connect(&dsn, tokio_postgres::NoTls)
-                        .await
-                        .unwrap();
-                    tokio::spawn(conn);
-                    for _ in 0..10 {
-                        c.simple_query("SELECT pg_sleep(0.005)").await.unwrap();
-                    }
-                }));
-            }
+        for dsn in dsns.iter().flat_map(|d| std::iter::repeat_n(d.clone(), 8)) {
+            tasks.push(tokio::spawn(async move {
+                let (c, conn) = tokio_postgres::connect(&dsn, tokio_postgres::NoTls)
+                    .await
+                    .unwrap();
+                tokio::spawn(conn);
+                for _ in 0..10 {
+                    c.simple_query("SELECT pg_sleep(0.005)").await.unwrap();
+                }
+            }));
         }
         for t in tasks {
             t.await.unwrap();
         }
     });
-    stop.store(true, Ordering::Relaxed);
-    watcher.join().unwrap();
-    max_seen.load(Ordering::Relaxed)
+    watch.stop()
 }
 
 #[test]
@@ -79,11 +47,13 @@ fn max_db_connections_spans_pools_of_a_database() {
         &pg,
         "default_pool_size = 5\nmax_db_connections = 3\nquery_wait_timeout = 60",
     );
-    let users = [("app", APP_PASSWORD), ("md5user", "md5 pw")];
-    let max = load_and_watch(
+    let dsns = [
+        pooler.conn_str("app", APP_PASSWORD),
+        pooler.conn_str("md5user", "md5 pw"),
+    ];
+    let max = peak_servers_under_load(
         &pg,
-        &pooler,
-        &users,
+        &dsns,
         "datname = 'app' AND usename IN ('app', 'md5user')",
     );
     assert!(
@@ -103,60 +73,16 @@ fn max_user_connections_spans_pools_of_a_user() {
         p = pg.port
     );
     let pooler = Pooler::with_config(pgsluice::config::Config::parse(&text, "t").unwrap());
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let max = Arc::new(AtomicUsize::new(0));
-    rt.block_on(async {
-        let mut tasks = Vec::new();
-        for db in ["app", "app2", "app", "app2", "app", "app2"] {
-            let dsn = format!(
+    let dsns: Vec<String> = ["app", "app2"]
+        .iter()
+        .map(|db| {
+            format!(
                 "host=127.0.0.1 port={} user=app password='{APP_PASSWORD}' dbname={db}",
                 pooler.port()
-            );
-            tasks.push(tokio::spawn(async move {
-                let (c, conn) = tokio_postgres::connect(&dsn, tokio_postgres::NoTls)
-                    .await
-                    .unwrap();
-                tokio::spawn(conn);
-                for _ in 0..10 {
-                    c.simple_query("SELECT pg_sleep(0.005)").await.unwrap();
-                }
-            }));
-        }
-        let watch = {
-            let max = max.clone();
-            let dsn = format!(
-                "host=127.0.0.1 port={} user=postgres dbname=postgres",
-                pg.port
-            );
-            tokio::spawn(async move {
-                let (c, conn) = tokio_postgres::connect(&dsn, tokio_postgres::NoTls)
-                    .await
-                    .unwrap();
-                tokio::spawn(conn);
-                for _ in 0..200 {
-                    let n: i64 = c
-                        .query_one(
-                            "SELECT count(*) FROM pg_stat_activity WHERE usename = 'app'",
-                            &[],
-                        )
-                        .await
-                        .unwrap()
-                        .get(0);
-                    max.fetch_max(n as usize, Ordering::Relaxed);
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                }
-            })
-        };
-        for t in tasks {
-            t.await.unwrap();
-        }
-        watch.abort();
-    });
-    let max = max.load(Ordering::Relaxed);
+            )
+        })
+        .collect();
+    let max = peak_servers_under_load(&pg, &dsns, "usename = 'app'");
     assert!(
         (1..=2).contains(&max),
         "user app had {max} server connections"

@@ -4,9 +4,6 @@
 mod support;
 
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
 use support::{primary, Pooler, APP_PASSWORD};
 
 fn pgbench(port: u16, args: &[&str]) -> String {
@@ -73,35 +70,7 @@ fn five_hundred_clients_share_ten_servers() {
         &pg,
         "default_pool_size = 10\nmax_client_conn = 600\nquery_wait_timeout = 60",
     );
-    let stop = Arc::new(AtomicBool::new(false));
-    let max_seen = Arc::new(AtomicUsize::new(0));
-    let watcher = {
-        let (stop, max_seen, port) = (stop.clone(), max_seen.clone(), pg.port);
-        std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
-                let dsn = format!("host=127.0.0.1 port={port} user=postgres dbname=postgres");
-                let (c, conn) = tokio_postgres::connect(&dsn, tokio_postgres::NoTls)
-                    .await
-                    .unwrap();
-                tokio::spawn(conn);
-                while !stop.load(Ordering::Relaxed) {
-                    let row = c
-                        .query_one(
-                            "SELECT count(*) FROM pg_stat_activity WHERE usename = 'app'",
-                            &[],
-                        )
-                        .await
-                        .unwrap();
-                    max_seen.fetch_max(row.get::<_, i64>(0) as usize, Ordering::Relaxed);
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-            });
-        })
-    };
+    let watch = support::ActivityWatch::start(&pg, "usename = 'app'");
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -131,11 +100,9 @@ fn five_hundred_clients_share_ten_servers() {
         }
         done
     });
-    stop.store(true, Ordering::Relaxed);
-    watcher.join().unwrap();
+    let max = watch.stop();
     assert_eq!(done, 500);
     assert_eq!(pg.psql_in("app", "SELECT n FROM counter").unwrap(), "1500");
-    let max = max_seen.load(Ordering::Relaxed);
     assert!(
         (1..=10).contains(&max),
         "primary saw {max} server connections for app"

@@ -162,3 +162,82 @@ pub async fn connect(pooler: &Pooler, user: &str, password: &str) -> tokio_postg
     tokio::spawn(conn);
     client
 }
+
+/// Samples `SELECT count(*) FROM pg_stat_activity WHERE {filter}` on its own thread until
+/// stopped, and keeps the highest count seen.
+pub struct ActivityWatch {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    max: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl ActivityWatch {
+    pub fn start(pg: &LocalPostgres, filter: &str) -> ActivityWatch {
+        use std::sync::atomic::Ordering;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let max = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (stop2, max2, port) = (stop.clone(), max.clone(), pg.port);
+        let sql = format!("SELECT count(*) FROM pg_stat_activity WHERE {filter}");
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let dsn = format!("host=127.0.0.1 port={port} user=postgres dbname=postgres");
+                let (c, conn) = tokio_postgres::connect(&dsn, tokio_postgres::NoTls)
+                    .await
+                    .unwrap();
+                tokio::spawn(conn);
+                let mut first = Some(ready_tx);
+                while !stop2.load(Ordering::Relaxed) {
+                    let n: i64 = c.query_one(&sql, &[]).await.unwrap().get(0);
+                    max2.fetch_max(n as usize, Ordering::Relaxed);
+                    if let Some(tx) = first.take() {
+                        let _ = tx.send(());
+                    }
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            });
+        });
+        ready_rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("watcher connected");
+        ActivityWatch { stop, max, thread }
+    }
+
+    /// Stops sampling and returns the highest count seen.
+    pub fn stop(self) -> usize {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.join().unwrap();
+        self.max.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+/// psql through the pooler as `app` in the background, for tests that kill it midway.
+pub fn spawn_psql(
+    pooler: &Pooler,
+    args: &[&str],
+    stdin: std::process::Stdio,
+) -> std::process::Child {
+    Command::new(pgsluice::demo::pg_bindir().join("psql"))
+        .args([
+            "-X",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &pooler.port().to_string(),
+            "-U",
+            "app",
+            "-d",
+            "app",
+        ])
+        .args(args)
+        .env("PGPASSWORD", APP_PASSWORD)
+        .stdin(stdin)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("run psql")
+}
