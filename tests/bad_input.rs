@@ -10,12 +10,6 @@ use std::net::TcpStream;
 use std::time::Duration;
 use support::{primary, stdout, Pooler};
 
-fn raw(pooler: &Pooler) -> TcpStream {
-    let s = TcpStream::connect(pooler.addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    s
-}
-
 /// Reads everything until the pooler closes the connection (a timeout fails the test).
 fn read_to_close(s: &mut TcpStream) -> Vec<u8> {
     let mut out = Vec::new();
@@ -42,26 +36,6 @@ fn error_code(bytes: &[u8]) -> Option<String> {
     None
 }
 
-/// Logs in (trust) and reads up to the first ReadyForQuery.
-fn logged_in(pooler: &Pooler) -> TcpStream {
-    let mut s = raw(pooler);
-    let mut buf = BytesMut::new();
-    frontend::startup_message([("user", "app"), ("database", "app")], &mut buf).unwrap();
-    s.write_all(&buf).unwrap();
-    let mut got = Vec::new();
-    let mut chunk = [0u8; 4096];
-    while !ends_with_ready(&got) {
-        let n = s.read(&mut chunk).unwrap();
-        assert!(n > 0, "closed during login: {got:?}");
-        got.extend_from_slice(&chunk[..n]);
-    }
-    s
-}
-
-fn ends_with_ready(b: &[u8]) -> bool {
-    b.len() >= 6 && b[b.len() - 6] == b'Z'
-}
-
 fn assert_protocol_violation(mut s: TcpStream, what: &str) {
     let got = read_to_close(&mut s);
     assert_eq!(
@@ -76,19 +50,19 @@ fn bad_startup_packets() {
     let pg = primary();
     let pooler = Pooler::start(&pg, "auth_type = \"trust\"");
 
-    let mut s = raw(&pooler);
+    let mut s = support::raw_connect(&pooler);
     s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
     assert_protocol_violation(s, "http request");
 
-    let mut s = raw(&pooler);
+    let mut s = support::raw_connect(&pooler);
     s.write_all(&[0xff, 0xff, 0xff, 0xf0, 0, 3, 0, 0]).unwrap();
     assert_protocol_violation(s, "negative length");
 
-    let mut s = raw(&pooler);
+    let mut s = support::raw_connect(&pooler);
     s.write_all(&[0, 0, 0x30, 0, 0, 3, 0, 0]).unwrap();
     assert_protocol_violation(s, "startup over 10000 bytes");
 
-    let mut s = raw(&pooler);
+    let mut s = support::raw_connect(&pooler);
     s.write_all(&[0, 0, 0, 12, 0, 3, 0, 0, b'u', b's']).unwrap();
     s.shutdown(std::net::Shutdown::Write).unwrap();
     let got = read_to_close(&mut s);
@@ -97,11 +71,11 @@ fn bad_startup_packets() {
         "a truncated packet is closed without a reply: {got:?}"
     );
 
-    let mut s = raw(&pooler);
+    let mut s = support::raw_connect(&pooler);
     s.write_all(&[0, 0, 0, 8, 0, 2, 0, 0]).unwrap();
     assert_protocol_violation(s, "protocol 2");
 
-    let mut s = raw(&pooler);
+    let mut s = support::raw_connect(&pooler);
     s.write_all(&[0, 0, 0, 8, 4, 0xd2, 0x16, 0x2f]).unwrap();
     let mut answer = [0u8; 1];
     s.read_exact(&mut answer).unwrap();
@@ -118,43 +92,37 @@ fn bad_messages_after_login() {
         "auth_type = \"trust\"\ndefault_pool_size = 2\nmax_packet_size = 65536",
     );
 
-    let mut s = logged_in(&pooler);
+    let mut s = support::logged_in_trust(&pooler);
     s.write_all(b"z\0\0\0\x04").unwrap();
     assert_protocol_violation(s, "unknown message type");
 
-    let mut s = logged_in(&pooler);
+    let mut s = support::logged_in_trust(&pooler);
     s.write_all(b"Q\x7f\xff\xff\xff").unwrap();
     assert_protocol_violation(s, "length over max_packet_size");
 
-    let mut s = logged_in(&pooler);
+    let mut s = support::logged_in_trust(&pooler);
     s.write_all(b"Q\xff\xff\xff\xfe").unwrap();
     assert_protocol_violation(s, "negative length");
 
-    let mut s = logged_in(&pooler);
+    let mut s = support::logged_in_trust(&pooler);
     s.write_all(b"Q\0\0\0\x08abcd").unwrap();
     assert_protocol_violation(s, "Query without its terminator");
 
-    let mut s = logged_in(&pooler);
+    let mut s = support::logged_in_trust(&pooler);
     s.write_all(b"p\0\0\0\x08abc\0").unwrap();
     assert_protocol_violation(s, "password message out of order");
 
     // A transaction opened, then half a message and a vanished client.
-    let mut s = logged_in(&pooler);
+    let mut s = support::logged_in_trust(&pooler);
     let mut buf = BytesMut::new();
     frontend::query("BEGIN; CREATE TABLE half_done (x int)", &mut buf).unwrap();
     s.write_all(&buf).unwrap();
-    let mut chunk = [0u8; 1024];
-    let mut got = Vec::new();
-    while !ends_with_ready(&got) {
-        let n = s.read(&mut chunk).unwrap();
-        assert!(n > 0);
-        got.extend_from_slice(&chunk[..n]);
-    }
+    support::read_until_ready(&mut s);
     s.write_all(b"Q\0\0\0\x40SELECT").unwrap();
     drop(s);
 
     // A bad message inside a transaction: the transaction is rolled back too.
-    let mut s = logged_in(&pooler);
+    let mut s = support::logged_in_trust(&pooler);
     buf.clear();
     frontend::query("BEGIN; CREATE TABLE bad_in_tx (x int); SELECT 1", &mut buf).unwrap();
     buf.extend_from_slice(b"z\0\0\0\x04");
@@ -183,9 +151,9 @@ fn bad_messages_after_login() {
 fn too_many_clients_get_53300() {
     let pg = primary();
     let pooler = Pooler::start(&pg, "auth_type = \"trust\"\nmax_client_conn = 2");
-    let _a = logged_in(&pooler);
-    let _b = logged_in(&pooler);
-    let mut c = raw(&pooler);
+    let _a = support::logged_in_trust(&pooler);
+    let _b = support::logged_in_trust(&pooler);
+    let mut c = support::raw_connect(&pooler);
     let got = read_to_close(&mut c);
     assert_eq!(error_code(&got).as_deref(), Some("53300"));
     let text = String::from_utf8_lossy(&got);

@@ -174,3 +174,37 @@ fn client_login_timeout_closes_silent_clients() {
         "{got:?}"
     );
 }
+
+/// A client that disconnects while it waits for a server gives up its place: its query never
+/// runs, and the server goes to the next client in line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_leaves_the_queue_never_runs_its_query() {
+    use std::io::Write;
+    let pg = primary();
+    let pooler = Pooler::start(
+        &pg,
+        "auth_type = \"trust\"\ndefault_pool_size = 1\nquery_wait_timeout = 30",
+    );
+    let holder = connect(&pooler, "app", APP_PASSWORD).await;
+    holder
+        .batch_execute("CREATE TABLE marks (x int); BEGIN")
+        .await
+        .unwrap();
+    let mut quitter = support::logged_in_trust(&pooler);
+    let mut q = bytes::BytesMut::new();
+    postgres_protocol::message::frontend::query("INSERT INTO marks VALUES (1)", &mut q).unwrap();
+    quitter.write_all(&q).unwrap();
+    // Nothing outside the pooler shows that a client is queued (SHOW POOLS will), so these
+    // pauses give it time to queue the query, and then to see the client leave.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    drop(quitter);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    holder.batch_execute("COMMIT").await.unwrap();
+    let next = connect(&pooler, "app", APP_PASSWORD).await;
+    let n: i64 = next
+        .query_one("SELECT count(*) FROM marks", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 0, "the departed client's query ran");
+}

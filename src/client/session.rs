@@ -207,7 +207,22 @@ impl Session<'_> {
 
     /// Checks out a server and brings its session parameters in line with this client's.
     async fn link(&mut self) -> Result<Box<Link>, &'static str> {
-        let checkout = match self.pool.checkout().await {
+        let pool = self.pool.clone();
+        let result = {
+            let waiting = pool.checkout();
+            tokio::pin!(waiting);
+            tokio::select! {
+                r = &mut waiting => r,
+                // A client that leaves while it waits gives up its place in the queue.
+                gone = client_gone(self.client) => {
+                    if gone {
+                        return Err("client disconnected while waiting");
+                    }
+                    waiting.await
+                }
+            }
+        };
+        let checkout = match result {
             Ok(c) => c,
             Err(e) => {
                 let code = match e {
@@ -469,6 +484,13 @@ impl Session<'_> {
         let reusable = cleanup(&mut link, reset, &mut self.params).await;
         self.pool.release(link.conn, reusable);
     }
+}
+
+/// Resolves true when the client has closed its connection, false as soon as it has sent more
+/// bytes (which stay unread).
+async fn client_gone(client: &TcpStream) -> bool {
+    let mut probe = [0u8; 1];
+    !matches!(client.peek(&mut probe).await, Ok(n) if n > 0)
 }
 
 async fn sleep_or_never(d: Option<Duration>) {

@@ -86,6 +86,40 @@ pub struct Pool {
     pub(crate) maintaining: std::sync::atomic::AtomicBool,
 }
 
+/// A place in the wait queue. Dropped before its grant was taken (the client gave up, or its
+/// future was cancelled), it hands back whatever grant raced in, so no connection or slot is
+/// lost.
+struct Ticket<'a> {
+    pool: &'a Pool,
+    rx: oneshot::Receiver<Grant>,
+}
+
+impl Drop for Ticket<'_> {
+    fn drop(&mut self) {
+        self.rx.close();
+        if let Ok(grant) = self.rx.try_recv() {
+            self.pool.return_grant(grant);
+        }
+    }
+}
+
+/// A slot counted in `total` for a connection being opened; given back if the opening fails
+/// or is abandoned.
+struct Opening<'a> {
+    pool: &'a Pool,
+    armed: bool,
+}
+
+impl Drop for Opening<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            let mut inner = self.pool.lock();
+            inner.total -= 1;
+            self.pool.slot_freed(inner);
+        }
+    }
+}
+
 /// ParameterStatus name/value pairs as a server reported them at login.
 pub type ServerParams = Arc<Vec<(String, String)>>;
 
@@ -186,7 +220,7 @@ impl Pool {
         for conn in expired {
             tokio::spawn(conn.close("server_lifetime"));
         }
-        let mut rx = match taken {
+        let mut ticket = match taken {
             Ok(conn) => {
                 return Ok(Checkout {
                     conn,
@@ -200,8 +234,9 @@ impl Pool {
                     waited: start.elapsed(),
                 });
             }
-            Err(Some(rx)) => rx,
+            Err(Some(rx)) => Ticket { pool: self, rx },
         };
+        let rx = &mut ticket.rx;
         let deadline = self.timeouts.query_wait.map(|t| start + t);
         let mut reserve_at =
             (self.timeouts.reserve_size > 0).then(|| start + self.timeouts.reserve_after);
@@ -211,8 +246,8 @@ impl Pool {
                 (d, r) => d.or(r),
             };
             let received = match wake {
-                Some(at) => tokio::time::timeout_at(at.into(), &mut rx).await.ok(),
-                None => Some((&mut rx).await),
+                Some(at) => tokio::time::timeout_at(at.into(), &mut *rx).await.ok(),
+                None => Some((&mut *rx).await),
             };
             match received {
                 Some(Ok(grant)) => break grant,
@@ -261,6 +296,19 @@ impl Pool {
         }
     }
 
+    /// A grant that reached a waiter who no longer wants it goes back to the pool.
+    fn return_grant(&self, grant: Grant) {
+        match grant {
+            Grant::Server(conn) => self.release(*conn, true),
+            Grant::Connect => {
+                let mut inner = self.lock();
+                inner.total -= 1;
+                self.slot_freed(inner);
+            }
+            Grant::Failed(_) => {}
+        }
+    }
+
     fn take_reserve_slot(&self, now: Instant) -> bool {
         let mut inner = self.lock();
         let room = inner.total < self.settings.pool_size + self.timeouts.reserve_size;
@@ -291,28 +339,28 @@ impl Pool {
     /// Opens a connection whose slot has already been counted in `total`, once the database
     /// and user limits allow one more.
     async fn open_counted(&self) -> Result<ServerConn, PoolError> {
+        let opening = Opening {
+            pool: self,
+            armed: true,
+        };
         let permits = match self.timeouts.query_wait {
-            Some(t) => match tokio::time::timeout(t, self.limits.acquire(self)).await {
-                Ok(p) => p,
-                Err(_) => {
-                    let mut inner = self.lock();
-                    inner.total -= 1;
-                    self.slot_freed(inner);
-                    return Err(PoolError::WaitTimeout);
-                }
-            },
+            Some(t) => tokio::time::timeout(t, self.limits.acquire(self))
+                .await
+                .map_err(|_| PoolError::WaitTimeout)?,
             None => self.limits.acquire(self).await,
         };
-        self.connect_counted(permits).await
+        self.connect_counted(opening, permits).await
     }
 
-    /// Opens a connection whose slot is counted and whose permits are in hand.
+    /// Opens a connection whose slot is counted (`opening`) and whose permits are in hand.
     async fn connect_counted(
         &self,
+        mut opening: Opening<'_>,
         permits: Vec<tokio::sync::OwnedSemaphorePermit>,
     ) -> Result<ServerConn, PoolError> {
         match ServerConn::connect(&self.target, self.timeouts.connect).await {
             Ok(mut conn) => {
+                opening.armed = false;
                 conn.permits = permits;
                 self.lock().last_failure = None;
                 self.learn_params(&conn);
@@ -322,11 +370,10 @@ impl Pool {
                 let why: Arc<str> = e.to_string().into();
                 tracing::warn!(db = %self.database, user = %self.user, error = %why, "server login failed");
                 let mut inner = self.lock();
-                inner.total -= 1;
                 inner.last_failure = Some((Instant::now(), why.clone()));
-                if inner.total == 0 {
-                    // Nobody holds a connection that could come back to the waiters: tell them
-                    // now instead of letting them run into query_wait_timeout.
+                if inner.total == 1 {
+                    // This was the only connection, and none can come back to the waiters:
+                    // tell them now instead of letting them run into query_wait_timeout.
                     for w in inner.waiters.drain(..) {
                         let _ = w.send(Grant::Failed(PoolError::LoginFailing {
                             detail: why.clone(),
@@ -376,7 +423,9 @@ impl Pool {
 
     /// A slot below pool_size became free: the oldest live waiter may connect.
     fn slot_freed(&self, mut inner: MutexGuard<'_, Inner>) {
-        if inner.total >= self.settings.pool_size {
+        if inner.total >= self.settings.pool_size
+            || self.may_connect(&inner, Instant::now()).is_err()
+        {
             return;
         }
         while let Some(w) = inner.waiters.pop_front() {
@@ -437,7 +486,11 @@ impl Pool {
                 inner.total += 1;
                 permits
             };
-            match self.connect_counted(permits).await {
+            let opening = Opening {
+                pool: self,
+                armed: true,
+            };
+            match self.connect_counted(opening, permits).await {
                 Ok(conn) => self.release(conn, true),
                 Err(_) => return,
             }

@@ -241,3 +241,38 @@ pub fn spawn_psql(
         .spawn()
         .expect("run psql")
 }
+
+/// A plain socket to the pooler with a read timeout, for tests that speak the protocol by hand.
+pub fn raw_connect(pooler: &Pooler) -> std::net::TcpStream {
+    let s = std::net::TcpStream::connect(pooler.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s
+}
+
+/// Reads until what has arrived ends with a ReadyForQuery, and returns it all.
+pub fn read_until_ready(s: &mut std::net::TcpStream) -> Vec<u8> {
+    use std::io::Read;
+    let mut got = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while !(got.len() >= 6 && got[got.len() - 6] == b'Z') {
+        let n = s.read(&mut chunk).unwrap();
+        assert!(n > 0, "connection closed: {got:?}");
+        got.extend_from_slice(&chunk[..n]);
+    }
+    got
+}
+
+/// Logs in as `app` to database `app` with no password (auth_type = "trust").
+pub fn logged_in_trust(pooler: &Pooler) -> std::net::TcpStream {
+    use std::io::Write;
+    let mut s = raw_connect(pooler);
+    let mut buf = bytes::BytesMut::new();
+    postgres_protocol::message::frontend::startup_message(
+        [("user", "app"), ("database", "app")],
+        &mut buf,
+    )
+    .unwrap();
+    s.write_all(&buf).unwrap();
+    read_until_ready(&mut s);
+    s
+}
