@@ -212,6 +212,8 @@ impl Session<'_> {
             let waiting = pool.checkout();
             tokio::pin!(waiting);
             tokio::select! {
+                // Checkout first: when a server is free there is no need to look at the client.
+                biased;
                 r = &mut waiting => r,
                 // A client that leaves while it waits gives up its place in the queue.
                 gone = client_gone(self.client) => {
