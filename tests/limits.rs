@@ -208,3 +208,28 @@ async fn a_client_that_leaves_the_queue_never_runs_its_query() {
         .get(0);
     assert_eq!(n, 0, "the departed client's query ran");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_clients_and_idle_transactions_time_out() {
+    let pg = primary();
+    let pooler = Pooler::start(&pg, "client_idle_timeout = 1\nidle_transaction_timeout = 1");
+    let idle = connect(&pooler, "app", APP_PASSWORD).await;
+    idle.simple_query("SELECT 1").await.unwrap();
+    let in_tx = connect(&pooler, "app", APP_PASSWORD).await;
+    in_tx.batch_execute("CREATE TABLE t (x int)").await.unwrap();
+    in_tx.batch_execute("BEGIN; LOCK TABLE t").await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !(idle.is_closed() && in_tx.is_closed()) {
+        assert!(
+            Instant::now() < deadline,
+            "idle clients were not disconnected"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The abandoned transaction was rolled back: its lock is gone.
+    let other = connect(&pooler, "app", APP_PASSWORD).await;
+    other
+        .batch_execute("SET lock_timeout = '5s'; BEGIN; LOCK TABLE t; COMMIT")
+        .await
+        .unwrap();
+}
