@@ -186,10 +186,22 @@ impl Session<'_> {
             self.read_idle().await?;
             return Ok(false);
         };
-        if let Err(e) = frontend::parse(h.tag, &self.cbuf[5..h.len]) {
-            self.fatal(sqlstate::PROTOCOL_VIOLATION, &e.to_string())
-                .await;
-            return Err("protocol violation");
+        let msg = match frontend::parse(h.tag, &self.cbuf[5..h.len]) {
+            Ok(m) => m,
+            Err(e) => {
+                self.fatal(sqlstate::PROTOCOL_VIOLATION, &e.to_string())
+                    .await;
+                return Err("protocol violation");
+            }
+        };
+        if let frontend::Message::Close { kind: b'S', name } = msg {
+            if self.general.max_prepared_statements > 0 && !name.is_empty() {
+                // Only this client's name goes (as inside a transaction): no server needed.
+                self.statements.remove(name);
+                self.cbuf.advance(h.len);
+                self.to_client.extend_from_slice(backend::CLOSE_COMPLETE);
+                return Ok(false);
+            }
         }
         match h.tag {
             b'X' => Err("client terminated"),

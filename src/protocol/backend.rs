@@ -74,6 +74,9 @@ pub struct Scanned {
 /// ParseComplete, as the pooler sends it in place of a reply it produced itself.
 pub const PARSE_COMPLETE: &[u8] = b"1\0\0\0\x04";
 
+/// CloseComplete, for a Close the pooler answers itself.
+pub const CLOSE_COMPLETE: &[u8] = b"3\0\0\0\x04";
+
 /// Finds frame boundaries in the server → client byte stream across reads.
 #[derive(Debug, Default)]
 pub struct Scanner {
