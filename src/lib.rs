@@ -6,5 +6,6 @@ pub mod config;
 pub mod demo;
 pub mod pool;
 pub mod protocol;
+pub mod router;
 pub mod server;
 pub mod service;

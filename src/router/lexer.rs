@@ -1,0 +1,199 @@
+//! A small SQL tokenizer for the classifier: just enough of PostgreSQL's lexical rules to
+//! never mistake text inside a string literal, quoted identifier, dollar-quoted body or
+//! comment for a keyword.
+
+/// One token. Words are lowercased; literals and quoted identifiers carry no text because
+/// the classifier never needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Token {
+    Word(String),
+    QuotedIdent,
+    Literal,
+    Param,
+    Punct(char),
+}
+
+/// Tokenizes `sql`. Unterminated strings or comments end the text (the classifier treats
+/// what it cannot read as a write).
+pub fn tokens(sql: &str) -> Result<Vec<Token>, ()> {
+    let b = sql.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        let c = b[i];
+        match c {
+            b' ' | b'\t' | b'\n' | b'\r' | b'\x0c' => i += 1,
+            b'-' if b.get(i + 1) == Some(&b'-') => {
+                while i < b.len() && b[i] != b'\n' {
+                    i += 1;
+                }
+            }
+            b'/' if b.get(i + 1) == Some(&b'*') => {
+                // Block comments nest in PostgreSQL.
+                let mut depth = 0;
+                loop {
+                    if i + 1 >= b.len() {
+                        return Err(());
+                    }
+                    if b[i] == b'/' && b[i + 1] == b'*' {
+                        depth += 1;
+                        i += 2;
+                    } else if b[i] == b'*' && b[i + 1] == b'/' {
+                        depth -= 1;
+                        i += 2;
+                        if depth == 0 {
+                            break;
+                        }
+                    } else {
+                        i += 1;
+                    }
+                }
+            }
+            b'\'' => {
+                // E'..' escapes are handled where the word E is read; here plain quoting.
+                i = skip_quoted(b, i, b'\'', false)?;
+                out.push(Token::Literal);
+            }
+            b'"' => {
+                i = skip_quoted(b, i, b'"', false)?;
+                out.push(Token::QuotedIdent);
+            }
+            b'$' => {
+                if b.get(i + 1).is_some_and(u8::is_ascii_digit) {
+                    i += 1;
+                    while i < b.len() && b[i].is_ascii_digit() {
+                        i += 1;
+                    }
+                    out.push(Token::Param);
+                } else {
+                    // $tag$ ... $tag$ (tag may be empty).
+                    let end = b[i + 1..].iter().position(|&x| x == b'$').ok_or(())? + i + 1;
+                    let tag = &b[i..=end];
+                    if !tag[1..tag.len() - 1]
+                        .iter()
+                        .all(|x| x.is_ascii_alphanumeric() || *x == b'_')
+                    {
+                        return Err(());
+                    }
+                    let body_start = end + 1;
+                    let close = find(&b[body_start..], tag).ok_or(())?;
+                    i = body_start + close + tag.len();
+                    out.push(Token::Literal);
+                }
+            }
+            c if c.is_ascii_digit()
+                || (c == b'.' && b.get(i + 1).is_some_and(u8::is_ascii_digit)) =>
+            {
+                while i < b.len() && (b[i].is_ascii_alphanumeric() || b[i] == b'.' || b[i] == b'_')
+                {
+                    i += 1;
+                }
+                out.push(Token::Literal);
+            }
+            c if c.is_ascii_alphabetic() || c == b'_' || c >= 0x80 => {
+                let start = i;
+                while i < b.len()
+                    && (b[i].is_ascii_alphanumeric()
+                        || b[i] == b'_'
+                        || b[i] == b'$'
+                        || b[i] >= 0x80)
+                {
+                    i += 1;
+                }
+                let word = &sql[start..i];
+                // E'…' (escape string), B'…', X'…', U&'…': a literal, not a word.
+                if b.get(i) == Some(&b'\'') && matches!(word, "e" | "E" | "b" | "B" | "x" | "X") {
+                    i = skip_quoted(b, i, b'\'', matches!(word, "e" | "E"))?;
+                    out.push(Token::Literal);
+                } else if b.get(i) == Some(&b'&')
+                    && matches!(word, "u" | "U")
+                    && matches!(b.get(i + 1), Some(b'\'' | b'"'))
+                {
+                    let q = b[i + 1];
+                    i = skip_quoted(b, i + 1, q, false)?;
+                    out.push(if q == b'\'' {
+                        Token::Literal
+                    } else {
+                        Token::QuotedIdent
+                    });
+                } else {
+                    out.push(Token::Word(word.to_ascii_lowercase()));
+                }
+            }
+            c => {
+                out.push(Token::Punct(c as char));
+                i += 1;
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Skips a quoted run starting at `start` (the opening quote); a doubled quote is an escaped
+/// one, and with `backslash` a backslash escapes the next byte. Returns the index after it.
+fn skip_quoted(b: &[u8], start: usize, q: u8, backslash: bool) -> Result<usize, ()> {
+    let mut i = start + 1;
+    while i < b.len() {
+        if backslash && b[i] == b'\\' {
+            i += 2;
+            continue;
+        }
+        if b[i] == q {
+            if b.get(i + 1) == Some(&q) {
+                i += 2;
+                continue;
+            }
+            return Ok(i + 1);
+        }
+        i += 1;
+    }
+    Err(())
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn words(sql: &str) -> Vec<String> {
+        tokens(sql)
+            .unwrap()
+            .into_iter()
+            .filter_map(|t| match t {
+                Token::Word(w) => Some(w),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn keywords_inside_literals_and_comments_are_not_words() {
+        let sql = "SELECT 'delete from t', \"update\", $$insert$$, $x$drop$x$, E'it\\'s update' \
+                   -- delete\n /* update /* nested */ insert */ FROM t";
+        assert_eq!(words(sql), vec!["select", "from", "t"]);
+    }
+
+    #[test]
+    fn parameters_and_numbers() {
+        let t = tokens("select $1 + 2.5e3").unwrap();
+        assert_eq!(
+            t,
+            vec![
+                Token::Word("select".into()),
+                Token::Param,
+                Token::Punct('+'),
+                Token::Literal
+            ]
+        );
+    }
+
+    #[test]
+    fn unterminated_text_is_an_error() {
+        assert!(tokens("select 'abc").is_err());
+        assert!(tokens("select /* abc").is_err());
+        assert!(tokens("select $$abc").is_err());
+    }
+}
