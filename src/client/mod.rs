@@ -127,6 +127,14 @@ pub async fn handle(ctx: Arc<Context>, mut stream: TcpStream, peer: SocketAddr) 
         }
     };
     tracing::info!(%peer, user = %login.user, db = %login.database, pid = registration.process_id, "client login");
-    let reason = session::run(&config, &ctx.statements, login, &mut stream, &registration).await;
+    let reason = session::run(
+        &config,
+        &ctx.statements,
+        &ctx.clients,
+        login,
+        &mut stream,
+        &registration,
+    )
+    .await;
     tracing::info!(%peer, pid = registration.process_id, reason, "client logout");
 }

@@ -27,6 +27,10 @@ use tokio::net::TcpStream;
 const HIGH_WATER: usize = 256 * 1024;
 /// Read granularity: big enough that a typical transaction is one read.
 const READ_CHUNK: usize = 16 * 1024;
+/// With at most this many clients connected, an idle client keeps its buffers: memory is
+/// plentiful then, and reallocating them per transaction is a cost every query pays. Beyond
+/// it, idle clients give their buffers back (the budget is 2 KiB per idle client).
+const KEEP_BUFFERS_UP_TO: usize = 64;
 /// How long cleaning up after a departed client may take before the server is closed instead.
 const CLEANUP_DEADLINE: Duration = Duration::from_secs(10);
 
@@ -66,6 +70,10 @@ struct Session<'a> {
     reg: &'a Registration<'a>,
     registry: &'a Registry,
     statements: ClientStatements,
+    /// Clients connected to this process, to decide whether idle buffers are kept.
+    clients: &'a std::sync::atomic::AtomicUsize,
+    /// The tracker and server-bound buffer of the last link, kept for the next one.
+    spare: (Tracker, BytesMut),
 }
 
 /// A name no statement of ours ever has: closing it is a no-op the server still answers.
@@ -74,6 +82,7 @@ const NO_STATEMENT: &[u8] = b"pgsluice_none";
 pub async fn run(
     config: &Config,
     registry: &Registry,
+    clients: &std::sync::atomic::AtomicUsize,
     login: LoggedIn,
     client: &mut TcpStream,
     reg: &Registration<'_>,
@@ -90,6 +99,8 @@ pub async fn run(
         reg,
         registry,
         statements: ClientStatements::default(),
+        clients,
+        spare: (Tracker::default(), BytesMut::new()),
     };
     s.serve().await
 }
@@ -114,7 +125,15 @@ impl Session<'_> {
                     self.reg.slot.set(None);
                     match how {
                         Unlink::Release => {
-                            self.pool.release(link.conn, true);
+                            let Link {
+                                conn,
+                                mut tracker,
+                                to_server,
+                                ..
+                            } = *link;
+                            self.pool.release(conn, true);
+                            tracker.reset();
+                            self.spare = (tracker, to_server);
                             State::Idle
                         }
                         Unlink::ServerGone => {
@@ -253,8 +272,8 @@ impl Session<'_> {
         let mut link = Box::new(Link {
             conn: checkout.conn,
             scanner: Scanner::default(),
-            tracker: Tracker::default(),
-            to_server: BytesMut::new(),
+            tracker: std::mem::take(&mut self.spare.0),
+            to_server: std::mem::take(&mut self.spare.1),
         });
         self.reg.slot.set(Some(link.conn.cancel_key.clone()));
         if let Err(message) = self.apply_params(&mut link).await {
@@ -269,9 +288,11 @@ impl Session<'_> {
 
     /// Waits for client bytes with no server held. An idle client keeps no read buffer.
     async fn read_idle(&mut self) -> Result<(), &'static str> {
-        if self.cbuf.is_empty() && self.cbuf.capacity() > 0 {
+        let many = self.clients.load(std::sync::atomic::Ordering::Relaxed) > KEEP_BUFFERS_UP_TO;
+        if self.cbuf.is_empty() && (many || self.cbuf.capacity() > 4 * READ_CHUNK) {
             self.cbuf = BytesMut::new();
             self.to_client = BytesMut::new();
+            self.spare.1 = BytesMut::new();
         }
         let wait = self.client.readable();
         match self.general.client_idle_timeout.enabled() {
@@ -339,11 +360,16 @@ impl Session<'_> {
             if self.cbuf.len() < h.len {
                 return Ok(false);
             }
-            let frame = self.cbuf.split_to(h.len);
+            // Borrowed, not split off: splitting would turn the buffer into a shared one,
+            // an allocation per transaction.
+            let frame = &self.cbuf[..h.len];
             let msg = frontend::parse(h.tag, &frame[5..])?;
             let out = &mut link.to_server;
             match msg {
-                frontend::Message::Terminate => return Ok(true),
+                frontend::Message::Terminate => {
+                    self.cbuf.advance(h.len);
+                    return Ok(true);
+                }
                 frontend::Message::Parse {
                     name, definition, ..
                 } if map && !name.is_empty() => {
@@ -374,7 +400,7 @@ impl Session<'_> {
                             frontend::encode_bind(&mut link.to_server, portal, &stmt.name, params);
                         }
                         // Unknown to us: the server answers with PostgreSQL's own error.
-                        None => out.extend_from_slice(&frame),
+                        None => out.extend_from_slice(frame),
                     }
                 }
                 frontend::Message::Describe { kind: b'S', name } if map && !name.is_empty() => {
@@ -383,7 +409,7 @@ impl Session<'_> {
                             ensure_prepared(link, stmt, self.general.max_prepared_statements);
                             frontend::encode_target(&mut link.to_server, b'D', b'S', &stmt.name);
                         }
-                        None => out.extend_from_slice(&frame),
+                        None => out.extend_from_slice(frame),
                     }
                 }
                 frontend::Message::Close { kind: b'S', name } if map && !name.is_empty() => {
@@ -394,18 +420,19 @@ impl Session<'_> {
                 }
                 frontend::Message::Parse { .. } => {
                     link.tracker.parse_sent(None, Reply::Forward);
-                    out.extend_from_slice(&frame);
+                    out.extend_from_slice(frame);
                 }
                 frontend::Message::Close { .. } => {
                     link.tracker.close_sent(Reply::Forward);
-                    out.extend_from_slice(&frame);
+                    out.extend_from_slice(frame);
                 }
                 frontend::Message::Sync => {
                     link.conn.prepared.new_batch();
-                    out.extend_from_slice(&frame);
+                    out.extend_from_slice(frame);
                 }
-                _ => out.extend_from_slice(&frame),
+                _ => out.extend_from_slice(frame),
             }
+            self.cbuf.advance(h.len);
             link.tracker.sent(h.tag);
         }
     }

@@ -59,6 +59,14 @@ impl Default for Tracker {
 }
 
 impl Tracker {
+    /// Back to the state of a fresh link, keeping the queue's allocation.
+    pub fn reset(&mut self) {
+        self.pending.clear();
+        self.unsynced = false;
+        self.copy_in = false;
+        self.status = TxStatus::Idle;
+    }
+
     /// Notes one frame forwarded to the server, by type byte.
     pub fn sent(&mut self, tag: u8) {
         match tag {
