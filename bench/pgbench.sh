@@ -77,8 +77,11 @@ logfile = $work/pgbouncer.log
 INI
 echo '"postgres" ""' >"$work/userlist.txt"
 [ "$(id -u)" = 0 ] && chown postgres "$work"/pgbouncer.ini "$work"/userlist.txt
-as_pg "$pgbouncer_bin" "$work/pgbouncer.ini" >/dev/null 2>&1 &
-pids+=($!)
+start_bouncer() {
+    as_pg "$pgbouncer_bin" "$work/pgbouncer.ini" >/dev/null 2>&1 &
+    pids+=($!)
+}
+start_bouncer
 
 sluice_port=$(free_port)
 cat >"$work/pgsluice.toml" <<TOML
@@ -91,17 +94,23 @@ max_client_conn = $((IDLE_CLIENTS + 500))
 port = $pg_port
 [users.postgres]
 TOML
-RUST_LOG=warn "$root/target/release/pgsluice" --config "$work/pgsluice.toml" >"$work/pgsluice.log" 2>&1 &
-pids+=($!)
-sluice_pid=$!
+start_sluice() {
+    RUST_LOG=warn "$root/target/release/pgsluice" --config "$work/pgsluice.toml" >"$work/pgsluice.log" 2>&1 &
+    pids+=($!)
+    sluice_pid=$!
+}
+start_sluice
 
-for port in "$bouncer_port" "$sluice_port"; do
-    for _ in $(seq 100); do
-        "$bindir/psql" -X -h 127.0.0.1 -p "$port" -U postgres -d postgres -Atc 'SELECT 1' >/dev/null 2>&1 && break
-        sleep 0.1
+wait_ready() {
+    for port in "$bouncer_port" "$sluice_port"; do
+        for _ in $(seq 100); do
+            "$bindir/psql" -X -h 127.0.0.1 -p "$port" -U postgres -d postgres -Atc 'SELECT 1' >/dev/null 2>&1 && break
+            sleep 0.1
+        done
     done
-done
-bouncer_pid=$(pgrep -f "^$pgbouncer_bin $work/pgbouncer.ini" | head -1)
+    bouncer_pid=$(pgrep -f "^$pgbouncer_bin $work/pgbouncer.ini" | head -1)
+}
+wait_ready
 
 # One pgbench run: prints "tps latency_ms".
 run() {
@@ -162,6 +171,14 @@ print("ready", flush=True)
 time.sleep(30)
 PY
 }
+# Fresh processes, so that memory freed by the load above does not hide what idle clients cost.
+kill "$sluice_pid" 2>/dev/null || true
+pkill -f "pgbouncer $work/pgbouncer.ini" 2>/dev/null || true
+sleep 1
+start_bouncer
+start_sluice
+wait_ready
+
 echo
 printf '%-10s %12s %14s %16s\n' pooler rss_idle_kib "rss_with_${IDLE_CLIENTS}_kib" per_client_bytes
 for target in bouncer sluice; do
