@@ -292,12 +292,13 @@ impl Session<'_> {
         if self.cbuf.is_empty() && (many || self.cbuf.capacity() > 4 * READ_CHUNK) {
             self.cbuf = BytesMut::new();
             self.to_client = BytesMut::new();
-            self.spare.1 = BytesMut::new();
+            self.spare = (Tracker::default(), BytesMut::new());
         }
         let wait = self.client.readable();
         match self.general.client_idle_timeout.enabled() {
+            // Boxed: a timer is large, and every idle client would carry its space otherwise.
             Some(t) => {
-                if tokio::time::timeout(t, wait).await.is_err() {
+                if Box::pin(tokio::time::timeout(t, wait)).await.is_err() {
                     self.fatal(sqlstate::PROTOCOL_VIOLATION, "client_idle_timeout")
                         .await;
                     return Err("client_idle_timeout");
