@@ -263,10 +263,6 @@ impl LocalPostgres {
         }
         Ok(String::from_utf8_lossy(&out.stdout).trim_end().to_owned())
     }
-
-    pub fn bindir(&self) -> &Path {
-        &self.bindir
-    }
 }
 
 impl Drop for LocalPostgres {

@@ -47,10 +47,6 @@ impl Context {
         })
     }
 
-    pub fn client_count(&self) -> usize {
-        self.clients.load(Ordering::Relaxed)
-    }
-
     fn verifier_for(&self, user: &str, password: &str) -> Verifier {
         let key = (user.to_owned(), password.to_owned());
         if let Some(v) = self

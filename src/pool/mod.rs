@@ -497,12 +497,6 @@ impl Pool {
         }
     }
 
-    /// Connections counted by the pool: (idle, total, waiting clients).
-    pub fn counts(&self) -> (usize, usize, usize) {
-        let inner = self.lock();
-        (inner.idle.len(), inner.total, inner.waiters.len())
-    }
-
     /// Takes one idle connection out of the pool, for closing.
     fn take_idle(&self) -> Option<ServerConn> {
         let mut inner = self.lock();
@@ -510,17 +504,5 @@ impl Pool {
         inner.total -= 1;
         self.slot_freed(inner);
         Some(conn)
-    }
-
-    /// Empties the idle list; used when the pool is dropped from the configuration or at exit.
-    pub async fn close_idle(&self) {
-        let idle: Vec<_> = {
-            let mut inner = self.lock();
-            inner.total -= inner.idle.len();
-            inner.idle.drain(..).collect()
-        };
-        for conn in idle {
-            conn.close("pool closing").await;
-        }
     }
 }
