@@ -113,9 +113,7 @@ struct Opening<'a> {
 impl Drop for Opening<'_> {
     fn drop(&mut self) {
         if self.armed {
-            let mut inner = self.pool.lock();
-            inner.total -= 1;
-            self.pool.slot_freed(inner);
+            self.pool.give_back_slot();
         }
     }
 }
@@ -263,7 +261,7 @@ impl Pool {
                     rx.close();
                     if let Ok(grant) = rx.try_recv() {
                         // A grant raced with us: take it and give the reserve slot back.
-                        self.slot_freed_after_reserve();
+                        self.give_back_slot();
                         break grant;
                     }
                     tracing::debug!(db = %self.database, user = %self.user, "using reserve pool");
@@ -300,11 +298,7 @@ impl Pool {
     fn return_grant(&self, grant: Grant) {
         match grant {
             Grant::Server(conn) => self.release(*conn, true),
-            Grant::Connect => {
-                let mut inner = self.lock();
-                inner.total -= 1;
-                self.slot_freed(inner);
-            }
+            Grant::Connect => self.give_back_slot(),
             Grant::Failed(_) => {}
         }
     }
@@ -319,7 +313,8 @@ impl Pool {
         false
     }
 
-    fn slot_freed_after_reserve(&self) {
+    /// A counted slot goes unused: uncount it, and let a waiter have it.
+    fn give_back_slot(&self) {
         let mut inner = self.lock();
         inner.total -= 1;
         self.slot_freed(inner);
