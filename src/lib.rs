@@ -2,8 +2,10 @@
 
 pub mod auth;
 pub mod client;
+pub mod cluster;
 pub mod config;
 pub mod demo;
+pub mod metrics;
 pub mod pool;
 pub mod protocol;
 pub mod router;

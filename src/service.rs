@@ -1,6 +1,8 @@
 //! The listening socket and the process's long-lived tasks.
 
 use crate::client::{self, Context};
+use crate::cluster::health::Checker;
+use crate::cluster::Cluster;
 use crate::config::Config;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -35,6 +37,13 @@ impl Service {
     pub async fn serve(self) {
         tracing::info!(addr = %self.local_addr(), "listening");
         tokio::spawn(self.ctx.pools.clone().maintain_forever());
+        for cluster in self.ctx.clusters.all() {
+            // A lone primary has nothing to route between; its health matters once there
+            // are replicas to fall back from.
+            if cluster.has_replicas() {
+                tokio::spawn(watch(self.ctx.clone(), cluster));
+            }
+        }
         loop {
             match self.listener.accept().await {
                 Ok((stream, peer)) => {
@@ -47,5 +56,17 @@ impl Service {
                 }
             }
         }
+    }
+}
+
+/// Checks a cluster's nodes every health_check_interval, for as long as the process runs.
+async fn watch(ctx: Arc<Context>, cluster: Arc<Cluster>) {
+    let mut checker = Checker::default();
+    loop {
+        let config = ctx.config.load_full();
+        for node in checker.tick(&cluster, &config.general).await {
+            ctx.pools.drain_node(&cluster.database, node);
+        }
+        tokio::time::sleep(config.general.health_check_interval.0).await;
     }
 }

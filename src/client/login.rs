@@ -6,11 +6,12 @@ use super::{fatal, Context};
 use crate::auth::scram::{self, ServerExchange};
 use crate::auth::{md5, Secret};
 use crate::config::{AuthType, Config};
-use crate::pool::Pool;
+use crate::pool::Members;
 use crate::protocol::backend::{self, TxStatus};
 use crate::protocol::sqlstate;
 use crate::protocol::startup::{self, Startup, StartupPacket};
 use crate::protocol::{frontend, ProtocolError};
+use crate::router::policy::RouteMode;
 use bytes::{Buf, BytesMut};
 use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -30,7 +31,9 @@ pub const TRACKED: [&str; 6] = [
 pub struct LoggedIn {
     pub user: String,
     pub database: String,
-    pub pool: Arc<Pool>,
+    pub members: Arc<Members>,
+    /// Where the client asked its work to go (`options=-c pgsluice.route=...`).
+    pub route: RouteMode,
     /// The session parameters this client wants, lowercase names: the pool's server defaults
     /// for the tracked ones, overridden by the startup packet and its `options`.
     pub params: Vec<(String, String)>,
@@ -106,13 +109,26 @@ pub async fn login(
         .filter(|d| !d.is_empty())
         .unwrap_or(&user)
         .to_owned();
-    let wanted = match client_params(&startup) {
+    let mut wanted = match client_params(&startup) {
         Ok(p) => p,
         Err(msg) => {
             fatal(stream, sqlstate::PROTOCOL_VIOLATION, &msg).await;
             return None;
         }
     };
+    // The pooler's own setting: it picks the route and never reaches a server.
+    let mut route = RouteMode::Auto;
+    if let Some(i) = wanted.iter().position(|(k, _)| k == "pgsluice.route") {
+        let (_, value) = wanted.remove(i);
+        match RouteMode::parse(&value) {
+            Some(r) => route = r,
+            None => {
+                let e = crate::router::command::BadValue(value);
+                fatal(stream, sqlstate::INVALID_PARAMETER_VALUE, &e.to_string()).await;
+                return None;
+            }
+        }
+    }
     let mut out = BytesMut::new();
     let unsupported: Vec<&str> = startup
         .params
@@ -137,7 +153,8 @@ pub async fn login(
         return None;
     }
     backend::authentication_ok(&mut out);
-    let pool = ctx.pools.get(config, &database, &user)?;
+    let members = ctx.pools.members(config, &ctx.clusters, &database, &user)?;
+    let pool = members.primary();
     let server_params = match pool.server_params() {
         Some(p) => p,
         None => match pool.checkout().await {
@@ -176,7 +193,8 @@ pub async fn login(
     Some(LoggedIn {
         user,
         database,
-        pool,
+        members,
+        route,
         params,
         buf,
     })

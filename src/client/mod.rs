@@ -8,6 +8,7 @@ mod session;
 pub mod statements;
 
 use crate::auth::scram::Verifier;
+use crate::cluster::Clusters;
 use crate::config::Config;
 use crate::pool::Pools;
 use crate::protocol::backend;
@@ -24,6 +25,7 @@ use tokio::net::TcpStream;
 pub struct Context {
     pub config: ArcSwap<Config>,
     pub pools: Arc<Pools>,
+    pub clusters: Clusters,
     pub cancels: cancel::Cancels,
     pub statements: statements::Registry,
     clients: AtomicUsize,
@@ -37,6 +39,7 @@ pub struct Context {
 impl Context {
     pub fn new(config: Config) -> Arc<Context> {
         Arc::new(Context {
+            clusters: Clusters::new(&config),
             cancels: cancel::Cancels::new(config.general.peer_id),
             config: ArcSwap::from_pointee(config),
             pools: Arc::new(Pools::default()),

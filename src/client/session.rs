@@ -11,10 +11,15 @@ use super::cancel::Registration;
 use super::login::{LoggedIn, TRACKED};
 use super::params::SessionParams;
 use super::statements::{ClientStatements, Registry, Statement};
+use crate::cluster::InFlight;
 use crate::config::{Config, General, PoolMode};
-use crate::pool::{Pool, PoolError};
+use crate::metrics::RouteReason;
+use crate::pool::{Members, PoolError};
 use crate::protocol::backend::{self, Action, Event, Scanner, TxStatus};
 use crate::protocol::{frontend, sqlstate, ProtocolError};
+use crate::router::classify::{self, Class, Hint, WriteReason};
+use crate::router::command::{self, RouteCommand};
+use crate::router::policy::{self, RouteMode, Work};
 use crate::server::tracker::{Reply, Tracker};
 use crate::server::ServerConn;
 use bytes::{Buf, BytesMut};
@@ -25,6 +30,9 @@ use tokio::net::TcpStream;
 
 /// Stop reading from one side while this much is waiting to be written to the other.
 const HIGH_WATER: usize = 256 * 1024;
+/// How much of a retryable read's answer may be held back before it goes to the client
+/// (and can no longer be retried).
+const HOLD_LIMIT: usize = 32 * 1024;
 /// Read granularity: big enough that a typical transaction is one read.
 const READ_CHUNK: usize = 16 * 1024;
 /// With at most this many clients connected, an idle client keeps its buffers: memory is
@@ -40,6 +48,24 @@ struct Link {
     scanner: Scanner,
     tracker: Tracker,
     to_server: BytesMut,
+    /// The node the server belongs to, counted as in flight there while the link lives.
+    at: InFlight,
+    /// Take the client's work one unit (a Query, or messages up to Sync) at a time, so that
+    /// each implicit transaction is routed on its own.
+    one_unit: bool,
+    /// While the work may still be retried elsewhere: a copy of the client's messages sent,
+    /// and where this link's output to the client starts. Nothing goes to the client
+    /// meanwhile.
+    replay: Option<(BytesMut, usize)>,
+    /// Set when the server failed in a way that allows a retry: whether to ban the node.
+    retry: Option<Retry>,
+}
+
+/// Why work is sent again elsewhere.
+#[derive(Debug, Clone, Copy)]
+struct Retry {
+    ban: bool,
+    why: &'static str,
 }
 
 enum State {
@@ -57,12 +83,19 @@ enum Unlink {
     ServerGone,
     Violation(ProtocolError),
     IdleTransactionTimeout,
+    /// The node failed before any of the answer reached the client: run the work elsewhere.
+    Retry(Retry),
 }
 
 struct Session<'a> {
     general: &'a General,
-    pool: Arc<Pool>,
+    members: Arc<Members>,
     mode: PoolMode,
+    /// `SET pgsluice.route` or the startup option.
+    route: RouteMode,
+    /// The node the current work just failed on, and how many times it has been retried.
+    avoid: Option<usize>,
+    retries: usize,
     client: &'a mut TcpStream,
     cbuf: BytesMut,
     to_client: BytesMut,
@@ -87,11 +120,14 @@ pub async fn run(
     client: &mut TcpStream,
     reg: &Registration<'_>,
 ) -> &'static str {
-    let mode = login.pool.settings.pool_mode;
+    let mode = login.members.primary().settings.pool_mode;
     let mut s = Session {
         general: &config.general,
-        pool: login.pool,
+        members: login.members,
         mode,
+        route: login.route,
+        avoid: None,
+        retries: 0,
         client,
         cbuf: login.buf,
         to_client: BytesMut::new(),
@@ -114,7 +150,8 @@ impl Session<'_> {
                     // Boxed: linking is a brief state, and an idle client should not carry
                     // its size.
                     Ok(true) => match Box::pin(self.link()).await {
-                        Ok(link) => State::Linked(link),
+                        Ok(Some(link)) => State::Linked(link),
+                        Ok(None) => State::Idle,
                         Err(reason) => return reason,
                     },
                     Ok(false) => State::Idle,
@@ -129,15 +166,24 @@ impl Session<'_> {
                                 conn,
                                 mut tracker,
                                 to_server,
+                                at,
                                 ..
                             } = *link;
-                            self.pool.release(conn, true);
+                            self.members.pools[at.node].release(conn, true);
                             tracker.reset();
                             self.spare = (tracker, to_server);
+                            self.avoid = None;
+                            self.retries = 0;
+                            State::Idle
+                        }
+                        Unlink::Retry(retry) => {
+                            self.retry_elsewhere(*link, retry);
                             State::Idle
                         }
                         Unlink::ServerGone => {
-                            self.pool.release(link.conn, false);
+                            let node = link.at.node;
+                            self.members.pools[node].release(link.conn, false);
+                            self.ban(node, "server connection lost");
                             self.fatal(sqlstate::CONNECTION_FAILURE, "server conn crashed?")
                                 .await;
                             return "server connection lost";
@@ -213,6 +259,13 @@ impl Session<'_> {
                 return Err("protocol violation");
             }
         };
+        if let frontend::Message::Query(sql) = msg {
+            if let Some(cmd) = std::str::from_utf8(sql).ok().and_then(command::parse) {
+                self.cbuf.advance(h.len);
+                self.route_command(cmd);
+                return Ok(false);
+            }
+        }
         if let frontend::Message::Close { kind: b'S', name } = msg {
             if self.general.max_prepared_statements > 0 && !name.is_empty() {
                 // Only this client's name goes (as inside a transaction): no server needed.
@@ -236,54 +289,241 @@ impl Session<'_> {
         }
     }
 
-    /// Checks out a server and brings its session parameters in line with this client's.
-    async fn link(&mut self) -> Result<Box<Link>, &'static str> {
-        let pool = self.pool.clone();
-        let result = {
-            let waiting = pool.checkout();
-            tokio::pin!(waiting);
-            tokio::select! {
-                // Checkout first: when a server is free there is no need to look at the client.
-                biased;
-                r = &mut waiting => r,
-                // A client that leaves while it waits gives up its place in the queue.
-                gone = client_gone(self.client) => {
-                    if gone {
-                        return Err("client disconnected while waiting");
+    /// Answers `SET`/`SHOW pgsluice.route` without a server.
+    fn route_command(&mut self, cmd: Result<RouteCommand, command::BadValue>) {
+        let out = &mut self.to_client;
+        match cmd {
+            Ok(RouteCommand::Set(mode)) => {
+                self.route = mode;
+                backend::command_complete(out, "SET");
+            }
+            Ok(RouteCommand::Show) => {
+                backend::row_description(out, &["pgsluice.route"]);
+                backend::data_row(out, &[Some(self.route.name())]);
+                backend::command_complete(out, "SHOW");
+            }
+            Err(e) => backend::error_response(
+                out,
+                "ERROR",
+                sqlstate::INVALID_PARAMETER_VALUE,
+                &e.to_string(),
+            ),
+        }
+        backend::ready_for_query(out, TxStatus::Idle);
+    }
+
+    /// What the client's next unit of work is: the statements of its Query, or of its
+    /// extended-protocol messages up to Sync, as far as they have arrived.
+    fn work(&self) -> Work {
+        let wf = &self.general.write_functions;
+        let mut work: Option<Work> = None;
+        let mut add = |class: Class, hint: Option<Hint>| {
+            work = Some(match work {
+                None => Work {
+                    class,
+                    hint,
+                    complete: false,
+                },
+                Some(w) => w.and(class, hint),
+            });
+        };
+        let unknown = Class::Write(WriteReason::Statement);
+        let mut at = 0;
+        let mut complete = false;
+        while let Ok(Some(h)) = frontend::header(&self.cbuf[at..], self.general.max_packet_size) {
+            let Some(frame) = self.cbuf.get(at..at + h.len) else {
+                break;
+            };
+            at += h.len;
+            let Ok(msg) = frontend::parse(h.tag, &frame[5..]) else {
+                break;
+            };
+            let statement = |name: &[u8]| match self.statements.get(name) {
+                Some(stmt) => stmt.class(wf),
+                None => (unknown, None),
+            };
+            match msg {
+                frontend::Message::Query(sql) => {
+                    add_text(&mut add, sql, wf);
+                    complete = true;
+                    break;
+                }
+                frontend::Message::Parse { query, .. } => {
+                    add_text(&mut add, query, wf);
+                }
+                frontend::Message::Bind {
+                    statement: name, ..
+                }
+                | frontend::Message::Describe { kind: b'S', name } => {
+                    // The unnamed statement was classified at its Parse, in this unit.
+                    if !name.is_empty() {
+                        let (class, hint) = statement(name);
+                        add(class, hint);
                     }
-                    waiting.await
+                }
+                frontend::Message::Sync => {
+                    complete = true;
+                    break;
+                }
+                frontend::Message::Describe { .. }
+                | frontend::Message::Execute { .. }
+                | frontend::Message::Close { .. }
+                | frontend::Message::Flush => {}
+                _ => {
+                    add(unknown, None);
+                    break;
+                }
+            }
+        }
+        let mut work = work.unwrap_or(Work {
+            class: unknown,
+            hint: None,
+            complete: false,
+        });
+        work.complete = complete;
+        work
+    }
+
+    /// Decides where the client's next work runs, checks out a server there and brings its
+    /// session parameters in line with this client's. A replica that cannot be reached is
+    /// banned and the work placed again.
+    async fn link(&mut self) -> Result<Option<Box<Link>>, &'static str> {
+        let cluster = self.members.cluster.clone();
+        let (decision, checkout) = loop {
+            let session = policy::Session {
+                pool_mode: self.mode,
+                route: self.route,
+                avoid: self.avoid,
+            };
+            let decision = if cluster.has_replicas() || self.route != RouteMode::Auto {
+                policy::decide(&cluster, &self.work(), &session)
+            } else {
+                // Nothing to choose from: skip looking at the query at all.
+                Ok(policy::Decision {
+                    node: 0,
+                    reason: RouteReason::Write,
+                    retryable: false,
+                })
+            };
+            let mut decision = match decision {
+                Ok(d) => d,
+                Err(e) => {
+                    self.reject_unit(sqlstate::CONNECTION_FAILURE, &e.to_string());
+                    return Ok(None);
+                }
+            };
+            // Each node at most once per unit of work.
+            decision.retryable &= self.retries < cluster.nodes.len();
+            match self.checkout(decision.node).await? {
+                Ok(c) => break (decision, c),
+                Err(e) if decision.node != 0 && self.retries < cluster.nodes.len() => {
+                    tracing::warn!(db = %cluster.database, node = %cluster.nodes[decision.node].addr, error = %e, "replica unavailable, placing the work again");
+                    if matches!(e, PoolError::Connect(_)) {
+                        self.ban(decision.node, "connection failed");
+                    }
+                    self.avoid = Some(decision.node);
+                    self.retries += 1;
+                    cluster.routes.bump(RouteReason::Retry);
+                }
+                Err(e) => {
+                    let code = match e {
+                        PoolError::Connect(_) => sqlstate::CONNECTION_FAILURE,
+                        _ => sqlstate::PROTOCOL_VIOLATION,
+                    };
+                    self.fatal(code, &e.to_string()).await;
+                    return Err(match e {
+                        PoolError::WaitTimeout => "query_wait_timeout",
+                        _ => "server unavailable",
+                    });
                 }
             }
         };
-        let checkout = match result {
-            Ok(c) => c,
-            Err(e) => {
-                let code = match e {
-                    PoolError::Connect(_) => sqlstate::CONNECTION_FAILURE,
-                    _ => sqlstate::PROTOCOL_VIOLATION,
-                };
-                self.fatal(code, &e.to_string()).await;
-                return Err(match e {
-                    PoolError::WaitTimeout => "query_wait_timeout",
-                    _ => "server unavailable",
-                });
-            }
-        };
+        let node = decision.node;
         let mut link = Box::new(Link {
             conn: checkout.conn,
             scanner: Scanner::default(),
             tracker: std::mem::take(&mut self.spare.0),
             to_server: std::mem::take(&mut self.spare.1),
+            at: cluster.link(node),
+            one_unit: node != 0 || decision.retryable,
+            replay: decision
+                .retryable
+                .then(|| (BytesMut::new(), self.to_client.len())),
+            retry: None,
         });
         self.reg.slot.set(Some(link.conn.cancel_key.clone()));
         if let Err(message) = self.apply_params(&mut link).await {
             self.reg.slot.set(None);
             let reusable = link.tracker.idle();
-            self.pool.release(link.conn, reusable);
+            self.members.pools[node].release(link.conn, reusable);
             self.fatal(sqlstate::PROTOCOL_VIOLATION, &message).await;
             return Err("invalid session parameter");
         }
-        Ok(link)
+        Ok(Some(link))
+    }
+
+    /// Waits for a server of `node`'s pool; a client that leaves meanwhile gives up its place.
+    async fn checkout(
+        &mut self,
+        node: usize,
+    ) -> Result<Result<crate::pool::Checkout, PoolError>, &'static str> {
+        let pool = self.members.pools[node].clone();
+        let waiting = pool.checkout();
+        tokio::pin!(waiting);
+        Ok(tokio::select! {
+            // Checkout first: when a server is free there is no need to look at the client.
+            biased;
+            r = &mut waiting => r,
+            gone = client_gone(self.client) => {
+                if gone {
+                    return Err("client disconnected while waiting");
+                }
+                waiting.await
+            }
+        })
+    }
+
+    /// Answers the client's next unit of work with an error instead of running it.
+    fn reject_unit(&mut self, code: &str, message: &str) {
+        while let Ok(Some(h)) = frontend::header(&self.cbuf, self.general.max_packet_size) {
+            if self.cbuf.len() < h.len {
+                break;
+            }
+            self.cbuf.advance(h.len);
+            if matches!(h.tag, b'Q' | b'S') {
+                break;
+            }
+        }
+        backend::error_response(&mut self.to_client, "ERROR", code, message);
+        backend::ready_for_query(&mut self.to_client, TxStatus::Idle);
+    }
+
+    /// Keeps reads away from a node that failed, and closes this pool's idle connections
+    /// to it (the health checker does the same for other users' pools).
+    fn ban(&self, node: usize, why: &str) {
+        let cluster = &self.members.cluster;
+        if node != 0 && cluster.ban(node, self.general.ban_time.0, why) {
+            self.members.pools[node].drain_idle("node banned");
+        }
+    }
+
+    /// The node failed before any of its answer reached the client: forget what it sent,
+    /// put the client's messages back, and let the next link place them elsewhere.
+    fn retry_elsewhere(&mut self, link: Link, retry: Retry) {
+        let node = link.at.node;
+        tracing::info!(db = %self.members.cluster.database, node = %self.members.cluster.nodes[node].addr, reason = retry.why, "retrying a read on another node");
+        self.members.pools[node].release(link.conn, false);
+        if retry.ban {
+            self.ban(node, retry.why);
+        }
+        if let Some((mut replay, mark)) = link.replay {
+            self.to_client.truncate(mark);
+            replay.extend_from_slice(&self.cbuf);
+            self.cbuf = replay;
+        }
+        self.avoid = Some(node);
+        self.retries += 1;
+        self.members.cluster.routes.bump(RouteReason::Retry);
     }
 
     /// Waits for client bytes with no server held. An idle client keeps no read buffer.
@@ -365,6 +605,9 @@ impl Session<'_> {
             // an allocation per transaction.
             let frame = &self.cbuf[..h.len];
             let msg = frontend::parse(h.tag, &frame[5..])?;
+            if let Some((replay, _)) = link.replay.as_mut() {
+                replay.extend_from_slice(frame);
+            }
             let out = &mut link.to_server;
             match msg {
                 frontend::Message::Terminate => {
@@ -435,6 +678,9 @@ impl Session<'_> {
             }
             self.cbuf.advance(h.len);
             link.tracker.sent(h.tag);
+            if link.one_unit && matches!(h.tag, b'Q' | b'S') {
+                return Ok(false);
+            }
         }
     }
 
@@ -455,7 +701,9 @@ impl Session<'_> {
             {
                 return Unlink::Release;
             }
-            if !terminating {
+            // One unit at a time: the next is taken once this one is answered.
+            let unit_pending = link.one_unit && link.tracker.busy();
+            if !terminating && !unit_pending {
                 let before = link.to_server.len();
                 match self.take_client_frames(link) {
                     Ok(t) => terminating = t,
@@ -479,7 +727,17 @@ impl Session<'_> {
                 scanner,
                 tracker,
                 to_server,
+                replay,
+                retry,
+                ..
             } = link;
+            let lost = |replay: &Option<(BytesMut, usize)>| match replay {
+                Some(_) => Unlink::Retry(Retry {
+                    ban: true,
+                    why: "server connection lost",
+                }),
+                None => Unlink::ServerGone,
+            };
             let (mut srv_r, mut srv_w) = conn.stream.split();
             let (mut cli_r, mut cli_w) = self.client.split();
             if self.cbuf.capacity() - self.cbuf.len() < 1024 {
@@ -492,19 +750,30 @@ impl Session<'_> {
                 biased;
                 r = srv_w.write(to_server), if !to_server.is_empty() => match r {
                     Ok(n) if n > 0 => to_server.advance(n),
-                    _ => return Unlink::ServerGone,
+                    _ => return lost(replay),
                 },
-                r = cli_w.write(&self.to_client), if !self.to_client.is_empty() => match r {
+                // Held back while the work may still be retried elsewhere.
+                r = cli_w.write(&self.to_client), if !self.to_client.is_empty() && replay.is_none() => match r {
                     Ok(n) if n > 0 => self.to_client.advance(n),
                     _ => return Unlink::ClientGone,
                 },
                 r = srv_r.read_buf(&mut conn.buf), if self.to_client.len() < HIGH_WATER => match r {
                     Ok(n) if n > 0 => {
-                        if absorb(conn, scanner, tracker, &mut self.params, &mut None, Some(&mut self.to_client)).is_err() {
-                            return Unlink::ServerGone;
+                        let watch = replay.is_some().then_some(&mut *retry);
+                        if absorb(conn, scanner, tracker, &mut self.params, &mut None, Some(&mut self.to_client), watch).is_err() {
+                            return lost(replay);
+                        }
+                        if let Some(r) = retry.take() {
+                            return Unlink::Retry(r);
+                        }
+                        if let Some((_, mark)) = replay {
+                            // Answered, or answering at length: it reaches the client now.
+                            if !tracker.busy() || self.to_client.len() - *mark > HOLD_LIMIT {
+                                *replay = None;
+                            }
                         }
                     }
-                    _ => return Unlink::ServerGone,
+                    _ => return lost(replay),
                 },
                 r = cli_r.read_buf(&mut self.cbuf), if !terminating && to_server.len() < HIGH_WATER => match r {
                     Ok(n) if n > 0 => {}
@@ -524,7 +793,7 @@ impl Session<'_> {
             PoolMode::Transaction => None,
         };
         let reusable = cleanup(&mut link, reset, &mut self.params).await;
-        self.pool.release(link.conn, reusable);
+        self.members.pools[link.at.node].release(link.conn, reusable);
     }
 }
 
@@ -533,6 +802,12 @@ impl Session<'_> {
 async fn client_gone(client: &TcpStream) -> bool {
     let mut probe = [0u8; 1];
     !matches!(client.peek(&mut probe).await, Ok(n) if n > 0)
+}
+
+fn add_text(add: &mut impl FnMut(Class, Option<Hint>), sql: &[u8], write_functions: &[String]) {
+    // Keywords are ASCII: text in another encoding classifies the same after a lossy decode.
+    let (class, hint) = classify::analyze(&String::from_utf8_lossy(sql), write_functions);
+    add(class, hint);
 }
 
 async fn sleep_or_never(d: Option<Duration>) {
@@ -551,6 +826,7 @@ fn absorb(
     client_params: &mut SessionParams,
     failure: &mut Option<String>,
     mut out: Option<&mut BytesMut>,
+    mut retry: Option<&mut Option<Retry>>,
 ) -> Result<(), ProtocolError> {
     loop {
         let ServerConn {
@@ -580,7 +856,14 @@ fn absorb(
                 params.insert(name, value);
                 Action::Forward
             }
-            Event::Error { message, .. } => {
+            Event::Error { code, message } => {
+                if let Some(r) = retry.as_deref_mut() {
+                    if let Some(why) = retryable_error(code) {
+                        // Not the client's to see: the work runs again elsewhere.
+                        r.get_or_insert(why);
+                        return Action::Drop;
+                    }
+                }
                 if failure.is_none() {
                     *failure = Some(String::from_utf8_lossy(message).into_owned());
                 }
@@ -614,6 +897,25 @@ fn absorb(
                 buf.advance(len);
             }
         }
+    }
+}
+
+/// Errors a read may be retried after, and whether its node is then banned.
+fn retryable_error(code: &[u8]) -> Option<Retry> {
+    let code = std::str::from_utf8(code).ok()?;
+    match code {
+        sqlstate::ADMIN_SHUTDOWN | sqlstate::CRASH_SHUTDOWN | sqlstate::CANNOT_CONNECT_NOW => {
+            Some(Retry {
+                ban: true,
+                why: "server shutting down",
+            })
+        }
+        // A replica cancels queries that conflict with recovery.
+        sqlstate::SERIALIZATION_FAILURE => Some(Retry {
+            ban: false,
+            why: "conflict with recovery",
+        }),
+        _ => None,
     }
 }
 
@@ -668,7 +970,7 @@ async fn drain(
                 tracker,
                 ..
             } = &mut *link;
-            absorb(conn, scanner, tracker, client_params, failure, None).ok()?;
+            absorb(conn, scanner, tracker, client_params, failure, None, None).ok()?;
         }
         Some(())
     };

@@ -4,10 +4,11 @@
 //! named `pgsluice_<id>` and identified by the statement's definition (query text and parameter
 //! types), so clients that prepare the same query share one prepared statement per server.
 
+use crate::router::classify::{self, Class, Hint, WriteReason};
 use bytes::Bytes;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 #[derive(Debug)]
 pub struct Statement {
@@ -16,6 +17,20 @@ pub struct Statement {
     pub name: Box<[u8]>,
     /// The Parse body after the name: query text and parameter types.
     pub definition: Bytes,
+    /// What the query is, for routing; worked out once, when the router first asks.
+    class: OnceLock<(Class, Option<Hint>)>,
+}
+
+impl Statement {
+    pub fn class(&self, write_functions: &[String]) -> (Class, Option<Hint>) {
+        *self.class.get_or_init(|| {
+            let text = self.definition.split(|&b| b == 0).next().unwrap_or(&[]);
+            match std::str::from_utf8(text) {
+                Ok(sql) => classify::analyze(sql, write_functions),
+                Err(_) => (Class::Write(WriteReason::Unreadable), None),
+            }
+        })
+    }
 }
 
 /// Every statement some client has prepared, by definition. Entries die with their last client.
@@ -38,6 +53,7 @@ impl Registry {
             id,
             name: format!("pgsluice_{id}").into_bytes().into_boxed_slice(),
             definition: definition.clone(),
+            class: OnceLock::new(),
         });
         map.insert(definition, Arc::downgrade(&stmt));
         // Drop dead entries whenever the map has doubled since the last sweep.

@@ -59,6 +59,13 @@ pub struct General {
     pub max_packet_size: usize,
     pub max_prepared_statements: usize,
     pub peer_id: u16,
+    pub server_check_delay: Seconds,
+    pub server_check_query: String,
+    pub health_check_interval: Seconds,
+    pub ban_time: Seconds,
+    pub max_replica_lag: Seconds,
+    pub max_replica_lag_bytes: u64,
+    pub write_functions: Vec<String>,
 }
 
 impl Default for General {
@@ -87,6 +94,13 @@ impl Default for General {
             max_packet_size: 1_073_741_823,
             max_prepared_statements: 200,
             peer_id: 0,
+            server_check_delay: Seconds::secs(30),
+            server_check_query: "select 1".into(),
+            health_check_interval: Seconds::secs(5),
+            ban_time: Seconds::secs(60),
+            max_replica_lag: Seconds::secs(0),
+            max_replica_lag_bytes: 0,
+            write_functions: Vec::new(),
         }
     }
 }
@@ -109,6 +123,91 @@ pub struct Database {
     pub pool_mode: Option<PoolMode>,
     /// Overrides max_db_connections for this database.
     pub max_db_connections: Option<usize>,
+    /// Streaming replicas that serve reads.
+    #[serde(default)]
+    pub replicas: Vec<ReplicaSpec>,
+    #[serde(default)]
+    pub read_from_primary: ReadFromPrimary,
+    #[serde(default)]
+    pub load_balance: LoadBalance,
+}
+
+/// One entry of `replicas`: `"host:port"`, or a table with a weight.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum ReplicaSpec {
+    Addr(String),
+    Table(ReplicaTable),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplicaTable {
+    pub host: String,
+    #[serde(default = "default_port")]
+    pub port: u16,
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+}
+
+fn default_weight() -> u32 {
+    1
+}
+
+/// A replica as the rest of the program sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Replica {
+    pub host: String,
+    pub port: u16,
+    pub weight: u32,
+}
+
+impl ReplicaSpec {
+    pub fn resolve(&self) -> Result<Replica, String> {
+        match self {
+            ReplicaSpec::Table(t) => Ok(Replica {
+                host: t.host.clone(),
+                port: t.port,
+                weight: t.weight,
+            }),
+            ReplicaSpec::Addr(a) => {
+                let bad = || format!("\"{a}\" is not host:port");
+                let (host, port) = a.rsplit_once(':').ok_or_else(bad)?;
+                let host = host.trim_start_matches('[').trim_end_matches(']');
+                if host.is_empty() {
+                    return Err(bad());
+                }
+                Ok(Replica {
+                    host: host.to_owned(),
+                    port: port.parse().map_err(|_| bad())?,
+                    weight: 1,
+                })
+            }
+        }
+    }
+}
+
+/// Whether the primary serves reads too.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReadFromPrimary {
+    /// Reads go to replicas only; when none is usable, a read fails rather than load the
+    /// primary (a database without replicas still reads from its primary).
+    Never,
+    /// Reads go to the primary only when no replica is usable.
+    #[default]
+    Fallback,
+    /// The primary is one more member of the read rotation.
+    Always,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LoadBalance {
+    #[default]
+    RoundRobin,
+    LeastOutstanding,
+    Random,
 }
 
 fn default_host() -> String {
@@ -162,6 +261,16 @@ pub struct PoolSettings {
     pub pool_mode: PoolMode,
     pub pool_size: usize,
     pub min_pool_size: usize,
+}
+
+impl Database {
+    /// The replicas, resolved (validation has checked that each entry resolves).
+    pub fn replica_list(&self) -> Vec<Replica> {
+        self.replicas
+            .iter()
+            .filter_map(|r| r.resolve().ok())
+            .collect()
+    }
 }
 
 impl Config {
@@ -241,6 +350,12 @@ impl Config {
         if g.max_packet_size < 1024 {
             return bad("max_packet_size", "must be at least 1024".into());
         }
+        if g.health_check_interval.0.is_zero() {
+            return bad("health_check_interval", "must be more than 0".into());
+        }
+        if let Some(f) = g.write_functions.iter().find(|f| f.is_empty()) {
+            return bad("write_functions", format!("\"{f}\" is not a function name"));
+        }
         if self.databases.is_empty() {
             return bad(
                 "databases",
@@ -259,6 +374,16 @@ impl Config {
                     &format!("databases.{name}.pool_size"),
                     "must be at least 1".into(),
                 );
+            }
+            for (i, r) in db.replicas.iter().enumerate() {
+                let key = format!("databases.{name}.replicas[{i}]");
+                let r = r.resolve().map_err(|m| (key.clone(), m))?;
+                if r.weight == 0 {
+                    return bad(&format!("{key}.weight"), "must be at least 1".into());
+                }
+                if r.host == db.host && r.port == db.port {
+                    return bad(&key, "is the primary's address".into());
+                }
             }
             if db.password.is_some() && db.user.is_none() {
                 return bad(
@@ -394,6 +519,42 @@ mod tests {
             PoolMode::Session
         );
         assert!(c.pool_settings("zz", "u").is_none());
+    }
+
+    #[test]
+    fn replicas_in_both_forms() {
+        let text = "[databases.app]\nport = 5433\nload_balance = \"least_outstanding\"\n\
+                    replicas = [\"10.0.0.2:5434\", { host = \"::1\", port = 5435, weight = 3 }, \"[::1]:5436\"]\n";
+        let c = Config::parse(text, "t").unwrap();
+        let db = &c.databases["app"];
+        assert_eq!(db.load_balance, LoadBalance::LeastOutstanding);
+        assert_eq!(db.read_from_primary, ReadFromPrimary::Fallback);
+        let r = db.replica_list();
+        assert_eq!(
+            (r[0].host.as_str(), r[0].port, r[0].weight),
+            ("10.0.0.2", 5434, 1)
+        );
+        assert_eq!(
+            (r[1].host.as_str(), r[1].port, r[1].weight),
+            ("::1", 5435, 3)
+        );
+        assert_eq!((r[2].host.as_str(), r[2].port), ("::1", 5436));
+        assert_eq!(
+            key_of("[databases.app]\nreplicas = [\"10.0.0.2\"]\n"),
+            "databases.app.replicas[0]"
+        );
+        assert_eq!(
+            key_of("[databases.app]\nreplicas = [{ host = \"h\", weight = 0 }]\n"),
+            "databases.app.replicas[0].weight"
+        );
+        assert_eq!(
+            key_of("[databases.app]\nread_from_primary = \"sometimes\"\n"),
+            "databases.app.read_from_primary"
+        );
+        assert_eq!(
+            key_of(&format!("health_check_interval = 0\n{MINIMAL}")),
+            "health_check_interval"
+        );
     }
 
     /// The documented file must list every general key with exactly the code's default.

@@ -10,7 +10,7 @@ mod limits;
 mod registry;
 
 pub use limits::{Limit, Limits};
-pub use registry::Pools;
+pub use registry::{Members, Pools};
 
 use crate::config::{Config, PoolSettings};
 use crate::server::{ServerConn, Target};
@@ -74,6 +74,8 @@ struct Inner {
 pub struct Pool {
     pub database: String,
     pub user: String,
+    /// Index of the pool's node in its database's cluster (0 = the primary).
+    pub node: usize,
     pub settings: PoolSettings,
     pub target: Target,
     timeouts: Timeouts,
@@ -131,6 +133,7 @@ impl Pool {
     pub fn new(
         database: &str,
         user: &str,
+        node: usize,
         settings: PoolSettings,
         target: Target,
         limits: Limits,
@@ -139,6 +142,7 @@ impl Pool {
         Pool {
             database: database.to_owned(),
             user: user.to_owned(),
+            node,
             settings,
             target,
             timeouts: Timeouts::from(config),
@@ -264,7 +268,7 @@ impl Pool {
                         self.give_back_slot();
                         break grant;
                     }
-                    tracing::debug!(db = %self.database, user = %self.user, "using reserve pool");
+                    tracing::debug!(db = %self.database, user = %self.user, node = %self.target.addr(), "using reserve pool");
                     let conn = self.open_counted().await?;
                     return Ok(Checkout {
                         conn,
@@ -363,7 +367,7 @@ impl Pool {
             }
             Err(e) => {
                 let why: Arc<str> = e.to_string().into();
-                tracing::warn!(db = %self.database, user = %self.user, error = %why, "server login failed");
+                tracing::warn!(db = %self.database, user = %self.user, node = %self.target.addr(), error = %why, "server login failed");
                 let mut inner = self.lock();
                 inner.last_failure = Some((Instant::now(), why.clone()));
                 if inner.total == 1 {
@@ -490,6 +494,23 @@ impl Pool {
                 Err(_) => return,
             }
         }
+    }
+
+    /// Closes every idle connection, and forgets a failed login so that the next client may
+    /// try at once: the node has just been banned or has just come back.
+    pub fn drain_idle(&self, why: &'static str) {
+        let idle = {
+            let mut inner = self.lock();
+            inner.last_failure = None;
+            let idle = std::mem::take(&mut inner.idle);
+            inner.total -= idle.len();
+            idle
+        };
+        for conn in idle {
+            tokio::spawn(conn.close(why));
+        }
+        let inner = self.lock();
+        self.slot_freed(inner);
     }
 
     /// Takes one idle connection out of the pool, for closing.

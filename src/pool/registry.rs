@@ -1,16 +1,30 @@
-//! All pools of the process, created on first use of a (database, user) pair.
+//! All pools of the process: for each (database, user) pair, created on its first client, one
+//! pool per node of the database (the primary, then each replica).
 
 use super::{Limit, Limits, Pool};
 use crate::auth::Secret;
+use crate::cluster::{Cluster, Clusters};
 use crate::config::Config;
 use crate::server::{Credentials, Target};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+/// The pools one client may use: one per node of its database, indexed like `cluster.nodes`.
+pub struct Members {
+    pub cluster: Arc<Cluster>,
+    pub pools: Vec<Arc<Pool>>,
+}
+
+impl Members {
+    pub fn primary(&self) -> &Arc<Pool> {
+        &self.pools[0]
+    }
+}
+
 #[derive(Default)]
 pub struct Pools {
-    map: Mutex<HashMap<(String, String), Arc<Pool>>>,
+    map: Mutex<HashMap<(String, String), Arc<Members>>>,
     db_limits: Mutex<HashMap<String, Arc<Limit>>>,
     user_limits: Mutex<HashMap<String, Arc<Limit>>>,
 }
@@ -32,14 +46,22 @@ fn shared_limit(
 }
 
 impl Pools {
-    /// The pool for a client of `database` logged in as `user`; `None` if the database is unknown.
-    pub fn get(&self, config: &Config, database: &str, user: &str) -> Option<Arc<Pool>> {
+    /// The pools for a client of `database` logged in as `user`, one per node of the
+    /// database's cluster; `None` if the database is unknown.
+    pub fn members(
+        &self,
+        config: &Config,
+        clusters: &Clusters,
+        database: &str,
+        user: &str,
+    ) -> Option<Arc<Members>> {
         let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
         let key = (database.to_owned(), user.to_owned());
-        if let Some(p) = map.get(&key) {
-            return Some(p.clone());
+        if let Some(m) = map.get(&key) {
+            return Some(m.clone());
         }
         let settings = config.pool_settings(database, user)?;
+        let cluster = clusters.get(database)?;
         let db = &config.databases[database];
         let credentials = match &db.user {
             Some(u) => Credentials {
@@ -55,41 +77,71 @@ impl Pools {
                     .and_then(|p| Secret::parse(p).ok()),
             },
         };
-        let target = Target {
-            host: db.host.clone(),
-            port: db.port,
-            dbname: db.dbname.clone().unwrap_or_else(|| database.to_owned()),
-            credentials,
-        };
-        let limits = Limits {
-            db: shared_limit(
-                &self.db_limits,
+        cluster.offer_credentials(&credentials);
+        let mut pools = Vec::with_capacity(cluster.nodes.len());
+        for (i, node) in cluster.nodes.iter().enumerate() {
+            let target = Target {
+                host: node.host.clone(),
+                port: node.port,
+                dbname: cluster.dbname.clone(),
+                credentials: credentials.clone(),
+            };
+            // Limits count per node: a replica's connections take nothing from the primary.
+            let limits = Limits {
+                db: shared_limit(
+                    &self.db_limits,
+                    &format!("{database}@{}", node.addr),
+                    config.max_db_connections(database),
+                ),
+                user: shared_limit(
+                    &self.user_limits,
+                    &format!("{user}@{}", node.addr),
+                    config.max_user_connections(user),
+                ),
+            };
+            let pool = Arc::new(Pool::new(
                 database,
-                config.max_db_connections(database),
-            ),
-            user: shared_limit(&self.user_limits, user, config.max_user_connections(user)),
-        };
-        let pool = Arc::new(Pool::new(
-            database,
-            user,
-            settings,
-            target,
-            limits.clone(),
-            config,
-        ));
-        for limit in [&limits.db, &limits.user].into_iter().flatten() {
-            limit.add_pool(&pool);
+                user,
+                i,
+                settings.clone(),
+                target,
+                limits.clone(),
+                config,
+            ));
+            for limit in [&limits.db, &limits.user].into_iter().flatten() {
+                limit.add_pool(&pool);
+            }
+            pools.push(pool);
         }
-        map.insert(key, pool.clone());
-        Some(pool)
+        let members = Arc::new(Members { cluster, pools });
+        map.insert(key, members.clone());
+        Some(members)
     }
 
-    pub fn all(&self) -> Vec<Arc<Pool>> {
+    /// Closes the idle connections of every pool of `node` in `database`'s cluster.
+    pub fn drain_node(&self, database: &str, node: usize) {
+        for members in self.all_members() {
+            if members.cluster.database == database {
+                if let Some(pool) = members.pools.get(node) {
+                    pool.drain_idle("node banned or back from a ban");
+                }
+            }
+        }
+    }
+
+    fn all_members(&self) -> Vec<Arc<Members>> {
         self.map
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .values()
             .cloned()
+            .collect()
+    }
+
+    pub fn all(&self) -> Vec<Arc<Pool>> {
+        self.all_members()
+            .iter()
+            .flat_map(|m| m.pools.iter().cloned())
             .collect()
     }
 

@@ -277,6 +277,42 @@ pub fn ready_for_query(buf: &mut BytesMut, status: TxStatus) {
     frame(buf, b'Z', |b| b.put_u8(status.byte()));
 }
 
+pub fn command_complete(buf: &mut BytesMut, tag: &str) {
+    frame(buf, b'C', |b| put_cstr(b, tag.as_bytes()));
+}
+
+/// RowDescription of text columns (type text, no table).
+pub fn row_description(buf: &mut BytesMut, columns: &[&str]) {
+    frame(buf, b'T', |b| {
+        b.put_i16(columns.len() as i16);
+        for c in columns {
+            put_cstr(b, c.as_bytes());
+            b.put_i32(0); // table oid
+            b.put_i16(0); // column number
+            b.put_i32(25); // text
+            b.put_i16(-1); // variable length
+            b.put_i32(-1); // no type modifier
+            b.put_i16(0); // text format
+        }
+    });
+}
+
+/// DataRow of text values; None is NULL.
+pub fn data_row(buf: &mut BytesMut, values: &[Option<&str>]) {
+    frame(buf, b'D', |b| {
+        b.put_i16(values.len() as i16);
+        for v in values {
+            match v {
+                Some(v) => {
+                    b.put_i32(v.len() as i32);
+                    b.put_slice(v.as_bytes());
+                }
+                None => b.put_i32(-1),
+            }
+        }
+    });
+}
+
 /// NegotiateProtocolVersion: the newest minor version we speak and the options we ignored.
 pub fn negotiate_protocol_version(buf: &mut BytesMut, minor: i32, unsupported: &[&str]) {
     frame(buf, b'v', |b| {

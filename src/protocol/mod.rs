@@ -36,6 +36,10 @@ pub mod sqlstate {
     pub const INVALID_CATALOG_NAME: &str = "3D000";
     pub const TOO_MANY_CONNECTIONS: &str = "53300";
     pub const ADMIN_SHUTDOWN: &str = "57P01";
+    pub const CRASH_SHUTDOWN: &str = "57P02";
+    pub const CANNOT_CONNECT_NOW: &str = "57P03";
+    pub const SERIALIZATION_FAILURE: &str = "40001";
+    pub const INVALID_PARAMETER_VALUE: &str = "22023";
     pub const QUERY_CANCELED: &str = "57014";
     pub const FEATURE_NOT_SUPPORTED: &str = "0A000";
 }

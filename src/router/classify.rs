@@ -71,9 +71,34 @@ fn has_words(t: &[Token], pair: [&str; 2]) -> bool {
 
 /// Classifies a whole query string; `write_functions` extends the built-in list.
 pub fn classify(sql: &str, write_functions: &[String]) -> Class {
-    let Ok(toks) = tokens(sql) else {
-        return Class::Write(WriteReason::Unreadable);
+    analyze(sql, write_functions).0
+}
+
+/// A routing hint given in a comment: `/* pgsluice: primary */` or `/* pgsluice: replica */`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hint {
+    Primary,
+    Replica,
+}
+
+/// Classifies a query string and finds the first routing hint in its comments.
+pub fn analyze(sql: &str, write_functions: &[String]) -> (Class, Option<Hint>) {
+    let Ok(mut toks) = tokens(sql) else {
+        return (Class::Write(WriteReason::Unreadable), None);
     };
+    let mut hint = None;
+    if toks.iter().any(|t| matches!(t, Token::Hint(_))) {
+        hint = toks.iter().find_map(|t| match t {
+            Token::Hint(h) if h == "primary" => Some(Hint::Primary),
+            Token::Hint(h) if h == "replica" => Some(Hint::Replica),
+            _ => None,
+        });
+        toks.retain(|t| !matches!(t, Token::Hint(_)));
+    }
+    (statements(&toks, write_functions), hint)
+}
+
+fn statements(toks: &[Token], write_functions: &[String]) -> Class {
     let mut statements = toks
         .split(|t| *t == Token::Punct(';'))
         .filter(|s| !s.is_empty());

@@ -11,6 +11,8 @@ pub enum Token {
     Literal,
     Param,
     Punct(char),
+    /// A block comment `/* pgsluice: WORD */`: a routing hint, WORD lowercased.
+    Hint(String),
 }
 
 /// Tokenizes `sql`. Unterminated strings or comments end the text (the classifier treats
@@ -30,6 +32,7 @@ pub fn tokens(sql: &str) -> Result<Vec<Token>, ()> {
             }
             b'/' if b.get(i + 1) == Some(&b'*') => {
                 // Block comments nest in PostgreSQL.
+                let start = i;
                 let mut depth = 0;
                 loop {
                     if i + 1 >= b.len() {
@@ -42,6 +45,9 @@ pub fn tokens(sql: &str) -> Result<Vec<Token>, ()> {
                         depth -= 1;
                         i += 2;
                         if depth == 0 {
+                            if let Some(h) = hint(&sql[start + 2..i - 2]) {
+                                out.push(Token::Hint(h));
+                            }
                             break;
                         }
                     } else {
@@ -129,6 +135,18 @@ pub fn tokens(sql: &str) -> Result<Vec<Token>, ()> {
     Ok(out)
 }
 
+/// The word of a `pgsluice: WORD` comment body.
+fn hint(body: &str) -> Option<String> {
+    let rest = body.trim_start();
+    let rest = rest
+        .get(..9)
+        .filter(|p| p.eq_ignore_ascii_case("pgsluice:"))
+        .map(|_| &rest[9..])?;
+    let word = rest.trim();
+    (!word.is_empty() && word.bytes().all(|b| b.is_ascii_alphabetic()))
+        .then(|| word.to_ascii_lowercase())
+}
+
 /// Skips a quoted run starting at `start` (the opening quote); a doubled quote is an escaped
 /// one, and with `backslash` a backslash escapes the next byte. Returns the index after it.
 fn skip_quoted(b: &[u8], start: usize, q: u8, backslash: bool) -> Result<usize, ()> {
@@ -188,6 +206,16 @@ mod tests {
                 Token::Literal
             ]
         );
+    }
+
+    #[test]
+    fn hints_are_comments_that_say_pgsluice() {
+        let t = tokens("/* pgsluice: Replica */ SELECT 1 /*pgsluice:primary*/").unwrap();
+        assert_eq!(t[0], Token::Hint("replica".into()));
+        assert_eq!(t[3], Token::Hint("primary".into()));
+        let t =
+            tokens("SELECT '/* pgsluice: replica */' /* pgsluice */ /* pgsluice: a b */").unwrap();
+        assert!(!t.iter().any(|t| matches!(t, Token::Hint(_))), "{t:?}");
     }
 
     #[test]

@@ -6,6 +6,7 @@
 
 mod login;
 pub mod prepared;
+pub mod query;
 pub mod tracker;
 
 pub use login::{Credentials, LoginError};

@@ -27,8 +27,54 @@ pub fn primary() -> LocalPostgres {
     pg
 }
 
+/// A primary as from `primary()`, with table `items` and sequence `ids` in database `app`,
+/// and two streaming replicas of it.
+pub struct Replicated {
+    pub primary: LocalPostgres,
+    pub replicas: [LocalPostgres; 2],
+}
+
+impl Replicated {
+    pub fn start() -> Replicated {
+        let primary = primary();
+        primary
+            .psql_in(
+                "app",
+                "CREATE TABLE items (id serial PRIMARY KEY, v int); \
+                 INSERT INTO items (v) SELECT g FROM generate_series(1, 10) g; \
+                 CREATE SEQUENCE ids; \
+                 ALTER TABLE items OWNER TO app; ALTER SEQUENCE ids OWNER TO app; \
+                 GRANT ALL ON items, ids, items_id_seq TO md5user, cleartext_user",
+            )
+            .unwrap();
+        let replicas = [
+            LocalPostgres::start_replica(&primary).expect("replica 1"),
+            LocalPostgres::start_replica(&primary).expect("replica 2"),
+        ];
+        Replicated { primary, replicas }
+    }
+
+    /// The `replicas = [...]` line for a `[databases.app]` section.
+    pub fn replicas_line(&self) -> String {
+        format!(
+            "replicas = [\"127.0.0.1:{}\", \"127.0.0.1:{}\"]",
+            self.replicas[0].port, self.replicas[1].port
+        )
+    }
+
+    pub fn pooler(&self, extra: &str, db_extra: &str) -> Pooler {
+        Pooler::start_db(
+            &self.primary,
+            extra,
+            &format!("{}\n{db_extra}", self.replicas_line()),
+        )
+    }
+}
+
 pub struct Pooler {
     pub addr: SocketAddr,
+    /// The running pooler's shared state, for looking at counters.
+    pub ctx: std::sync::Arc<pgsluice::client::Context>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -37,9 +83,14 @@ impl Pooler {
     /// Starts pgsluice on a free port with `extra` general settings, database `app` on `pg`,
     /// and users app / md5user / cleartext_user with their passwords.
     pub fn start(pg: &LocalPostgres, extra: &str) -> Pooler {
+        Pooler::start_db(pg, extra, "")
+    }
+
+    /// As `start`, with `db_extra` added to the `[databases.app]` section.
+    pub fn start_db(pg: &LocalPostgres, extra: &str, db_extra: &str) -> Pooler {
         let text = format!(
             "listen_port = 0\n{extra}\n\
-             [databases.app]\nport = {port}\n\
+             [databases.app]\nport = {port}\n{db_extra}\n\
              [users.app]\npassword = \"{APP_PASSWORD}\"\n\
              [users.md5user]\npassword = \"md5 pw\"\n\
              [users.cleartext_user]\npassword = \"clear pw\"\n",
@@ -65,7 +116,9 @@ impl Pooler {
                 let service = pgsluice::service::Service::bind(config)
                     .await
                     .expect("bind");
-                addr_tx.send(service.local_addr()).unwrap();
+                addr_tx
+                    .send((service.local_addr(), service.ctx.clone()))
+                    .unwrap();
                 tokio::select! {
                     _ = service.serve() => {}
                     _ = stop_rx => {}
@@ -73,11 +126,12 @@ impl Pooler {
             });
             rt.shutdown_timeout(Duration::from_secs(2));
         });
-        let addr = addr_rx
+        let (addr, ctx) = addr_rx
             .recv_timeout(Duration::from_secs(10))
             .expect("pooler listening");
         Pooler {
             addr,
+            ctx,
             stop: Some(stop),
             thread: Some(thread),
         }

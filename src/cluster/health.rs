@@ -1,0 +1,174 @@
+//! The control plane's view of each node: one connection of the pooler's own per node, a
+//! cheap query on a timer that also reads WAL positions, and from them bans, unbans and lag.
+
+use super::{Cluster, Role};
+use crate::config::General;
+use crate::server::query::{self, Row};
+use crate::server::{ServerConn, Target};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Where a node stands, from one probe.
+#[derive(Debug, Clone, PartialEq)]
+struct Probe {
+    in_recovery: bool,
+    /// The primary's current WAL position, or a replica's replay position.
+    lsn: u64,
+    /// How long ago a replica replayed its last transaction.
+    replay_age: Duration,
+}
+
+const PROBE: &str = "SELECT pg_is_in_recovery(), \
+     CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END, \
+     COALESCE(extract(epoch FROM now() - pg_last_xact_replay_timestamp()), 0)";
+
+/// `16/B374D848` → a byte position.
+fn parse_lsn(text: &str) -> Option<u64> {
+    let (hi, lo) = text.split_once('/')?;
+    Some((u64::from_str_radix(hi, 16).ok()? << 32) | u64::from_str_radix(lo, 16).ok()?)
+}
+
+fn parse_probe(rows: &[Row]) -> Option<Probe> {
+    let row = rows.first()?;
+    let in_recovery = row.first()?.as_deref()? == "t";
+    let lsn = row.get(1)?.as_deref().map_or(Some(0), parse_lsn)?;
+    let age: f64 = row.get(2)?.as_deref()?.parse().ok()?;
+    Some(Probe {
+        in_recovery,
+        lsn,
+        replay_age: Duration::try_from_secs_f64(age.max(0.0)).unwrap_or_default(),
+    })
+}
+
+/// Checks the nodes of one cluster; keeps a connection per node between ticks.
+#[derive(Default)]
+pub struct Checker {
+    conns: Vec<Option<ServerConn>>,
+}
+
+impl Checker {
+    /// One round of checks. Returns the nodes whose ban state changed (banned, or back),
+    /// whose idle pooled connections the caller should close: after a ban they lead to a
+    /// failed node, after a return they may date from before its restart.
+    pub async fn tick(&mut self, cluster: &Arc<Cluster>, general: &General) -> Vec<usize> {
+        let Some(credentials) = cluster.credentials() else {
+            return Vec::new(); // nobody to log in as until a client has connected
+        };
+        self.conns.resize_with(cluster.nodes.len(), || None);
+        let timeout = general.server_connect_timeout.0;
+        let mut checks = tokio::task::JoinSet::new();
+        for (i, node) in cluster.nodes.iter().enumerate() {
+            if cluster.in_ban_time(i) {
+                self.conns[i] = None;
+                continue;
+            }
+            let target = Target {
+                host: node.host.clone(),
+                port: node.port,
+                dbname: cluster.dbname.clone(),
+                credentials: credentials.clone(),
+            };
+            let conn = self.conns[i].take();
+            checks.spawn(async move {
+                let (conn, result) = probe(conn, &target, timeout).await;
+                (i, conn, result)
+            });
+        }
+        let mut probes = vec![None; cluster.nodes.len()];
+        let mut changed = Vec::new();
+        while let Some(done) = checks.join_next().await {
+            let Ok((i, conn, result)) = done else {
+                continue;
+            };
+            self.conns[i] = conn;
+            match result {
+                Ok(p) => {
+                    let expected = cluster.nodes[i].role == Role::Replica;
+                    if p.in_recovery != expected {
+                        tracing::warn!(db = %cluster.database, node = %cluster.nodes[i].addr, in_recovery = p.in_recovery, "node's role differs from the configuration");
+                    }
+                    if cluster.check_passed(i) {
+                        changed.push(i);
+                    }
+                    probes[i] = Some(p);
+                }
+                Err(why) => {
+                    if cluster.ban(i, general.ban_time.0, &why) {
+                        changed.push(i);
+                    }
+                }
+            }
+        }
+        if let Some(primary) = &probes[0] {
+            for (i, p) in probes.iter().enumerate().skip(1) {
+                let Some(p) = p else { continue };
+                let bytes = primary.lsn.saturating_sub(p.lsn);
+                // Caught up means no lag, however long ago the last transaction was.
+                let time = if bytes == 0 {
+                    Duration::ZERO
+                } else {
+                    p.replay_age
+                };
+                let lagging = (general.max_replica_lag_bytes > 0
+                    && bytes > general.max_replica_lag_bytes)
+                    || general
+                        .max_replica_lag
+                        .enabled()
+                        .is_some_and(|max| time > max);
+                cluster.set_lag(i, bytes, time, lagging);
+            }
+        }
+        changed
+    }
+}
+
+/// Connects if needed and runs the probe, all within `timeout`. Hands back the connection
+/// when it is still good.
+async fn probe(
+    conn: Option<ServerConn>,
+    target: &Target,
+    timeout: Duration,
+) -> (Option<ServerConn>, Result<Probe, String>) {
+    let work = async {
+        let mut conn = match conn {
+            Some(c) => c,
+            None => ServerConn::connect(target, timeout)
+                .await
+                .map_err(|e| e.to_string())?,
+        };
+        let rows = query::simple(&mut conn, PROBE)
+            .await
+            .map_err(|e| e.to_string())?;
+        let probe = parse_probe(&rows).ok_or("unexpected health check result")?;
+        Ok::<_, String>((conn, probe))
+    };
+    match tokio::time::timeout(timeout, work).await {
+        Ok(Ok((conn, probe))) => (Some(conn), Ok(probe)),
+        Ok(Err(why)) => (None, Err(format!("health check failed: {why}"))),
+        Err(_) => (None, Err("health check timed out".into())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lsn_text_to_bytes() {
+        assert_eq!(parse_lsn("0/3000148"), Some(0x3000148));
+        assert_eq!(parse_lsn("16/B374D848"), Some((0x16 << 32) | 0xB374D848));
+        assert_eq!(parse_lsn("x"), None);
+        let row = |a: &str, b: Option<&str>, c: &str| {
+            vec![vec![
+                Some(a.to_owned()),
+                b.map(str::to_owned),
+                Some(c.to_owned()),
+            ]]
+        };
+        let p = parse_probe(&row("t", Some("0/10"), "1.5")).unwrap();
+        assert_eq!((p.in_recovery, p.lsn), (true, 16));
+        assert_eq!(p.replay_age, Duration::from_millis(1500));
+        assert_eq!(parse_probe(&row("f", None, "0")).unwrap().lsn, 0);
+        assert_eq!(parse_probe(&[]), None);
+    }
+}

@@ -1,0 +1,323 @@
+//! The topology of each database (its primary and streaming replicas) and what is known of
+//! their health: bans, replication lag, queries in flight.
+//!
+//! The state is a handful of atomics per node, so the router reads it on every decision
+//! without a lock. The data path bans a node the moment it fails; `health` checks every node
+//! on a timer, measures lag, and lifts a ban only once a check passes.
+
+pub mod health;
+
+use crate::config::{Config, LoadBalance, ReadFromPrimary};
+use crate::metrics::RouteCounters;
+use crate::server::Credentials;
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Primary,
+    Replica,
+}
+
+/// Whether a node may take reads right now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Usable {
+    Yes,
+    Banned,
+    Lagging,
+}
+
+#[derive(Debug)]
+pub struct Node {
+    pub role: Role,
+    pub host: String,
+    pub port: u16,
+    pub weight: u32,
+    /// `host:port`, as logs and metrics name the node.
+    pub addr: String,
+    /// False from a ban until a health check after the ban passes.
+    up: AtomicBool,
+    /// Milliseconds since the cluster's epoch until which the node is not even checked.
+    banned_until: AtomicU64,
+    lagging: AtomicBool,
+    lag_bytes: AtomicU64,
+    lag_ms: AtomicU64,
+    /// Client links to this node right now (least_outstanding counts these).
+    outstanding: AtomicUsize,
+}
+
+impl Node {
+    fn new(role: Role, host: &str, port: u16, weight: u32) -> Node {
+        Node {
+            role,
+            host: host.to_owned(),
+            port,
+            weight,
+            addr: if host.contains(':') {
+                format!("[{host}]:{port}")
+            } else {
+                format!("{host}:{port}")
+            },
+            up: AtomicBool::new(true),
+            banned_until: AtomicU64::new(0),
+            lagging: AtomicBool::new(false),
+            lag_bytes: AtomicU64::new(0),
+            lag_ms: AtomicU64::new(0),
+            outstanding: AtomicUsize::new(0),
+        }
+    }
+
+    pub fn usable(&self) -> Usable {
+        if !self.up.load(Ordering::Relaxed) {
+            Usable::Banned
+        } else if self.lagging.load(Ordering::Relaxed) {
+            Usable::Lagging
+        } else {
+            Usable::Yes
+        }
+    }
+
+    pub fn outstanding(&self) -> usize {
+        self.outstanding.load(Ordering::Relaxed)
+    }
+
+    /// Replication lag as last measured: bytes of WAL and time behind the primary.
+    pub fn lag(&self) -> (u64, Duration) {
+        (
+            self.lag_bytes.load(Ordering::Relaxed),
+            Duration::from_millis(self.lag_ms.load(Ordering::Relaxed)),
+        )
+    }
+}
+
+/// One database's nodes; `nodes[0]` is the primary.
+#[derive(Debug)]
+pub struct Cluster {
+    pub database: String,
+    /// The database's name on the servers.
+    pub dbname: String,
+    pub nodes: Vec<Node>,
+    pub read_from_primary: ReadFromPrimary,
+    pub load_balance: LoadBalance,
+    /// Node indices in weighted round-robin order (replicas, plus the primary when it is a
+    /// member of the rotation).
+    pub schedule: Vec<usize>,
+    /// Position in `schedule` of the next round-robin read.
+    pub next: AtomicUsize,
+    pub routes: RouteCounters,
+    /// Who the health checks log in as: the database's server user, or else the first
+    /// client pool's login.
+    credentials: Mutex<Option<Credentials>>,
+    epoch: Instant,
+}
+
+impl Cluster {
+    pub fn new(config: &Config, database: &str) -> Option<Cluster> {
+        let db = config.databases.get(database)?;
+        let mut nodes = vec![Node::new(Role::Primary, &db.host, db.port, 1)];
+        for r in db.replica_list() {
+            nodes.push(Node::new(Role::Replica, &r.host, r.port, r.weight));
+        }
+        let primary_reads = db.read_from_primary == ReadFromPrimary::Always || nodes.len() == 1;
+        let members: Vec<usize> = (0..nodes.len())
+            .filter(|&i| i > 0 || primary_reads)
+            .collect();
+        let credentials = db.user.as_ref().map(|u| Credentials {
+            user: u.clone(),
+            secret: db
+                .password
+                .as_ref()
+                .map(|p| crate::auth::Secret::Plain(p.clone())),
+        });
+        Some(Cluster {
+            database: database.to_owned(),
+            dbname: db.dbname.clone().unwrap_or_else(|| database.to_owned()),
+            schedule: interleave(&members, |i| nodes[i].weight),
+            nodes,
+            read_from_primary: db.read_from_primary,
+            load_balance: db.load_balance,
+            next: AtomicUsize::new(0),
+            routes: RouteCounters::default(),
+            credentials: Mutex::new(credentials),
+            epoch: Instant::now(),
+        })
+    }
+
+    pub fn has_replicas(&self) -> bool {
+        self.nodes.len() > 1
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    /// Takes a node out of the read rotation for `ban_time`. True if it was not banned
+    /// already (the caller then closes its idle connections). The primary keeps taking
+    /// writes whatever its state; a ban only keeps reads away from it.
+    pub fn ban(&self, node: usize, ban_time: Duration, why: &str) -> bool {
+        let n = &self.nodes[node];
+        n.banned_until.store(
+            self.now_ms() + ban_time.as_millis() as u64,
+            Ordering::Relaxed,
+        );
+        let was_up = n.up.swap(false, Ordering::Relaxed);
+        if was_up {
+            tracing::warn!(db = %self.database, node = %n.addr, reason = why, ?ban_time, "node banned from reads");
+        }
+        was_up
+    }
+
+    /// True while a banned node's ban_time has not run out: no health check until then.
+    pub fn in_ban_time(&self, node: usize) -> bool {
+        self.nodes[node].banned_until.load(Ordering::Relaxed) > self.now_ms()
+    }
+
+    /// A health check passed: reads may come back. True if the node was banned.
+    fn check_passed(&self, node: usize) -> bool {
+        let n = &self.nodes[node];
+        let was_down = !n.up.swap(true, Ordering::Relaxed);
+        if was_down {
+            tracing::info!(db = %self.database, node = %n.addr, "node back in the read rotation");
+        }
+        was_down
+    }
+
+    fn set_lag(&self, node: usize, bytes: u64, time: Duration, lagging: bool) {
+        let n = &self.nodes[node];
+        n.lag_bytes.store(bytes, Ordering::Relaxed);
+        n.lag_ms.store(time.as_millis() as u64, Ordering::Relaxed);
+        let was = n.lagging.swap(lagging, Ordering::Relaxed);
+        if was != lagging {
+            tracing::warn!(db = %self.database, node = %n.addr, lag_bytes = bytes, lag = ?time, lagging, "replica lag limit crossed");
+        }
+    }
+
+    /// Counts a client link to `node` for as long as the guard lives.
+    pub fn link(self: &Arc<Self>, node: usize) -> InFlight {
+        self.nodes[node].outstanding.fetch_add(1, Ordering::Relaxed);
+        InFlight {
+            cluster: self.clone(),
+            node,
+        }
+    }
+
+    /// Offers the login of a client pool for health checks, if none is known yet.
+    pub fn offer_credentials(&self, credentials: &Credentials) {
+        let mut c = self.credentials.lock().unwrap_or_else(|e| e.into_inner());
+        if c.is_none() {
+            *c = Some(credentials.clone());
+        }
+    }
+
+    fn credentials(&self) -> Option<Credentials> {
+        self.credentials
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+/// A link to a node, counted in its `outstanding`.
+#[derive(Debug)]
+pub struct InFlight {
+    cluster: Arc<Cluster>,
+    pub node: usize,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.cluster.nodes[self.node]
+            .outstanding
+            .fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Smooth weighted round-robin order: each member appears `weight` times, spread out rather
+/// than in runs, so that a short burst of reads still reaches every member.
+fn interleave(members: &[usize], weight: impl Fn(usize) -> u32) -> Vec<usize> {
+    let total: i64 = members.iter().map(|&m| weight(m) as i64).sum();
+    let mut current = vec![0i64; members.len()];
+    let mut out = Vec::with_capacity(total as usize);
+    for _ in 0..total {
+        for (c, &m) in current.iter_mut().zip(members) {
+            *c += weight(m) as i64;
+        }
+        let best = (0..members.len())
+            .max_by_key(|&i| (current[i], std::cmp::Reverse(i)))
+            .expect("members is not empty");
+        current[best] -= total;
+        out.push(members[best]);
+    }
+    out
+}
+
+/// Every database's cluster, made from the configuration.
+#[derive(Debug, Default)]
+pub struct Clusters {
+    map: Mutex<BTreeMap<String, Arc<Cluster>>>,
+}
+
+impl Clusters {
+    pub fn new(config: &Config) -> Clusters {
+        let map = config
+            .databases
+            .keys()
+            .filter_map(|name| Some((name.clone(), Arc::new(Cluster::new(config, name)?))))
+            .collect();
+        Clusters {
+            map: Mutex::new(map),
+        }
+    }
+
+    pub fn get(&self, database: &str) -> Option<Arc<Cluster>> {
+        self.map
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(database)
+            .cloned()
+    }
+
+    pub fn all(&self) -> Vec<Arc<Cluster>> {
+        self.map
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn weighted_order_is_spread_out() {
+        let order = interleave(&[1, 2], |m| if m == 1 { 2 } else { 1 });
+        assert_eq!(order, vec![1, 2, 1]);
+        let order = interleave(&[1, 2, 3], |_| 1);
+        assert_eq!(order, vec![1, 2, 3]);
+        let order = interleave(&[0, 1], |m| if m == 0 { 1 } else { 3 });
+        assert_eq!(order.iter().filter(|&&m| m == 1).count(), 3);
+        assert_ne!(order[..2], [1, 1][..], "{order:?}");
+    }
+
+    #[test]
+    fn a_ban_holds_until_a_check_passes() {
+        let text = "[databases.app]\nport = 5433\nreplicas = [\"127.0.0.1:5434\"]\n";
+        let config = Config::parse(text, "t").unwrap();
+        let c = Cluster::new(&config, "app").unwrap();
+        assert_eq!(c.schedule, vec![1]);
+        assert_eq!(c.nodes[1].usable(), Usable::Yes);
+        assert!(c.ban(1, Duration::ZERO, "test"));
+        assert!(!c.ban(1, Duration::ZERO, "test"), "already banned");
+        assert_eq!(c.nodes[1].usable(), Usable::Banned);
+        assert!(!c.in_ban_time(1));
+        assert!(c.check_passed(1));
+        assert_eq!(c.nodes[1].usable(), Usable::Yes);
+        c.set_lag(1, 10, Duration::from_secs(2), true);
+        assert_eq!(c.nodes[1].usable(), Usable::Lagging);
+    }
+}

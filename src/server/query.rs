@@ -1,0 +1,80 @@
+//! A simple-protocol query on a connection of the pooler's own, for the control plane (health
+//! checks, lag polling): text results only, small and bounded.
+
+use super::ServerConn;
+use bytes::BytesMut;
+use postgres_protocol::message::backend::Message;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Most bytes a control-plane reply may take; more means the query was not what we sent.
+const MAX_REPLY: usize = 64 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum QueryError {
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("server error {code}: {message}")]
+    Server { code: String, message: String },
+    #[error("unexpected reply from server")]
+    Protocol,
+}
+
+/// One row: each column as text, NULL as None.
+pub type Row = Vec<Option<String>>;
+
+/// Runs `sql` and returns its rows once the server is ready again. The caller bounds the time.
+pub async fn simple(conn: &mut ServerConn, sql: &str) -> Result<Vec<Row>, QueryError> {
+    use fallible_iterator::FallibleIterator;
+    let mut out = BytesMut::new();
+    crate::protocol::frontend::encode_query(&mut out, sql);
+    conn.stream.write_all(&out).await?;
+    let mut rows = Vec::new();
+    let mut error = None;
+    loop {
+        let msg = loop {
+            if let Some(m) = Message::parse(&mut conn.buf).map_err(|_| QueryError::Protocol)? {
+                break m;
+            }
+            if conn.buf.len() > MAX_REPLY {
+                return Err(QueryError::Protocol);
+            }
+            if conn.stream.read_buf(&mut conn.buf).await? == 0 {
+                return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
+            }
+        };
+        match msg {
+            Message::DataRow(body) => {
+                let mut row = Vec::new();
+                let buf = body.buffer();
+                let mut ranges = body.ranges();
+                while let Some(r) = ranges.next().map_err(|_| QueryError::Protocol)? {
+                    row.push(r.map(|r| String::from_utf8_lossy(&buf[r]).into_owned()));
+                }
+                rows.push(row);
+            }
+            Message::ErrorResponse(body) => {
+                let mut code = String::new();
+                let mut message = String::new();
+                let mut fields = body.fields();
+                while let Some(f) = fields.next().map_err(|_| QueryError::Protocol)? {
+                    match f.type_() {
+                        b'C' => code = String::from_utf8_lossy(f.value_bytes()).into_owned(),
+                        b'M' => message = String::from_utf8_lossy(f.value_bytes()).into_owned(),
+                        _ => {}
+                    }
+                }
+                error = Some(QueryError::Server { code, message });
+            }
+            Message::ReadyForQuery(_) => {
+                return match error {
+                    Some(e) => Err(e),
+                    None => Ok(rows),
+                }
+            }
+            Message::CopyInResponse(_) | Message::CopyOutResponse(_) => {
+                return Err(QueryError::Protocol)
+            }
+            _ => {}
+        }
+    }
+}

@@ -1,0 +1,257 @@
+//! Read/write routing against a real primary and two streaming replicas: where each kind of
+//! statement runs is read back with `inet_server_port()`.
+
+mod support;
+
+use pgsluice::metrics::RouteReason;
+use support::{connect, Pooler, Replicated, APP_PASSWORD};
+use tokio_postgres::SimpleQueryMessage;
+
+/// The last column of the last row a simple query returned.
+async fn port_of(client: &tokio_postgres::Client, sql: &str) -> u16 {
+    let msgs = client.simple_query(sql).await.unwrap_or_else(|e| {
+        panic!("{sql}: {e}");
+    });
+    let row = msgs
+        .iter()
+        .rev()
+        .find_map(|m| match m {
+            SimpleQueryMessage::Row(r) => Some(r),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("{sql}: no row"));
+    row.get(row.len() - 1).unwrap().parse().unwrap()
+}
+
+fn counter(pooler: &Pooler, reason: RouteReason) -> u64 {
+    pooler.ctx.clusters.get("app").unwrap().routes.get(reason)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_go_round_robin_to_replicas_and_writes_to_the_primary() {
+    let pg = Replicated::start();
+    let pooler = pg.pooler("", "");
+    let client = connect(&pooler, "app", APP_PASSWORD).await;
+    let primary = pg.primary.port;
+    let [r1, r2] = [pg.replicas[0].port, pg.replicas[1].port];
+
+    let mut seen = std::collections::HashMap::new();
+    for _ in 0..200 {
+        *seen
+            .entry(port_of(&client, "SELECT inet_server_port()").await)
+            .or_insert(0) += 1;
+    }
+    assert_eq!(seen.get(&primary), None, "{seen:?}");
+    assert!(seen[&r1] >= 50 && seen[&r2] >= 50, "{seen:?}");
+    let reads = counter(&pooler, RouteReason::Read);
+    assert!(reads >= 200, "{reads}");
+
+    for sql in [
+        "INSERT INTO items (v) VALUES (1) RETURNING inet_server_port()",
+        "UPDATE items SET v = v + 1 WHERE id = 1 RETURNING inet_server_port()",
+        "DELETE FROM items WHERE id = 2 RETURNING inet_server_port()",
+        "SELECT inet_server_port() FROM items WHERE id = 1 FOR UPDATE",
+        "SELECT inet_server_port() FROM items LIMIT 1 FOR SHARE",
+        "WITH n AS (INSERT INTO items (v) VALUES (5) RETURNING id) SELECT inet_server_port() FROM n",
+        "SELECT nextval('ids'), inet_server_port()",
+        "INSERT INTO items (v) VALUES (7); SELECT inet_server_port()",
+        "SELECT pg_advisory_lock(1), pg_advisory_unlock(1), inet_server_port()",
+    ] {
+        assert_eq!(port_of(&client, sql).await, primary, "{sql}");
+    }
+    assert_eq!(counter(&pooler, RouteReason::Locking), 2);
+    assert_eq!(counter(&pooler, RouteReason::WriteFunction), 2);
+
+    // Every statement of a transaction with a write runs on the primary, also the reads.
+    client.simple_query("BEGIN").await.unwrap();
+    assert_eq!(port_of(&client, "SELECT inet_server_port()").await, primary);
+    client
+        .simple_query("INSERT INTO items (v) VALUES (8)")
+        .await
+        .unwrap();
+    assert_eq!(port_of(&client, "SELECT inet_server_port()").await, primary);
+    client.simple_query("COMMIT").await.unwrap();
+
+    // A read-only transaction may go to a replica, and stays on one server throughout.
+    client.simple_query("BEGIN READ ONLY").await.unwrap();
+    let first = port_of(&client, "SELECT inet_server_port()").await;
+    assert!(first == r1 || first == r2, "{first}");
+    for _ in 0..4 {
+        assert_eq!(port_of(&client, "SELECT inet_server_port()").await, first);
+    }
+    let err = client
+        .simple_query("INSERT INTO items (v) VALUES (9)")
+        .await
+        .unwrap_err();
+    assert_eq!(err.code().unwrap().code(), "25006", "{err}");
+    client.simple_query("ROLLBACK").await.unwrap();
+    client
+        .simple_query("START TRANSACTION ISOLATION LEVEL SERIALIZABLE READ ONLY")
+        .await
+        .unwrap();
+    assert_eq!(port_of(&client, "SELECT inet_server_port()").await, primary);
+    client.simple_query("COMMIT").await.unwrap();
+
+    // The write is on the replicas soon after: reads see it there.
+    let replica = port_of(&client, "SELECT inet_server_port()").await;
+    assert_ne!(replica, primary);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hints_force_a_route() {
+    let pg = Replicated::start();
+    let pooler = pg.pooler("", "");
+    let client = connect(&pooler, "app", APP_PASSWORD).await;
+    let primary = pg.primary.port;
+
+    let sql = "/* pgsluice: primary */ SELECT inet_server_port()";
+    assert_eq!(port_of(&client, sql).await, primary);
+    let sql = "SELECT inet_server_port() /* pgsluice: replica */";
+    assert_ne!(port_of(&client, sql).await, primary);
+    // A literal that looks like a hint is not one.
+    let sql = "SELECT '/* pgsluice: primary */', inet_server_port()";
+    assert_ne!(port_of(&client, sql).await, primary);
+
+    client
+        .simple_query("SET pgsluice.route TO primary")
+        .await
+        .unwrap();
+    for _ in 0..5 {
+        assert_eq!(port_of(&client, "SELECT inet_server_port()").await, primary);
+    }
+    let shown = client.simple_query("SHOW pgsluice.route").await.unwrap();
+    assert!(
+        shown
+            .iter()
+            .any(|m| matches!(m, SimpleQueryMessage::Row(r) if r.get(0) == Some("primary"))),
+        "SHOW pgsluice.route"
+    );
+    let err = client
+        .simple_query("SET pgsluice.route TO sideways")
+        .await
+        .unwrap_err();
+    assert_eq!(err.code().unwrap().code(), "22023");
+    client.simple_query("RESET pgsluice.route").await.unwrap();
+    assert_ne!(port_of(&client, "SELECT inet_server_port()").await, primary);
+    // The hint wins, also for a write: which then fails on the replica, as asked.
+    let err = client
+        .simple_query("/* pgsluice: replica */ INSERT INTO items (v) VALUES (1)")
+        .await
+        .unwrap_err();
+    assert_eq!(err.code().unwrap().code(), "25006", "{err}");
+
+    // The startup option, as libpq sends it from options=-c pgsluice.route=primary.
+    let conn = format!(
+        "{} options='-c pgsluice.route=primary'",
+        pooler.conn_str("app", APP_PASSWORD)
+    );
+    let (pinned, connection) = tokio_postgres::connect(&conn, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    for _ in 0..3 {
+        assert_eq!(port_of(&pinned, "SELECT inet_server_port()").await, primary);
+    }
+    let out = pooler.psql_as(
+        "app",
+        APP_PASSWORD,
+        "app",
+        &["-c", "SELECT inet_server_port()"],
+    );
+    assert!(out.status.success());
+    assert!(counter(&pooler, RouteReason::Hint) >= 10);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn extended_protocol_routes_at_parse_and_bind() {
+    let pg = Replicated::start();
+    let pooler = pg.pooler("", "");
+    let client = connect(&pooler, "app", APP_PASSWORD).await;
+    let primary = pg.primary.port;
+
+    let read = client.prepare("SELECT inet_server_port()").await.unwrap();
+    let mut seen = std::collections::HashMap::new();
+    for _ in 0..40 {
+        let row = client.query_one(&read, &[]).await.unwrap();
+        *seen.entry(row.get::<_, i32>(0) as u16).or_insert(0) += 1;
+    }
+    assert_eq!(seen.get(&primary), None, "{seen:?}");
+    assert_eq!(seen.len(), 2, "both replicas: {seen:?}");
+
+    let write = client
+        .prepare("INSERT INTO items (v) VALUES ($1) RETURNING inet_server_port()")
+        .await
+        .unwrap();
+    for i in 0..5 {
+        let row = client.query_one(&write, &[&i]).await.unwrap();
+        assert_eq!(row.get::<_, i32>(0) as u16, primary);
+    }
+    let lock = "SELECT inet_server_port() FROM items WHERE id = $1 FOR UPDATE";
+    let row = client.query_one(lock, &[&1i32]).await.unwrap();
+    assert_eq!(row.get::<_, i32>(0) as u16, primary);
+
+    let mut client = client;
+    let tx = client.transaction().await.unwrap();
+    let row = tx.query_one(&read, &[]).await.unwrap();
+    assert_eq!(row.get::<_, i32>(0) as u16, primary, "a transaction's read");
+    tx.execute("INSERT INTO items (v) VALUES (1)", &[])
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+}
+
+#[test]
+fn pgbench_prepared_through_replicas() {
+    let pg = Replicated::start();
+    pg.primary
+        .psql_in("app", "GRANT CREATE ON SCHEMA public TO app")
+        .unwrap();
+    let pooler = pg.pooler("", "");
+    let bench = |args: &[&str]| {
+        let out = std::process::Command::new(pgsluice::demo::pg_bindir().join("pgbench"))
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &pooler.port().to_string(),
+                "-U",
+                "app",
+            ])
+            .args(args)
+            .arg("app")
+            .env("PGPASSWORD", APP_PASSWORD)
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "pgbench {args:?}: {text}");
+        text
+    };
+    bench(&["-i", "-s", "1", "-q"]);
+    // The tables reach the replicas by streaming; wait until both have them.
+    for r in &pg.replicas {
+        assert!(support::wait_for(
+            std::time::Duration::from_secs(20),
+            || {
+                r.psql_in("app", "SELECT count(*) FROM pgbench_branches")
+                    .is_ok_and(|n| n == "1")
+            }
+        ));
+    }
+    let reads = counter(&pooler, RouteReason::Read);
+    // -j = -c: pgbench's synchronous prepare needs a thread per client through a
+    // transaction pooler.
+    let text = bench(&["-M", "prepared", "-S", "-c", "4", "-j", "4", "-t", "100"]);
+    assert!(text.contains("number of failed transactions: 0"), "{text}");
+    assert!(
+        counter(&pooler, RouteReason::Read) >= reads + 400,
+        "every -S transaction is a read on a replica"
+    );
+    let text = bench(&["-M", "prepared", "-c", "4", "-j", "4", "-t", "50"]);
+    assert!(text.contains("number of failed transactions: 0"), "{text}");
+    let text = bench(&["-M", "extended", "-S", "-c", "4", "-j", "4", "-t", "100"]);
+    assert!(text.contains("number of failed transactions: 0"), "{text}");
+}
