@@ -1,0 +1,133 @@
+//! A replica dies under load and comes back: reads outside transactions never see an error,
+//! and the replica gets reads again once it passes a health check.
+
+mod support;
+
+use pgsluice::metrics::RouteReason;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use support::{connect, Replicated, APP_PASSWORD};
+use tokio_postgres::SimpleQueryMessage;
+
+async fn port_of(client: &tokio_postgres::Client, sql: &str) -> Result<u16, tokio_postgres::Error> {
+    let msgs = client.simple_query(sql).await?;
+    Ok(msgs
+        .iter()
+        .find_map(|m| match m {
+            SimpleQueryMessage::Row(r) => r.get(0).and_then(|p| p.parse().ok()),
+            _ => None,
+        })
+        .expect("a row with a port"))
+}
+
+#[derive(Default)]
+struct Seen {
+    /// Reads per port, before the restart and after it.
+    before: HashMap<u16, usize>,
+    after: HashMap<u16, usize>,
+    errors: Vec<String>,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_that_dies_costs_reads_no_error_and_comes_back() {
+    let pg = Arc::new(Replicated::start());
+    let pooler = pg.pooler(
+        "ban_time = 2\nhealth_check_interval = 1\nserver_connect_timeout = 5",
+        "",
+    );
+    let victim = pg.replicas[0].port;
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let restarted = Arc::new(AtomicBool::new(false));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut workers = Vec::new();
+    for _ in 0..4 {
+        let client = connect(&pooler, "app", APP_PASSWORD).await;
+        let (seen, restarted, stop) = (seen.clone(), restarted.clone(), stop.clone());
+        workers.push(tokio::spawn(async move {
+            // Bounded: the test stops the loop, and it never runs past this many reads.
+            for _ in 0..200_000 {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                // Restart state read before the query: a read that began before the
+                // restart finished is not counted as after it.
+                let after = restarted.load(Ordering::Relaxed);
+                let r = port_of(&client, "SELECT inet_server_port(), pg_sleep(0.002)").await;
+                let mut seen = seen.lock().unwrap();
+                match r {
+                    Ok(port) if after => *seen.after.entry(port).or_insert(0) += 1,
+                    Ok(port) => *seen.before.entry(port).or_insert(0) += 1,
+                    Err(e) => seen.errors.push(e.to_string()),
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let pg2 = pg.clone();
+    tokio::task::spawn_blocking(move || pg2.replicas[0].stop(true))
+        .await
+        .unwrap()
+        .expect("stop replica");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let pg2 = pg.clone();
+    tokio::task::spawn_blocking(move || pg2.replicas[0].start())
+        .await
+        .unwrap()
+        .expect("start replica");
+    restarted.store(true, Ordering::Relaxed);
+    // ban_time is 2 s and checks run every second: reads should be back within seconds.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if seen.lock().unwrap().after.get(&victim).copied().unwrap_or(0) >= 20 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    for w in workers {
+        w.await.unwrap();
+    }
+    let seen = seen.lock().unwrap();
+    assert!(seen.errors.is_empty(), "client-visible errors: {:?}", seen.errors);
+    assert!(
+        seen.before.get(&victim).is_some(),
+        "the replica served reads before it died: {:?}",
+        seen.before
+    );
+    assert!(
+        seen.after.get(&victim).copied().unwrap_or(0) >= 20,
+        "reads came back to the restarted replica: {:?}",
+        seen.after
+    );
+    let routes = &pooler.ctx.clusters.get("app").unwrap().routes;
+    eprintln!(
+        "before {:?} after {:?} retries {}",
+        seen.before,
+        seen.after,
+        routes.get(RouteReason::Retry)
+    );
+    assert!(routes.get(RouteReason::Retry) > 0, "the retry counter moved");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inside_a_transaction_the_client_sees_the_failure() {
+    let pg = Replicated::start();
+    let pooler = pg.pooler("ban_time = 60", "");
+    let client = connect(&pooler, "app", APP_PASSWORD).await;
+    client.simple_query("BEGIN READ ONLY").await.unwrap();
+    let port = port_of(&client, "SELECT inet_server_port()").await.unwrap();
+    let replica = pg.replicas.iter().find(|r| r.port == port).expect("on a replica");
+    replica.stop(true).unwrap();
+    assert!(
+        port_of(&client, "SELECT inet_server_port()").await.is_err(),
+        "a retry could hide a lost write: the transaction's failure is the client's"
+    );
+    // Other clients carry on, on the other replica.
+    let other = connect(&pooler, "app", APP_PASSWORD).await;
+    for _ in 0..10 {
+        let p = port_of(&other, "SELECT inet_server_port()").await.unwrap();
+        assert_ne!(p, port);
+    }
+}
