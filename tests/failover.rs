@@ -80,7 +80,15 @@ async fn a_replica_that_dies_costs_reads_no_error_and_comes_back() {
     // ban_time is 2 s and checks run every second: reads should be back within seconds.
     let deadline = Instant::now() + Duration::from_secs(30);
     while Instant::now() < deadline {
-        if seen.lock().unwrap().after.get(&victim).copied().unwrap_or(0) >= 20 {
+        if seen
+            .lock()
+            .unwrap()
+            .after
+            .get(&victim)
+            .copied()
+            .unwrap_or(0)
+            >= 20
+        {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -90,9 +98,13 @@ async fn a_replica_that_dies_costs_reads_no_error_and_comes_back() {
         w.await.unwrap();
     }
     let seen = seen.lock().unwrap();
-    assert!(seen.errors.is_empty(), "client-visible errors: {:?}", seen.errors);
     assert!(
-        seen.before.get(&victim).is_some(),
+        seen.errors.is_empty(),
+        "client-visible errors: {:?}",
+        seen.errors
+    );
+    assert!(
+        seen.before.contains_key(&victim),
         "the replica served reads before it died: {:?}",
         seen.before
     );
@@ -108,7 +120,10 @@ async fn a_replica_that_dies_costs_reads_no_error_and_comes_back() {
         seen.after,
         routes.get(RouteReason::Retry)
     );
-    assert!(routes.get(RouteReason::Retry) > 0, "the retry counter moved");
+    assert!(
+        routes.get(RouteReason::Retry) > 0,
+        "the retry counter moved"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -118,7 +133,11 @@ async fn inside_a_transaction_the_client_sees_the_failure() {
     let client = connect(&pooler, "app", APP_PASSWORD).await;
     client.simple_query("BEGIN READ ONLY").await.unwrap();
     let port = port_of(&client, "SELECT inet_server_port()").await.unwrap();
-    let replica = pg.replicas.iter().find(|r| r.port == port).expect("on a replica");
+    let replica = pg
+        .replicas
+        .iter()
+        .find(|r| r.port == port)
+        .expect("on a replica");
     replica.stop(true).unwrap();
     assert!(
         port_of(&client, "SELECT inet_server_port()").await.is_err(),

@@ -3,6 +3,7 @@
 
 mod support;
 
+use pgsluice::cluster::Usable;
 use pgsluice::metrics::RouteReason;
 use support::{connect, Pooler, Replicated, APP_PASSWORD};
 use tokio_postgres::SimpleQueryMessage;
@@ -254,4 +255,84 @@ fn pgbench_prepared_through_replicas() {
     assert!(text.contains("number of failed transactions: 0"), "{text}");
     let text = bench(&["-M", "extended", "-S", "-c", "4", "-j", "4", "-t", "100"]);
     assert!(text.contains("number of failed transactions: 0"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lagging_replica_gets_no_reads_until_it_catches_up() {
+    let pg = Replicated::start();
+    let pooler = pg.pooler(
+        "health_check_interval = \"200ms\"\nmax_replica_lag_bytes = 1024",
+        "",
+    );
+    let client = connect(&pooler, "app", APP_PASSWORD).await;
+    let cluster = pooler.ctx.clusters.get("app").unwrap();
+    let usable = |i: usize| cluster.nodes[i].usable();
+    let wait = |i: usize, want| {
+        support::wait_for(std::time::Duration::from_secs(15), || usable(i) == want)
+    };
+    port_of(&client, "SELECT inet_server_port()").await;
+    let behind = &pg.replicas[0];
+    behind.psql("SELECT pg_wal_replay_pause()").unwrap();
+    pg.primary
+        .psql_in(
+            "app",
+            "INSERT INTO items (v) SELECT g FROM generate_series(1, 1000) g",
+        )
+        .unwrap();
+    assert!(wait(1, Usable::Lagging), "{:?}", usable(1));
+    assert!(cluster.nodes[1].lag().0 > 1024);
+    for _ in 0..20 {
+        assert_eq!(
+            port_of(&client, "SELECT inet_server_port()").await,
+            pg.replicas[1].port
+        );
+    }
+    // Both behind: reads go to the primary, counted as such.
+    pg.replicas[1].psql("SELECT pg_wal_replay_pause()").unwrap();
+    pg.primary
+        .psql_in(
+            "app",
+            "INSERT INTO items (v) SELECT g FROM generate_series(1, 1000) g",
+        )
+        .unwrap();
+    assert!(wait(2, Usable::Lagging), "{:?}", usable(2));
+    assert_eq!(
+        port_of(&client, "SELECT inet_server_port()").await,
+        pg.primary.port
+    );
+    assert!(counter(&pooler, RouteReason::Lag) >= 1);
+
+    for r in &pg.replicas {
+        r.psql("SELECT pg_wal_replay_resume()").unwrap();
+    }
+    assert!(wait(1, Usable::Yes) && wait(2, Usable::Yes));
+    let mut ports = std::collections::HashSet::new();
+    for _ in 0..10 {
+        ports.insert(port_of(&client, "SELECT inet_server_port()").await);
+    }
+    assert!(ports.contains(&behind.port), "{ports:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_is_pinned_to_the_primary_unless_it_asks_for_a_replica() {
+    let pg = Replicated::start();
+    let pooler = pg.pooler("pool_mode = \"session\"", "");
+    let client = connect(&pooler, "app", APP_PASSWORD).await;
+    for _ in 0..3 {
+        assert_eq!(
+            port_of(&client, "SELECT inet_server_port()").await,
+            pg.primary.port
+        );
+    }
+    let conn = format!(
+        "{} options='-c pgsluice.route=replica'",
+        pooler.conn_str("app", APP_PASSWORD)
+    );
+    let (reader, connection) = tokio_postgres::connect(&conn, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let port = port_of(&reader, "SELECT inet_server_port()").await;
+    assert_ne!(port, pg.primary.port);
+    assert_eq!(port_of(&reader, "SELECT inet_server_port()").await, port);
 }

@@ -90,3 +90,25 @@ async fn min_pool_size_is_kept_warm_and_lifetime_recycles() {
         pids()
     );
 }
+
+/// A pooled server that died while idle is caught by server_check_query before a client gets
+/// it; with the check off, the client would get the dead connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_died_while_idle_is_checked_out_of_the_pool() {
+    for (check, survives) in [
+        ("server_check_delay = 0", true),
+        ("server_check_query = \"\"", false),
+    ] {
+        let pg = primary();
+        let pooler = Pooler::start(&pg, &format!("default_pool_size = 1\n{check}"));
+        let client = connect(&pooler, "app", APP_PASSWORD).await;
+        client.simple_query("SELECT 1").await.unwrap();
+        pg.psql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = 'app'")
+            .unwrap();
+        assert!(support::wait_for(Duration::from_secs(5), || app_servers(
+            &pg
+        ) == 0));
+        let r = client.simple_query("SELECT 1").await;
+        assert_eq!(r.is_ok(), survives, "{check}: {r:?}");
+    }
+}

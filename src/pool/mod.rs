@@ -46,6 +46,8 @@ struct Timeouts {
     login_retry: Duration,
     idle: Option<Duration>,
     lifetime: Option<Duration>,
+    /// server_check_delay and server_check_query, unless the query is empty.
+    check: Option<(Duration, String)>,
 }
 
 impl Timeouts {
@@ -59,6 +61,8 @@ impl Timeouts {
             login_retry: g.server_login_retry.0,
             idle: g.server_idle_timeout.enabled(),
             lifetime: g.server_lifetime.enabled(),
+            check: (!g.server_check_query.is_empty())
+                .then(|| (g.server_check_delay.0, g.server_check_query.clone())),
         }
     }
 }
@@ -188,9 +192,32 @@ impl Pool {
         }
     }
 
-    /// Takes a server connection, waiting in line (FIFO) when the pool is at its size.
+    /// Takes a server connection, waiting in line (FIFO) when the pool is at its size. One
+    /// that has been idle longer than server_check_delay must first answer
+    /// server_check_query; one that does not is closed and another taken.
     pub async fn checkout(&self) -> Result<Checkout, PoolError> {
         let start = Instant::now();
+        loop {
+            let mut c = self.take(start).await?;
+            let Some((delay, query)) = &self.timeouts.check else {
+                return Ok(c);
+            };
+            if c.conn.idle_for(Instant::now()) < *delay {
+                return Ok(c);
+            }
+            let check = crate::server::query::simple(&mut c.conn, query);
+            match tokio::time::timeout(self.timeouts.connect, check).await {
+                Ok(Ok(_)) if c.conn.buf.is_empty() => return Ok(c),
+                _ => {
+                    tracing::info!(db = %self.database, user = %self.user, node = %self.target.addr(), server = c.conn.id, "server failed server_check_query");
+                    self.give_back_slot();
+                    tokio::spawn(c.conn.close("server_check_query failed"));
+                }
+            }
+        }
+    }
+
+    async fn take(&self, start: Instant) -> Result<Checkout, PoolError> {
         let mut expired = Vec::new();
         let taken = {
             let mut inner = self.lock();
