@@ -2,10 +2,12 @@
 # End-to-end benchmark: pgbench -S through pgsluice and PgBouncer (same pool size, transaction
 # mode) against a throwaway local PostgreSQL, plus direct connections as the ceiling. Prints one
 # table of TPS and latency with pgsluice/PgBouncer ratios, then the RSS of each pooler holding
-# many idle clients.
+# many idle clients, then the routing case: pgbench -S through pgsluice with two streaming
+# replicas against pgsluice with the primary only.
 #
 #   bench/pgbench.sh                      # defaults below
 #   CLIENTS="16 64" DURATION=10 ROUNDS=5 POOL_SIZE=20 IDLE_CLIENTS=2000 bench/pgbench.sh
+#   REPLICA_CLIENTS=""   skips the replica case (default "64")
 #
 # Every run is bounded (-T), everything listens on 127.0.0.1 only, and all of it is removed at
 # exit. PgBouncer comes from Debian's package and is installed if missing. Debian's PgBouncer
@@ -20,6 +22,7 @@ ROUNDS=${ROUNDS:-3}
 POOL_SIZE=${POOL_SIZE:-20}
 IDLE_CLIENTS=${IDLE_CLIENTS:-2000}
 SCALE=${SCALE:-1}
+REPLICA_CLIENTS=${REPLICA_CLIENTS-64}
 
 root=$(cd "$(dirname "$0")/.." && pwd)
 bindir=$(pg_config --bindir 2>/dev/null || ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
@@ -40,7 +43,9 @@ pids=()
 cleanup() {
     for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
     pkill -f "pgbouncer $work/pgbouncer.ini" 2>/dev/null || true
-    as_pg "$bindir/pg_ctl" -D "$work/data" -m immediate stop >/dev/null 2>&1 || true
+    for d in "$work/data" "$work/replica1" "$work/replica2"; do
+        [ -d "$d" ] && as_pg "$bindir/pg_ctl" -D "$d" -m immediate stop >/dev/null 2>&1 || true
+    done
     rm -rf "$work"
 }
 trap cleanup EXIT
@@ -192,4 +197,42 @@ for target in bouncer sluice; do
     kill "$holder" 2>/dev/null || true
     wait "$holder" 2>/dev/null || true
     printf '%-10s %12s %14s %16s\n' "$target" "$before" "$after" $(((after - before) * 1024 / IDLE_CLIENTS))
+done
+
+[ -n "$REPLICA_CLIENTS" ] || exit 0
+
+# Routing: two streaming replicas of the same primary, all on this machine. They share its
+# cores with the primary, so this measures what routing costs and what spreading reads over
+# three servers gives on one box, not what separate replica hosts would add.
+replica_ports=()
+for r in replica1 replica2; do
+    port=$(free_port)
+    as_pg "$bindir/pg_basebackup" -h 127.0.0.1 -p "$pg_port" -U postgres -D "$work/$r" -R -X stream -c fast
+    as_pg "$bindir/pg_ctl" -D "$work/$r" -l "$work/$r.log" -o "-p $port" -w start >/dev/null
+    replica_ports+=("$port")
+done
+routed_port=$(free_port)
+sed -e "s/^listen_port = .*/listen_port = $routed_port/" \
+    -e "s/^port = $pg_port\$/port = $pg_port\nreplicas = [\"127.0.0.1:${replica_ports[0]}\", \"127.0.0.1:${replica_ports[1]}\"]/" \
+    "$work/pgsluice.toml" >"$work/routed.toml"
+RUST_LOG=warn "$root/target/release/pgsluice" --config "$work/routed.toml" >"$work/routed.log" 2>&1 &
+pids+=($!)
+for _ in $(seq 100); do
+    "$bindir/psql" -X -h 127.0.0.1 -p "$routed_port" -U postgres -d postgres -Atc 'SELECT 1' >/dev/null 2>&1 && break
+    sleep 0.1
+done
+
+echo
+printf '%-8s %7s | %12s %8s | %12s %8s | %9s\n' \
+    mode clients primary_tps lat_ms replicas_tps lat_ms "vs_primary"
+for c in $REPLICA_CLIENTS; do
+    : >"$work/primary_only" >"$work/routed"
+    for _ in $(seq "$ROUNDS"); do
+        run "$sluice_port" simple "$c" >>"$work/primary_only"
+        run "$routed_port" simple "$c" >>"$work/routed"
+    done
+    read -r p_tps p_lat < <(median <"$work/primary_only")
+    read -r r_tps r_lat < <(median <"$work/routed")
+    printf '%-8s %7s | %12s %8s | %12s %8s | %9s\n' simple "$c" "$p_tps" "$p_lat" "$r_tps" "$r_lat" \
+        "$(awk -v r="$r_tps" -v p="$p_tps" 'BEGIN {printf "%.2fx", r / p}')"
 done

@@ -289,9 +289,9 @@ pub async fn run() -> Result<(), Box<dyn std::error::Error>> {
     };
     let text = format!(
         "listen_port = {port}\nauth_type = \"scram-sha-256\"\ndefault_pool_size = 10\n\
-         [databases.demo]\nhost = \"127.0.0.1\"\nport = {}\n\
+         [databases.demo]\nhost = \"127.0.0.1\"\nport = {}\nreplicas = [\"127.0.0.1:{}\"]\n\
          [users.demo]\npassword = \"demo\"\n",
-        primary.port
+        primary.port, replica.port
     );
     let config = crate::config::Config::parse(&text, "demo")?;
     let service = crate::service::Service::bind(config).await?;
@@ -302,6 +302,11 @@ pub async fn run() -> Result<(), Box<dyn std::error::Error>> {
     );
     println!("  connect:  psql \"host=127.0.0.1 port={port} user=demo password=demo dbname=demo\"");
     println!("  pgbench:  PGPASSWORD=demo pgbench -h 127.0.0.1 -p {port} -U demo -i demo");
+    println!(
+        "  routing:  SELECT inet_server_port();  runs on the replica ({}), writes and \
+         transactions on the primary ({})",
+        replica.port, primary.port
+    );
     println!("Press Ctrl-C to stop and remove everything.");
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {

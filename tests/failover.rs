@@ -42,8 +42,19 @@ async fn a_replica_that_dies_costs_reads_no_error_and_comes_back() {
     let restarted = Arc::new(AtomicBool::new(false));
     let stop = Arc::new(AtomicBool::new(false));
     let mut workers = Vec::new();
-    for _ in 0..4 {
+    for worker in 0..4 {
         let client = connect(&pooler, "app", APP_PASSWORD).await;
+        // Half the clients use the extended protocol with a prepared statement.
+        let prepared = if worker % 2 == 1 {
+            Some(
+                client
+                    .prepare("SELECT inet_server_port(), pg_sleep(0.002)")
+                    .await
+                    .unwrap(),
+            )
+        } else {
+            None
+        };
         let (seen, restarted, stop) = (seen.clone(), restarted.clone(), stop.clone());
         workers.push(tokio::spawn(async move {
             // Bounded: the test stops the loop, and it never runs past this many reads.
@@ -54,7 +65,13 @@ async fn a_replica_that_dies_costs_reads_no_error_and_comes_back() {
                 // Restart state read before the query: a read that began before the
                 // restart finished is not counted as after it.
                 let after = restarted.load(Ordering::Relaxed);
-                let r = port_of(&client, "SELECT inet_server_port(), pg_sleep(0.002)").await;
+                let r = match &prepared {
+                    Some(stmt) => client
+                        .query_one(stmt, &[])
+                        .await
+                        .map(|row| row.get::<_, i32>(0) as u16),
+                    None => port_of(&client, "SELECT inet_server_port(), pg_sleep(0.002)").await,
+                };
                 let mut seen = seen.lock().unwrap();
                 match r {
                     Ok(port) if after => *seen.after.entry(port).or_insert(0) += 1,

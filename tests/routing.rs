@@ -170,7 +170,13 @@ async fn extended_protocol_routes_at_parse_and_bind() {
     let client = connect(&pooler, "app", APP_PASSWORD).await;
     let primary = pg.primary.port;
 
+    let writes = counter(&pooler, RouteReason::Write);
     let read = client.prepare("SELECT inet_server_port()").await.unwrap();
+    assert_eq!(
+        counter(&pooler, RouteReason::Write),
+        writes,
+        "Parse + Describe of a read is a read"
+    );
     let mut seen = std::collections::HashMap::new();
     for _ in 0..40 {
         let row = client.query_one(&read, &[]).await.unwrap();

@@ -53,10 +53,11 @@ struct Link {
     /// Take the client's work one unit (a Query, or messages up to Sync) at a time, so that
     /// each implicit transaction is routed on its own.
     one_unit: bool,
-    /// While the work may still be retried elsewhere: a copy of the client's messages sent,
-    /// and where this link's output to the client starts. Nothing goes to the client
-    /// meanwhile.
-    replay: Option<(BytesMut, usize)>,
+    /// While the work may still be retried elsewhere: where this link's output to the
+    /// client starts. Nothing goes to the client meanwhile.
+    hold: Option<usize>,
+    /// The client's messages sent while `hold` is set, to send again elsewhere.
+    replay: BytesMut,
     /// Set when the server failed in a way that allows a retry: whether to ban the node.
     retry: Option<Retry>,
 }
@@ -105,8 +106,9 @@ struct Session<'a> {
     statements: ClientStatements,
     /// Clients connected to this process, to decide whether idle buffers are kept.
     clients: &'a std::sync::atomic::AtomicUsize,
-    /// The tracker and server-bound buffer of the last link, kept for the next one.
-    spare: (Tracker, BytesMut),
+    /// The tracker, server-bound buffer and replay buffer of the last link, kept for the
+    /// next one.
+    spare: (Tracker, BytesMut, BytesMut),
 }
 
 /// A name no statement of ours ever has: closing it is a no-op the server still answers.
@@ -136,7 +138,7 @@ pub async fn run(
         registry,
         statements: ClientStatements::default(),
         clients,
-        spare: (Tracker::default(), BytesMut::new()),
+        spare: (Tracker::default(), BytesMut::new(), BytesMut::new()),
     };
     s.serve().await
 }
@@ -167,11 +169,13 @@ impl Session<'_> {
                                 mut tracker,
                                 to_server,
                                 at,
+                                mut replay,
                                 ..
                             } = *link;
                             self.members.pools[at.node].release(conn, true);
                             tracker.reset();
-                            self.spare = (tracker, to_server);
+                            replay.clear();
+                            self.spare = (tracker, to_server, replay);
                             self.avoid = None;
                             self.retries = 0;
                             State::Idle
@@ -330,6 +334,8 @@ impl Session<'_> {
         let unknown = Class::Write(WriteReason::Statement);
         let mut at = 0;
         let mut complete = false;
+        // Statements parsed earlier in this unit: already classified at their Parse.
+        let mut parsed: Vec<&[u8]> = Vec::new();
         while let Ok(Some(h)) = frontend::header(&self.cbuf[at..], self.general.max_packet_size) {
             let Some(frame) = self.cbuf.get(at..at + h.len) else {
                 break;
@@ -348,15 +354,17 @@ impl Session<'_> {
                     complete = true;
                     break;
                 }
-                frontend::Message::Parse { query, .. } => {
+                frontend::Message::Parse { name, query, .. } => {
                     add_text(&mut add, query, wf);
+                    parsed.push(name);
                 }
                 frontend::Message::Bind {
                     statement: name, ..
                 }
                 | frontend::Message::Describe { kind: b'S', name } => {
-                    // The unnamed statement was classified at its Parse, in this unit.
-                    if !name.is_empty() {
+                    // The unnamed statement only lives within a unit: it was classified at
+                    // its Parse.
+                    if !name.is_empty() && !parsed.contains(&name) {
                         let (class, hint) = statement(name);
                         add(class, hint);
                     }
@@ -446,9 +454,8 @@ impl Session<'_> {
             to_server: std::mem::take(&mut self.spare.1),
             at: cluster.link(node),
             one_unit: node != 0 || decision.retryable,
-            replay: decision
-                .retryable
-                .then(|| (BytesMut::new(), self.to_client.len())),
+            hold: decision.retryable.then_some(self.to_client.len()),
+            replay: std::mem::take(&mut self.spare.2),
             retry: None,
         });
         self.reg.slot.set(Some(link.conn.cancel_key.clone()));
@@ -516,8 +523,9 @@ impl Session<'_> {
         if retry.ban {
             self.ban(node, retry.why);
         }
-        if let Some((mut replay, mark)) = link.replay {
+        if let Some(mark) = link.hold {
             self.to_client.truncate(mark);
+            let mut replay = link.replay;
             replay.extend_from_slice(&self.cbuf);
             self.cbuf = replay;
         }
@@ -532,7 +540,7 @@ impl Session<'_> {
         if self.cbuf.is_empty() && (many || self.cbuf.capacity() > 4 * READ_CHUNK) {
             self.cbuf = BytesMut::new();
             self.to_client = BytesMut::new();
-            self.spare = (Tracker::default(), BytesMut::new());
+            self.spare = (Tracker::default(), BytesMut::new(), BytesMut::new());
         }
         let wait = self.client.readable();
         match self.general.client_idle_timeout.enabled() {
@@ -605,8 +613,8 @@ impl Session<'_> {
             // an allocation per transaction.
             let frame = &self.cbuf[..h.len];
             let msg = frontend::parse(h.tag, &frame[5..])?;
-            if let Some((replay, _)) = link.replay.as_mut() {
-                replay.extend_from_slice(frame);
+            if link.hold.is_some() {
+                link.replay.extend_from_slice(frame);
             }
             let out = &mut link.to_server;
             match msg {
@@ -727,11 +735,12 @@ impl Session<'_> {
                 scanner,
                 tracker,
                 to_server,
+                hold,
                 replay,
                 retry,
                 ..
             } = link;
-            let lost = |replay: &Option<(BytesMut, usize)>| match replay {
+            let lost = |hold: &Option<usize>| match hold {
                 Some(_) => Unlink::Retry(Retry {
                     ban: true,
                     why: "server connection lost",
@@ -750,30 +759,31 @@ impl Session<'_> {
                 biased;
                 r = srv_w.write(to_server), if !to_server.is_empty() => match r {
                     Ok(n) if n > 0 => to_server.advance(n),
-                    _ => return lost(replay),
+                    _ => return lost(hold),
                 },
                 // Held back while the work may still be retried elsewhere.
-                r = cli_w.write(&self.to_client), if !self.to_client.is_empty() && replay.is_none() => match r {
+                r = cli_w.write(&self.to_client), if !self.to_client.is_empty() && hold.is_none() => match r {
                     Ok(n) if n > 0 => self.to_client.advance(n),
                     _ => return Unlink::ClientGone,
                 },
                 r = srv_r.read_buf(&mut conn.buf), if self.to_client.len() < HIGH_WATER => match r {
                     Ok(n) if n > 0 => {
-                        let watch = replay.is_some().then_some(&mut *retry);
+                        let watch = hold.is_some().then_some(&mut *retry);
                         if absorb(conn, scanner, tracker, &mut self.params, &mut None, Some(&mut self.to_client), watch).is_err() {
-                            return lost(replay);
+                            return lost(hold);
                         }
                         if let Some(r) = retry.take() {
                             return Unlink::Retry(r);
                         }
-                        if let Some((_, mark)) = replay {
+                        if let Some(mark) = *hold {
                             // Answered, or answering at length: it reaches the client now.
-                            if !tracker.busy() || self.to_client.len() - *mark > HOLD_LIMIT {
-                                *replay = None;
+                            if !tracker.busy() || self.to_client.len() - mark > HOLD_LIMIT {
+                                *hold = None;
+                                replay.clear();
                             }
                         }
                     }
-                    _ => return lost(replay),
+                    _ => return lost(hold),
                 },
                 r = cli_r.read_buf(&mut self.cbuf), if !terminating && to_server.len() < HIGH_WATER => match r {
                     Ok(n) if n > 0 => {}
