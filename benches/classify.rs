@@ -29,3 +29,26 @@ fn uncached(bencher: divan::Bencher) {
             }
         });
 }
+
+/// The extended protocol's path: a statement is classified once, when first asked, and a
+/// later Bind finds its class through the statement registry, keyed by the query text.
+#[divan::bench]
+fn cached(bencher: divan::Bencher) {
+    let registry = pgsluice::client::statements::Registry::default();
+    let defs: Vec<Vec<u8>> = STATEMENTS
+        .iter()
+        .map(|s| [s.as_bytes(), b"\0\0\0"].concat())
+        .collect();
+    // Held, as clients hold the statements they prepared.
+    let held: Vec<_> = defs.iter().map(|d| registry.get(d)).collect();
+    for s in &held {
+        s.class(&[]);
+    }
+    bencher
+        .counter(ItemsCount::new(STATEMENTS.len()))
+        .bench(|| {
+            for d in &defs {
+                divan::black_box(registry.get(divan::black_box(d)).class(&[]));
+            }
+        });
+}
