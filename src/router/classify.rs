@@ -167,7 +167,14 @@ fn read_only(t: &[Token]) -> bool {
 /// SELECT / VALUES / TABLE / WITH: a read unless something in it writes or locks.
 fn query(t: &[Token], write_functions: &[String]) -> Class {
     for (i, tok) in t.iter().enumerate() {
-        let Token::Word(w) = tok else { continue };
+        let w = match tok {
+            Token::Word(w) => w,
+            // Quoted, the name is exact: never a keyword, but still a function.
+            Token::QuotedCall(name) if writes(name, write_functions) => {
+                return Class::Write(WriteReason::WriteFunction);
+            }
+            _ => continue,
+        };
         match w.as_str() {
             "for" if matches!(word(t, i + 1), Some("update" | "share" | "no" | "key")) => {
                 return Class::Write(WriteReason::Locking);
@@ -279,6 +286,9 @@ mod tests {
         ("SELECT 1; SELECT 2", Read),
         ("SELECT 1;", Read),
         ("", Read),
+        ("SELECT \"nextval\"('s')", FUNC),
+        ("SELECT public.\"pg_advisory_lock\" (1)", FUNC),
+        ("SELECT \"NEXTVAL\"('s'), \"my table\".\"update\" FROM \"my table\"", Read),
         ("SELECT * FROM t FOR UPDATE", LOCK),
         ("SELECT * FROM t WHERE id = 1 FOR UPDATE SKIP LOCKED", LOCK),
         ("SELECT * FROM t FOR NO KEY UPDATE", LOCK),

@@ -8,6 +8,8 @@
 pub enum Token {
     Word(String),
     QuotedIdent,
+    /// A quoted identifier followed by `(`, with its exact text.
+    QuotedCall(String),
     Literal,
     Param,
     Punct(char),
@@ -61,8 +63,18 @@ pub fn tokens(sql: &str) -> Result<Vec<Token>, ()> {
                 out.push(Token::Literal);
             }
             b'"' => {
+                let start = i;
                 i = skip_quoted(b, i, b'"', false)?;
-                out.push(Token::QuotedIdent);
+                // A quoted name called as a function keeps its text, so that
+                // `"nextval"('s')` is seen as the call it is.
+                let next = b[i..].iter().find(|c| !c.is_ascii_whitespace());
+                if next == Some(&b'(') {
+                    out.push(Token::QuotedCall(
+                        sql[start + 1..i - 1].replace("\"\"", "\""),
+                    ));
+                } else {
+                    out.push(Token::QuotedIdent);
+                }
             }
             b'$' => {
                 if b.get(i + 1).is_some_and(u8::is_ascii_digit) {
