@@ -282,13 +282,17 @@ pub async fn run() -> Result<(), Box<dyn std::error::Error>> {
     primary.psql("CREATE ROLE demo LOGIN PASSWORD 'demo'")?;
     primary.psql("CREATE DATABASE demo OWNER demo")?;
     let replica = LocalPostgres::start_replica(&primary)?;
-    let port = if TcpListener::bind("127.0.0.1:6432").is_ok() {
-        6432
-    } else {
-        free_port()
+    let free_or = |p: u16| {
+        if TcpListener::bind(("127.0.0.1", p)).is_ok() {
+            p
+        } else {
+            free_port()
+        }
     };
+    let port = free_or(6432);
+    let http = free_or(9930);
     let text = format!(
-        "listen_port = {port}\nauth_type = \"scram-sha-256\"\ndefault_pool_size = 10\n\
+        "listen_port = {port}\nhttp_listen = \"127.0.0.1:{http}\"\nauth_type = \"scram-sha-256\"\ndefault_pool_size = 10\n\
          [databases.demo]\nhost = \"127.0.0.1\"\nport = {}\nreplicas = [\"127.0.0.1:{}\"]\n\
          [users.demo]\npassword = \"demo\"\n",
         primary.port, replica.port
@@ -307,6 +311,7 @@ pub async fn run() -> Result<(), Box<dyn std::error::Error>> {
          transactions on the primary ({})",
         replica.port, primary.port
     );
+    println!("  metrics:  curl http://127.0.0.1:{http}/metrics  (also /health and /ready)");
     println!("Press Ctrl-C to stop and remove everything.");
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {

@@ -12,6 +12,7 @@ use tokio::net::TcpListener;
 pub struct Service {
     pub ctx: Arc<Context>,
     listener: TcpListener,
+    http: Option<TcpListener>,
 }
 
 impl Service {
@@ -21,9 +22,17 @@ impl Service {
             a => a,
         };
         let listener = TcpListener::bind((host, config.general.listen_port)).await?;
+        let http =
+            match config.general.http_listen.as_str() {
+                "" => None,
+                addr => Some(TcpListener::bind(addr).await.map_err(|e| {
+                    std::io::Error::new(e.kind(), format!("http_listen {addr}: {e}"))
+                })?),
+            };
         Ok(Service {
             ctx: Context::new(config),
             listener,
+            http,
         })
     }
 
@@ -33,16 +42,22 @@ impl Service {
             .expect("a bound listener has an address")
     }
 
+    /// The HTTP listener's address (/metrics, /health, /ready), if there is one.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
     /// Accepts clients until the future is dropped.
-    pub async fn serve(self) {
+    pub async fn serve(mut self) {
         tracing::info!(addr = %self.local_addr(), "listening");
-        tokio::spawn(self.ctx.pools.clone().maintain_forever());
+        let mut background = tokio::task::JoinSet::new();
+        if let Some(http) = self.http.take() {
+            tracing::info!(addr = %http.local_addr().map(|a| a.to_string()).unwrap_or_default(), "http listening");
+            background.spawn(crate::metrics::http::serve(http, self.ctx.clone()));
+        }
+        background.spawn(self.ctx.pools.clone().maintain_forever());
         for cluster in self.ctx.clusters.all() {
-            // A lone primary has nothing to route between; its health matters once there
-            // are replicas to fall back from.
-            if cluster.has_replicas() {
-                tokio::spawn(watch(self.ctx.clone(), cluster));
-            }
+            background.spawn(watch(self.ctx.clone(), cluster));
         }
         loop {
             match self.listener.accept().await {

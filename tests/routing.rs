@@ -277,8 +277,15 @@ async fn a_lagging_replica_gets_no_reads_until_it_catches_up() {
         support::wait_for(std::time::Duration::from_secs(15), || usable(i) == want)
     };
     port_of(&client, "SELECT inet_server_port()").await;
+    // A pause is only requested at first: wait until replay has stopped.
+    let pause = |r: &pgsluice::demo::LocalPostgres| {
+        r.psql("SELECT pg_wal_replay_pause()").unwrap();
+        assert!(support::wait_for(std::time::Duration::from_secs(10), || {
+            r.psql("SELECT pg_get_wal_replay_pause_state()").unwrap() == "paused"
+        }));
+    };
     let behind = &pg.replicas[0];
-    behind.psql("SELECT pg_wal_replay_pause()").unwrap();
+    pause(behind);
     pg.primary
         .psql_in(
             "app",
@@ -294,7 +301,7 @@ async fn a_lagging_replica_gets_no_reads_until_it_catches_up() {
         );
     }
     // Both behind: reads go to the primary, counted as such.
-    pg.replicas[1].psql("SELECT pg_wal_replay_pause()").unwrap();
+    pause(&pg.replicas[1]);
     pg.primary
         .psql_in(
             "app",

@@ -76,6 +76,7 @@ pub async fn login(
                 process_id,
                 secret_key,
             })) => {
+                ctx.metrics.cancels.inc();
                 if let Some(key) = ctx.cancels.lookup(process_id, secret_key) {
                     tracing::info!(pid = process_id, "forwarding cancel request");
                     if let Err(e) = crate::server::cancel(&key).await {
@@ -150,6 +151,7 @@ pub async fn login(
         return None;
     }
     if !authenticate(ctx, config, stream, &mut buf, &mut out, &user).await {
+        ctx.metrics.auth_failed(&database, &user);
         return None;
     }
     backend::authentication_ok(&mut out);

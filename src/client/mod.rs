@@ -10,13 +10,14 @@ pub mod statements;
 use crate::auth::scram::Verifier;
 use crate::cluster::Clusters;
 use crate::config::Config;
+use crate::metrics::{instance_name, Metrics};
 use crate::pool::Pools;
 use crate::protocol::backend;
 use arc_swap::ArcSwap;
 use bytes::BytesMut;
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -26,6 +27,9 @@ pub struct Context {
     pub config: ArcSwap<Config>,
     pub pools: Arc<Pools>,
     pub clusters: Clusters,
+    pub metrics: Arc<Metrics>,
+    /// Set when shutdown begins: /ready turns 503 so a load balancer drains this instance.
+    pub shutting_down: AtomicBool,
     pub cancels: cancel::Cancels,
     pub statements: statements::Registry,
     clients: AtomicUsize,
@@ -38,13 +42,16 @@ pub struct Context {
 
 impl Context {
     pub fn new(config: Config) -> Arc<Context> {
+        let metrics = Arc::new(Metrics::new(&instance_name(&config.general.instance_name)));
         Arc::new(Context {
             clusters: Clusters::new(&config),
+            pools: Arc::new(Pools::new(metrics.clone())),
+            metrics,
             cancels: cancel::Cancels::new(config.general.peer_id),
             config: ArcSwap::from_pointee(config),
-            pools: Arc::new(Pools::default()),
             statements: statements::Registry::default(),
             clients: AtomicUsize::new(0),
+            shutting_down: AtomicBool::new(false),
             mock_secret: rand::random(),
             verifiers: Mutex::default(),
         })
@@ -68,6 +75,37 @@ impl Context {
             .entry(key)
             .or_insert(v)
             .clone()
+    }
+}
+
+impl crate::metrics::http::Status for Context {
+    fn metrics(&self) -> String {
+        self.metrics
+            .render(&self.pools, &self.clusters, &self.config.load())
+    }
+
+    fn ready(&self) -> Result<(), String> {
+        if self.shutting_down.load(Ordering::Relaxed) {
+            return Err("shutting down".into());
+        }
+        for cluster in self.clusters.all() {
+            match cluster.primary_reachable() {
+                Some(true) => {}
+                Some(false) => {
+                    return Err(format!(
+                        "database {}: primary {} unreachable",
+                        cluster.database, cluster.nodes[0].addr
+                    ))
+                }
+                None => {
+                    return Err(format!(
+                        "database {}: primary {} not checked yet",
+                        cluster.database, cluster.nodes[0].addr
+                    ))
+                }
+            }
+        }
+        Ok(())
     }
 }
 

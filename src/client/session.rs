@@ -14,7 +14,7 @@ use super::statements::{ClientStatements, Registry, Statement};
 use crate::cluster::InFlight;
 use crate::config::{Config, General, PoolMode};
 use crate::metrics::RouteReason;
-use crate::pool::{Members, PoolError};
+use crate::pool::{ClientState, InState, Members, Pool, PoolError};
 use crate::protocol::backend::{self, Action, Event, Scanner, TxStatus};
 use crate::protocol::{frontend, sqlstate, ProtocolError};
 use crate::router::classify::{self, Class, Hint, WriteReason};
@@ -60,6 +60,13 @@ struct Link {
     replay: BytesMut,
     /// Set when the server failed in a way that allows a retry: whether to ban the node.
     retry: Option<Retry>,
+    /// The pool the server came from, for its counters.
+    pool: Arc<Pool>,
+    /// Counts the client as active while the link lives.
+    _active: InState,
+    /// When the unit of work now running, and the transaction it belongs to, started.
+    unit_start: Option<Instant>,
+    xact_start: Option<Instant>,
 }
 
 /// Why work is sent again elsewhere.
@@ -123,6 +130,7 @@ pub async fn run(
     reg: &Registration<'_>,
 ) -> &'static str {
     let mode = login.members.primary().settings.pool_mode;
+    let _connected = login.members.enter(ClientState::Connected);
     let mut s = Session {
         general: &config.general,
         members: login.members,
@@ -447,7 +455,12 @@ impl Session<'_> {
             }
         };
         let node = decision.node;
+        let pool = self.members.pools[node].clone();
         let mut link = Box::new(Link {
+            pool,
+            _active: self.members.enter(ClientState::Active),
+            unit_start: None,
+            xact_start: None,
             conn: checkout.conn,
             scanner: Scanner::default(),
             tracker: std::mem::take(&mut self.spare.0),
@@ -475,6 +488,7 @@ impl Session<'_> {
         node: usize,
     ) -> Result<Result<crate::pool::Checkout, PoolError>, &'static str> {
         let pool = self.members.pools[node].clone();
+        let _waiting = self.members.enter(ClientState::Waiting);
         let waiting = pool.checkout();
         tokio::pin!(waiting);
         Ok(tokio::select! {
@@ -628,6 +642,7 @@ impl Session<'_> {
                     let stmt = self.registry.get(definition);
                     self.statements.insert(name, stmt.clone());
                     if link.conn.prepared.touch(stmt.id) {
+                        link.pool.metrics.prepared_hits.inc();
                         // Already prepared there: a no-op Close yields the reply the client
                         // expects, in its place among the other replies.
                         frontend::encode_target(out, b'C', b'S', NO_STATEMENT);
@@ -686,6 +701,9 @@ impl Session<'_> {
             }
             self.cbuf.advance(h.len);
             link.tracker.sent(h.tag);
+            if matches!(h.tag, b'Q' | b'E') {
+                link.pool.metrics.queries.inc();
+            }
             if link.one_unit && matches!(h.tag, b'Q' | b'S') {
                 return Ok(false);
             }
@@ -713,11 +731,22 @@ impl Session<'_> {
             let unit_pending = link.one_unit && link.tracker.busy();
             if !terminating && !unit_pending {
                 let before = link.to_server.len();
+                let was_busy = link.tracker.busy();
+                let unread = self.cbuf.len();
                 match self.take_client_frames(link) {
                     Ok(t) => terminating = t,
                     Err(e) => return Unlink::Violation(e),
                 }
+                let taken = unread.saturating_sub(self.cbuf.len());
+                if taken > 0 {
+                    link.pool.metrics.bytes_received.inc_by(taken as u64);
+                }
                 forwarded |= link.to_server.len() > before;
+                if !was_busy && link.tracker.busy() {
+                    let now = Instant::now();
+                    link.unit_start = Some(now);
+                    link.xact_start.get_or_insert(now);
+                }
             }
             let settled = link.to_server.is_empty() && link.conn.buf.is_empty();
             if settled && terminating && !link.tracker.busy() {
@@ -738,6 +767,9 @@ impl Session<'_> {
                 hold,
                 replay,
                 retry,
+                pool,
+                unit_start,
+                xact_start,
                 ..
             } = link;
             let lost = |hold: &Option<usize>| match hold {
@@ -768,12 +800,24 @@ impl Session<'_> {
                 },
                 r = srv_r.read_buf(&mut conn.buf), if self.to_client.len() < HIGH_WATER => match r {
                     Ok(n) if n > 0 => {
+                        pool.metrics.bytes_sent.inc_by(n as u64);
                         let watch = hold.is_some().then_some(&mut *retry);
                         if absorb(conn, scanner, tracker, &mut self.params, &mut None, Some(&mut self.to_client), watch).is_err() {
                             return lost(hold);
                         }
                         if let Some(r) = retry.take() {
                             return Unlink::Retry(r);
+                        }
+                        if !tracker.busy() {
+                            if let Some(start) = unit_start.take() {
+                                let now = Instant::now();
+                                pool.metrics.query.observe((now - start).as_secs_f64());
+                                if tracker.status == TxStatus::Idle {
+                                    let began = xact_start.take().unwrap_or(start);
+                                    pool.metrics.transaction.observe((now - began).as_secs_f64());
+                                    pool.metrics.transactions.inc();
+                                }
+                            }
                         }
                         if let Some(mark) = *hold {
                             // Answered, or answering at length: it reaches the client now.
@@ -940,7 +984,9 @@ fn reply_action(reply: Reply) -> Action {
 /// Sends a Parse of the pooler's statement, closing the least recently used one first when
 /// the server's cache is full.
 fn prepare_on_server(link: &mut Link, stmt: &Statement, capacity: usize, reply: Reply) {
+    link.pool.metrics.prepared_misses.inc();
     if let Some(victim) = link.conn.prepared.insert(stmt.id, capacity) {
+        link.pool.metrics.prepared_evictions.inc();
         let name = format!("pgsluice_{victim}");
         frontend::encode_target(&mut link.to_server, b'C', b'S', name.as_bytes());
         link.tracker.close_sent(Reply::Drop);
@@ -951,7 +997,9 @@ fn prepare_on_server(link: &mut Link, stmt: &Statement, capacity: usize, reply: 
 
 /// Before a Bind or Describe of a statement: prepare it on this server if it is not there.
 fn ensure_prepared(link: &mut Link, stmt: &Statement, capacity: usize) {
-    if !link.conn.prepared.touch(stmt.id) {
+    if link.conn.prepared.touch(stmt.id) {
+        link.pool.metrics.prepared_hits.inc();
+    } else {
         prepare_on_server(link, stmt, capacity, Reply::Drop);
     }
 }

@@ -51,14 +51,22 @@ impl Checker {
     /// whose idle pooled connections the caller should close: after a ban they lead to a
     /// failed node, after a return they may date from before its restart.
     pub async fn tick(&mut self, cluster: &Arc<Cluster>, general: &General) -> Vec<usize> {
-        let Some(credentials) = cluster.credentials() else {
-            return Vec::new(); // nobody to log in as until a client has connected
+        let timeout = general.server_connect_timeout.0;
+        let credentials = match cluster.credentials() {
+            Some(c) if cluster.has_replicas() => c,
+            // Nothing to route between, or nobody to log in as until a client has connected:
+            // only whether the primary answers, without a login of our own.
+            _ => {
+                let p = &cluster.nodes[0];
+                cluster.set_primary_reachable(answers(&p.host, p.port, timeout).await);
+                return Vec::new();
+            }
         };
         self.conns.resize_with(cluster.nodes.len(), || None);
-        let timeout = general.server_connect_timeout.0;
         let mut checks = tokio::task::JoinSet::new();
         for (i, node) in cluster.nodes.iter().enumerate() {
-            if cluster.in_ban_time(i) {
+            // The primary is always checked: readiness depends on it.
+            if i > 0 && cluster.in_ban_time(i) {
                 self.conns[i] = None;
                 continue;
             }
@@ -99,6 +107,7 @@ impl Checker {
                 }
             }
         }
+        cluster.set_primary_reachable(probes[0].is_some());
         if let Some(primary) = &probes[0] {
             for (i, p) in probes.iter().enumerate().skip(1) {
                 let Some(p) = p else { continue };
@@ -120,6 +129,22 @@ impl Checker {
         }
         changed
     }
+}
+
+/// Whether a PostgreSQL server listens at host:port: an SSLRequest gets a one-byte answer
+/// before any login, so this needs no credentials and leaves nothing in the server's log.
+async fn answers(host: &str, port: u16, timeout: Duration) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let probe = async {
+        let mut s = tokio::net::TcpStream::connect((host, port)).await.ok()?;
+        s.write_all(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f])
+            .await
+            .ok()?;
+        let mut answer = [0u8; 1];
+        s.read_exact(&mut answer).await.ok()?;
+        matches!(answer[0], b'S' | b'N').then_some(())
+    };
+    matches!(tokio::time::timeout(timeout, probe).await, Ok(Some(())))
 }
 
 /// Connects if needed and runs the probe, all within `timeout`. Hands back the connection

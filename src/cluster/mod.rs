@@ -11,7 +11,7 @@ use crate::config::{Config, LoadBalance, ReadFromPrimary};
 use crate::metrics::RouteCounters;
 use crate::server::Credentials;
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -111,6 +111,9 @@ pub struct Cluster {
     /// client pool's login.
     credentials: Mutex<Option<Credentials>>,
     epoch: Instant,
+    /// What the last health check found of the primary: 0 not checked yet, 1 reachable,
+    /// 2 not.
+    primary_state: AtomicU8,
 }
 
 impl Cluster {
@@ -142,7 +145,29 @@ impl Cluster {
             routes: RouteCounters::default(),
             credentials: Mutex::new(credentials),
             epoch: Instant::now(),
+            primary_state: AtomicU8::new(0),
         })
+    }
+
+    /// Whether the primary answered the last health check; None before the first.
+    pub fn primary_reachable(&self) -> Option<bool> {
+        match self.primary_state.load(Ordering::Relaxed) {
+            0 => None,
+            s => Some(s == 1),
+        }
+    }
+
+    fn set_primary_reachable(&self, ok: bool) {
+        let was = self
+            .primary_state
+            .swap(if ok { 1 } else { 2 }, Ordering::Relaxed);
+        if was != 0 && (was == 1) != ok {
+            if ok {
+                tracing::info!(db = %self.database, node = %self.nodes[0].addr, "primary reachable again");
+            } else {
+                tracing::warn!(db = %self.database, node = %self.nodes[0].addr, "primary unreachable");
+            }
+        }
     }
 
     pub fn has_replicas(&self) -> bool {

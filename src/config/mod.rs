@@ -66,6 +66,9 @@ pub struct General {
     pub max_replica_lag: Seconds,
     pub max_replica_lag_bytes: u64,
     pub write_functions: Vec<String>,
+    pub http_listen: String,
+    pub instance_name: String,
+    pub metrics_pgbouncer_compat: bool,
 }
 
 impl Default for General {
@@ -101,6 +104,9 @@ impl Default for General {
             max_replica_lag: Seconds::secs(0),
             max_replica_lag_bytes: 0,
             write_functions: Vec::new(),
+            http_listen: "127.0.0.1:9930".into(),
+            instance_name: String::new(),
+            metrics_pgbouncer_compat: false,
         }
     }
 }
@@ -355,6 +361,15 @@ impl Config {
         }
         if let Some(f) = g.write_functions.iter().find(|f| f.is_empty()) {
             return bad("write_functions", format!("\"{f}\" is not a function name"));
+        }
+        if !g.http_listen.is_empty() && g.http_listen.parse::<std::net::SocketAddr>().is_err() {
+            return bad(
+                "http_listen",
+                format!(
+                    "\"{}\" is not an address:port (or \"\" for none)",
+                    g.http_listen
+                ),
+            );
         }
         if self.databases.is_empty() {
             return bad(

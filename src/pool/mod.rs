@@ -10,9 +10,10 @@ mod limits;
 mod registry;
 
 pub use limits::{Limit, Limits};
-pub use registry::{Members, Pools};
+pub use registry::{ClientCounts, ClientState, InState, Members, Pools};
 
 use crate::config::{Config, PoolSettings};
+use crate::metrics::PoolMetrics;
 use crate::server::{ServerConn, Target};
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -71,8 +72,27 @@ struct Inner {
     idle: Vec<ServerConn>,
     /// Connections that exist or are being opened: idle + checked out + connecting.
     total: usize,
-    waiters: VecDeque<oneshot::Sender<Grant>>,
+    waiters: VecDeque<(Instant, oneshot::Sender<Grant>)>,
     last_failure: Option<(Instant, Arc<str>)>,
+    /// Connections being opened and logged in (counted in `total`).
+    opening: usize,
+}
+
+/// A pool's connections by state, as SHOW POOLS and the metrics report them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PoolStats {
+    /// Checked out by clients.
+    pub active: usize,
+    /// Idle, ready for a client.
+    pub idle: usize,
+    /// Idle past server_check_delay: checked before a client gets them.
+    pub used: usize,
+    /// Being opened.
+    pub login: usize,
+    /// Clients waiting in line for a connection.
+    pub waiting: usize,
+    /// How long the longest waiting client has waited.
+    pub max_wait: Duration,
 }
 
 pub struct Pool {
@@ -90,6 +110,7 @@ pub struct Pool {
     server_params: Mutex<Option<ServerParams>>,
     /// Set while `maintain` runs for this pool.
     pub(crate) maintaining: std::sync::atomic::AtomicBool,
+    pub metrics: PoolMetrics,
 }
 
 /// A place in the wait queue. Dropped before its grant was taken (the client gave up, or its
@@ -134,14 +155,14 @@ pub struct Checkout {
 }
 
 impl Pool {
+    /// A pool for clients of `database` logged in as `user`, with servers on node `node`.
     pub fn new(
-        database: &str,
-        user: &str,
-        node: usize,
+        (database, user, node): (&str, &str, usize),
         settings: PoolSettings,
         target: Target,
         limits: Limits,
         config: &Config,
+        metrics: PoolMetrics,
     ) -> Pool {
         Pool {
             database: database.to_owned(),
@@ -156,9 +177,11 @@ impl Pool {
                 total: 0,
                 waiters: VecDeque::new(),
                 last_failure: None,
+                opening: 0,
             }),
             server_params: Mutex::new(None),
             maintaining: Default::default(),
+            metrics,
         }
     }
 
@@ -200,14 +223,19 @@ impl Pool {
         loop {
             let mut c = self.take(start).await?;
             let Some((delay, query)) = &self.timeouts.check else {
+                self.metrics.wait.observe(c.waited.as_secs_f64());
                 return Ok(c);
             };
             if c.conn.idle_for(Instant::now()) < *delay {
+                self.metrics.wait.observe(c.waited.as_secs_f64());
                 return Ok(c);
             }
             let check = crate::server::query::simple(&mut c.conn, query);
             match tokio::time::timeout(self.timeouts.connect, check).await {
-                Ok(Ok(_)) if c.conn.buf.is_empty() => return Ok(c),
+                Ok(Ok(_)) if c.conn.buf.is_empty() => {
+                    self.metrics.wait.observe(c.waited.as_secs_f64());
+                    return Ok(c);
+                }
                 _ => {
                     tracing::info!(db = %self.database, user = %self.user, node = %self.target.addr(), server = c.conn.id, "server failed server_check_query");
                     self.give_back_slot();
@@ -241,7 +269,7 @@ impl Pool {
                 }
                 None => {
                     let (tx, rx) = oneshot::channel();
-                    inner.waiters.push_back(tx);
+                    inner.waiters.push_back((now, tx));
                     Err(Some(rx))
                 }
             }
@@ -384,8 +412,12 @@ impl Pool {
         mut opening: Opening<'_>,
         permits: Vec<tokio::sync::OwnedSemaphorePermit>,
     ) -> Result<ServerConn, PoolError> {
-        match ServerConn::connect(&self.target, self.timeouts.connect).await {
+        self.lock().opening += 1;
+        let connected = ServerConn::connect(&self.target, self.timeouts.connect).await;
+        self.lock().opening -= 1;
+        match connected {
             Ok(mut conn) => {
+                self.metrics.server_connects.inc();
                 opening.armed = false;
                 conn.permits = permits;
                 self.lock().last_failure = None;
@@ -393,6 +425,7 @@ impl Pool {
                 Ok(conn)
             }
             Err(e) => {
+                self.metrics.server_connect_errors.inc();
                 let why: Arc<str> = e.to_string().into();
                 tracing::warn!(db = %self.database, user = %self.user, node = %self.target.addr(), error = %why, "server login failed");
                 let mut inner = self.lock();
@@ -400,7 +433,7 @@ impl Pool {
                 if inner.total == 1 {
                     // This was the only connection, and none can come back to the waiters:
                     // tell them now instead of letting them run into query_wait_timeout.
-                    for w in inner.waiters.drain(..) {
+                    for (_, w) in inner.waiters.drain(..) {
                         let _ = w.send(Grant::Failed(PoolError::LoginFailing {
                             detail: why.clone(),
                         }));
@@ -428,7 +461,7 @@ impl Pool {
             return;
         }
         conn.last_used = now;
-        while let Some(w) = inner.waiters.pop_front() {
+        while let Some((_, w)) = inner.waiters.pop_front() {
             match w.send(Grant::Server(Box::new(conn))) {
                 Ok(()) => return,
                 Err(Grant::Server(c)) => conn = *c,
@@ -454,7 +487,7 @@ impl Pool {
         {
             return;
         }
-        while let Some(w) = inner.waiters.pop_front() {
+        while let Some((_, w)) = inner.waiters.pop_front() {
             inner.total += 1;
             if w.send(Grant::Connect).is_ok() {
                 return;
@@ -520,6 +553,30 @@ impl Pool {
                 Ok(conn) => self.release(conn, true),
                 Err(_) => return,
             }
+        }
+    }
+
+    pub fn stats(&self) -> PoolStats {
+        let now = Instant::now();
+        let inner = self.lock();
+        let used = match &self.timeouts.check {
+            Some((delay, _)) => inner
+                .idle
+                .iter()
+                .filter(|c| c.idle_for(now) >= *delay)
+                .count(),
+            None => 0,
+        };
+        PoolStats {
+            active: inner.total - inner.idle.len() - inner.opening,
+            idle: inner.idle.len() - used,
+            used,
+            login: inner.opening,
+            waiting: inner.waiters.len(),
+            max_wait: inner
+                .waiters
+                .front()
+                .map_or(Duration::ZERO, |(at, _)| now.saturating_duration_since(*at)),
         }
     }
 

@@ -5,15 +5,88 @@ use super::{Limit, Limits, Pool};
 use crate::auth::Secret;
 use crate::cluster::{Cluster, Clusters};
 use crate::config::Config;
+use crate::metrics::Metrics;
 use crate::server::{Credentials, Target};
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// The pools one client may use: one per node of its database, indexed like `cluster.nodes`.
 pub struct Members {
     pub cluster: Arc<Cluster>,
+    pub user: String,
     pub pools: Vec<Arc<Pool>>,
+    /// The clients of this (database, user) by state.
+    pub clients: ClientStates,
+}
+
+/// Clients connected, linked to a server, and waiting for one.
+#[derive(Debug, Default)]
+pub struct ClientStates {
+    connected: AtomicUsize,
+    active: AtomicUsize,
+    waiting: AtomicUsize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientState {
+    Connected,
+    Active,
+    Waiting,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ClientCounts {
+    pub active: usize,
+    pub waiting: usize,
+    pub idle: usize,
+}
+
+impl ClientStates {
+    fn cell(&self, state: ClientState) -> &AtomicUsize {
+        match state {
+            ClientState::Connected => &self.connected,
+            ClientState::Active => &self.active,
+            ClientState::Waiting => &self.waiting,
+        }
+    }
+
+    pub fn snapshot(&self) -> ClientCounts {
+        let connected = self.connected.load(Ordering::Relaxed);
+        let active = self.active.load(Ordering::Relaxed);
+        let waiting = self.waiting.load(Ordering::Relaxed);
+        ClientCounts {
+            active,
+            waiting,
+            idle: connected.saturating_sub(active + waiting),
+        }
+    }
+}
+
+/// Counts one client in a state for as long as it lives.
+pub struct InState {
+    members: Arc<Members>,
+    state: ClientState,
+}
+
+impl Members {
+    pub fn enter(self: &Arc<Self>, state: ClientState) -> InState {
+        self.clients.cell(state).fetch_add(1, Ordering::Relaxed);
+        InState {
+            members: self.clone(),
+            state,
+        }
+    }
+}
+
+impl Drop for InState {
+    fn drop(&mut self) {
+        self.members
+            .clients
+            .cell(self.state)
+            .fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl Members {
@@ -22,8 +95,8 @@ impl Members {
     }
 }
 
-#[derive(Default)]
 pub struct Pools {
+    metrics: Arc<Metrics>,
     map: Mutex<HashMap<(String, String), Arc<Members>>>,
     db_limits: Mutex<HashMap<String, Arc<Limit>>>,
     user_limits: Mutex<HashMap<String, Arc<Limit>>>,
@@ -46,6 +119,15 @@ fn shared_limit(
 }
 
 impl Pools {
+    pub fn new(metrics: Arc<Metrics>) -> Pools {
+        Pools {
+            metrics,
+            map: Mutex::default(),
+            db_limits: Mutex::default(),
+            user_limits: Mutex::default(),
+        }
+    }
+
     /// The pools for a client of `database` logged in as `user`, one per node of the
     /// database's cluster; `None` if the database is unknown.
     pub fn members(
@@ -100,20 +182,24 @@ impl Pools {
                 ),
             };
             let pool = Arc::new(Pool::new(
-                database,
-                user,
-                i,
+                (database, user, i),
                 settings.clone(),
                 target,
                 limits.clone(),
                 config,
+                self.metrics.for_pool(database, user, &node.addr),
             ));
             for limit in [&limits.db, &limits.user].into_iter().flatten() {
                 limit.add_pool(&pool);
             }
             pools.push(pool);
         }
-        let members = Arc::new(Members { cluster, pools });
+        let members = Arc::new(Members {
+            cluster,
+            user: user.to_owned(),
+            pools,
+            clients: ClientStates::default(),
+        });
         map.insert(key, members.clone());
         Some(members)
     }
@@ -129,7 +215,7 @@ impl Pools {
         }
     }
 
-    fn all_members(&self) -> Vec<Arc<Members>> {
+    pub fn all_members(&self) -> Vec<Arc<Members>> {
         self.map
             .lock()
             .unwrap_or_else(|e| e.into_inner())

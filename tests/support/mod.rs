@@ -73,6 +73,8 @@ impl Replicated {
 
 pub struct Pooler {
     pub addr: SocketAddr,
+    /// Where /metrics, /health and /ready answer.
+    pub http: Option<SocketAddr>,
     /// The running pooler's shared state, for looking at counters.
     pub ctx: std::sync::Arc<pgsluice::client::Context>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
@@ -99,7 +101,11 @@ impl Pooler {
         Pooler::with_config(Config::parse(&text, "test.toml").expect("test config"))
     }
 
-    pub fn with_config(config: Config) -> Pooler {
+    pub fn with_config(mut config: Config) -> Pooler {
+        // Tests run side by side: the default HTTP port would collide.
+        if config.general.http_listen == pgsluice::config::General::default().http_listen {
+            config.general.http_listen = "127.0.0.1:0".into();
+        }
         let _ = tracing_subscriber::fmt()
             .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
             .with_test_writer()
@@ -117,7 +123,11 @@ impl Pooler {
                     .await
                     .expect("bind");
                 addr_tx
-                    .send((service.local_addr(), service.ctx.clone()))
+                    .send((
+                        service.local_addr(),
+                        service.http_addr(),
+                        service.ctx.clone(),
+                    ))
                     .unwrap();
                 tokio::select! {
                     _ = service.serve() => {}
@@ -126,11 +136,12 @@ impl Pooler {
             });
             rt.shutdown_timeout(Duration::from_secs(2));
         });
-        let (addr, ctx) = addr_rx
+        let (addr, http, ctx) = addr_rx
             .recv_timeout(Duration::from_secs(10))
             .expect("pooler listening");
         Pooler {
             addr,
+            http,
             ctx,
             stop: Some(stop),
             thread: Some(thread),

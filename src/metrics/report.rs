@@ -1,0 +1,344 @@
+//! Gauges read from their owners when Prometheus scrapes: pools, clients, nodes, and the
+//! routing counters kept as plain atomics. Nothing here runs on the data path.
+
+use super::{gauge, Metrics, RouteReason};
+use crate::cluster::{Clusters, Role, Usable};
+use crate::config::Config;
+use crate::pool::{ClientCounts, PoolStats, Pools};
+use prometheus::{Encoder, GaugeVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
+use std::sync::Mutex;
+
+pub(crate) struct Gauges {
+    clients: IntGaugeVec,
+    servers: IntGaugeVec,
+    pool_size: IntGaugeVec,
+    routes: IntCounterVec,
+    lag_bytes: IntGaugeVec,
+    lag_seconds: GaugeVec,
+    banned: IntGaugeVec,
+    /// One scrape at a time: each rebuilds the gauges from scratch.
+    scrape: Mutex<()>,
+}
+
+impl Gauges {
+    pub(crate) fn new(r: &Registry) -> Gauges {
+        let lag_seconds = GaugeVec::new(
+            Opts::new(
+                "pgsluice_replica_lag_seconds",
+                "Replay lag of a replica behind its primary, in seconds.",
+            ),
+            &["database", "node", "instance"],
+        )
+        .expect("valid metric");
+        r.register(Box::new(lag_seconds.clone()))
+            .expect("unique metric");
+        let routes = IntCounterVec::new(
+            Opts::new(
+                "pgsluice_routing_decisions_total",
+                "Where work was sent and why (reason read, write, locking, write_function, \
+                 in_transaction, session, hint, replica_banned, lag, retry).",
+            ),
+            &["database", "reason", "instance"],
+        )
+        .expect("valid metric");
+        r.register(Box::new(routes.clone())).expect("unique metric");
+        Gauges {
+            clients: gauge(
+                r,
+                "pgsluice_clients",
+                "Client connections by state: active (linked to a server), waiting (for a \
+                 server), idle.",
+                &["database", "user", "state", "instance"],
+            ),
+            servers: gauge(
+                r,
+                "pgsluice_servers",
+                "Server connections by state: active (linked to a client), idle, used (idle \
+                 past server_check_delay), login (being opened).",
+                &["database", "user", "node", "state", "instance"],
+            ),
+            pool_size: gauge(
+                r,
+                "pgsluice_pool_size",
+                "Most server connections the pool opens (pool_size).",
+                &["database", "user", "node", "instance"],
+            ),
+            routes,
+            lag_bytes: gauge(
+                r,
+                "pgsluice_replica_lag_bytes",
+                "Bytes of WAL a replica has yet to replay, as of the last health check.",
+                &["database", "node", "instance"],
+            ),
+            lag_seconds,
+            banned: gauge(
+                r,
+                "pgsluice_node_banned",
+                "1 while a node gets no reads (banned after a failure, until a health check \
+                 passes).",
+                &["database", "node", "role", "instance"],
+            ),
+            scrape: Mutex::new(()),
+        }
+    }
+}
+
+impl Metrics {
+    /// The text exposition of every metric, with gauges read from `pools` and `clusters`,
+    /// and PgBouncer's families when `metrics_pgbouncer_compat` is on.
+    pub fn render(&self, pools: &Pools, clusters: &Clusters, config: &Config) -> String {
+        let g = &self.gauges;
+        let _one = g.scrape.lock().unwrap_or_else(|e| e.into_inner());
+        let inst = self.instance.as_str();
+        // Rebuilt from scratch, so that pools and nodes that are gone leave no series behind.
+        g.clients.reset();
+        g.servers.reset();
+        g.pool_size.reset();
+        g.lag_bytes.reset();
+        g.lag_seconds.reset();
+        g.banned.reset();
+        for members in pools.all_members() {
+            let (db, user) = (&members.cluster.database, members.user.as_str());
+            let c = members.clients.snapshot();
+            for (state, n) in [
+                ("active", c.active),
+                ("waiting", c.waiting),
+                ("idle", c.idle),
+            ] {
+                g.clients
+                    .with_label_values(&[db, user, state, inst])
+                    .set(n as i64);
+            }
+            for pool in &members.pools {
+                let node = members.cluster.nodes[pool.node].addr.as_str();
+                let s = pool.stats();
+                for (state, n) in [
+                    ("active", s.active),
+                    ("idle", s.idle),
+                    ("used", s.used),
+                    ("login", s.login),
+                ] {
+                    g.servers
+                        .with_label_values(&[db, user, node, state, inst])
+                        .set(n as i64);
+                }
+                g.pool_size
+                    .with_label_values(&[db, user, node, inst])
+                    .set(pool.settings.pool_size as i64);
+            }
+        }
+        for cluster in clusters.all() {
+            let db = cluster.database.as_str();
+            for reason in RouteReason::ALL {
+                let c = g.routes.with_label_values(&[db, reason.name(), inst]);
+                let now = cluster.routes.get(reason);
+                // Counters only go up: add what happened since the last scrape.
+                c.inc_by(now.saturating_sub(c.get()));
+            }
+            for node in &cluster.nodes {
+                let role = match node.role {
+                    Role::Primary => "primary",
+                    Role::Replica => "replica",
+                };
+                g.banned
+                    .with_label_values(&[db, &node.addr, role, inst])
+                    .set((node.usable() == Usable::Banned) as i64);
+                if node.role == Role::Replica {
+                    let (bytes, time) = node.lag();
+                    g.lag_bytes
+                        .with_label_values(&[db, &node.addr, inst])
+                        .set(bytes as i64);
+                    g.lag_seconds
+                        .with_label_values(&[db, &node.addr, inst])
+                        .set(time.as_secs_f64());
+                }
+            }
+        }
+        let mut out = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut out)
+            .expect("text encoding into memory");
+        let mut text = String::from_utf8(out).expect("the text format is UTF-8");
+        if config.general.metrics_pgbouncer_compat {
+            pgbouncer_compat(&mut text, pools, config);
+        }
+        text
+    }
+}
+
+/// One family in the text format, written by hand: PgBouncer's names, labels and units as
+/// pgbouncer_exporter emits them (no `instance` label: Prometheus adds its own there).
+struct Family<'a> {
+    out: &'a mut String,
+    name: &'static str,
+}
+
+impl<'a> Family<'a> {
+    fn new(out: &'a mut String, name: &'static str, kind: &str, help: &str) -> Family<'a> {
+        out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
+        Family { out, name }
+    }
+
+    fn sample(&mut self, labels: &[(&str, &str)], value: f64) {
+        let labels: Vec<String> = labels
+            .iter()
+            .map(|(k, v)| format!("{k}=\"{}\"", escape_label(v)))
+            .collect();
+        self.out.push_str(&format!(
+            "{}{{{}}} {}\n",
+            self.name,
+            labels.join(","),
+            value
+        ));
+    }
+}
+
+fn escape_label(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// The pgbouncer_pools_*, pgbouncer_stats_totals_* and pgbouncer_databases_* families.
+fn pgbouncer_compat(out: &mut String, pools: &Pools, config: &Config) {
+    let members = pools.all_members();
+    // SHOW POOLS: one row per (database, user); a pool's nodes are summed.
+    let pool_rows: Vec<_> = members
+        .iter()
+        .map(|m| {
+            let mut sum = PoolStats::default();
+            for p in &m.pools {
+                let s = p.stats();
+                sum.active += s.active;
+                sum.idle += s.idle;
+                sum.used += s.used;
+                sum.login += s.login;
+                sum.max_wait = sum.max_wait.max(s.max_wait);
+            }
+            (m, m.clients.snapshot(), sum)
+        })
+        .collect();
+    type PoolColumn = fn(&ClientCounts, &PoolStats) -> f64;
+    let columns: [(&str, &str, PoolColumn); 8] = [
+        ("pgbouncer_pools_client_active_connections", "Client connections linked to server connection and able to process queries, shown as connection", |c, _| c.active as f64),
+        ("pgbouncer_pools_client_waiting_connections", "Client connections waiting on a server connection, shown as connection", |c, _| c.waiting as f64),
+        ("pgbouncer_pools_server_active_connections", "Server connections linked to a client connection, shown as connection", |_, s| s.active as f64),
+        ("pgbouncer_pools_server_idle_connections", "Server connections idle and ready for a client query, shown as connection", |_, s| s.idle as f64),
+        ("pgbouncer_pools_server_used_connections", "Server connections idle more than server_check_delay, needing server_check_query, shown as connection", |_, s| s.used as f64),
+        ("pgbouncer_pools_server_testing_connections", "Server connections currently running either server_reset_query or server_check_query, shown as connection", |_, _| 0.0),
+        ("pgbouncer_pools_server_login_connections", "Server connections currently in the process of logging in, shown as connection", |_, s| s.login as f64),
+        ("pgbouncer_pools_client_maxwait_seconds", "Age of oldest unserved client connection, shown as second", |_, s| s.max_wait.as_secs_f64()),
+    ];
+    for (name, help, get) in columns {
+        let mut f = Family::new(out, name, "gauge", help);
+        for (m, c, s) in &pool_rows {
+            f.sample(
+                &[("database", &m.cluster.database), ("user", &m.user)],
+                get(c, s),
+            );
+        }
+    }
+
+    // SHOW STATS totals: one row per database.
+    #[derive(Default)]
+    struct Totals {
+        queries: u64,
+        query_seconds: f64,
+        received: u64,
+        sent: u64,
+        wait_seconds: f64,
+        xacts: u64,
+        xact_seconds: f64,
+        servers: usize,
+    }
+    let mut totals: std::collections::BTreeMap<&str, Totals> = Default::default();
+    for m in &members {
+        let t = totals.entry(m.cluster.database.as_str()).or_default();
+        for p in &m.pools {
+            let pm = &p.metrics;
+            t.queries += pm.queries.get();
+            t.query_seconds += pm.query.get_sample_sum();
+            t.received += pm.bytes_received.get();
+            t.sent += pm.bytes_sent.get();
+            t.wait_seconds += pm.wait.get_sample_sum();
+            t.xacts += pm.transactions.get();
+            t.xact_seconds += pm.transaction.get_sample_sum();
+            let s = p.stats();
+            t.servers += s.active + s.idle + s.used + s.login;
+        }
+    }
+    type TotalColumn = fn(&Totals) -> f64;
+    let columns: [(&str, &str, TotalColumn); 8] = [
+        ("pgbouncer_stats_totals_queries_pooled_total", "Total number of SQL queries pooled", |t| t.queries as f64),
+        ("pgbouncer_stats_totals_queries_duration_seconds_total", "Total number of seconds spent by pgbouncer when actively connected to PostgreSQL, executing queries", |t| t.query_seconds),
+        ("pgbouncer_stats_totals_received_bytes_total", "Total volume in bytes of network traffic received by pgbouncer, shown as bytes", |t| t.received as f64),
+        ("pgbouncer_stats_totals_queries_total", "Total number of SQL requests pooled by pgbouncer, shown as requests", |t| t.queries as f64),
+        ("pgbouncer_stats_totals_sent_bytes_total", "Total volume in bytes of network traffic sent by pgbouncer, shown as bytes", |t| t.sent as f64),
+        ("pgbouncer_stats_totals_client_wait_seconds_total", "Time spent by clients waiting for a server in seconds", |t| t.wait_seconds),
+        ("pgbouncer_stats_totals_sql_transactions_pooled_total", "Total number of SQL transactions pooled", |t| t.xacts as f64),
+        ("pgbouncer_stats_totals_server_in_transaction_seconds_total", "Total number of seconds spent by pgbouncer when connected to PostgreSQL in a transaction, either idle in transaction or executing queries", |t| t.xact_seconds),
+    ];
+    for (name, help, get) in columns {
+        let mut f = Family::new(out, name, "counter", help);
+        for (db, t) in &totals {
+            f.sample(&[("database", db)], get(t));
+        }
+    }
+
+    // SHOW DATABASES: one row per configured database, for its primary.
+    type DbColumn = fn(&crate::config::Database, &Config, &str, usize) -> f64;
+    let columns: [(&str, &str, DbColumn); 6] = [
+        (
+            "pgbouncer_databases_pool_size",
+            "Maximum number of server connections",
+            |d, c, _, _| d.pool_size.unwrap_or(c.general.default_pool_size) as f64,
+        ),
+        (
+            "pgbouncer_databases_reserve_pool",
+            "Maximum number of additional connections for this database",
+            |_, c, _, _| c.general.reserve_pool_size as f64,
+        ),
+        (
+            "pgbouncer_databases_max_connections",
+            "Maximum number of allowed connections for this database",
+            |_, c, name, _| c.max_db_connections(name) as f64,
+        ),
+        (
+            "pgbouncer_databases_current_connections",
+            "Current number of connections for this database",
+            |_, _, _, n| n as f64,
+        ),
+        (
+            "pgbouncer_databases_paused",
+            "1 if this database is currently paused, else 0",
+            |_, _, _, _| 0.0,
+        ),
+        (
+            "pgbouncer_databases_disabled",
+            "1 if this database is currently disabled, else 0",
+            |_, _, _, _| 0.0,
+        ),
+    ];
+    for (name, help, get) in columns {
+        let mut f = Family::new(out, name, "gauge", help);
+        for (db_name, db) in &config.databases {
+            let servers = totals.get(db_name.as_str()).map_or(0, |t| t.servers);
+            let mode = match db.pool_mode.unwrap_or(config.general.pool_mode) {
+                crate::config::PoolMode::Session => "session",
+                crate::config::PoolMode::Transaction => "transaction",
+            };
+            let port = db.port.to_string();
+            f.sample(
+                &[
+                    ("name", db_name),
+                    ("host", &db.host),
+                    ("port", &port),
+                    ("database", db.dbname.as_deref().unwrap_or(db_name)),
+                    ("force_user", db.user.as_deref().unwrap_or("")),
+                    ("pool_mode", mode),
+                ],
+                get(db, config, db_name, servers),
+            );
+        }
+    }
+}
