@@ -4,6 +4,7 @@
 use pgsluice::config::Config;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use tokio::signal::unix::{signal, SignalKind};
 
 const USAGE: &str = "usage:
   pgsluice [run] --config FILE    run the pooler
@@ -102,9 +103,28 @@ fn main() -> ExitCode {
                         return ExitCode::FAILURE;
                     }
                 };
-                tokio::select! {
-                    _ = service.serve() => {}
-                    _ = tokio::signal::ctrl_c() => tracing::info!("interrupted, exiting"),
+                let ctx = service.ctx.clone();
+                let serving = service.serve();
+                tokio::pin!(serving);
+                let mut term = match signal(SignalKind::terminate()) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot handle SIGTERM");
+                        return ExitCode::FAILURE;
+                    }
+                };
+                loop {
+                    tokio::select! {
+                        _ = &mut serving => break,
+                        _ = term.recv() => {
+                            tracing::info!("SIGTERM: draining, then exiting");
+                            ctx.shutdown(false);
+                        }
+                        _ = tokio::signal::ctrl_c() => {
+                            tracing::info!("SIGINT: closing clients, then exiting");
+                            ctx.shutdown(true);
+                        }
+                    }
                 }
                 ExitCode::SUCCESS
             })

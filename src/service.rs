@@ -1,11 +1,12 @@
 //! The listening socket and the process's long-lived tasks.
 
-use crate::client::{self, Context};
+use crate::client::{self, Context, Phase};
 use crate::cluster::health::Checker;
 use crate::cluster::Cluster;
 use crate::config::Config;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::net::TcpListener;
 
 /// A bound but not yet serving pooler; tests bind port 0 and read the address back.
@@ -47,7 +48,8 @@ impl Service {
         self.http.as_ref().and_then(|l| l.local_addr().ok())
     }
 
-    /// Accepts clients until the future is dropped.
+    /// Accepts clients until shutdown begins (`Context::shutdown`), then stops accepting,
+    /// lets clients finish as the shutdown asks, and returns once they are gone.
     pub async fn serve(mut self) {
         tracing::info!(addr = %self.local_addr(), "listening");
         let mut background = tokio::task::JoinSet::new();
@@ -59,18 +61,47 @@ impl Service {
         for cluster in self.ctx.clusters.all() {
             background.spawn(watch(self.ctx.clone(), cluster));
         }
+        let mut phase = self.ctx.phase.subscribe();
         loop {
-            match self.listener.accept().await {
+            let accepted = tokio::select! {
+                a = self.listener.accept() => a,
+                _ = phase.wait_for(|p| *p != Phase::Running) => break,
+            };
+            match accepted {
                 Ok((stream, peer)) => {
                     tokio::spawn(client::handle(self.ctx.clone(), stream, peer));
                 }
                 Err(e) => {
                     // Out of file descriptors and the like: back off instead of spinning.
                     tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             }
         }
+        // New clients are refused from here on; /ready already says 503.
+        drop(self.listener);
+        let timeout = self.ctx.config.load().general.shutdown_timeout.0;
+        tracing::info!(clients = self.ctx.client_count(), ?timeout, "shutting down");
+        let gone = |ctx: &Context| ctx.client_count() == 0;
+        if tokio::time::timeout(timeout, wait_until(&self.ctx, gone))
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                clients = self.ctx.client_count(),
+                "shutdown_timeout reached: closing the remaining clients"
+            );
+            self.ctx.shutdown(true);
+        }
+        // Closing rolls back and cleans up, which has its own bound per client.
+        let _ = tokio::time::timeout(Duration::from_secs(15), wait_until(&self.ctx, gone)).await;
+        tracing::info!("shut down");
+    }
+}
+
+async fn wait_until(ctx: &Context, done: impl Fn(&Context) -> bool) {
+    while !done(ctx) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 

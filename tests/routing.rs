@@ -280,9 +280,10 @@ async fn a_lagging_replica_gets_no_reads_until_it_catches_up() {
     // A pause is only requested at first: wait until replay has stopped.
     let pause = |r: &pgsluice::demo::LocalPostgres| {
         r.psql("SELECT pg_wal_replay_pause()").unwrap();
-        assert!(support::wait_for(std::time::Duration::from_secs(10), || {
-            r.psql("SELECT pg_get_wal_replay_pause_state()").unwrap() == "paused"
-        }));
+        assert!(support::wait_for(
+            std::time::Duration::from_secs(10),
+            || { r.psql("SELECT pg_get_wal_replay_pause_state()").unwrap() == "paused" }
+        ));
     };
     let behind = &pg.replicas[0];
     pause(behind);

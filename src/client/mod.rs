@@ -17,10 +17,20 @@ use arc_swap::ArcSwap;
 use bytes::BytesMut;
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
+
+/// Where the process is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Phase {
+    Running,
+    /// No new clients; transactions in flight may finish, then each client is closed.
+    Draining,
+    /// Every client is closed now; open transactions are rolled back.
+    Closing,
+}
 
 /// What every client task shares.
 pub struct Context {
@@ -28,8 +38,8 @@ pub struct Context {
     pub pools: Arc<Pools>,
     pub clusters: Clusters,
     pub metrics: Arc<Metrics>,
-    /// Set when shutdown begins: /ready turns 503 so a load balancer drains this instance.
-    pub shutting_down: AtomicBool,
+    /// Running, or how the process is shutting down. Sessions watch it.
+    pub phase: tokio::sync::watch::Sender<Phase>,
     pub cancels: cancel::Cancels,
     pub statements: statements::Registry,
     clients: AtomicUsize,
@@ -51,10 +61,32 @@ impl Context {
             config: ArcSwap::from_pointee(config),
             statements: statements::Registry::default(),
             clients: AtomicUsize::new(0),
-            shutting_down: AtomicBool::new(false),
+            phase: tokio::sync::watch::Sender::new(Phase::Running),
             mock_secret: rand::random(),
             verifiers: Mutex::default(),
         })
+    }
+
+    /// Begins shutting down: `fast` closes clients at once instead of letting their
+    /// transactions finish. A later call may only hurry it on.
+    pub fn shutdown(&self, fast: bool) {
+        let to = if fast {
+            Phase::Closing
+        } else {
+            Phase::Draining
+        };
+        self.phase.send_if_modified(|p| {
+            let later = to > *p;
+            if later {
+                *p = to;
+            }
+            later
+        });
+    }
+
+    /// Clients connected right now, logging in included.
+    pub fn client_count(&self) -> usize {
+        self.clients.load(Ordering::Relaxed)
     }
 
     fn verifier_for(&self, user: &str, password: &str) -> Verifier {
@@ -85,7 +117,7 @@ impl crate::metrics::http::Status for Context {
     }
 
     fn ready(&self) -> Result<(), String> {
-        if self.shutting_down.load(Ordering::Relaxed) {
+        if *self.phase.borrow() != Phase::Running {
             return Err("shutting down".into());
         }
         for cluster in self.clusters.all() {
@@ -164,14 +196,6 @@ pub async fn handle(ctx: Arc<Context>, mut stream: TcpStream, peer: SocketAddr) 
         }
     };
     tracing::info!(%peer, user = %login.user, db = %login.database, pid = registration.process_id, "client login");
-    let reason = session::run(
-        &config,
-        &ctx.statements,
-        &ctx.clients,
-        login,
-        &mut stream,
-        &registration,
-    )
-    .await;
+    let reason = session::run(&ctx, &config, login, &mut stream, &registration).await;
     tracing::info!(%peer, pid = registration.process_id, reason, "client logout");
 }

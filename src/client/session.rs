@@ -11,6 +11,7 @@ use super::cancel::Registration;
 use super::login::{LoggedIn, TRACKED};
 use super::params::SessionParams;
 use super::statements::{ClientStatements, Registry, Statement};
+use super::{Context, Phase};
 use crate::cluster::InFlight;
 use crate::config::{Config, General, PoolMode};
 use crate::metrics::RouteReason;
@@ -91,6 +92,8 @@ enum Unlink {
     ServerGone,
     Violation(ProtocolError),
     IdleTransactionTimeout,
+    /// The process is shutting down: between transactions, or at once.
+    Shutdown,
     /// The node failed before any of the answer reached the client: run the work elsewhere.
     Retry(Retry),
 }
@@ -113,6 +116,8 @@ struct Session<'a> {
     statements: ClientStatements,
     /// Clients connected to this process, to decide whether idle buffers are kept.
     clients: &'a std::sync::atomic::AtomicUsize,
+    /// Whether the process is shutting down.
+    phase: tokio::sync::watch::Receiver<Phase>,
     /// The tracker, server-bound buffer and replay buffer of the last link, kept for the
     /// next one.
     spare: (Tracker, BytesMut, BytesMut),
@@ -122,13 +127,13 @@ struct Session<'a> {
 const NO_STATEMENT: &[u8] = b"pgsluice_none";
 
 pub async fn run(
+    ctx: &Context,
     config: &Config,
-    registry: &Registry,
-    clients: &std::sync::atomic::AtomicUsize,
     login: LoggedIn,
     client: &mut TcpStream,
     reg: &Registration<'_>,
 ) -> &'static str {
+    let (registry, clients) = (&ctx.statements, &ctx.clients);
     let mode = login.members.primary().settings.pool_mode;
     let _connected = login.members.enter(ClientState::Connected);
     let mut s = Session {
@@ -147,6 +152,7 @@ pub async fn run(
         statements: ClientStatements::default(),
         clients,
         spare: (Tracker::default(), BytesMut::new(), BytesMut::new()),
+        phase: ctx.phase.subscribe(),
     };
     s.serve().await
 }
@@ -210,6 +216,9 @@ impl Session<'_> {
                             let message = e.to_string();
                             return self.end(link, "protocol violation", Some(&message)).await;
                         }
+                        Unlink::Shutdown => {
+                            return self.shut(Some(link)).await;
+                        }
                         Unlink::IdleTransactionTimeout => {
                             let message = Some("idle transaction timeout");
                             return self.end(link, "idle_transaction_timeout", message).await;
@@ -235,6 +244,20 @@ impl Session<'_> {
         reason
     }
 
+    /// Closes the client because the process is shutting down, as PostgreSQL does (57P01);
+    /// a server it held is made safe first.
+    async fn shut(&mut self, link: Option<Box<Link>>) -> &'static str {
+        self.fatal(
+            sqlstate::ADMIN_SHUTDOWN,
+            "terminating connection due to administrator command",
+        )
+        .await;
+        if let Some(link) = link {
+            Box::pin(self.finish(link)).await;
+        }
+        "shutting down"
+    }
+
     async fn fatal(&mut self, code: &str, message: &str) {
         backend::error_response(&mut self.to_client, "FATAL", code, message);
         let _ = self.client.write_all(&self.to_client).await;
@@ -244,6 +267,9 @@ impl Session<'_> {
 
     /// Without a server: wait for the client's next message. True when it needs a server.
     async fn idle_step(&mut self) -> Result<bool, &'static str> {
+        if *self.phase.borrow() != Phase::Running {
+            return Err(self.shut(None).await);
+        }
         if !self.to_client.is_empty() {
             self.client
                 .write_all(&self.to_client)
@@ -260,7 +286,10 @@ impl Session<'_> {
             }
         };
         let Some(h) = header.filter(|h| self.cbuf.len() >= h.len) else {
-            self.read_idle().await?;
+            match self.read_idle().await {
+                Err("shutting down: idle") => return Err(self.shut(None).await),
+                r => r?,
+            }
             return Ok(false);
         };
         let msg = match frontend::parse(h.tag, &self.cbuf[5..h.len]) {
@@ -556,19 +585,28 @@ impl Session<'_> {
             self.to_client = BytesMut::new();
             self.spare = (Tracker::default(), BytesMut::new(), BytesMut::new());
         }
-        let wait = self.client.readable();
-        match self.general.client_idle_timeout.enabled() {
-            // Boxed: a timer is large, and every idle client would carry its space otherwise.
-            Some(t) => {
-                if Box::pin(tokio::time::timeout(t, wait)).await.is_err() {
-                    self.fatal(sqlstate::PROTOCOL_VIOLATION, "client_idle_timeout")
-                        .await;
-                    return Err("client_idle_timeout");
-                }
+        let timeout = self.general.client_idle_timeout.enabled();
+        let timed_out = {
+            let wait = self.client.readable();
+            let shutdown = self.phase.wait_for(|p| *p != Phase::Running);
+            match timeout {
+                // Boxed: a timer is large, and every idle client would carry its space
+                // otherwise.
+                Some(t) => tokio::select! {
+                    _ = wait => false,
+                    _ = shutdown => return Err("shutting down: idle"),
+                    _ = Box::pin(tokio::time::sleep(t)) => true,
+                },
+                None => tokio::select! {
+                    _ = wait => false,
+                    _ = shutdown => return Err("shutting down: idle"),
+                },
             }
-            None => {
-                let _ = wait.await;
-            }
+        };
+        if timed_out {
+            self.fatal(sqlstate::PROTOCOL_VIOLATION, "client_idle_timeout")
+                .await;
+            return Err("client_idle_timeout");
         }
         self.cbuf.reserve(READ_CHUNK);
         match self.client.read_buf(&mut self.cbuf).await {
@@ -754,6 +792,11 @@ impl Session<'_> {
                 self.to_client.clear();
                 return Unlink::Terminate;
             }
+            let phase = *self.phase.borrow();
+            let between = link.tracker.idle() && settled && !terminating;
+            if phase == Phase::Closing || (phase == Phase::Draining && between) {
+                return Unlink::Shutdown;
+            }
             let waiting_in_tx = idle_tx.filter(|_| {
                 link.tracker.status != TxStatus::Idle
                     && !link.tracker.busy()
@@ -834,6 +877,8 @@ impl Session<'_> {
                     _ => return Unlink::ClientGone,
                 },
                 _ = sleep_or_never(waiting_in_tx) => return Unlink::IdleTransactionTimeout,
+                // Woken to look at the phase again at the top of the loop.
+                _ = self.phase.changed() => {}
             }
         }
     }

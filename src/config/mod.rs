@@ -69,6 +69,7 @@ pub struct General {
     pub http_listen: String,
     pub instance_name: String,
     pub metrics_pgbouncer_compat: bool,
+    pub shutdown_timeout: Seconds,
 }
 
 impl Default for General {
@@ -107,6 +108,7 @@ impl Default for General {
             http_listen: "127.0.0.1:9930".into(),
             instance_name: String::new(),
             metrics_pgbouncer_compat: false,
+            shutdown_timeout: Seconds::secs(20),
         }
     }
 }
