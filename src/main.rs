@@ -104,12 +104,15 @@ fn main() -> ExitCode {
                     }
                 };
                 let ctx = service.ctx.clone();
+                let _ = ctx.config_path.set(path.clone());
                 let serving = service.serve();
                 tokio::pin!(serving);
-                let mut term = match signal(SignalKind::terminate()) {
+                let signals = signal(SignalKind::terminate())
+                    .and_then(|t| Ok((t, signal(SignalKind::hangup())?)));
+                let (mut term, mut hup) = match signals {
                     Ok(s) => s,
                     Err(e) => {
-                        tracing::error!(error = %e, "cannot handle SIGTERM");
+                        tracing::error!(error = %e, "cannot handle signals");
                         return ExitCode::FAILURE;
                     }
                 };
@@ -119,6 +122,11 @@ fn main() -> ExitCode {
                         _ = term.recv() => {
                             tracing::info!("SIGTERM: draining, then exiting");
                             ctx.shutdown(false);
+                        }
+                        _ = hup.recv() => {
+                            tracing::info!("SIGHUP: reloading {}", path.display());
+                            // A refused reload is logged by reload() and changes nothing.
+                            let _ = ctx.reload();
                         }
                         _ = tokio::signal::ctrl_c() => {
                             tracing::info!("SIGINT: closing clients, then exiting");

@@ -58,9 +58,7 @@ impl Service {
             background.spawn(crate::metrics::http::serve(http, self.ctx.clone()));
         }
         background.spawn(self.ctx.pools.clone().maintain_forever());
-        for cluster in self.ctx.clusters.all() {
-            background.spawn(watch(self.ctx.clone(), cluster));
-        }
+        background.spawn(supervise(self.ctx.clone()));
         let mut phase = self.ctx.phase.subscribe();
         loop {
             let accepted = tokio::select! {
@@ -105,7 +103,29 @@ async fn wait_until(ctx: &Context, done: impl Fn(&Context) -> bool) {
     }
 }
 
-/// Checks a cluster's nodes every health_check_interval, for as long as the process runs.
+/// Keeps one health watcher per cluster, also across reloads that add or replace clusters.
+async fn supervise(ctx: Arc<Context>) {
+    let mut watchers: Vec<(Arc<Cluster>, tokio::task::JoinHandle<()>)> = Vec::new();
+    loop {
+        let current = ctx.clusters.all();
+        watchers.retain(|(c, task)| {
+            let live = current.iter().any(|n| Arc::ptr_eq(n, c));
+            if !live {
+                task.abort();
+            }
+            live
+        });
+        for cluster in current {
+            if !watchers.iter().any(|(c, _)| Arc::ptr_eq(c, &cluster)) {
+                let task = tokio::spawn(watch(ctx.clone(), cluster.clone()));
+                watchers.push((cluster, task));
+            }
+        }
+        ctx.topology_changed.notified().await;
+    }
+}
+
+/// Checks a cluster's nodes every health_check_interval, for as long as it is configured.
 async fn watch(ctx: Arc<Context>, cluster: Arc<Cluster>) {
     let mut checker = Checker::default();
     loop {

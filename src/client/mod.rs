@@ -38,6 +38,10 @@ pub struct Context {
     pub pools: Arc<Pools>,
     pub clusters: Clusters,
     pub metrics: Arc<Metrics>,
+    /// The file the configuration came from, for reloads.
+    pub config_path: std::sync::OnceLock<std::path::PathBuf>,
+    /// Woken when a reload may have added databases, whose health then needs watching.
+    pub topology_changed: tokio::sync::Notify,
     /// Running, or how the process is shutting down. Sessions watch it.
     pub phase: tokio::sync::watch::Sender<Phase>,
     pub cancels: cancel::Cancels,
@@ -62,6 +66,8 @@ impl Context {
             statements: statements::Registry::default(),
             clients: AtomicUsize::new(0),
             phase: tokio::sync::watch::Sender::new(Phase::Running),
+            config_path: std::sync::OnceLock::new(),
+            topology_changed: tokio::sync::Notify::new(),
             mock_secret: rand::random(),
             verifiers: Mutex::default(),
         })
@@ -82,6 +88,50 @@ impl Context {
             }
             later
         });
+    }
+
+    /// Reads the configuration file again and applies it (SIGHUP, admin RELOAD). A file that
+    /// does not load or validate changes nothing; the error is returned and logged.
+    pub fn reload(&self) -> Result<(), String> {
+        let Some(path) = self.config_path.get() else {
+            return Err("pgsluice was started without a configuration file".into());
+        };
+        match Config::load(path) {
+            Ok(config) => {
+                self.apply(config);
+                Ok(())
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "reload refused: the configuration is unchanged");
+                Err(e.to_string())
+            }
+        }
+    }
+
+    /// Puts a validated configuration into effect without dropping clients.
+    pub fn apply(&self, mut config: Config) {
+        let old = self.config.load_full();
+        let (o, n) = (&old.general, &mut config.general);
+        // Sockets and cancel keys already handed out: these wait for a restart.
+        for (key, changed) in [
+            ("listen_addr", o.listen_addr != n.listen_addr),
+            ("listen_port", o.listen_port != n.listen_port),
+            ("http_listen", o.http_listen != n.http_listen),
+            ("peer_id", o.peer_id != n.peer_id),
+        ] {
+            if changed {
+                tracing::warn!(key, "changed, but takes effect only at a restart");
+            }
+        }
+        n.listen_addr.clone_from(&o.listen_addr);
+        n.listen_port = o.listen_port;
+        n.http_listen.clone_from(&o.http_listen);
+        n.peer_id = o.peer_id;
+        self.clusters.reload(&config);
+        self.pools.reload(&config, &self.clusters);
+        self.config.store(Arc::new(config));
+        self.topology_changed.notify_one();
+        tracing::info!("configuration reloaded");
     }
 
     /// Clients connected right now, logging in included.
@@ -196,6 +246,6 @@ pub async fn handle(ctx: Arc<Context>, mut stream: TcpStream, peer: SocketAddr) 
         }
     };
     tracing::info!(%peer, user = %login.user, db = %login.database, pid = registration.process_id, "client login");
-    let reason = session::run(&ctx, &config, login, &mut stream, &registration).await;
+    let reason = session::run(&ctx, config, login, &mut stream, &registration).await;
     tracing::info!(%peer, pid = registration.process_id, reason, "client logout");
 }

@@ -13,7 +13,7 @@ use super::params::SessionParams;
 use super::statements::{ClientStatements, Registry, Statement};
 use super::{Context, Phase};
 use crate::cluster::InFlight;
-use crate::config::{Config, General, PoolMode};
+use crate::config::{Config, PoolMode};
 use crate::metrics::RouteReason;
 use crate::pool::{ClientState, InState, Members, Pool, PoolError};
 use crate::protocol::backend::{self, Action, Event, Scanner, TxStatus};
@@ -99,7 +99,10 @@ enum Unlink {
 }
 
 struct Session<'a> {
-    general: &'a General,
+    /// The configuration as of this client's current transaction: taken afresh at each
+    /// one, so a reload reaches connected clients too.
+    config: Arc<Config>,
+    ctx: &'a Context,
     members: Arc<Members>,
     mode: PoolMode,
     /// `SET pgsluice.route` or the startup option.
@@ -128,16 +131,17 @@ const NO_STATEMENT: &[u8] = b"pgsluice_none";
 
 pub async fn run(
     ctx: &Context,
-    config: &Config,
+    config: Arc<Config>,
     login: LoggedIn,
     client: &mut TcpStream,
     reg: &Registration<'_>,
 ) -> &'static str {
     let (registry, clients) = (&ctx.statements, &ctx.clients);
-    let mode = login.members.primary().settings.pool_mode;
+    let mode = login.members.primary().setup().settings.pool_mode;
     let _connected = login.members.enter(ClientState::Connected);
     let mut s = Session {
-        general: &config.general,
+        config,
+        ctx,
         members: login.members,
         mode,
         route: login.route,
@@ -277,7 +281,7 @@ impl Session<'_> {
                 .map_err(|_| "client disconnected")?;
             self.to_client.clear();
         }
-        let header = match frontend::header(&self.cbuf, self.general.max_packet_size) {
+        let header = match frontend::header(&self.cbuf, self.config.general.max_packet_size) {
             Ok(h) => h,
             Err(e) => {
                 self.fatal(sqlstate::PROTOCOL_VIOLATION, &e.to_string())
@@ -308,7 +312,7 @@ impl Session<'_> {
             }
         }
         if let frontend::Message::Close { kind: b'S', name } = msg {
-            if self.general.max_prepared_statements > 0 && !name.is_empty() {
+            if self.config.general.max_prepared_statements > 0 && !name.is_empty() {
                 // Only this client's name goes (as inside a transaction): no server needed.
                 self.statements.remove(name);
                 self.cbuf.advance(h.len);
@@ -356,7 +360,7 @@ impl Session<'_> {
     /// What the client's next unit of work is: the statements of its Query, or of its
     /// extended-protocol messages up to Sync, as far as they have arrived.
     fn work(&self) -> Work {
-        let wf = &self.general.write_functions;
+        let wf = &self.config.general.write_functions;
         let mut work: Option<Work> = None;
         let mut add = |class: Class, hint: Option<Hint>| {
             work = Some(match work {
@@ -373,7 +377,9 @@ impl Session<'_> {
         let mut complete = false;
         // Statements parsed earlier in this unit: already classified at their Parse.
         let mut parsed: Vec<&[u8]> = Vec::new();
-        while let Ok(Some(h)) = frontend::header(&self.cbuf[at..], self.general.max_packet_size) {
+        while let Ok(Some(h)) =
+            frontend::header(&self.cbuf[at..], self.config.general.max_packet_size)
+        {
             let Some(frame) = self.cbuf.get(at..at + h.len) else {
                 break;
             };
@@ -433,6 +439,7 @@ impl Session<'_> {
     /// session parameters in line with this client's. A replica that cannot be reached is
     /// banned and the work placed again.
     async fn link(&mut self) -> Result<Option<Box<Link>>, &'static str> {
+        self.config = self.ctx.config.load_full();
         let cluster = self.members.cluster.clone();
         let (decision, checkout) = loop {
             let session = policy::Session {
@@ -535,7 +542,7 @@ impl Session<'_> {
 
     /// Answers the client's next unit of work with an error instead of running it.
     fn reject_unit(&mut self, code: &str, message: &str) {
-        while let Ok(Some(h)) = frontend::header(&self.cbuf, self.general.max_packet_size) {
+        while let Ok(Some(h)) = frontend::header(&self.cbuf, self.config.general.max_packet_size) {
             if self.cbuf.len() < h.len {
                 break;
             }
@@ -552,7 +559,7 @@ impl Session<'_> {
     /// to it (the health checker does the same for other users' pools).
     fn ban(&self, node: usize, why: &str) {
         let cluster = &self.members.cluster;
-        if node != 0 && cluster.ban(node, self.general.ban_time.0, why) {
+        if node != 0 && cluster.ban(node, self.config.general.ban_time.0, why) {
             self.members.pools[node].drain_idle("node banned");
         }
     }
@@ -585,7 +592,7 @@ impl Session<'_> {
             self.to_client = BytesMut::new();
             self.spare = (Tracker::default(), BytesMut::new(), BytesMut::new());
         }
-        let timeout = self.general.client_idle_timeout.enabled();
+        let timeout = self.config.general.client_idle_timeout.enabled();
         let timed_out = {
             let wait = self.client.readable();
             let shutdown = self.phase.wait_for(|p| *p != Phase::Running);
@@ -631,7 +638,7 @@ impl Session<'_> {
             frontend::encode_query(&mut link.to_server, &sql);
             link.tracker.sent(b'Q');
             let mut failure = None;
-            let deadline = Instant::now() + self.general.server_connect_timeout.0;
+            let deadline = Instant::now() + self.config.general.server_connect_timeout.0;
             let done = drain(link, deadline, &mut self.params, &mut failure).await;
             if let Some(message) = failure {
                 return Err(message);
@@ -653,9 +660,9 @@ impl Session<'_> {
     /// Moves every complete client frame into the server's output, mapping named prepared
     /// statements to the pooler's. Stops after Terminate.
     fn take_client_frames(&mut self, link: &mut Link) -> Result<bool, ProtocolError> {
-        let map = self.general.max_prepared_statements > 0;
+        let map = self.config.general.max_prepared_statements > 0;
         loop {
-            let Some(h) = frontend::header(&self.cbuf, self.general.max_packet_size)? else {
+            let Some(h) = frontend::header(&self.cbuf, self.config.general.max_packet_size)? else {
                 return Ok(false);
             };
             if self.cbuf.len() < h.len {
@@ -689,7 +696,7 @@ impl Session<'_> {
                         prepare_on_server(
                             link,
                             &stmt,
-                            self.general.max_prepared_statements,
+                            self.config.general.max_prepared_statements,
                             Reply::Forward,
                         );
                     }
@@ -701,7 +708,11 @@ impl Session<'_> {
                 } if map && !statement.is_empty() => {
                     match self.statements.get(statement) {
                         Some(stmt) => {
-                            ensure_prepared(link, stmt, self.general.max_prepared_statements);
+                            ensure_prepared(
+                                link,
+                                stmt,
+                                self.config.general.max_prepared_statements,
+                            );
                             frontend::encode_bind(&mut link.to_server, portal, &stmt.name, params);
                         }
                         // Unknown to us: the server answers with PostgreSQL's own error.
@@ -711,7 +722,11 @@ impl Session<'_> {
                 frontend::Message::Describe { kind: b'S', name } if map && !name.is_empty() => {
                     match self.statements.get(name) {
                         Some(stmt) => {
-                            ensure_prepared(link, stmt, self.general.max_prepared_statements);
+                            ensure_prepared(
+                                link,
+                                stmt,
+                                self.config.general.max_prepared_statements,
+                            );
                             frontend::encode_target(&mut link.to_server, b'D', b'S', &stmt.name);
                         }
                         None => out.extend_from_slice(frame),
@@ -752,7 +767,7 @@ impl Session<'_> {
     async fn pump(&mut self, link: &mut Link) -> Unlink {
         let mut terminating = false;
         let mut forwarded = false;
-        let idle_tx = self.general.idle_transaction_timeout.enabled();
+        let idle_tx = self.config.general.idle_transaction_timeout.enabled();
         loop {
             // Release before taking the client's next transaction, so that clients waiting
             // for a server get their turn even against a client that never pauses.
@@ -887,7 +902,7 @@ impl Session<'_> {
     async fn finish(&mut self, mut link: Box<Link>) {
         let reset = match self.mode {
             PoolMode::Session => {
-                Some(self.general.server_reset_query.as_str()).filter(|q| !q.is_empty())
+                Some(self.config.general.server_reset_query.as_str()).filter(|q| !q.is_empty())
             }
             PoolMode::Transaction => None,
         };

@@ -92,10 +92,39 @@ impl Node {
     }
 }
 
+/// What makes two configurations of a database the same cluster: a reload that changes any
+/// of it makes a new one.
+#[derive(Debug, Clone, PartialEq)]
+struct Topology {
+    nodes: Vec<(String, u16, u32)>,
+    dbname: String,
+    read_from_primary: ReadFromPrimary,
+    load_balance: LoadBalance,
+}
+
+impl Topology {
+    fn of(config: &Config, database: &str) -> Option<Topology> {
+        let db = config.databases.get(database)?;
+        let mut nodes = vec![(db.host.clone(), db.port, 1)];
+        nodes.extend(
+            db.replica_list()
+                .into_iter()
+                .map(|r| (r.host, r.port, r.weight)),
+        );
+        Some(Topology {
+            nodes,
+            dbname: db.dbname.clone().unwrap_or_else(|| database.to_owned()),
+            read_from_primary: db.read_from_primary,
+            load_balance: db.load_balance,
+        })
+    }
+}
+
 /// One database's nodes; `nodes[0]` is the primary.
 #[derive(Debug)]
 pub struct Cluster {
     pub database: String,
+    topology: Topology,
     /// The database's name on the servers.
     pub dbname: String,
     pub nodes: Vec<Node>,
@@ -127,14 +156,9 @@ impl Cluster {
         let members: Vec<usize> = (0..nodes.len())
             .filter(|&i| i > 0 || primary_reads)
             .collect();
-        let credentials = db.user.as_ref().map(|u| Credentials {
-            user: u.clone(),
-            secret: db
-                .password
-                .as_ref()
-                .map(|p| crate::auth::Secret::Plain(p.clone())),
-        });
+        let credentials = Cluster::configured_credentials(config, database);
         Some(Cluster {
+            topology: Topology::of(config, database)?,
             database: database.to_owned(),
             dbname: db.dbname.clone().unwrap_or_else(|| database.to_owned()),
             schedule: interleave(&members, |i| nodes[i].weight),
@@ -228,6 +252,18 @@ impl Cluster {
         }
     }
 
+    /// The database's own server login, when the configuration names one.
+    fn configured_credentials(config: &Config, database: &str) -> Option<Credentials> {
+        let db = config.databases.get(database)?;
+        db.user.as_ref().map(|u| Credentials {
+            user: u.clone(),
+            secret: db
+                .password
+                .as_ref()
+                .map(|p| crate::auth::Secret::Plain(p.clone())),
+        })
+    }
+
     /// Offers the login of a client pool for health checks, if none is known yet.
     pub fn offer_credentials(&self, credentials: &Credentials) {
         let mut c = self.credentials.lock().unwrap_or_else(|e| e.into_inner());
@@ -294,6 +330,33 @@ impl Clusters {
         Clusters {
             map: Mutex::new(map),
         }
+    }
+
+    /// Applies a reloaded configuration: a database whose topology is unchanged keeps its
+    /// cluster (and its health state); a new or changed one gets a new cluster; a removed
+    /// one is dropped. Clients already connected keep the cluster they started with.
+    pub fn reload(&self, config: &Config) {
+        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        let mut next = BTreeMap::new();
+        for name in config.databases.keys() {
+            let kept = map
+                .remove(name)
+                .filter(|c| Topology::of(config, name).as_ref() == Some(&c.topology));
+            let cluster = match kept {
+                Some(c) => {
+                    if let Some(creds) = Cluster::configured_credentials(config, name) {
+                        *c.credentials.lock().unwrap_or_else(|e| e.into_inner()) = Some(creds);
+                    }
+                    c
+                }
+                None => match Cluster::new(config, name) {
+                    Some(c) => Arc::new(c),
+                    None => continue,
+                },
+            };
+            next.insert(name.clone(), cluster);
+        }
+        *map = next;
     }
 
     pub fn get(&self, database: &str) -> Option<Arc<Cluster>> {

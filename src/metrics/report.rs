@@ -124,7 +124,7 @@ impl Metrics {
                 }
                 g.pool_size
                     .with_label_values(&[db, user, node, inst])
-                    .set(pool.settings.pool_size as i64);
+                    .set(pool.setup().settings.pool_size as i64);
             }
         }
         for cluster in clusters.all() {

@@ -15,6 +15,7 @@ pub use registry::{ClientCounts, ClientState, InState, Members, Pools};
 use crate::config::{Config, PoolSettings};
 use crate::metrics::PoolMetrics;
 use crate::server::{ServerConn, Target};
+use arc_swap::ArcSwap;
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -95,14 +96,23 @@ pub struct PoolStats {
     pub max_wait: Duration,
 }
 
+/// What a reload may change about a pool.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Setup {
+    pub settings: PoolSettings,
+    pub target: Target,
+    timeouts: Timeouts,
+    /// Bumped when the target changes: servers of an older generation are closed when next
+    /// idle.
+    generation: u64,
+}
+
 pub struct Pool {
     pub database: String,
     pub user: String,
     /// Index of the pool's node in its database's cluster (0 = the primary).
     pub node: usize,
-    pub settings: PoolSettings,
-    pub target: Target,
-    timeouts: Timeouts,
+    setup: ArcSwap<Setup>,
     limits: Limits,
     inner: Mutex<Inner>,
     /// ParameterStatus values of this pool's servers, learned from the first connection and
@@ -168,9 +178,12 @@ impl Pool {
             database: database.to_owned(),
             user: user.to_owned(),
             node,
-            settings,
-            target,
-            timeouts: Timeouts::from(config),
+            setup: ArcSwap::from_pointee(Setup {
+                settings,
+                target,
+                timeouts: Timeouts::from(config),
+                generation: 0,
+            }),
             limits,
             inner: Mutex::new(Inner {
                 idle: Vec::new(),
@@ -185,6 +198,11 @@ impl Pool {
         }
     }
 
+    /// The pool's current settings, target and timeouts.
+    pub fn setup(&self) -> arc_swap::Guard<Arc<Setup>> {
+        self.setup.load()
+    }
+
     fn lock(&self) -> MutexGuard<'_, Inner> {
         // A panic while holding this lock cannot leave it half-updated in a way worse than
         // a lost connection count, so recover instead of poisoning every later client.
@@ -192,7 +210,10 @@ impl Pool {
     }
 
     fn expired(&self, conn: &ServerConn, now: Instant) -> bool {
-        self.timeouts.lifetime.is_some_and(|l| conn.age(now) >= l)
+        self.setup()
+            .timeouts
+            .lifetime
+            .is_some_and(|l| conn.age(now) >= l)
     }
 
     pub fn server_params(&self) -> Option<ServerParams> {
@@ -222,7 +243,7 @@ impl Pool {
         let start = Instant::now();
         loop {
             let mut c = self.take(start).await?;
-            let Some((delay, query)) = &self.timeouts.check else {
+            let Some((delay, query)) = &self.setup().timeouts.check else {
                 self.metrics.wait.observe(c.waited.as_secs_f64());
                 return Ok(c);
             };
@@ -231,13 +252,13 @@ impl Pool {
                 return Ok(c);
             }
             let check = crate::server::query::simple(&mut c.conn, query);
-            match tokio::time::timeout(self.timeouts.connect, check).await {
+            match tokio::time::timeout(self.setup().timeouts.connect, check).await {
                 Ok(Ok(_)) if c.conn.buf.is_empty() => {
                     self.metrics.wait.observe(c.waited.as_secs_f64());
                     return Ok(c);
                 }
                 _ => {
-                    tracing::info!(db = %self.database, user = %self.user, node = %self.target.addr(), server = c.conn.id, "server failed server_check_query");
+                    tracing::info!(db = %self.database, user = %self.user, node = %self.setup().target.addr(), server = c.conn.id, "server failed server_check_query");
                     self.give_back_slot();
                     tokio::spawn(c.conn.close("server_check_query failed"));
                 }
@@ -262,7 +283,7 @@ impl Pool {
             }
             match found {
                 Some(conn) => Ok(conn),
-                None if inner.total < self.settings.pool_size => {
+                None if inner.total < self.setup().settings.pool_size => {
                     self.may_connect(&inner, now)?;
                     inner.total += 1;
                     Err(None)
@@ -294,9 +315,9 @@ impl Pool {
             Err(Some(rx)) => Ticket { pool: self, rx },
         };
         let rx = &mut ticket.rx;
-        let deadline = self.timeouts.query_wait.map(|t| start + t);
-        let mut reserve_at =
-            (self.timeouts.reserve_size > 0).then(|| start + self.timeouts.reserve_after);
+        let deadline = self.setup().timeouts.query_wait.map(|t| start + t);
+        let mut reserve_at = (self.setup().timeouts.reserve_size > 0)
+            .then(|| start + self.setup().timeouts.reserve_after);
         let grant = loop {
             let wake = match (deadline, reserve_at) {
                 (Some(d), Some(r)) => Some(d.min(r)),
@@ -323,7 +344,7 @@ impl Pool {
                         self.give_back_slot();
                         break grant;
                     }
-                    tracing::debug!(db = %self.database, user = %self.user, node = %self.target.addr(), "using reserve pool");
+                    tracing::debug!(db = %self.database, user = %self.user, node = %self.setup().target.addr(), "using reserve pool");
                     let conn = self.open_counted().await?;
                     return Ok(Checkout {
                         conn,
@@ -364,7 +385,8 @@ impl Pool {
 
     fn take_reserve_slot(&self, now: Instant) -> bool {
         let mut inner = self.lock();
-        let room = inner.total < self.settings.pool_size + self.timeouts.reserve_size;
+        let room =
+            inner.total < self.setup().settings.pool_size + self.setup().timeouts.reserve_size;
         if room && self.may_connect(&inner, now).is_ok() {
             inner.total += 1;
             return true;
@@ -381,7 +403,7 @@ impl Pool {
 
     fn may_connect(&self, inner: &Inner, now: Instant) -> Result<(), PoolError> {
         match &inner.last_failure {
-            Some((at, why)) if now.duration_since(*at) < self.timeouts.login_retry => {
+            Some((at, why)) if now.duration_since(*at) < self.setup().timeouts.login_retry => {
                 Err(PoolError::LoginFailing {
                     detail: why.clone(),
                 })
@@ -397,7 +419,7 @@ impl Pool {
             pool: self,
             armed: true,
         };
-        let permits = match self.timeouts.query_wait {
+        let permits = match self.setup().timeouts.query_wait {
             Some(t) => tokio::time::timeout(t, self.limits.acquire(self))
                 .await
                 .map_err(|_| PoolError::WaitTimeout)?,
@@ -413,10 +435,12 @@ impl Pool {
         permits: Vec<tokio::sync::OwnedSemaphorePermit>,
     ) -> Result<ServerConn, PoolError> {
         self.lock().opening += 1;
-        let connected = ServerConn::connect(&self.target, self.timeouts.connect).await;
+        let setup = self.setup.load_full();
+        let connected = ServerConn::connect(&setup.target, setup.timeouts.connect).await;
         self.lock().opening -= 1;
         match connected {
             Ok(mut conn) => {
+                conn.generation = setup.generation;
                 self.metrics.server_connects.inc();
                 opening.armed = false;
                 conn.permits = permits;
@@ -427,7 +451,7 @@ impl Pool {
             Err(e) => {
                 self.metrics.server_connect_errors.inc();
                 let why: Arc<str> = e.to_string().into();
-                tracing::warn!(db = %self.database, user = %self.user, node = %self.target.addr(), error = %why, "server login failed");
+                tracing::warn!(db = %self.database, user = %self.user, node = %self.setup().target.addr(), error = %why, "server login failed");
                 let mut inner = self.lock();
                 inner.last_failure = Some((Instant::now(), why.clone()));
                 if inner.total == 1 {
@@ -448,15 +472,22 @@ impl Pool {
     /// closed, and a waiter gets the freed slot.
     pub fn release(&self, mut conn: ServerConn, reusable: bool) {
         let now = Instant::now();
+        let setup = self.setup();
         let mut inner = self.lock();
-        if !reusable || self.expired(&conn, now) {
+        let why = if !reusable {
+            Some("state unknown after client left")
+        } else if self.expired(&conn, now) {
+            Some("server_lifetime")
+        } else if conn.generation != setup.generation {
+            Some("server settings changed by a reload")
+        } else if inner.total > setup.settings.pool_size + setup.timeouts.reserve_size {
+            Some("pool_size lowered by a reload")
+        } else {
+            None
+        };
+        if let Some(why) = why {
             inner.total -= 1;
             self.slot_freed(inner);
-            let why = if reusable {
-                "server_lifetime"
-            } else {
-                "state unknown after client left"
-            };
             tokio::spawn(conn.close(why));
             return;
         }
@@ -480,20 +511,66 @@ impl Pool {
         inner.idle.push(conn);
     }
 
-    /// A slot below pool_size became free: the oldest live waiter may connect.
+    /// Slots below pool_size became free: the oldest live waiters may connect.
     fn slot_freed(&self, mut inner: MutexGuard<'_, Inner>) {
-        if inner.total >= self.settings.pool_size
-            || self.may_connect(&inner, Instant::now()).is_err()
-        {
+        let size = self.setup().settings.pool_size;
+        if self.may_connect(&inner, Instant::now()).is_err() {
             return;
         }
-        while let Some((_, w)) = inner.waiters.pop_front() {
-            inner.total += 1;
-            if w.send(Grant::Connect).is_ok() {
+        while inner.total < size {
+            let Some((_, w)) = inner.waiters.pop_front() else {
                 return;
+            };
+            inner.total += 1;
+            if w.send(Grant::Connect).is_err() {
+                inner.total -= 1;
             }
-            inner.total -= 1;
         }
+    }
+
+    /// Applies a reloaded configuration. A changed target (host, port, database name or
+    /// login) starts a new generation: older servers are closed now if idle, else when
+    /// released. A smaller pool shrinks as servers come back; a larger one lets waiters in.
+    pub fn reconfigure(&self, config: &Config, settings: PoolSettings, target: Target) {
+        let old = self.setup.load_full();
+        let generation = old.generation + u64::from(old.target != target);
+        let new = Setup {
+            settings,
+            target,
+            timeouts: Timeouts::from(config),
+            generation,
+        };
+        if *old == new {
+            return;
+        }
+        let size = new.settings.pool_size;
+        self.setup.store(Arc::new(new));
+        let stale = {
+            let mut inner = self.lock();
+            let mut stale = Vec::new();
+            let mut keep = Vec::with_capacity(inner.idle.len());
+            for conn in inner.idle.drain(..) {
+                if conn.generation != generation {
+                    stale.push(conn);
+                } else {
+                    keep.push(conn);
+                }
+            }
+            while inner.total - stale.len() > size {
+                match keep.pop() {
+                    Some(conn) => stale.push(conn),
+                    None => break,
+                }
+            }
+            inner.idle = keep;
+            inner.total -= stale.len();
+            self.slot_freed(inner);
+            stale
+        };
+        for conn in stale {
+            tokio::spawn(conn.close("server settings changed by a reload"));
+        }
+        tracing::info!(db = %self.database, user = %self.user, node = self.node, generation, "pool reconfigured");
     }
 
     /// Closes idle connections past server_idle_timeout or server_lifetime (keeping
@@ -506,8 +583,12 @@ impl Pool {
             let mut keep = Vec::with_capacity(inner.idle.len());
             let mut total = inner.total;
             for conn in inner.idle.drain(..) {
-                let idle_out = self.timeouts.idle.is_some_and(|t| conn.idle_for(now) >= t)
-                    && total > self.settings.min_pool_size;
+                let idle_out = self
+                    .setup()
+                    .timeouts
+                    .idle
+                    .is_some_and(|t| conn.idle_for(now) >= t)
+                    && total > self.setup().settings.min_pool_size;
                 if idle_out || self.expired(&conn, now) {
                     total -= 1;
                     closing.push((
@@ -531,7 +612,11 @@ impl Pool {
         loop {
             let permits = {
                 let mut inner = self.lock();
-                let want = self.settings.min_pool_size.min(self.settings.pool_size);
+                let want = self
+                    .setup()
+                    .settings
+                    .min_pool_size
+                    .min(self.setup().settings.pool_size);
                 if inner.total >= want || self.may_connect(&inner, Instant::now()).is_err() {
                     return;
                 }
@@ -559,7 +644,7 @@ impl Pool {
     pub fn stats(&self) -> PoolStats {
         let now = Instant::now();
         let inner = self.lock();
-        let used = match &self.timeouts.check {
+        let used = match &self.setup().timeouts.check {
             Some((delay, _)) => inner
                 .idle
                 .iter()

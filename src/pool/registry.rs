@@ -118,6 +118,35 @@ fn shared_limit(
     )
 }
 
+/// Who a pool of (database, user) logs in to servers as.
+fn credentials(config: &Config, database: &str, user: &str) -> Option<Credentials> {
+    let db = config.databases.get(database)?;
+    Some(match &db.user {
+        Some(u) => Credentials {
+            user: u.clone(),
+            secret: db.password.as_ref().map(|p| Secret::Plain(p.clone())),
+        },
+        None => Credentials {
+            user: user.to_owned(),
+            secret: config
+                .users
+                .get(user)
+                .and_then(|u| u.password.as_deref())
+                .and_then(|p| Secret::parse(p).ok()),
+        },
+    })
+}
+
+fn target(cluster: &Cluster, node: usize, credentials: &Credentials) -> Target {
+    let n = &cluster.nodes[node];
+    Target {
+        host: n.host.clone(),
+        port: n.port,
+        dbname: cluster.dbname.clone(),
+        credentials: credentials.clone(),
+    }
+}
+
 impl Pools {
     pub fn new(metrics: Arc<Metrics>) -> Pools {
         Pools {
@@ -144,30 +173,11 @@ impl Pools {
         }
         let settings = config.pool_settings(database, user)?;
         let cluster = clusters.get(database)?;
-        let db = &config.databases[database];
-        let credentials = match &db.user {
-            Some(u) => Credentials {
-                user: u.clone(),
-                secret: db.password.as_ref().map(|p| Secret::Plain(p.clone())),
-            },
-            None => Credentials {
-                user: user.to_owned(),
-                secret: config
-                    .users
-                    .get(user)
-                    .and_then(|u| u.password.as_deref())
-                    .and_then(|p| Secret::parse(p).ok()),
-            },
-        };
+        let credentials = credentials(config, database, user)?;
         cluster.offer_credentials(&credentials);
         let mut pools = Vec::with_capacity(cluster.nodes.len());
         for (i, node) in cluster.nodes.iter().enumerate() {
-            let target = Target {
-                host: node.host.clone(),
-                port: node.port,
-                dbname: cluster.dbname.clone(),
-                credentials: credentials.clone(),
-            };
+            let target = target(&cluster, i, &credentials);
             // Limits count per node: a replica's connections take nothing from the primary.
             let limits = Limits {
                 db: shared_limit(
@@ -202,6 +212,30 @@ impl Pools {
         });
         map.insert(key, members.clone());
         Some(members)
+    }
+
+    /// Applies a reloaded configuration to the pools. Pools of a database that is gone, or
+    /// whose cluster changed, leave the registry: new clients get new pools, and clients
+    /// already connected keep theirs until they leave. The others take the new settings.
+    pub fn reload(&self, config: &Config, clusters: &Clusters) {
+        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        map.retain(|(database, user), members| {
+            let same = clusters
+                .get(database)
+                .is_some_and(|c| Arc::ptr_eq(&c, &members.cluster));
+            let (Some(settings), Some(credentials), true) = (
+                config.pool_settings(database, user),
+                credentials(config, database, user),
+                same,
+            ) else {
+                return false;
+            };
+            for (i, pool) in members.pools.iter().enumerate() {
+                let target = target(&members.cluster, i, &credentials);
+                pool.reconfigure(config, settings.clone(), target);
+            }
+            true
+        });
     }
 
     /// Closes the idle connections of every pool of `node` in `database`'s cluster.

@@ -185,5 +185,6 @@ pub(super) async fn connect(target: &Target) -> Result<ServerConn, LoginError> {
         prepared: Default::default(),
         created: now,
         last_used: now,
+        generation: 0,
     })
 }

@@ -62,6 +62,8 @@ pub struct ServerConn {
     pub prepared: prepared::PreparedCache,
     pub created: Instant,
     pub last_used: Instant,
+    /// The pool's generation when this connection was opened; see `Pool::reconfigure`.
+    pub generation: u64,
 }
 
 impl ServerConn {
