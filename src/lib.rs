@@ -1,5 +1,6 @@
 //! pgsluice: a PostgreSQL connection pooler and read/write router.
 
+pub mod admin;
 pub mod auth;
 pub mod client;
 pub mod cluster;

@@ -59,11 +59,12 @@ impl Service {
         }
         background.spawn(self.ctx.pools.clone().maintain_forever());
         background.spawn(supervise(self.ctx.clone()));
-        let mut phase = self.ctx.phase.subscribe();
+        background.spawn(sample_stats(self.ctx.clone()));
+        let mut control = self.ctx.control.subscribe();
         loop {
             let accepted = tokio::select! {
                 a = self.listener.accept() => a,
-                _ = phase.wait_for(|p| *p != Phase::Running) => break,
+                _ = control.wait_for(|c| c.phase != Phase::Running) => break,
             };
             match accepted {
                 Ok((stream, peer)) => {
@@ -100,6 +101,15 @@ impl Service {
 async fn wait_until(ctx: &Context, done: impl Fn(&Context) -> bool) {
     while !done(ctx) {
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Samples the totals every stats_period, for the averages of SHOW STATS.
+async fn sample_stats(ctx: Arc<Context>) {
+    loop {
+        ctx.sample_stats();
+        let period = ctx.config.load().general.stats_period.0;
+        tokio::time::sleep(period).await;
     }
 }
 

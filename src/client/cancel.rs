@@ -1,12 +1,14 @@
-//! Cancel keys handed to clients, and which server each client's query is running on.
+//! Cancel keys handed to clients, and which server each client's query is running on; also
+//! what the admin console shows of each client, and a flag that asks a client to go.
 //!
 //! The process id we give a client carries this instance's peer_id in its top bits, so a
 //! later peer-forwarding step can tell which instance issued a key. The secret is random.
 
 use crate::server::CancelKey;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 
 const SEQ_BITS: u32 = 17;
 
@@ -14,9 +16,33 @@ const SEQ_BITS: u32 = 17;
 pub struct Slot {
     secret: i32,
     server: Mutex<Option<Arc<CancelKey>>>,
+    pub peer: SocketAddr,
+    /// Unix time of the connection, in microseconds.
+    pub connected_at: u64,
+    /// Unix time of the client's last transaction start, in microseconds.
+    pub last_request: AtomicU64,
+    /// Set once logged in: "database/user", or "pgsluice/user" for the admin console.
+    pub login: OnceLock<(String, String)>,
+    /// Set by KILL and KILL_CLIENT: the session ends at its next chance.
+    pub killed: AtomicBool,
+}
+
+/// Microseconds since the Unix epoch.
+pub fn unix_micros() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
 }
 
 impl Slot {
+    /// The cancel key of the server this client holds, if any.
+    pub fn server(&self) -> Option<Arc<CancelKey>> {
+        self.server
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
     pub fn secret(&self) -> i32 {
         self.secret
     }
@@ -58,11 +84,16 @@ impl Cancels {
         }
     }
 
-    pub fn register(&self) -> Registration<'_> {
+    pub fn register(&self, peer: SocketAddr) -> Registration<'_> {
         let secret: i32 = rand::random();
         let slot = Arc::new(Slot {
             secret,
             server: Mutex::new(None),
+            peer,
+            connected_at: unix_micros(),
+            last_request: AtomicU64::new(0),
+            login: OnceLock::new(),
+            killed: AtomicBool::new(false),
         });
         let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
         let process_id = loop {
@@ -79,6 +110,22 @@ impl Cancels {
             process_id,
             slot,
         }
+    }
+
+    /// Every client, by process id.
+    pub fn all(&self) -> Vec<(i32, Arc<Slot>)> {
+        let slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        let mut all: Vec<_> = slots.iter().map(|(k, v)| (*k, v.clone())).collect();
+        all.sort_by_key(|(pid, _)| *pid);
+        all
+    }
+
+    pub fn get(&self, process_id: i32) -> Option<Arc<Slot>> {
+        self.slots
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&process_id)
+            .cloned()
     }
 
     /// The server to cancel for a CancelRequest, if the key is genuine and a query may be running.
@@ -108,7 +155,7 @@ mod tests {
     #[test]
     fn keys_carry_peer_id_and_need_the_secret() {
         let c = Cancels::new(5);
-        let r = c.register();
+        let r = c.register("127.0.0.1:1".parse().unwrap());
         assert_eq!(r.process_id >> SEQ_BITS, 5);
         let key = Arc::new(CancelKey {
             addr: "x:1".into(),

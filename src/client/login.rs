@@ -50,13 +50,69 @@ async fn protocol_violation(stream: &mut TcpStream, e: ProtocolError) {
     fatal(stream, sqlstate::PROTOCOL_VIOLATION, &e.to_string()).await;
 }
 
+/// A client logged in: to a database's pools, or to the admin console.
+pub enum Login {
+    Pool(LoggedIn),
+    Console {
+        user: String,
+        access: crate::admin::Access,
+        buf: BytesMut,
+    },
+}
+
+/// The admin console's login: the same authentication, then admin_users or stats_users.
+async fn console_login(
+    ctx: &Context,
+    config: &Config,
+    stream: &mut TcpStream,
+    mut buf: BytesMut,
+    mut out: BytesMut,
+    user: String,
+    reg: &Registration<'_>,
+) -> Option<Login> {
+    let database = "pgsluice";
+    if !authenticate(ctx, config, stream, &mut buf, &mut out, &user).await {
+        ctx.metrics.auth_failed(database, &user);
+        return None;
+    }
+    let Some(access) = crate::admin::access(config, &user) else {
+        let _ = stream.write_all(&out).await;
+        fatal(
+            stream,
+            sqlstate::INSUFFICIENT_PRIVILEGE,
+            "not allowed: the admin console is for admin_users and stats_users",
+        )
+        .await;
+        return None;
+    };
+    let _ = reg.slot.login.set((database.to_owned(), user.clone()));
+    backend::authentication_ok(&mut out);
+    let version = format!("15.0 (pgsluice {})", env!("CARGO_PKG_VERSION"));
+    for (name, value) in [
+        ("server_version", version.as_str()),
+        ("server_encoding", "UTF8"),
+        ("client_encoding", "UTF8"),
+        ("DateStyle", "ISO"),
+        ("TimeZone", "UTC"),
+        ("integer_datetimes", "on"),
+        ("standard_conforming_strings", "on"),
+        ("application_name", ""),
+    ] {
+        backend::parameter_status(&mut out, name.as_bytes(), value.as_bytes());
+    }
+    backend::backend_key_data(&mut out, reg.process_id, reg.slot.secret());
+    backend::ready_for_query(&mut out, TxStatus::Idle);
+    stream.write_all(&out).await.ok()?;
+    Some(Login::Console { user, access, buf })
+}
+
 /// Runs the login; `None` when the connection ended (cancel request, error already sent, EOF).
 pub async fn login(
     ctx: &Context,
     config: &Config,
     stream: &mut TcpStream,
     reg: &Registration<'_>,
-) -> Option<LoggedIn> {
+) -> Option<Login> {
     let mut buf = BytesMut::new();
     let startup = loop {
         match startup::decode(&mut buf) {
@@ -140,6 +196,9 @@ pub async fn login(
     if startup.minor > 0 || !unsupported.is_empty() {
         backend::negotiate_protocol_version(&mut out, 0, &unsupported);
     }
+    if crate::admin::is_console(config, &database) {
+        return console_login(ctx, config, stream, buf, out, user, reg).await;
+    }
     if !config.databases.contains_key(&database) {
         let _ = stream.write_all(&out).await;
         fatal(
@@ -156,6 +215,17 @@ pub async fn login(
     }
     backend::authentication_ok(&mut out);
     let members = ctx.pools.members(config, &ctx.clusters, &database, &user)?;
+    if members.cluster.is_disabled() {
+        let _ = stream.write_all(&out).await;
+        fatal(
+            stream,
+            sqlstate::CONNECTION_FAILURE,
+            &format!("database does not allow connections: {database}"),
+        )
+        .await;
+        return None;
+    }
+    let _ = reg.slot.login.set((database.clone(), user.clone()));
     let pool = members.primary();
     let server_params = match pool.server_params() {
         Some(p) => p,
@@ -192,14 +262,14 @@ pub async fn login(
     backend::backend_key_data(&mut out, reg.process_id, reg.slot.secret());
     backend::ready_for_query(&mut out, TxStatus::Idle);
     stream.write_all(&out).await.ok()?;
-    Some(LoggedIn {
+    Some(Login::Pool(LoggedIn {
         user,
         database,
         members,
         route,
         params,
         buf,
-    })
+    }))
 }
 
 /// The startup parameters that become session settings, with `options` expanded.

@@ -22,6 +22,9 @@ use std::sync::{Arc, Mutex};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
+/// Every database's totals at one moment.
+pub type StatsSample = std::collections::BTreeMap<String, crate::metrics::report::Totals>;
+
 /// Where the process is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Phase {
@@ -30,6 +33,14 @@ pub enum Phase {
     Draining,
     /// Every client is closed now; open transactions are rolled back.
     Closing,
+}
+
+/// What sessions watch: the process's phase, and a count that moves when clients are asked to
+/// go (each checks its own `killed` flag).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Control {
+    pub phase: Phase,
+    pub kills: u64,
 }
 
 /// What every client task shares.
@@ -42,8 +53,10 @@ pub struct Context {
     pub config_path: std::sync::OnceLock<std::path::PathBuf>,
     /// Woken when a reload may have added databases, whose health then needs watching.
     pub topology_changed: tokio::sync::Notify,
+    /// The last two samples of every database's totals, for SHOW STATS averages.
+    stats: Mutex<Vec<(std::time::Instant, StatsSample)>>,
     /// Running, or how the process is shutting down. Sessions watch it.
-    pub phase: tokio::sync::watch::Sender<Phase>,
+    pub control: tokio::sync::watch::Sender<Control>,
     pub cancels: cancel::Cancels,
     pub statements: statements::Registry,
     clients: AtomicUsize,
@@ -65,8 +78,12 @@ impl Context {
             config: ArcSwap::from_pointee(config),
             statements: statements::Registry::default(),
             clients: AtomicUsize::new(0),
-            phase: tokio::sync::watch::Sender::new(Phase::Running),
+            control: tokio::sync::watch::Sender::new(Control {
+                phase: Phase::Running,
+                kills: 0,
+            }),
             config_path: std::sync::OnceLock::new(),
+            stats: Mutex::default(),
             topology_changed: tokio::sync::Notify::new(),
             mock_secret: rand::random(),
             verifiers: Mutex::default(),
@@ -81,13 +98,22 @@ impl Context {
         } else {
             Phase::Draining
         };
-        self.phase.send_if_modified(|p| {
-            let later = to > *p;
+        self.control.send_if_modified(|c| {
+            let later = to > c.phase;
             if later {
-                *p = to;
+                c.phase = to;
             }
             later
         });
+    }
+
+    /// Wakes every session to look at its `killed` flag (KILL, KILL_CLIENT).
+    pub fn wake_killed(&self) {
+        self.control.send_modify(|c| c.kills += 1);
+    }
+
+    pub fn phase(&self) -> Phase {
+        self.control.borrow().phase
     }
 
     /// Reads the configuration file again and applies it (SIGHUP, admin RELOAD). A file that
@@ -134,6 +160,25 @@ impl Context {
         tracing::info!("configuration reloaded");
     }
 
+    /// Takes a sample of the totals; run every stats_period.
+    pub fn sample_stats(&self) {
+        let sample = crate::metrics::report::totals(&self.pools);
+        let mut stats = self.stats.lock().unwrap_or_else(|e| e.into_inner());
+        stats.push((std::time::Instant::now(), sample));
+        if stats.len() > 2 {
+            stats.remove(0);
+        }
+    }
+
+    /// The last stats period: its length in seconds, and the totals at its start and end.
+    pub fn stats_window(&self) -> Option<(f64, StatsSample, StatsSample)> {
+        let stats = self.stats.lock().unwrap_or_else(|e| e.into_inner());
+        match stats.as_slice() {
+            [(t0, a), (t1, b)] => Some(((*t1 - *t0).as_secs_f64(), a.clone(), b.clone())),
+            _ => None,
+        }
+    }
+
     /// Clients connected right now, logging in included.
     pub fn client_count(&self) -> usize {
         self.clients.load(Ordering::Relaxed)
@@ -167,8 +212,11 @@ impl crate::metrics::http::Status for Context {
     }
 
     fn ready(&self) -> Result<(), String> {
-        if *self.phase.borrow() != Phase::Running {
+        if self.phase() != Phase::Running {
             return Err("shutting down".into());
+        }
+        if let Some(c) = self.clusters.all().iter().find(|c| c.is_paused()) {
+            return Err(format!("database {} is paused", c.database));
         }
         for cluster in self.clusters.all() {
             match cluster.primary_reachable() {
@@ -223,7 +271,7 @@ pub async fn handle(ctx: Arc<Context>, mut stream: TcpStream, peer: SocketAddr) 
         .await;
         return;
     }
-    let registration = ctx.cancels.register();
+    let registration = ctx.cancels.register(peer);
     let login = tokio::time::timeout(
         config.general.client_login_timeout.0,
         // Boxed, like the larger steps of a session, so that an idle client keeps only a
@@ -232,7 +280,13 @@ pub async fn handle(ctx: Arc<Context>, mut stream: TcpStream, peer: SocketAddr) 
     )
     .await;
     let login = match login {
-        Ok(Some(login)) => login,
+        Ok(Some(login::Login::Pool(login))) => login,
+        Ok(Some(login::Login::Console { user, access, buf })) => {
+            tracing::info!(%peer, user, pid = registration.process_id, "admin console login");
+            let reason = crate::admin::run(&ctx, access, &user, &mut stream, buf).await;
+            tracing::info!(%peer, pid = registration.process_id, reason, "admin console logout");
+            return;
+        }
         Ok(None) => return,
         Err(_) => {
             tracing::info!(%peer, "client login timed out");

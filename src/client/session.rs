@@ -11,7 +11,7 @@ use super::cancel::Registration;
 use super::login::{LoggedIn, TRACKED};
 use super::params::SessionParams;
 use super::statements::{ClientStatements, Registry, Statement};
-use super::{Context, Phase};
+use super::{Context, Control, Phase};
 use crate::cluster::InFlight;
 use crate::config::{Config, PoolMode};
 use crate::metrics::RouteReason;
@@ -120,7 +120,7 @@ struct Session<'a> {
     /// Clients connected to this process, to decide whether idle buffers are kept.
     clients: &'a std::sync::atomic::AtomicUsize,
     /// Whether the process is shutting down.
-    phase: tokio::sync::watch::Receiver<Phase>,
+    phase: tokio::sync::watch::Receiver<Control>,
     /// The tracker, server-bound buffer and replay buffer of the last link, kept for the
     /// next one.
     spare: (Tracker, BytesMut, BytesMut),
@@ -156,7 +156,7 @@ pub async fn run(
         statements: ClientStatements::default(),
         clients,
         spare: (Tracker::default(), BytesMut::new(), BytesMut::new()),
-        phase: ctx.phase.subscribe(),
+        phase: ctx.control.subscribe(),
     };
     s.serve().await
 }
@@ -248,6 +248,16 @@ impl Session<'_> {
         reason
     }
 
+    /// The process is shutting down, or an admin asked this client to go.
+    fn must_go(&self) -> bool {
+        self.phase.borrow().phase != Phase::Running
+            || self
+                .reg
+                .slot
+                .killed
+                .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Closes the client because the process is shutting down, as PostgreSQL does (57P01);
     /// a server it held is made safe first.
     async fn shut(&mut self, link: Option<Box<Link>>) -> &'static str {
@@ -271,7 +281,7 @@ impl Session<'_> {
 
     /// Without a server: wait for the client's next message. True when it needs a server.
     async fn idle_step(&mut self) -> Result<bool, &'static str> {
-        if *self.phase.borrow() != Phase::Running {
+        if self.must_go() {
             return Err(self.shut(None).await);
         }
         if !self.to_client.is_empty() {
@@ -290,10 +300,7 @@ impl Session<'_> {
             }
         };
         let Some(h) = header.filter(|h| self.cbuf.len() >= h.len) else {
-            match self.read_idle().await {
-                Err("shutting down: idle") => return Err(self.shut(None).await),
-                r => r?,
-            }
+            self.read_idle().await?;
             return Ok(false);
         };
         let msg = match frontend::parse(h.tag, &self.cbuf[5..h.len]) {
@@ -441,6 +448,23 @@ impl Session<'_> {
     async fn link(&mut self) -> Result<Option<Box<Link>>, &'static str> {
         self.config = self.ctx.config.load_full();
         let cluster = self.members.cluster.clone();
+        self.reg.slot.last_request.store(
+            super::cancel::unix_micros(),
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        if cluster.is_paused() {
+            // PAUSE: the client waits, in line, until RESUME; leaving meanwhile is fine.
+            let _waiting = self.members.enter(ClientState::Waiting);
+            tokio::select! {
+                _ = cluster.wait_resumed() => {}
+                gone = client_gone(self.client) => {
+                    if gone {
+                        return Err("client disconnected while paused");
+                    }
+                    cluster.wait_resumed().await;
+                }
+            }
+        }
         let (decision, checkout) = loop {
             let session = policy::Session {
                 pool_mode: self.mode,
@@ -595,18 +619,22 @@ impl Session<'_> {
         let timeout = self.config.general.client_idle_timeout.enabled();
         let timed_out = {
             let wait = self.client.readable();
-            let shutdown = self.phase.wait_for(|p| *p != Phase::Running);
+            let kills = self.phase.borrow().kills;
+            let control = self
+                .phase
+                .wait_for(|c| c.phase != Phase::Running || c.kills != kills);
             match timeout {
                 // Boxed: a timer is large, and every idle client would carry its space
                 // otherwise.
                 Some(t) => tokio::select! {
                     _ = wait => false,
-                    _ = shutdown => return Err("shutting down: idle"),
+                    // idle_step looks at what changed.
+                    _ = control => return Ok(()),
                     _ = Box::pin(tokio::time::sleep(t)) => true,
                 },
                 None => tokio::select! {
                     _ = wait => false,
-                    _ = shutdown => return Err("shutting down: idle"),
+                    _ = control => return Ok(()),
                 },
             }
         };
@@ -807,9 +835,14 @@ impl Session<'_> {
                 self.to_client.clear();
                 return Unlink::Terminate;
             }
-            let phase = *self.phase.borrow();
+            let phase = self.phase.borrow().phase;
             let between = link.tracker.idle() && settled && !terminating;
-            if phase == Phase::Closing || (phase == Phase::Draining && between) {
+            let killed = self
+                .reg
+                .slot
+                .killed
+                .load(std::sync::atomic::Ordering::Relaxed);
+            if killed || phase == Phase::Closing || (phase == Phase::Draining && between) {
                 return Unlink::Shutdown;
             }
             let waiting_in_tx = idle_tx.filter(|_| {

@@ -143,6 +143,11 @@ pub struct Cluster {
     /// What the last health check found of the primary: 0 not checked yet, 1 reachable,
     /// 2 not.
     primary_state: AtomicU8,
+    /// PAUSE: clients get no server until RESUME.
+    paused: AtomicBool,
+    resumed: tokio::sync::Notify,
+    /// DISABLE: new clients are refused until ENABLE.
+    disabled: AtomicBool,
 }
 
 impl Cluster {
@@ -170,7 +175,43 @@ impl Cluster {
             credentials: Mutex::new(credentials),
             epoch: Instant::now(),
             primary_state: AtomicU8::new(0),
+            paused: AtomicBool::new(false),
+            resumed: tokio::sync::Notify::new(),
+            disabled: AtomicBool::new(false),
         })
+    }
+
+    pub fn is_paused(&self) -> bool {
+        self.paused.load(Ordering::Relaxed)
+    }
+
+    pub fn pause(&self, paused: bool) {
+        self.paused.store(paused, Ordering::Relaxed);
+        if !paused {
+            self.resumed.notify_waiters();
+        }
+    }
+
+    /// Waits while the database is paused.
+    pub async fn wait_resumed(&self) {
+        loop {
+            let resumed = self.resumed.notified();
+            tokio::pin!(resumed);
+            // Registered before the check, so a RESUME in between is not missed.
+            resumed.as_mut().enable();
+            if !self.is_paused() {
+                return;
+            }
+            resumed.await;
+        }
+    }
+
+    pub fn is_disabled(&self) -> bool {
+        self.disabled.load(Ordering::Relaxed)
+    }
+
+    pub fn disable(&self, disabled: bool) {
+        self.disabled.store(disabled, Ordering::Relaxed);
     }
 
     /// Whether the primary answered the last health check; None before the first.
@@ -339,8 +380,9 @@ impl Clusters {
         let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
         let mut next = BTreeMap::new();
         for name in config.databases.keys() {
-            let kept = map
-                .remove(name)
+            let old = map.remove(name);
+            let kept = old
+                .clone()
                 .filter(|c| Topology::of(config, name).as_ref() == Some(&c.topology));
             let cluster = match kept {
                 Some(c) => {
@@ -350,7 +392,14 @@ impl Clusters {
                     c
                 }
                 None => match Cluster::new(config, name) {
-                    Some(c) => Arc::new(c),
+                    Some(c) => {
+                        // PAUSE and DISABLE outlive a change of topology.
+                        if let Some(old) = &old {
+                            c.paused.store(old.is_paused(), Ordering::Relaxed);
+                            c.disabled.store(old.is_disabled(), Ordering::Relaxed);
+                        }
+                        Arc::new(c)
+                    }
                     None => continue,
                 },
             };

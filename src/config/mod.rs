@@ -70,6 +70,9 @@ pub struct General {
     pub instance_name: String,
     pub metrics_pgbouncer_compat: bool,
     pub shutdown_timeout: Seconds,
+    pub admin_users: Vec<String>,
+    pub stats_users: Vec<String>,
+    pub stats_period: Seconds,
 }
 
 impl Default for General {
@@ -109,6 +112,9 @@ impl Default for General {
             instance_name: String::new(),
             metrics_pgbouncer_compat: false,
             shutdown_timeout: Seconds::secs(20),
+            admin_users: Vec::new(),
+            stats_users: Vec::new(),
+            stats_period: Seconds::secs(60),
         }
     }
 }
@@ -357,6 +363,9 @@ impl Config {
         }
         if g.max_packet_size < 1024 {
             return bad("max_packet_size", "must be at least 1024".into());
+        }
+        if g.stats_period.0.is_zero() {
+            return bad("stats_period", "must be more than 0".into());
         }
         if g.health_check_interval.0.is_zero() {
             return bad("health_check_interval", "must be more than 0".into());

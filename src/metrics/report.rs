@@ -199,6 +199,41 @@ fn escape_label(v: &str) -> String {
         .replace('\n', "\\n")
 }
 
+/// A database's counters summed over its pools, as SHOW STATS reports them.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Totals {
+    pub queries: u64,
+    pub query_seconds: f64,
+    pub received: u64,
+    pub sent: u64,
+    pub wait_seconds: f64,
+    pub xacts: u64,
+    pub xact_seconds: f64,
+    /// Server connections open now.
+    pub servers: usize,
+}
+
+/// Every database's totals, summed over users and nodes.
+pub fn totals(pools: &Pools) -> std::collections::BTreeMap<String, Totals> {
+    let mut totals: std::collections::BTreeMap<String, Totals> = Default::default();
+    for m in pools.all_members() {
+        let t = totals.entry(m.cluster.database.clone()).or_default();
+        for p in &m.pools {
+            let pm = &p.metrics;
+            t.queries += pm.queries.get();
+            t.query_seconds += pm.query.get_sample_sum();
+            t.received += pm.bytes_received.get();
+            t.sent += pm.bytes_sent.get();
+            t.wait_seconds += pm.wait.get_sample_sum();
+            t.xacts += pm.transactions.get();
+            t.xact_seconds += pm.transaction.get_sample_sum();
+            let s = p.stats();
+            t.servers += s.active + s.idle + s.used + s.login;
+        }
+    }
+    totals
+}
+
 /// The pgbouncer_pools_*, pgbouncer_stats_totals_* and pgbouncer_databases_* families.
 fn pgbouncer_compat(out: &mut String, pools: &Pools, config: &Config) {
     let members = pools.all_members();
@@ -240,33 +275,7 @@ fn pgbouncer_compat(out: &mut String, pools: &Pools, config: &Config) {
     }
 
     // SHOW STATS totals: one row per database.
-    #[derive(Default)]
-    struct Totals {
-        queries: u64,
-        query_seconds: f64,
-        received: u64,
-        sent: u64,
-        wait_seconds: f64,
-        xacts: u64,
-        xact_seconds: f64,
-        servers: usize,
-    }
-    let mut totals: std::collections::BTreeMap<&str, Totals> = Default::default();
-    for m in &members {
-        let t = totals.entry(m.cluster.database.as_str()).or_default();
-        for p in &m.pools {
-            let pm = &p.metrics;
-            t.queries += pm.queries.get();
-            t.query_seconds += pm.query.get_sample_sum();
-            t.received += pm.bytes_received.get();
-            t.sent += pm.bytes_sent.get();
-            t.wait_seconds += pm.wait.get_sample_sum();
-            t.xacts += pm.transactions.get();
-            t.xact_seconds += pm.transaction.get_sample_sum();
-            let s = p.stats();
-            t.servers += s.active + s.idle + s.used + s.login;
-        }
-    }
+    let totals = totals(pools);
     type TotalColumn = fn(&Totals) -> f64;
     let columns: [(&str, &str, TotalColumn); 8] = [
         ("pgbouncer_stats_totals_queries_pooled_total", "Total number of SQL queries pooled", |t| t.queries as f64),
@@ -322,7 +331,7 @@ fn pgbouncer_compat(out: &mut String, pools: &Pools, config: &Config) {
     for (name, help, get) in columns {
         let mut f = Family::new(out, name, "gauge", help);
         for (db_name, db) in &config.databases {
-            let servers = totals.get(db_name.as_str()).map_or(0, |t| t.servers);
+            let servers = totals.get(db_name).map_or(0, |t| t.servers);
             let mode = match db.pool_mode.unwrap_or(config.general.pool_mode) {
                 crate::config::PoolMode::Session => "session",
                 crate::config::PoolMode::Transaction => "transaction",

@@ -14,7 +14,7 @@ pub use registry::{ClientCounts, ClientState, InState, Members, Pools};
 
 use crate::config::{Config, PoolSettings};
 use crate::metrics::PoolMetrics;
-use crate::server::{ServerConn, Target};
+use crate::server::{Listed, ServerConn, ServerInfo, ServerList, Target};
 use arc_swap::ArcSwap;
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -121,6 +121,8 @@ pub struct Pool {
     /// Set while `maintain` runs for this pool.
     pub(crate) maintaining: std::sync::atomic::AtomicBool,
     pub metrics: PoolMetrics,
+    /// Every open server connection of the pool, for SHOW SERVERS.
+    servers: ServerList,
 }
 
 /// A place in the wait queue. Dropped before its grant was taken (the client gave up, or its
@@ -195,6 +197,7 @@ impl Pool {
             server_params: Mutex::new(None),
             maintaining: Default::default(),
             metrics,
+            servers: ServerList::default(),
         }
     }
 
@@ -441,6 +444,19 @@ impl Pool {
         match connected {
             Ok(mut conn) => {
                 conn.generation = setup.generation;
+                let info = ServerInfo {
+                    id: conn.id,
+                    addr: setup.target.host.clone(),
+                    port: setup.target.port,
+                    local_addr: conn
+                        .stream
+                        .local_addr()
+                        .map_or(String::new(), |a| a.ip().to_string()),
+                    local_port: conn.stream.local_addr().map_or(0, |a| a.port()),
+                    remote_pid: conn.cancel_key.process_id,
+                    connected_at: crate::client::cancel::unix_micros(),
+                };
+                conn.listed = Some(Listed::new(&self.servers, info));
                 self.metrics.server_connects.inc();
                 opening.armed = false;
                 conn.permits = permits;
@@ -639,6 +655,37 @@ impl Pool {
                 Err(_) => return,
             }
         }
+    }
+
+    /// Every server connection, and whether it is idle in the pool.
+    pub fn servers(&self) -> Vec<(ServerInfo, bool)> {
+        let idle: Vec<u64> = self.lock().idle.iter().map(|c| c.id).collect();
+        let list = self.servers.lock().unwrap_or_else(|e| e.into_inner());
+        let mut all: Vec<_> = list
+            .values()
+            .map(|i| (i.clone(), idle.contains(&i.id)))
+            .collect();
+        all.sort_by_key(|(i, _)| i.id);
+        all
+    }
+
+    /// Closes every server when it is next idle (RECONNECT), by starting a new generation.
+    pub fn reconnect(&self) {
+        let mut setup = (**self.setup.load()).clone();
+        setup.generation += 1;
+        let generation = setup.generation;
+        self.setup.store(Arc::new(setup));
+        let stale = {
+            let mut inner = self.lock();
+            let stale = std::mem::take(&mut inner.idle);
+            inner.total -= stale.len();
+            self.slot_freed(inner);
+            stale
+        };
+        for conn in stale {
+            tokio::spawn(conn.close("RECONNECT"));
+        }
+        tracing::info!(db = %self.database, user = %self.user, node = self.node, generation, "servers will reconnect");
     }
 
     pub fn stats(&self) -> PoolStats {

@@ -40,6 +40,10 @@ pub mod sqlstate {
     pub const CANNOT_CONNECT_NOW: &str = "57P03";
     pub const SERIALIZATION_FAILURE: &str = "40001";
     pub const INVALID_PARAMETER_VALUE: &str = "22023";
+    pub const SYNTAX_ERROR: &str = "42601";
+    pub const INSUFFICIENT_PRIVILEGE: &str = "42501";
+    pub const CONFIG_FILE_ERROR: &str = "F0000";
+    pub const UNDEFINED_OBJECT: &str = "42704";
     pub const QUERY_CANCELED: &str = "57014";
     pub const FEATURE_NOT_SUPPORTED: &str = "0A000";
 }

@@ -186,5 +186,6 @@ pub(super) async fn connect(target: &Target) -> Result<ServerConn, LoginError> {
         created: now,
         last_used: now,
         generation: 0,
+        listed: None,
     })
 }

@@ -64,6 +64,53 @@ pub struct ServerConn {
     pub last_used: Instant,
     /// The pool's generation when this connection was opened; see `Pool::reconfigure`.
     pub generation: u64,
+    /// Its entry in its pool's list of servers, removed when the connection goes.
+    pub listed: Option<Listed>,
+}
+
+/// What SHOW SERVERS tells of a server connection.
+#[derive(Debug, Clone)]
+pub struct ServerInfo {
+    pub id: u64,
+    pub addr: String,
+    pub port: u16,
+    pub local_addr: String,
+    pub local_port: u16,
+    pub remote_pid: i32,
+    /// Unix time of the connection, in microseconds.
+    pub connected_at: u64,
+}
+
+pub type ServerList = std::sync::Arc<std::sync::Mutex<HashMap<u64, ServerInfo>>>;
+
+/// A server's place in a `ServerList`, given up on drop.
+#[derive(Debug)]
+pub struct Listed {
+    list: std::sync::Weak<std::sync::Mutex<HashMap<u64, ServerInfo>>>,
+    id: u64,
+}
+
+impl Listed {
+    pub fn new(list: &ServerList, info: ServerInfo) -> Listed {
+        let id = info.id;
+        list.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id, info);
+        Listed {
+            list: std::sync::Arc::downgrade(list),
+            id,
+        }
+    }
+}
+
+impl Drop for Listed {
+    fn drop(&mut self) {
+        if let Some(list) = self.list.upgrade() {
+            list.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&self.id);
+        }
+    }
 }
 
 impl ServerConn {

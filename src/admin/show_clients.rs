@@ -1,0 +1,64 @@
+//! SHOW CLIENTS: one row per client connection, PgBouncer's columns, plus `id` (what
+//! KILL_CLIENT takes).
+
+use super::{timestamp, Cell, Kind, Table};
+use crate::client::Context;
+use std::sync::atomic::Ordering;
+
+pub fn table(ctx: &Context) -> Table {
+    use Kind::*;
+    let mut t = Table::new(&[
+        ("type", Text),
+        ("user", Text),
+        ("database", Text),
+        ("state", Text),
+        ("addr", Text),
+        ("port", Int),
+        ("local_addr", Text),
+        ("local_port", Int),
+        ("connect_time", Text),
+        ("request_time", Text),
+        ("wait", Int),
+        ("wait_us", Int),
+        ("close_needed", Int),
+        ("ptr", Text),
+        ("link", Text),
+        ("remote_pid", Int),
+        ("tls", Text),
+        ("application_name", Text),
+        ("id", Int),
+    ]);
+    let g = &ctx.config.load().general;
+    for (pid, slot) in ctx.cancels.all() {
+        let (database, user) = slot.login.get().cloned().unwrap_or_default();
+        let server = slot.server();
+        let state = match (&server, slot.login.get()) {
+            (_, None) => "login",
+            (Some(_), _) => "active",
+            (None, _) => "idle",
+        };
+        let last = slot.last_request.load(Ordering::Relaxed);
+        t.row(vec![
+            Cell::from("C"),
+            Cell::from(user),
+            Cell::from(database),
+            Cell::from(state),
+            Cell::from(slot.peer.ip().to_string()),
+            Cell::from(slot.peer.port()),
+            Cell::from(&g.listen_addr),
+            Cell::from(g.listen_port),
+            Cell::from(timestamp(slot.connected_at)),
+            Cell::from(timestamp(if last > 0 { last } else { slot.connected_at })),
+            Cell::from(0),
+            Cell::from(0),
+            Cell::from(slot.killed.load(Ordering::Relaxed)),
+            Cell::from(format!("{pid:x}")),
+            Cell::from(server.as_ref().map(|k| format!("{:x}", k.process_id))),
+            Cell::from(server.as_ref().map_or(0, |k| k.process_id)),
+            Cell::from(""),
+            Cell::from(""),
+            Cell::from(pid),
+        ]);
+    }
+    t
+}

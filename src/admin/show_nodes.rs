@@ -1,0 +1,45 @@
+//! SHOW NODES: each database's primary and replicas with their role, health, ban, lag and
+//! client links in flight.
+
+use super::{Cell, Kind, Table};
+use crate::client::Context;
+use crate::cluster::{Role, Usable};
+
+pub fn table(ctx: &Context) -> Table {
+    use Kind::*;
+    let mut t = Table::new(&[
+        ("database", Text),
+        ("node", Text),
+        ("role", Text),
+        ("health", Text),
+        ("in_flight", Int),
+        ("lag_bytes", Int),
+        ("lag_us", Int),
+        ("weight", Int),
+    ]);
+    for cluster in ctx.clusters.all() {
+        for node in &cluster.nodes {
+            let health = match (node.role, node.usable()) {
+                (Role::Primary, _) if cluster.primary_reachable() == Some(false) => "unreachable",
+                (_, Usable::Yes) => "up",
+                (_, Usable::Banned) => "banned",
+                (_, Usable::Lagging) => "lagging",
+            };
+            let (bytes, time) = node.lag();
+            t.row(vec![
+                Cell::from(&cluster.database),
+                Cell::from(&node.addr),
+                Cell::from(match node.role {
+                    Role::Primary => "primary",
+                    Role::Replica => "replica",
+                }),
+                Cell::from(health),
+                Cell::from(node.outstanding()),
+                Cell::from(bytes),
+                Cell::from(time.as_micros() as u64),
+                Cell::from(node.weight),
+            ]);
+        }
+    }
+    t
+}

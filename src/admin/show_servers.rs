@@ -1,0 +1,74 @@
+//! SHOW SERVERS: one row per server connection, PgBouncer's columns, plus `node`. `link` is
+//! the id of the client holding it.
+
+use super::{timestamp, Cell, Kind, Table};
+use crate::client::Context;
+use std::collections::HashMap;
+
+pub fn table(ctx: &Context) -> Table {
+    use Kind::*;
+    let mut t = Table::new(&[
+        ("type", Text),
+        ("user", Text),
+        ("database", Text),
+        ("state", Text),
+        ("addr", Text),
+        ("port", Int),
+        ("local_addr", Text),
+        ("local_port", Int),
+        ("connect_time", Text),
+        ("request_time", Text),
+        ("wait", Int),
+        ("wait_us", Int),
+        ("close_needed", Int),
+        ("ptr", Text),
+        ("link", Text),
+        ("remote_pid", Int),
+        ("tls", Text),
+        ("application_name", Text),
+        ("node", Text),
+    ]);
+    // Which client holds which server, by the server's process id.
+    let holders: HashMap<i32, i32> = ctx
+        .cancels
+        .all()
+        .into_iter()
+        .filter_map(|(pid, slot)| slot.server().map(|k| (k.process_id, pid)))
+        .collect();
+    for m in ctx.pools.all_members() {
+        for pool in &m.pools {
+            for (info, idle) in pool.servers() {
+                let link = holders.get(&info.remote_pid);
+                let state = if idle {
+                    "idle"
+                } else if link.is_some() {
+                    "active"
+                } else {
+                    "used"
+                };
+                t.row(vec![
+                    Cell::from("S"),
+                    Cell::from(&m.user),
+                    Cell::from(&m.cluster.database),
+                    Cell::from(state),
+                    Cell::from(&info.addr),
+                    Cell::from(info.port),
+                    Cell::from(&info.local_addr),
+                    Cell::from(info.local_port),
+                    Cell::from(timestamp(info.connected_at)),
+                    Cell::from(timestamp(info.connected_at)),
+                    Cell::from(0),
+                    Cell::from(0),
+                    Cell::from(0),
+                    Cell::from(format!("{:x}", info.id)),
+                    Cell::from(link.map(|pid| format!("{pid:x}"))),
+                    Cell::from(info.remote_pid),
+                    Cell::from(""),
+                    Cell::from(""),
+                    Cell::from(&m.cluster.nodes[pool.node].addr),
+                ]);
+            }
+        }
+    }
+    t
+}
