@@ -12,3 +12,5 @@ pub mod protocol;
 pub mod router;
 pub mod server;
 pub mod service;
+pub mod stream;
+pub mod tls;

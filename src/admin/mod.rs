@@ -24,9 +24,9 @@ use crate::client::{Context, Phase};
 use crate::config::Config;
 use crate::protocol::backend::{self, TxStatus};
 use crate::protocol::{frontend, sqlstate};
+use crate::stream::Stream;
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 pub use table::{Cell, Kind, Table};
 
@@ -93,7 +93,7 @@ pub async fn run(
     ctx: &Context,
     access: Access,
     user: &str,
-    stream: &mut TcpStream,
+    stream: &mut Stream,
     mut buf: BytesMut,
 ) -> &'static str {
     let mut console = Console {
@@ -165,7 +165,7 @@ pub async fn run(
     }
 }
 
-async fn fatal(stream: &mut TcpStream, code: &str, message: &str) -> &'static str {
+async fn fatal(stream: &mut Stream, code: &str, message: &str) -> &'static str {
     let mut out = BytesMut::new();
     backend::error_response(&mut out, "FATAL", code, message);
     let _ = stream.write_all(&out).await;

@@ -12,10 +12,10 @@ use crate::protocol::sqlstate;
 use crate::protocol::startup::{self, Startup, StartupPacket};
 use crate::protocol::{frontend, ProtocolError};
 use crate::router::policy::RouteMode;
+use crate::stream::Stream;
 use bytes::{Buf, BytesMut};
 use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 /// Session parameters PostgreSQL reports and a client may set: the pooler keeps each client's
 /// values and re-applies them on whichever server the client gets.
@@ -41,12 +41,12 @@ pub struct LoggedIn {
     pub buf: BytesMut,
 }
 
-async fn read_more(stream: &mut TcpStream, buf: &mut BytesMut) -> bool {
+async fn read_more(stream: &mut Stream, buf: &mut BytesMut) -> bool {
     buf.reserve(512);
     matches!(stream.read_buf(buf).await, Ok(n) if n > 0)
 }
 
-async fn protocol_violation(stream: &mut TcpStream, e: ProtocolError) {
+async fn protocol_violation(stream: &mut Stream, e: ProtocolError) {
     fatal(stream, sqlstate::PROTOCOL_VIOLATION, &e.to_string()).await;
 }
 
@@ -64,7 +64,7 @@ pub enum Login {
 async fn console_login(
     ctx: &Context,
     config: &Config,
-    stream: &mut TcpStream,
+    stream: &mut Stream,
     mut buf: BytesMut,
     mut out: BytesMut,
     user: String,
@@ -110,7 +110,7 @@ async fn console_login(
 pub async fn login(
     ctx: &Context,
     config: &Config,
-    stream: &mut TcpStream,
+    stream: &mut Stream,
     reg: &Registration<'_>,
 ) -> Option<Login> {
     let mut buf = BytesMut::new();
@@ -121,9 +121,30 @@ pub async fn login(
                     return None;
                 }
             }
+            Ok(Some(StartupPacket::Ssl)) if !stream.is_tls() => {
+                // A client that pipelined bytes after the request is broken or malicious
+                // (and would smuggle them past the handshake).
+                if !buf.is_empty() {
+                    return None;
+                }
+                let acceptor = ctx.tls_acceptor();
+                let answer: &[u8] = if acceptor.is_some() { b"S" } else { b"N" };
+                stream.write_all(answer).await.ok()?;
+                if let Some(acceptor) = acceptor {
+                    let tcp = stream.take_plain()?;
+                    match acceptor.accept(tcp).await {
+                        Ok(tls) => {
+                            *stream = Stream::Tls(Box::new(tokio_rustls::TlsStream::Server(tls)))
+                        }
+                        Err(e) => {
+                            tracing::info!(error = %e, "client TLS handshake failed");
+                            return None;
+                        }
+                    }
+                }
+            }
             Ok(Some(StartupPacket::Ssl | StartupPacket::GssEnc)) => {
-                // No TLS or GSS encryption yet: 'N' tells the client to go on in plain text.
-                // A client that pipelined bytes after the request is broken or malicious.
+                // No GSS encryption, and no TLS inside TLS: 'N' tells the client to go on.
                 if !buf.is_empty() || stream.write_all(b"N").await.is_err() {
                     return None;
                 }
@@ -141,7 +162,15 @@ pub async fn login(
                 }
                 return None;
             }
-            Ok(Some(StartupPacket::Startup(s))) => break s,
+            Ok(Some(StartupPacket::Startup(s))) => {
+                if config.general.client_tls_sslmode == crate::tls::ClientMode::Require
+                    && !stream.is_tls()
+                {
+                    fatal(stream, sqlstate::INVALID_AUTHORIZATION, "SSL required").await;
+                    return None;
+                }
+                break s;
+            }
             Err(e) => {
                 protocol_violation(stream, e).await;
                 return None;
@@ -307,7 +336,7 @@ fn client_params(startup: &Startup) -> Result<Vec<(String, String)>, String> {
 }
 
 /// Reads one PasswordMessage-type frame ('p') during authentication.
-async fn read_password_frame(stream: &mut TcpStream, buf: &mut BytesMut) -> Option<BytesMut> {
+async fn read_password_frame(stream: &mut Stream, buf: &mut BytesMut) -> Option<BytesMut> {
     loop {
         match frontend::header(buf, startup::MAX_STARTUP_PACKET) {
             Ok(Some(h)) if h.tag != b'p' => {
@@ -341,7 +370,7 @@ async fn read_password_frame(stream: &mut TcpStream, buf: &mut BytesMut) -> Opti
 async fn authenticate(
     ctx: &Context,
     config: &Config,
-    stream: &mut TcpStream,
+    stream: &mut Stream,
     buf: &mut BytesMut,
     out: &mut BytesMut,
     user: &str,
@@ -417,7 +446,7 @@ async fn authenticate(
 /// Some(true) when the proof checked out, Some(false) when it did not, None when the client
 /// broke the exchange (and has been told).
 async fn scram_exchange(
-    stream: &mut TcpStream,
+    stream: &mut Stream,
     buf: &mut BytesMut,
     out: &mut BytesMut,
     verifier: scram::Verifier,

@@ -13,6 +13,7 @@ use crate::config::Config;
 use crate::metrics::{instance_name, Metrics};
 use crate::pool::Pools;
 use crate::protocol::backend;
+use crate::stream::Stream;
 use arc_swap::ArcSwap;
 use bytes::BytesMut;
 use std::collections::HashMap;
@@ -53,6 +54,8 @@ pub struct Context {
     pub config_path: std::sync::OnceLock<std::path::PathBuf>,
     /// Woken when a reload may have added databases, whose health then needs watching.
     pub topology_changed: tokio::sync::Notify,
+    /// Client TLS, when client_tls_sslmode allows it; replaced on reload (new certificates).
+    tls: ArcSwap<Option<tokio_rustls::TlsAcceptor>>,
     /// The last two samples of every database's totals, for SHOW STATS averages.
     stats: Mutex<Vec<(std::time::Instant, StatsSample)>>,
     /// Running, or how the process is shutting down. Sessions watch it.
@@ -71,6 +74,7 @@ impl Context {
     pub fn new(config: Config) -> Arc<Context> {
         let metrics = Arc::new(Metrics::new(&instance_name(&config.general.instance_name)));
         Arc::new(Context {
+            tls: ArcSwap::from_pointee(acceptor(&config)),
             clusters: Clusters::new(&config),
             pools: Arc::new(Pools::new(metrics.clone())),
             metrics,
@@ -155,6 +159,7 @@ impl Context {
         n.peer_id = o.peer_id;
         self.clusters.reload(&config);
         self.pools.reload(&config, &self.clusters);
+        self.tls.store(Arc::new(acceptor(&config)));
         self.config.store(Arc::new(config));
         self.topology_changed.notify_one();
         tracing::info!("configuration reloaded");
@@ -177,6 +182,10 @@ impl Context {
             [(t0, a), (t1, b)] => Some(((*t1 - *t0).as_secs_f64(), a.clone(), b.clone())),
             _ => None,
         }
+    }
+
+    pub fn tls_acceptor(&self) -> Option<tokio_rustls::TlsAcceptor> {
+        (**self.tls.load()).clone()
     }
 
     /// Clients connected right now, logging in included.
@@ -239,6 +248,22 @@ impl crate::metrics::http::Status for Context {
     }
 }
 
+/// The client TLS acceptor the configuration asks for. Validation has loaded the files once;
+/// if they fail now, TLS is off and the error logged.
+fn acceptor(config: &Config) -> Option<tokio_rustls::TlsAcceptor> {
+    let g = &config.general;
+    if g.client_tls_sslmode == crate::tls::ClientMode::Disable {
+        return None;
+    }
+    match crate::tls::acceptor(&g.client_tls_cert_file, &g.client_tls_key_file) {
+        Ok(a) => Some(a),
+        Err((key, e)) => {
+            tracing::error!(key, error = %e, "client TLS is off");
+            None
+        }
+    }
+}
+
 /// Counts a client for max_client_conn for as long as it lives.
 struct ClientSlot<'a>(&'a AtomicUsize);
 
@@ -249,7 +274,7 @@ impl Drop for ClientSlot<'_> {
 }
 
 /// Sends a FATAL error and closes; used wherever a client must be turned away.
-async fn fatal(stream: &mut TcpStream, code: &str, message: &str) {
+async fn fatal(stream: &mut Stream, code: &str, message: &str) {
     let mut buf = BytesMut::new();
     backend::error_response(&mut buf, "FATAL", code, message);
     let _ = stream.write_all(&buf).await;
@@ -257,8 +282,9 @@ async fn fatal(stream: &mut TcpStream, code: &str, message: &str) {
 }
 
 /// Serves one client from accept to close.
-pub async fn handle(ctx: Arc<Context>, mut stream: TcpStream, peer: SocketAddr) {
+pub async fn handle(ctx: Arc<Context>, stream: TcpStream, peer: SocketAddr) {
     let _ = stream.set_nodelay(true);
+    let mut stream = Stream::Plain(stream);
     let config = ctx.config.load_full();
     let _slot = ClientSlot(&ctx.clients);
     if ctx.clients.fetch_add(1, Ordering::Relaxed) >= config.general.max_client_conn {

@@ -23,11 +23,11 @@ use crate::router::command::{self, RouteCommand};
 use crate::router::policy::{self, RouteMode, Work};
 use crate::server::tracker::{Reply, Tracker};
 use crate::server::ServerConn;
+use crate::stream::Stream;
 use bytes::{Buf, BytesMut};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 /// Stop reading from one side while this much is waiting to be written to the other.
 const HIGH_WATER: usize = 256 * 1024;
@@ -110,7 +110,7 @@ struct Session<'a> {
     /// The node the current work just failed on, and how many times it has been retried.
     avoid: Option<usize>,
     retries: usize,
-    client: &'a mut TcpStream,
+    client: &'a mut Stream,
     cbuf: BytesMut,
     to_client: BytesMut,
     params: SessionParams,
@@ -133,7 +133,7 @@ pub async fn run(
     ctx: &Context,
     config: Arc<Config>,
     login: LoggedIn,
-    client: &mut TcpStream,
+    client: &mut Stream,
     reg: &Registration<'_>,
 ) -> &'static str {
     let (registry, clients) = (&ctx.statements, &ctx.clients);
@@ -610,41 +610,60 @@ impl Session<'_> {
 
     /// Waits for client bytes with no server held. An idle client keeps no read buffer.
     async fn read_idle(&mut self) -> Result<(), &'static str> {
+        // TLS may hold decrypted bytes the socket no longer shows: read through it instead
+        // of waiting for the socket, and keep the buffer that takes.
+        let tls = self.client.is_tls();
         let many = self.clients.load(std::sync::atomic::Ordering::Relaxed) > KEEP_BUFFERS_UP_TO;
-        if self.cbuf.is_empty() && (many || self.cbuf.capacity() > 4 * READ_CHUNK) {
+        if !tls && self.cbuf.is_empty() && (many || self.cbuf.capacity() > 4 * READ_CHUNK) {
             self.cbuf = BytesMut::new();
             self.to_client = BytesMut::new();
             self.spare = (Tracker::default(), BytesMut::new(), BytesMut::new());
         }
+        if tls {
+            self.cbuf.reserve(READ_CHUNK);
+        }
         let timeout = self.config.general.client_idle_timeout.enabled();
-        let timed_out = {
-            let wait = self.client.readable();
+        let woke = {
             let kills = self.phase.borrow().kills;
             let control = self
                 .phase
                 .wait_for(|c| c.phase != Phase::Running || c.kills != kills);
-            match timeout {
-                // Boxed: a timer is large, and every idle client would carry its space
-                // otherwise.
-                Some(t) => tokio::select! {
-                    _ = wait => false,
-                    // idle_step looks at what changed.
-                    _ = control => return Ok(()),
-                    _ = Box::pin(tokio::time::sleep(t)) => true,
-                },
-                None => tokio::select! {
-                    _ = wait => false,
-                    _ = control => return Ok(()),
-                },
+            let timer = async {
+                match timeout {
+                    // Boxed: a timer is large, and every idle client would carry its space
+                    // otherwise.
+                    Some(t) => Box::pin(tokio::time::sleep(t)).await,
+                    None => std::future::pending().await,
+                }
+            };
+            let data = async {
+                match (tls, self.client.tcp()) {
+                    (false, Some(tcp)) => tcp.readable().await.map(|()| None),
+                    _ => self.client.read_buf(&mut self.cbuf).await.map(Some),
+                }
+            };
+            tokio::select! {
+                r = data => Woke::Data(r),
+                // idle_step looks at what changed.
+                _ = control => Woke::Control,
+                _ = timer => Woke::Timeout,
             }
         };
-        if timed_out {
-            self.fatal(sqlstate::PROTOCOL_VIOLATION, "client_idle_timeout")
-                .await;
-            return Err("client_idle_timeout");
-        }
-        self.cbuf.reserve(READ_CHUNK);
-        match self.client.read_buf(&mut self.cbuf).await {
+        let read = match woke {
+            Woke::Control => return Ok(()),
+            Woke::Timeout => {
+                self.fatal(sqlstate::PROTOCOL_VIOLATION, "client_idle_timeout")
+                    .await;
+                return Err("client_idle_timeout");
+            }
+            Woke::Data(Ok(Some(n))) => Ok(n),
+            Woke::Data(Ok(None)) => {
+                self.cbuf.reserve(READ_CHUNK);
+                self.client.read_buf(&mut self.cbuf).await
+            }
+            Woke::Data(Err(e)) => Err(e),
+        };
+        match read {
             Ok(n) if n > 0 => Ok(()),
             _ => Err("client disconnected"),
         }
@@ -946,9 +965,20 @@ impl Session<'_> {
 
 /// Resolves true when the client has closed its connection, false as soon as it has sent more
 /// bytes (which stay unread).
-async fn client_gone(client: &TcpStream) -> bool {
+async fn client_gone(client: &Stream) -> bool {
     let mut probe = [0u8; 1];
-    !matches!(client.peek(&mut probe).await, Ok(n) if n > 0)
+    match client.tcp() {
+        Some(tcp) => !matches!(tcp.peek(&mut probe).await, Ok(n) if n > 0),
+        None => true,
+    }
+}
+
+/// What ended an idle client's wait.
+enum Woke {
+    /// Bytes arrived: read already (TLS), or ready to be read (plain).
+    Data(std::io::Result<Option<usize>>),
+    Control,
+    Timeout,
 }
 
 fn add_text(add: &mut impl FnMut(Class, Option<Hint>), sql: &[u8], write_functions: &[String]) {

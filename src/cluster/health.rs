@@ -75,6 +75,8 @@ impl Checker {
                 port: node.port,
                 dbname: cluster.dbname.clone(),
                 credentials: credentials.clone(),
+                tls_mode: general.server_tls_sslmode,
+                tls_ca_file: general.server_tls_ca_file.clone(),
             };
             let conn = self.conns[i].take();
             checks.spawn(async move {

@@ -9,6 +9,7 @@ mod duration;
 pub use duration::Seconds;
 
 use crate::auth::Secret;
+pub use crate::tls::{ClientMode, ServerMode};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -73,6 +74,11 @@ pub struct General {
     pub admin_users: Vec<String>,
     pub stats_users: Vec<String>,
     pub stats_period: Seconds,
+    pub client_tls_sslmode: ClientMode,
+    pub client_tls_cert_file: String,
+    pub client_tls_key_file: String,
+    pub server_tls_sslmode: ServerMode,
+    pub server_tls_ca_file: String,
 }
 
 impl Default for General {
@@ -115,6 +121,11 @@ impl Default for General {
             admin_users: Vec::new(),
             stats_users: Vec::new(),
             stats_period: Seconds::secs(60),
+            client_tls_sslmode: ClientMode::Disable,
+            client_tls_cert_file: String::new(),
+            client_tls_key_file: String::new(),
+            server_tls_sslmode: ServerMode::Prefer,
+            server_tls_ca_file: String::new(),
         }
     }
 }
@@ -363,6 +374,25 @@ impl Config {
         }
         if g.max_packet_size < 1024 {
             return bad("max_packet_size", "must be at least 1024".into());
+        }
+        if g.client_tls_sslmode != ClientMode::Disable {
+            crate::tls::acceptor(&g.client_tls_cert_file, &g.client_tls_key_file)
+                .map(drop)
+                .or_else(|(key, message)| bad(&key, message))?;
+        }
+        if matches!(
+            g.server_tls_sslmode,
+            ServerMode::VerifyCa | ServerMode::VerifyFull
+        ) {
+            if g.server_tls_ca_file.is_empty() {
+                return bad(
+                    "server_tls_ca_file",
+                    "server_tls_sslmode verify-ca and verify-full need a CA file".into(),
+                );
+            }
+            crate::tls::connector(g.server_tls_sslmode, &g.server_tls_ca_file)
+                .map(drop)
+                .or_else(|m| bad("server_tls_ca_file", m))?;
         }
         if g.stats_period.0.is_zero() {
             return bad("stats_period", "must be more than 0".into());

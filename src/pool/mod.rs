@@ -450,9 +450,14 @@ impl Pool {
                     port: setup.target.port,
                     local_addr: conn
                         .stream
-                        .local_addr()
+                        .tcp()
+                        .and_then(|t| t.local_addr().ok())
                         .map_or(String::new(), |a| a.ip().to_string()),
-                    local_port: conn.stream.local_addr().map_or(0, |a| a.port()),
+                    local_port: conn
+                        .stream
+                        .tcp()
+                        .and_then(|t| t.local_addr().ok())
+                        .map_or(0, |a| a.port()),
                     remote_pid: conn.cancel_key.process_id,
                     connected_at: crate::client::cancel::unix_micros(),
                 };

@@ -137,13 +137,15 @@ fn credentials(config: &Config, database: &str, user: &str) -> Option<Credential
     })
 }
 
-fn target(cluster: &Cluster, node: usize, credentials: &Credentials) -> Target {
+fn target(config: &Config, cluster: &Cluster, node: usize, credentials: &Credentials) -> Target {
     let n = &cluster.nodes[node];
     Target {
         host: n.host.clone(),
         port: n.port,
         dbname: cluster.dbname.clone(),
         credentials: credentials.clone(),
+        tls_mode: config.general.server_tls_sslmode,
+        tls_ca_file: config.general.server_tls_ca_file.clone(),
     }
 }
 
@@ -177,7 +179,7 @@ impl Pools {
         cluster.offer_credentials(&credentials);
         let mut pools = Vec::with_capacity(cluster.nodes.len());
         for (i, node) in cluster.nodes.iter().enumerate() {
-            let target = target(&cluster, i, &credentials);
+            let target = target(config, &cluster, i, &credentials);
             // Limits count per node: a replica's connections take nothing from the primary.
             let limits = Limits {
                 db: shared_limit(
@@ -231,7 +233,7 @@ impl Pools {
                 return false;
             };
             for (i, pool) in members.pools.iter().enumerate() {
-                let target = target(&members.cluster, i, &credentials);
+                let target = target(config, &members.cluster, i, &credentials);
                 pool.reconfigure(config, settings.clone(), target);
             }
             true

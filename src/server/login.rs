@@ -3,6 +3,7 @@
 
 use super::{next_id, CancelKey, ServerConn, Target};
 use crate::auth::{md5, Secret};
+use crate::stream::Stream;
 use bytes::BytesMut;
 use postgres_protocol::authentication::sasl::{self, ChannelBinding, ScramSha256};
 use postgres_protocol::message::{backend::Message, frontend};
@@ -39,9 +40,11 @@ pub enum LoginError {
     Auth(String),
     #[error("unexpected reply from server during login")]
     Protocol,
+    #[error("TLS to the server failed: {0}")]
+    Tls(String),
 }
 
-async fn read_message(stream: &mut TcpStream, buf: &mut BytesMut) -> Result<Message, LoginError> {
+async fn read_message(stream: &mut Stream, buf: &mut BytesMut) -> Result<Message, LoginError> {
     loop {
         if let Some(msg) = Message::parse(buf).map_err(|_| LoginError::Protocol)? {
             return Ok(msg);
@@ -81,9 +84,39 @@ fn plain<'a>(creds: &'a Credentials, method: &str) -> Result<&'a str, LoginError
     }
 }
 
+/// Asks the server for TLS as server_tls_sslmode says, and wraps the stream if it agrees.
+async fn secure(mut tcp: TcpStream, target: &Target) -> Result<Stream, LoginError> {
+    use crate::tls::ServerMode;
+    if target.tls_mode == ServerMode::Disable {
+        return Ok(Stream::Plain(tcp));
+    }
+    tcp.write_all(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f]).await?;
+    let mut answer = [0u8; 1];
+    tcp.read_exact(&mut answer).await?;
+    match answer[0] {
+        b'S' => {
+            let connector = crate::tls::connector(target.tls_mode, &target.tls_ca_file)
+                .map_err(LoginError::Tls)?;
+            let name = rustls::pki_types::ServerName::try_from(target.host.clone())
+                .map_err(|e| LoginError::Tls(e.to_string()))?;
+            let tls = connector
+                .connect(name, tcp)
+                .await
+                .map_err(|e| LoginError::Tls(e.to_string()))?;
+            Ok(Stream::Tls(Box::new(tokio_rustls::TlsStream::Client(tls))))
+        }
+        b'N' if target.tls_mode == ServerMode::Prefer => Ok(Stream::Plain(tcp)),
+        b'N' => Err(LoginError::Tls(
+            "the server does not offer TLS, and server_tls_sslmode requires it".into(),
+        )),
+        _ => Err(LoginError::Protocol),
+    }
+}
+
 pub(super) async fn connect(target: &Target) -> Result<ServerConn, LoginError> {
-    let mut stream = TcpStream::connect((target.host.as_str(), target.port)).await?;
-    stream.set_nodelay(true)?;
+    let tcp = TcpStream::connect((target.host.as_str(), target.port)).await?;
+    tcp.set_nodelay(true)?;
+    let mut stream = secure(tcp, target).await?;
     let creds = &target.credentials;
     let mut out = BytesMut::with_capacity(256);
     frontend::startup_message(

@@ -25,6 +25,8 @@ pub struct Target {
     pub port: u16,
     pub dbname: String,
     pub credentials: Credentials,
+    pub tls_mode: crate::tls::ServerMode,
+    pub tls_ca_file: String,
 }
 
 impl Target {
@@ -46,7 +48,7 @@ static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 #[derive(Debug)]
 pub struct ServerConn {
     pub id: u64,
-    pub stream: TcpStream,
+    pub stream: crate::stream::Stream,
     /// Bytes read from the server and not yet handled; empty whenever the server is idle.
     pub buf: BytesMut,
     pub cancel_key: std::sync::Arc<CancelKey>,

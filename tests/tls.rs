@@ -1,0 +1,208 @@
+//! TLS on both sides, with certificates the test makes with openssl: psql with
+//! sslmode=require through pgsluice, plain clients refused under require, and pgsluice
+//! verifying a TLS server against its CA.
+
+mod support;
+
+use std::path::Path;
+use std::process::Command;
+use support::{primary, Pooler, APP_PASSWORD};
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .expect("openssl");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A CA, and a certificate it signed for localhost / 127.0.0.1: ca.pem, cert.pem, key.pem.
+fn certificates(dir: &Path) {
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=pgsluice test CA",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+        ],
+    );
+    openssl(
+        dir,
+        &[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            "/CN=localhost",
+            "-keyout",
+            "key.pem",
+            "-out",
+            "cert.csr",
+        ],
+    );
+    std::fs::write(
+        dir.join("ext.cnf"),
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
+    )
+    .unwrap();
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "cert.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            "ext.cnf",
+            "-out",
+            "cert.pem",
+        ],
+    );
+}
+
+fn psql(pooler: &Pooler, sslmode: &str) -> std::process::Output {
+    Command::new(pgsluice::demo::pg_bindir().join("psql"))
+        .arg(format!(
+            "host=127.0.0.1 port={} user=app dbname=app sslmode={sslmode}",
+            pooler.port()
+        ))
+        .args(["-X", "-A", "-t", "-c", "SHOW ssl"])
+        .env("PGPASSWORD", APP_PASSWORD)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn psql_with_sslmode_require_and_plain_clients_refused() {
+    let pg = primary();
+    let dir = tempfile::tempdir().unwrap();
+    certificates(dir.path());
+    let d = dir.path().display();
+    let pooler = Pooler::start(
+        &pg,
+        &format!(
+            "client_tls_sslmode = \"require\"\nclient_tls_cert_file = \"{d}/cert.pem\"\n\
+             client_tls_key_file = \"{d}/key.pem\""
+        ),
+    );
+    let out = psql(&pooler, "require");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The server behind has no TLS: the query ran there, over plain text from pgsluice.
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "off");
+    let out = psql(&pooler, "disable");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("SSL required"), "{err}");
+    // verify-full against our CA: the certificate names 127.0.0.1.
+    let out = Command::new(pgsluice::demo::pg_bindir().join("psql"))
+        .arg(format!(
+            "host=127.0.0.1 port={} user=app dbname=app sslmode=verify-full sslrootcert={d}/ca.pem",
+            pooler.port()
+        ))
+        .args(["-X", "-A", "-t", "-c", "SELECT 1"])
+        .env("PGPASSWORD", APP_PASSWORD)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn tls_off_answers_n_to_sslrequest() {
+    let pg = primary();
+    let pooler = Pooler::start(&pg, "");
+    let out = psql(&pooler, "prefer");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = psql(&pooler, "require");
+    assert!(!out.status.success(), "no TLS offered, so require fails");
+}
+
+#[test]
+fn pgsluice_verifies_a_tls_server() {
+    let pg = primary();
+    let dir = tempfile::tempdir().unwrap();
+    certificates(dir.path());
+    let d = dir.path().display().to_string();
+    // PostgreSQL reads its key only when owned by its own user with no group access.
+    for f in ["cert.pem", "key.pem"] {
+        let path = dir.path().join(f);
+        let _ = Command::new("chown").arg("postgres").arg(&path).status();
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .unwrap();
+    }
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    pg.psql(&format!("ALTER SYSTEM SET ssl_cert_file = '{d}/cert.pem'"))
+        .unwrap();
+    pg.psql(&format!("ALTER SYSTEM SET ssl_key_file = '{d}/key.pem'"))
+        .unwrap();
+    pg.psql("ALTER SYSTEM SET ssl = on").unwrap();
+    pg.psql("SELECT pg_reload_conf()").unwrap();
+    assert!(support::wait_for(std::time::Duration::from_secs(5), || {
+        pg.psql("SHOW ssl").unwrap() == "on"
+    }));
+    for mode in ["require", "verify-ca", "verify-full"] {
+        let pooler = Pooler::start(
+            &pg,
+            &format!("server_tls_sslmode = \"{mode}\"\nserver_tls_ca_file = \"{d}/ca.pem\""),
+        );
+        let out = pooler.psql("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()");
+        assert!(
+            out.status.success(),
+            "{mode}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "t", "{mode}");
+    }
+    // A CA that did not sign the server's certificate: no connection.
+    let other = tempfile::tempdir().unwrap();
+    certificates(other.path());
+    let pooler = Pooler::start(
+        &pg,
+        &format!(
+            "server_tls_sslmode = \"verify-ca\"\nserver_tls_ca_file = \"{}/ca.pem\"",
+            other.path().display()
+        ),
+    );
+    let out = pooler.psql("SELECT 1");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("TLS"), "{err}");
+}
