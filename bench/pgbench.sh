@@ -91,6 +91,7 @@ start_bouncer
 sluice_port=$(free_port)
 cat >"$work/pgsluice.toml" <<TOML
 listen_port = $sluice_port
+http_listen = ""
 auth_type = "trust"
 pool_mode = "transaction"
 default_pool_size = $POOL_SIZE
