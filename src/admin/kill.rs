@@ -6,17 +6,8 @@ use crate::protocol::sqlstate;
 use std::sync::atomic::Ordering;
 
 pub fn kill(console: &Console<'_>, db: Option<&str>) -> Result<(), Failure> {
-    let Some(name) = db else {
-        return Err(Failure::new(
-            sqlstate::SYNTAX_ERROR,
-            "KILL needs a database",
-        ));
-    };
-    let cluster = console
-        .ctx
-        .clusters
-        .get(name)
-        .ok_or_else(|| Failure::no_database(name))?;
+    let cluster = console.cluster(db)?;
+    let name = cluster.database.as_str();
     cluster.pause(true);
     for (_, slot) in console.ctx.cancels.all() {
         if slot.login.get().is_some_and(|(d, _)| d == name) {

@@ -264,6 +264,19 @@ impl Console<'_> {
         Ok(())
     }
 
+    /// The cluster of the database a command names.
+    fn cluster(
+        &self,
+        db: Option<&str>,
+    ) -> Result<std::sync::Arc<crate::cluster::Cluster>, Failure> {
+        let name =
+            db.ok_or_else(|| Failure::new(sqlstate::SYNTAX_ERROR, "a database name is needed"))?;
+        self.ctx
+            .clusters
+            .get(name)
+            .ok_or_else(|| Failure::no_database(name))
+    }
+
     /// The clusters a command names: one database, or all of them when none is given.
     fn clusters(
         &self,
@@ -280,6 +293,28 @@ impl Console<'_> {
         }
     }
 }
+
+/// The columns SHOW CLIENTS and SHOW SERVERS share, as PgBouncer names them.
+pub const CONNECTION_COLUMNS: [(&str, Kind); 18] = [
+    ("type", Kind::Text),
+    ("user", Kind::Text),
+    ("database", Kind::Text),
+    ("state", Kind::Text),
+    ("addr", Kind::Text),
+    ("port", Kind::Int),
+    ("local_addr", Kind::Text),
+    ("local_port", Kind::Int),
+    ("connect_time", Kind::Text),
+    ("request_time", Kind::Text),
+    ("wait", Kind::Int),
+    ("wait_us", Kind::Int),
+    ("close_needed", Kind::Int),
+    ("ptr", Kind::Text),
+    ("link", Kind::Text),
+    ("remote_pid", Kind::Int),
+    ("tls", Kind::Text),
+    ("application_name", Kind::Text),
+];
 
 /// Unix microseconds as PgBouncer prints times: `2026-11-24 14:20:05 UTC`.
 pub fn timestamp(micros: u64) -> String {

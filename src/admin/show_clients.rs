@@ -7,27 +7,9 @@ use std::sync::atomic::Ordering;
 
 pub fn table(ctx: &Context) -> Table {
     use Kind::*;
-    let mut t = Table::new(&[
-        ("type", Text),
-        ("user", Text),
-        ("database", Text),
-        ("state", Text),
-        ("addr", Text),
-        ("port", Int),
-        ("local_addr", Text),
-        ("local_port", Int),
-        ("connect_time", Text),
-        ("request_time", Text),
-        ("wait", Int),
-        ("wait_us", Int),
-        ("close_needed", Int),
-        ("ptr", Text),
-        ("link", Text),
-        ("remote_pid", Int),
-        ("tls", Text),
-        ("application_name", Text),
-        ("id", Int),
-    ]);
+    let mut columns = super::CONNECTION_COLUMNS.to_vec();
+    columns.push(("id", Int));
+    let mut t = Table::new(&columns);
     let g = &ctx.config.load().general;
     for (pid, slot) in ctx.cancels.all() {
         let (database, user) = slot.login.get().cloned().unwrap_or_default();

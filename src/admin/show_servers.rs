@@ -7,27 +7,9 @@ use std::collections::HashMap;
 
 pub fn table(ctx: &Context) -> Table {
     use Kind::*;
-    let mut t = Table::new(&[
-        ("type", Text),
-        ("user", Text),
-        ("database", Text),
-        ("state", Text),
-        ("addr", Text),
-        ("port", Int),
-        ("local_addr", Text),
-        ("local_port", Int),
-        ("connect_time", Text),
-        ("request_time", Text),
-        ("wait", Int),
-        ("wait_us", Int),
-        ("close_needed", Int),
-        ("ptr", Text),
-        ("link", Text),
-        ("remote_pid", Int),
-        ("tls", Text),
-        ("application_name", Text),
-        ("node", Text),
-    ]);
+    let mut columns = super::CONNECTION_COLUMNS.to_vec();
+    columns.push(("node", Text));
+    let mut t = Table::new(&columns);
     // Which client holds which server, by the server's process id.
     let holders: HashMap<i32, i32> = ctx
         .cancels

@@ -566,31 +566,18 @@ impl Pool {
         }
         let size = new.settings.pool_size;
         self.setup.store(Arc::new(new));
-        let stale = {
-            let mut inner = self.lock();
-            let mut stale = Vec::new();
-            let mut keep = Vec::with_capacity(inner.idle.len());
-            for conn in inner.idle.drain(..) {
-                if conn.generation != generation {
-                    stale.push(conn);
-                } else {
-                    keep.push(conn);
-                }
-            }
-            while inner.total - stale.len() > size {
+        self.close_idle("server settings changed by a reload", |idle, total| {
+            let (mut stale, mut keep): (Vec<_>, Vec<_>) =
+                idle.drain(..).partition(|c| c.generation != generation);
+            while total - stale.len() > size {
                 match keep.pop() {
                     Some(conn) => stale.push(conn),
                     None => break,
                 }
             }
-            inner.idle = keep;
-            inner.total -= stale.len();
-            self.slot_freed(inner);
+            *idle = keep;
             stale
-        };
-        for conn in stale {
-            tokio::spawn(conn.close("server settings changed by a reload"));
-        }
+        });
         tracing::info!(db = %self.database, user = %self.user, node = self.node, generation, "pool reconfigured");
     }
 
@@ -680,16 +667,7 @@ impl Pool {
         setup.generation += 1;
         let generation = setup.generation;
         self.setup.store(Arc::new(setup));
-        let stale = {
-            let mut inner = self.lock();
-            let stale = std::mem::take(&mut inner.idle);
-            inner.total -= stale.len();
-            self.slot_freed(inner);
-            stale
-        };
-        for conn in stale {
-            tokio::spawn(conn.close("RECONNECT"));
-        }
+        self.close_idle("RECONNECT", |idle, _| std::mem::take(idle));
         tracing::info!(db = %self.database, user = %self.user, node = self.node, generation, "servers will reconnect");
     }
 
@@ -720,18 +698,28 @@ impl Pool {
     /// Closes every idle connection, and forgets a failed login so that the next client may
     /// try at once: the node has just been banned or has just come back.
     pub fn drain_idle(&self, why: &'static str) {
-        let idle = {
+        self.lock().last_failure = None;
+        self.close_idle(why, |idle, _| std::mem::take(idle));
+    }
+
+    /// Closes the idle connections `pick` takes out of the idle list (given it and the
+    /// pool's total), and lets waiters have the room.
+    fn close_idle(
+        &self,
+        why: &'static str,
+        pick: impl FnOnce(&mut Vec<ServerConn>, usize) -> Vec<ServerConn>,
+    ) {
+        let stale = {
             let mut inner = self.lock();
-            inner.last_failure = None;
-            let idle = std::mem::take(&mut inner.idle);
-            inner.total -= idle.len();
-            idle
+            let total = inner.total;
+            let stale = pick(&mut inner.idle, total);
+            inner.total -= stale.len();
+            self.slot_freed(inner);
+            stale
         };
-        for conn in idle {
+        for conn in stale {
             tokio::spawn(conn.close(why));
         }
-        let inner = self.lock();
-        self.slot_freed(inner);
     }
 
     /// Takes one idle connection out of the pool, for closing.
