@@ -249,8 +249,9 @@ impl Session<'_> {
     }
 
     /// The process is shutting down, or an admin asked this client to go.
-    fn must_go(&self) -> bool {
-        self.phase.borrow().phase != Phase::Running
+    fn must_go(&mut self) -> bool {
+        // Marked seen, so that waiting for the next change waits.
+        self.phase.borrow_and_update().phase != Phase::Running
             || self
                 .reg
                 .slot
@@ -610,63 +611,80 @@ impl Session<'_> {
 
     /// Waits for client bytes with no server held. An idle client keeps no read buffer.
     async fn read_idle(&mut self) -> Result<(), &'static str> {
-        // TLS may hold decrypted bytes the socket no longer shows: read through it instead
-        // of waiting for the socket, and keep the buffer that takes.
-        let tls = self.client.is_tls();
+        let Some(tcp) = self.client.tcp().filter(|_| !self.client.is_tls()) else {
+            // TLS may hold decrypted bytes the socket no longer shows: read through it
+            // instead of waiting for the socket. Boxed, so that plain clients do not carry
+            // this path's space.
+            return Box::pin(self.read_idle_tls()).await;
+        };
         let many = self.clients.load(std::sync::atomic::Ordering::Relaxed) > KEEP_BUFFERS_UP_TO;
-        if !tls && self.cbuf.is_empty() && (many || self.cbuf.capacity() > 4 * READ_CHUNK) {
+        if self.cbuf.is_empty() && (many || self.cbuf.capacity() > 4 * READ_CHUNK) {
             self.cbuf = BytesMut::new();
             self.to_client = BytesMut::new();
             self.spare = (Tracker::default(), BytesMut::new(), BytesMut::new());
         }
-        if tls {
-            self.cbuf.reserve(READ_CHUNK);
-        }
         let timeout = self.config.general.client_idle_timeout.enabled();
         let woke = {
-            let kills = self.phase.borrow().kills;
-            let control = self
-                .phase
-                .wait_for(|c| c.phase != Phase::Running || c.kills != kills);
-            let timer = async {
-                match timeout {
-                    // Boxed: a timer is large, and every idle client would carry its space
-                    // otherwise.
-                    Some(t) => Box::pin(tokio::time::sleep(t)).await,
-                    None => std::future::pending().await,
-                }
-            };
-            let data = async {
-                match (tls, self.client.tcp()) {
-                    (false, Some(tcp)) => tcp.readable().await.map(|()| None),
-                    _ => self.client.read_buf(&mut self.cbuf).await.map(Some),
-                }
-            };
-            tokio::select! {
-                r = data => Woke::Data(r),
-                // idle_step looks at what changed.
-                _ = control => Woke::Control,
-                _ = timer => Woke::Timeout,
+            // Any change wakes the client; idle_step then sees whether it concerns it.
+            let control = self.phase.changed();
+            let ready = tcp.readable();
+            match timeout {
+                // Boxed: a timer is large, and every idle client would carry its space
+                // otherwise.
+                Some(t) => tokio::select! {
+                    _ = ready => Woke::Data,
+                    _ = control => Woke::Control,
+                    _ = Box::pin(tokio::time::sleep(t)) => Woke::Timeout,
+                },
+                None => tokio::select! {
+                    _ = ready => Woke::Data,
+                    _ = control => Woke::Control,
+                },
             }
         };
-        let read = match woke {
+        match woke {
+            Woke::Data => {}
+            // idle_step looks at what changed.
             Woke::Control => return Ok(()),
-            Woke::Timeout => {
-                self.fatal(sqlstate::PROTOCOL_VIOLATION, "client_idle_timeout")
-                    .await;
-                return Err("client_idle_timeout");
-            }
-            Woke::Data(Ok(Some(n))) => Ok(n),
-            Woke::Data(Ok(None)) => {
-                self.cbuf.reserve(READ_CHUNK);
-                self.client.read_buf(&mut self.cbuf).await
-            }
-            Woke::Data(Err(e)) => Err(e),
-        };
-        match read {
+            Woke::Timeout => return self.idle_timeout().await,
+        }
+        self.cbuf.reserve(READ_CHUNK);
+        match self.client.read_buf(&mut self.cbuf).await {
             Ok(n) if n > 0 => Ok(()),
             _ => Err("client disconnected"),
         }
+    }
+
+    /// `read_idle` for a TLS client: reads through the TLS layer, keeping its buffer.
+    async fn read_idle_tls(&mut self) -> Result<(), &'static str> {
+        self.cbuf.reserve(READ_CHUNK);
+        let timeout = self.config.general.client_idle_timeout.enabled();
+        let read = {
+            let control = self.phase.changed();
+            let timer = async {
+                match timeout {
+                    Some(t) => tokio::time::sleep(t).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                r = self.client.read_buf(&mut self.cbuf) => Ok(r),
+                _ = control => Err(Woke::Control),
+                _ = timer => Err(Woke::Timeout),
+            }
+        };
+        match read {
+            Ok(Ok(n)) if n > 0 => Ok(()),
+            Ok(_) => Err("client disconnected"),
+            Err(Woke::Timeout) => self.idle_timeout().await,
+            Err(_) => Ok(()),
+        }
+    }
+
+    async fn idle_timeout(&mut self) -> Result<(), &'static str> {
+        self.fatal(sqlstate::PROTOCOL_VIOLATION, "client_idle_timeout")
+            .await;
+        Err("client_idle_timeout")
     }
 
     /// Brings the server's session parameters in line with this client's before its work runs.
@@ -854,7 +872,8 @@ impl Session<'_> {
                 self.to_client.clear();
                 return Unlink::Terminate;
             }
-            let phase = self.phase.borrow().phase;
+            // Marked seen: the select below waits for the next change, not this one.
+            let phase = self.phase.borrow_and_update().phase;
             let between = link.tracker.idle() && settled && !terminating;
             let killed = self
                 .reg
@@ -975,8 +994,7 @@ async fn client_gone(client: &Stream) -> bool {
 
 /// What ended an idle client's wait.
 enum Woke {
-    /// Bytes arrived: read already (TLS), or ready to be read (plain).
-    Data(std::io::Result<Option<usize>>),
+    Data,
     Control,
     Timeout,
 }
