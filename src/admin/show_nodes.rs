@@ -17,8 +17,16 @@ pub fn table(ctx: &Context) -> Table {
         ("lag_us", Int),
         ("weight", Int),
     ]);
+    let members = ctx.pools.all_members();
     for cluster in ctx.clusters.all() {
-        for node in &cluster.nodes {
+        for (i, node) in cluster.nodes.iter().enumerate() {
+            // Servers linked to a client right now, over every user's pool of this node.
+            let in_flight: usize = members
+                .iter()
+                .filter(|m| std::sync::Arc::ptr_eq(&m.cluster, &cluster))
+                .filter_map(|m| m.pools.get(i))
+                .map(|p| p.stats().active)
+                .sum();
             let health = match (node.role, node.usable()) {
                 (Role::Primary, _) if cluster.primary_reachable() == Some(false) => "unreachable",
                 (_, Usable::Yes) => "up",
@@ -34,7 +42,7 @@ pub fn table(ctx: &Context) -> Table {
                     Role::Replica => "replica",
                 }),
                 Cell::from(health),
-                Cell::from(node.outstanding()),
+                Cell::from(in_flight),
                 Cell::from(bytes),
                 Cell::from(time.as_micros() as u64),
                 Cell::from(node.weight),

@@ -26,7 +26,7 @@ pub fn table(ctx: &Context) -> Table {
         ("node", Text),
     ]);
     for m in ctx.pools.all_members() {
-        let clients = m.clients.snapshot();
+        let clients = m.client_counts();
         for pool in &m.pools {
             let s = pool.stats();
             let idle_clients = if pool.node == 0 { clients.idle } else { 0 };

@@ -25,6 +25,9 @@ pub struct Slot {
     pub login: OnceLock<(String, String)>,
     /// Set by KILL and KILL_CLIENT: the session ends at its next chance.
     pub killed: AtomicBool,
+    /// Wakes the session to look at `killed` and the process's phase. One per client, so
+    /// that waiting on it locks nothing other clients use.
+    pub wake: tokio::sync::Notify,
 }
 
 /// Microseconds since the Unix epoch.
@@ -94,6 +97,7 @@ impl Cancels {
             last_request: AtomicU64::new(0),
             login: OnceLock::new(),
             killed: AtomicBool::new(false),
+            wake: tokio::sync::Notify::new(),
         });
         let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
         let process_id = loop {

@@ -29,7 +29,7 @@ pub type StatsSample = std::collections::BTreeMap<String, crate::metrics::report
 /// Where the process is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Phase {
-    Running,
+    Running = 0,
     /// No new clients; transactions in flight may finish, then each client is closed.
     Draining,
     /// Every client is closed now; open transactions are rolled back.
@@ -60,6 +60,8 @@ pub struct Context {
     stats: Mutex<Vec<(std::time::Instant, StatsSample)>>,
     /// Running, or how the process is shutting down. Sessions watch it.
     pub control: tokio::sync::watch::Sender<Control>,
+    /// `control`'s phase as a number, for lock-free reads.
+    phase_now: std::sync::atomic::AtomicU8,
     pub cancels: cancel::Cancels,
     pub statements: statements::Registry,
     clients: AtomicUsize,
@@ -82,6 +84,7 @@ impl Context {
             config: ArcSwap::from_pointee(config),
             statements: statements::Registry::default(),
             clients: AtomicUsize::new(0),
+            phase_now: std::sync::atomic::AtomicU8::new(Phase::Running as u8),
             control: tokio::sync::watch::Sender::new(Control {
                 phase: Phase::Running,
                 kills: 0,
@@ -102,22 +105,39 @@ impl Context {
         } else {
             Phase::Draining
         };
-        self.control.send_if_modified(|c| {
+        let changed = self.control.send_if_modified(|c| {
             let later = to > c.phase;
             if later {
                 c.phase = to;
             }
             later
         });
+        if changed {
+            self.phase_now.store(to as u8, Ordering::Relaxed);
+            self.wake_all();
+        }
+    }
+
+    /// Wakes every session to look at its `killed` flag and the phase.
+    fn wake_all(&self) {
+        for (_, slot) in self.cancels.all() {
+            slot.wake.notify_one();
+        }
     }
 
     /// Wakes every session to look at its `killed` flag (KILL, KILL_CLIENT).
     pub fn wake_killed(&self) {
         self.control.send_modify(|c| c.kills += 1);
+        self.wake_all();
     }
 
+    /// The phase, read without a lock (sessions ask at every step).
     pub fn phase(&self) -> Phase {
-        self.control.borrow().phase
+        match self.phase_now.load(Ordering::Relaxed) {
+            0 => Phase::Running,
+            1 => Phase::Draining,
+            _ => Phase::Closing,
+        }
     }
 
     /// Reads the configuration file again and applies it (SIGHUP, admin RELOAD). A file that

@@ -11,11 +11,11 @@ use super::cancel::Registration;
 use super::login::{LoggedIn, TRACKED};
 use super::params::SessionParams;
 use super::statements::{ClientStatements, Registry, Statement};
-use super::{Context, Control, Phase};
+use super::{Context, Phase};
 use crate::cluster::InFlight;
 use crate::config::{Config, PoolMode};
 use crate::metrics::RouteReason;
-use crate::pool::{ClientState, InState, Members, Pool, PoolError};
+use crate::pool::{ClientState, Members, Pool, PoolError};
 use crate::protocol::backend::{self, Action, Event, Scanner, TxStatus};
 use crate::protocol::{frontend, sqlstate, ProtocolError};
 use crate::router::classify::{self, Class, Hint, WriteReason};
@@ -49,8 +49,10 @@ struct Link {
     scanner: Scanner,
     tracker: Tracker,
     to_server: BytesMut,
-    /// The node the server belongs to, counted as in flight there while the link lives.
-    at: InFlight,
+    /// The node the server belongs to.
+    node: usize,
+    /// Counts the link as in flight at its node while it lives (least_outstanding).
+    _at: Option<InFlight>,
     /// Take the client's work one unit (a Query, or messages up to Sync) at a time, so that
     /// each implicit transaction is routed on its own.
     one_unit: bool,
@@ -63,8 +65,6 @@ struct Link {
     retry: Option<Retry>,
     /// The pool the server came from, for its counters.
     pool: Arc<Pool>,
-    /// Counts the client as active while the link lives.
-    _active: InState,
     /// When the unit of work now running, and the transaction it belongs to, started.
     unit_start: Option<Instant>,
     xact_start: Option<Instant>,
@@ -119,8 +119,6 @@ struct Session<'a> {
     statements: ClientStatements,
     /// Clients connected to this process, to decide whether idle buffers are kept.
     clients: &'a std::sync::atomic::AtomicUsize,
-    /// Whether the process is shutting down.
-    phase: tokio::sync::watch::Receiver<Control>,
     /// The tracker, server-bound buffer and replay buffer of the last link, kept for the
     /// next one.
     spare: (Tracker, BytesMut, BytesMut),
@@ -156,7 +154,6 @@ pub async fn run(
         statements: ClientStatements::default(),
         clients,
         spare: (Tracker::default(), BytesMut::new(), BytesMut::new()),
-        phase: ctx.control.subscribe(),
     };
     s.serve().await
 }
@@ -186,11 +183,11 @@ impl Session<'_> {
                                 conn,
                                 mut tracker,
                                 to_server,
-                                at,
+                                node,
                                 mut replay,
                                 ..
                             } = *link;
-                            self.members.pools[at.node].release(conn, true);
+                            self.members.pools[node].release(conn, true);
                             tracker.reset();
                             replay.clear();
                             self.spare = (tracker, to_server, replay);
@@ -203,7 +200,7 @@ impl Session<'_> {
                             State::Idle
                         }
                         Unlink::ServerGone => {
-                            let node = link.at.node;
+                            let node = link.node;
                             self.members.pools[node].release(link.conn, false);
                             self.ban(node, "server connection lost");
                             self.fatal(sqlstate::CONNECTION_FAILURE, "server conn crashed?")
@@ -249,9 +246,8 @@ impl Session<'_> {
     }
 
     /// The process is shutting down, or an admin asked this client to go.
-    fn must_go(&mut self) -> bool {
-        // Marked seen, so that waiting for the next change waits.
-        self.phase.borrow_and_update().phase != Phase::Running
+    fn must_go(&self) -> bool {
+        self.ctx.phase() != Phase::Running
             || self
                 .reg
                 .slot
@@ -447,7 +443,9 @@ impl Session<'_> {
     /// session parameters in line with this client's. A replica that cannot be reached is
     /// banned and the work placed again.
     async fn link(&mut self) -> Result<Option<Box<Link>>, &'static str> {
-        self.config = self.ctx.config.load_full();
+        if !Arc::ptr_eq(&self.ctx.config.load(), &self.config) {
+            self.config = self.ctx.config.load_full();
+        }
         let cluster = self.members.cluster.clone();
         self.reg.slot.last_request.store(
             super::cancel::unix_micros(),
@@ -455,7 +453,7 @@ impl Session<'_> {
         );
         if cluster.is_paused() {
             // PAUSE: the client waits, in line, until RESUME; leaving meanwhile is fine.
-            let _waiting = self.members.enter(ClientState::Waiting);
+            let _paused = self.members.enter(ClientState::Paused);
             tokio::select! {
                 _ = cluster.wait_resumed() => {}
                 gone = client_gone(self.client) => {
@@ -519,14 +517,15 @@ impl Session<'_> {
         let pool = self.members.pools[node].clone();
         let mut link = Box::new(Link {
             pool,
-            _active: self.members.enter(ClientState::Active),
             unit_start: None,
             xact_start: None,
             conn: checkout.conn,
             scanner: Scanner::default(),
             tracker: std::mem::take(&mut self.spare.0),
             to_server: std::mem::take(&mut self.spare.1),
-            at: cluster.link(node),
+            // Links in flight matter only where there is a choice of node.
+            _at: cluster.has_replicas().then(|| cluster.link(node)),
+            node,
             one_unit: node != 0 || decision.retryable,
             hold: decision.retryable.then_some(self.to_client.len()),
             replay: std::mem::take(&mut self.spare.2),
@@ -548,8 +547,7 @@ impl Session<'_> {
         &mut self,
         node: usize,
     ) -> Result<Result<crate::pool::Checkout, PoolError>, &'static str> {
-        let pool = self.members.pools[node].clone();
-        let _waiting = self.members.enter(ClientState::Waiting);
+        let pool = &self.members.pools[node];
         let waiting = pool.checkout();
         tokio::pin!(waiting);
         Ok(tokio::select! {
@@ -592,7 +590,7 @@ impl Session<'_> {
     /// The node failed before any of its answer reached the client: forget what it sent,
     /// put the client's messages back, and let the next link place them elsewhere.
     fn retry_elsewhere(&mut self, link: Link, retry: Retry) {
-        let node = link.at.node;
+        let node = link.node;
         tracing::info!(db = %self.members.cluster.database, node = %self.members.cluster.nodes[node].addr, reason = retry.why, "retrying a read on another node");
         self.members.pools[node].release(link.conn, false);
         if retry.ban {
@@ -625,8 +623,8 @@ impl Session<'_> {
         }
         let timeout = self.config.general.client_idle_timeout.enabled();
         let woke = {
-            // Any change wakes the client; idle_step then sees whether it concerns it.
-            let control = self.phase.changed();
+            // A shutdown or a KILL wakes the client; idle_step then sees whether it must go.
+            let control = self.reg.slot.wake.notified();
             let ready = tcp.readable();
             match timeout {
                 // Boxed: a timer is large, and every idle client would carry its space
@@ -660,7 +658,7 @@ impl Session<'_> {
         self.cbuf.reserve(READ_CHUNK);
         let timeout = self.config.general.client_idle_timeout.enabled();
         let read = {
-            let control = self.phase.changed();
+            let control = self.reg.slot.wake.notified();
             let timer = async {
                 match timeout {
                     Some(t) => tokio::time::sleep(t).await,
@@ -872,8 +870,7 @@ impl Session<'_> {
                 self.to_client.clear();
                 return Unlink::Terminate;
             }
-            // Marked seen: the select below waits for the next change, not this one.
-            let phase = self.phase.borrow_and_update().phase;
+            let phase = self.ctx.phase();
             let between = link.tracker.idle() && settled && !terminating;
             let killed = self
                 .reg
@@ -964,7 +961,7 @@ impl Session<'_> {
                 },
                 _ = sleep_or_never(waiting_in_tx) => return Unlink::IdleTransactionTimeout,
                 // Woken to look at the phase again at the top of the loop.
-                _ = self.phase.changed() => {}
+                _ = self.reg.slot.wake.notified() => {}
             }
         }
     }
@@ -978,7 +975,7 @@ impl Session<'_> {
             PoolMode::Transaction => None,
         };
         let reusable = cleanup(&mut link, reset, &mut self.params).await;
-        self.members.pools[link.at.node].release(link.conn, reusable);
+        self.members.pools[link.node].release(link.conn, reusable);
     }
 }
 

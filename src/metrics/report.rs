@@ -99,7 +99,7 @@ impl Metrics {
         g.banned.reset();
         for members in pools.all_members() {
             let (db, user) = (&members.cluster.database, members.user.as_str());
-            let c = members.clients.snapshot();
+            let c = members.client_counts();
             for (state, n) in [
                 ("active", c.active),
                 ("waiting", c.waiting),
@@ -250,7 +250,7 @@ fn pgbouncer_compat(out: &mut String, pools: &Pools, config: &Config) {
                 sum.login += s.login;
                 sum.max_wait = sum.max_wait.max(s.max_wait);
             }
-            (m, m.clients.snapshot(), sum)
+            (m, m.client_counts(), sum)
         })
         .collect();
     type PoolColumn = fn(&ClientCounts, &PoolStats) -> f64;

@@ -21,19 +21,19 @@ pub struct Members {
     pub clients: ClientStates,
 }
 
-/// Clients connected, linked to a server, and waiting for one.
+/// Clients connected, and waiting on a paused database. Clients linked to a server and
+/// waiting in a pool's queue are the pools' to count: that costs the data path nothing.
 #[derive(Debug, Default)]
 pub struct ClientStates {
     connected: AtomicUsize,
-    active: AtomicUsize,
-    waiting: AtomicUsize,
+    paused: AtomicUsize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ClientState {
     Connected,
-    Active,
-    Waiting,
+    /// Waiting for RESUME.
+    Paused,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -47,19 +47,7 @@ impl ClientStates {
     fn cell(&self, state: ClientState) -> &AtomicUsize {
         match state {
             ClientState::Connected => &self.connected,
-            ClientState::Active => &self.active,
-            ClientState::Waiting => &self.waiting,
-        }
-    }
-
-    pub fn snapshot(&self) -> ClientCounts {
-        let connected = self.connected.load(Ordering::Relaxed);
-        let active = self.active.load(Ordering::Relaxed);
-        let waiting = self.waiting.load(Ordering::Relaxed);
-        ClientCounts {
-            active,
-            waiting,
-            idle: connected.saturating_sub(active + waiting),
+            ClientState::Paused => &self.paused,
         }
     }
 }
@@ -71,6 +59,23 @@ pub struct InState {
 }
 
 impl Members {
+    /// The clients by state: active ones hold a server, waiting ones are in a pool's queue
+    /// or held by PAUSE, idle ones are the rest.
+    pub fn client_counts(&self) -> ClientCounts {
+        let (mut active, mut waiting) = (0, self.clients.paused.load(Ordering::Relaxed));
+        for pool in &self.pools {
+            let s = pool.stats();
+            active += s.active;
+            waiting += s.waiting;
+        }
+        let connected = self.clients.connected.load(Ordering::Relaxed);
+        ClientCounts {
+            active,
+            waiting,
+            idle: connected.saturating_sub(active + waiting),
+        }
+    }
+
     pub fn enter(self: &Arc<Self>, state: ClientState) -> InState {
         self.clients.cell(state).fetch_add(1, Ordering::Relaxed);
         InState {

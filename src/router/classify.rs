@@ -4,6 +4,13 @@
 //! This is the keyword path: a tokenizer that understands PostgreSQL's quoting, and rules over
 //! the tokens. Anything it cannot read, and anything it does not know to be a read, is a write:
 //! a write sent to a replica fails, a read sent to the primary only costs capacity.
+//!
+//! Why no SQL parser behind it: a general parser (sqlparser, measured at ~6 µs a statement)
+//! would only be asked about statements this path already sends to the primary, and it
+//! rejects PostgreSQL syntax this path reads (FOR NO KEY UPDATE, FOR KEY SHARE, DO), which
+//! would then go to the primary as well. What neither can know, whether a user-defined function
+//! writes, is what `write_functions` is for. A prepared statement's class is worked out once
+//! and kept with the statement for its later Binds.
 
 use super::lexer::{tokens, Token};
 
