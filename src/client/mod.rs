@@ -329,7 +329,8 @@ pub async fn handle(ctx: Arc<Context>, stream: TcpStream, peer: SocketAddr) {
         Ok(Some(login::Login::Pool(login))) => login,
         Ok(Some(login::Login::Console { user, access, buf })) => {
             tracing::info!(%peer, user, pid = registration.process_id, "admin console login");
-            let reason = crate::admin::run(&ctx, access, &user, &mut stream, buf).await;
+            // Boxed: ordinary clients should not carry the console's space.
+            let reason = Box::pin(crate::admin::run(&ctx, access, &user, &mut stream, buf)).await;
             tracing::info!(%peer, pid = registration.process_id, reason, "admin console logout");
             return;
         }
