@@ -292,7 +292,7 @@ pub async fn run() -> Result<(), Box<dyn std::error::Error>> {
     let port = free_or(6432);
     let http = free_or(9930);
     let text = format!(
-        "listen_port = {port}\nhttp_listen = \"127.0.0.1:{http}\"\nauth_type = \"scram-sha-256\"\ndefault_pool_size = 10\n\
+        "listen_port = {port}\nhttp_listen = \"127.0.0.1:{http}\"\nauth_type = \"scram-sha-256\"\ndefault_pool_size = 10\nadmin_users = [\"demo\"]\n\
          [databases.demo]\nhost = \"127.0.0.1\"\nport = {}\nreplicas = [\"127.0.0.1:{}\"]\n\
          [users.demo]\npassword = \"demo\"\n",
         primary.port, replica.port
@@ -311,6 +311,7 @@ pub async fn run() -> Result<(), Box<dyn std::error::Error>> {
          transactions on the primary ({})",
         replica.port, primary.port
     );
+    println!("  admin:    psql \"host=127.0.0.1 port={port} user=demo password=demo dbname=pgsluice\" -c \"SHOW POOLS\"");
     println!("  metrics:  curl http://127.0.0.1:{http}/metrics  (also /health and /ready)");
     println!("Press Ctrl-C to stop and remove everything.");
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
