@@ -296,9 +296,12 @@ async fn a_lagging_replica_gets_no_reads_until_it_catches_up() {
     assert!(wait(1, Usable::Lagging), "{:?}", usable(1));
     assert!(cluster.nodes[1].lag().0 > 1024);
     for _ in 0..20 {
+        let port = port_of(&client, "SELECT inet_server_port()").await;
         assert_eq!(
-            port_of(&client, "SELECT inet_server_port()").await,
-            pg.replicas[1].port
+            port,
+            pg.replicas[1].port,
+            "nodes: {:?}",
+            (0..3).map(|i| (usable(i), cluster.nodes[i].lag())).collect::<Vec<_>>()
         );
     }
     // Both behind: reads go to the primary, counted as such.

@@ -14,8 +14,9 @@ use super::statements::{ClientStatements, Registry, Statement};
 use super::{Context, Phase};
 use crate::cluster::InFlight;
 use crate::config::{Config, PoolMode};
+use crate::metrics::PoolMetrics;
 use crate::metrics::RouteReason;
-use crate::pool::{ClientState, Members, Pool, PoolError};
+use crate::pool::{ClientState, Members, PoolError};
 use crate::protocol::backend::{self, Action, Event, Scanner, TxStatus};
 use crate::protocol::{frontend, sqlstate, ProtocolError};
 use crate::router::classify::{self, Class, Hint, WriteReason};
@@ -63,8 +64,6 @@ struct Link {
     replay: BytesMut,
     /// Set when the server failed in a way that allows a retry: whether to ban the node.
     retry: Option<Retry>,
-    /// The pool the server came from, for its counters.
-    pool: Arc<Pool>,
     /// When the unit of work now running, and the transaction it belongs to, started.
     unit_start: Option<Instant>,
     xact_start: Option<Instant>,
@@ -446,7 +445,7 @@ impl Session<'_> {
         if !Arc::ptr_eq(&self.ctx.config.load(), &self.config) {
             self.config = self.ctx.config.load_full();
         }
-        let cluster = self.members.cluster.clone();
+        let cluster = &self.members.cluster;
         self.reg.slot.last_request.store(
             super::cancel::unix_micros(),
             std::sync::atomic::Ordering::Relaxed,
@@ -471,7 +470,7 @@ impl Session<'_> {
                 avoid: self.avoid,
             };
             let decision = if cluster.has_replicas() || self.route != RouteMode::Auto {
-                policy::decide(&cluster, &self.work(), &session)
+                policy::decide(cluster, &self.work(), &session)
             } else {
                 // Nothing to choose from: skip looking at the query at all.
                 Ok(policy::Decision {
@@ -514,9 +513,7 @@ impl Session<'_> {
             }
         };
         let node = decision.node;
-        let pool = self.members.pools[node].clone();
         let mut link = Box::new(Link {
-            pool,
             unit_start: None,
             xact_start: None,
             conn: checkout.conn,
@@ -544,7 +541,7 @@ impl Session<'_> {
 
     /// Waits for a server of `node`'s pool; a client that leaves meanwhile gives up its place.
     async fn checkout(
-        &mut self,
+        &self,
         node: usize,
     ) -> Result<Result<crate::pool::Checkout, PoolError>, &'static str> {
         let pool = &self.members.pools[node];
@@ -750,7 +747,7 @@ impl Session<'_> {
                     let stmt = self.registry.get(definition);
                     self.statements.insert(name, stmt.clone());
                     if link.conn.prepared.touch(stmt.id) {
-                        link.pool.metrics.prepared_hits.inc();
+                        self.members.pools[link.node].metrics.prepared_hits.inc();
                         // Already prepared there: a no-op Close yields the reply the client
                         // expects, in its place among the other replies.
                         frontend::encode_target(out, b'C', b'S', NO_STATEMENT);
@@ -758,6 +755,7 @@ impl Session<'_> {
                     } else {
                         prepare_on_server(
                             link,
+                            &self.members.pools[link.node].metrics,
                             &stmt,
                             self.config.general.max_prepared_statements,
                             Reply::Forward,
@@ -773,6 +771,7 @@ impl Session<'_> {
                         Some(stmt) => {
                             ensure_prepared(
                                 link,
+                                &self.members.pools[link.node].metrics,
                                 stmt,
                                 self.config.general.max_prepared_statements,
                             );
@@ -787,6 +786,7 @@ impl Session<'_> {
                         Some(stmt) => {
                             ensure_prepared(
                                 link,
+                                &self.members.pools[link.node].metrics,
                                 stmt,
                                 self.config.general.max_prepared_statements,
                             );
@@ -818,7 +818,7 @@ impl Session<'_> {
             self.cbuf.advance(h.len);
             link.tracker.sent(h.tag);
             if matches!(h.tag, b'Q' | b'E') {
-                link.pool.metrics.queries.inc();
+                self.members.pools[link.node].metrics.queries.inc();
             }
             if link.one_unit && matches!(h.tag, b'Q' | b'S') {
                 return Ok(false);
@@ -855,7 +855,8 @@ impl Session<'_> {
                 }
                 let taken = unread.saturating_sub(self.cbuf.len());
                 if taken > 0 {
-                    link.pool.metrics.bytes_received.inc_by(taken as u64);
+                    let metrics = &self.members.pools[link.node].metrics;
+                    metrics.bytes_received.inc_by(taken as u64);
                 }
                 forwarded |= link.to_server.len() > before;
                 if !was_busy && link.tracker.busy() {
@@ -893,11 +894,12 @@ impl Session<'_> {
                 hold,
                 replay,
                 retry,
-                pool,
                 unit_start,
                 xact_start,
+                node,
                 ..
             } = link;
+            let pool = &self.members.pools[*node];
             let lost = |hold: &Option<usize>| match hold {
                 Some(_) => Unlink::Retry(Retry {
                     ban: true,
@@ -1121,10 +1123,16 @@ fn reply_action(reply: Reply) -> Action {
 
 /// Sends a Parse of the pooler's statement, closing the least recently used one first when
 /// the server's cache is full.
-fn prepare_on_server(link: &mut Link, stmt: &Statement, capacity: usize, reply: Reply) {
-    link.pool.metrics.prepared_misses.inc();
+fn prepare_on_server(
+    link: &mut Link,
+    metrics: &PoolMetrics,
+    stmt: &Statement,
+    capacity: usize,
+    reply: Reply,
+) {
+    metrics.prepared_misses.inc();
     if let Some(victim) = link.conn.prepared.insert(stmt.id, capacity) {
-        link.pool.metrics.prepared_evictions.inc();
+        metrics.prepared_evictions.inc();
         let name = format!("pgsluice_{victim}");
         frontend::encode_target(&mut link.to_server, b'C', b'S', name.as_bytes());
         link.tracker.close_sent(Reply::Drop);
@@ -1134,11 +1142,11 @@ fn prepare_on_server(link: &mut Link, stmt: &Statement, capacity: usize, reply: 
 }
 
 /// Before a Bind or Describe of a statement: prepare it on this server if it is not there.
-fn ensure_prepared(link: &mut Link, stmt: &Statement, capacity: usize) {
+fn ensure_prepared(link: &mut Link, metrics: &PoolMetrics, stmt: &Statement, capacity: usize) {
     if link.conn.prepared.touch(stmt.id) {
-        link.pool.metrics.prepared_hits.inc();
+        metrics.prepared_hits.inc();
     } else {
-        prepare_on_server(link, stmt, capacity, Reply::Drop);
+        prepare_on_server(link, metrics, stmt, capacity, Reply::Drop);
     }
 }
 
