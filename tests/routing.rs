@@ -301,7 +301,9 @@ async fn a_lagging_replica_gets_no_reads_until_it_catches_up() {
             port,
             pg.replicas[1].port,
             "nodes: {:?}",
-            (0..3).map(|i| (usable(i), cluster.nodes[i].lag())).collect::<Vec<_>>()
+            (0..3)
+                .map(|i| (usable(i), cluster.nodes[i].lag()))
+                .collect::<Vec<_>>()
         );
     }
     // Both behind: reads go to the primary, counted as such.
