@@ -267,7 +267,8 @@ fn pgbench_prepared_through_replicas() {
 async fn a_lagging_replica_gets_no_reads_until_it_catches_up() {
     let pg = Replicated::start();
     let pooler = pg.pooler(
-        "health_check_interval = \"200ms\"\nmax_replica_lag_bytes = 1024",
+        // Well above the WAL autovacuum and checkpoints write, well below a big insert's.
+        "health_check_interval = \"200ms\"\nmax_replica_lag_bytes = 262144",
         "",
     );
     let client = connect(&pooler, "app", APP_PASSWORD).await;
@@ -285,16 +286,36 @@ async fn a_lagging_replica_gets_no_reads_until_it_catches_up() {
             || { r.psql("SELECT pg_get_wal_replay_pause_state()").unwrap() == "paused" }
         ));
     };
+    let insert = || {
+        pg.primary
+            .psql_in(
+                "app",
+                "INSERT INTO items (v) SELECT g FROM generate_series(1, 20000) g",
+            )
+            .unwrap()
+    };
     let behind = &pg.replicas[0];
     pause(behind);
-    pg.primary
-        .psql_in(
-            "app",
-            "INSERT INTO items (v) SELECT g FROM generate_series(1, 1000) g",
-        )
-        .unwrap();
+    insert();
     assert!(wait(1, Usable::Lagging), "{:?}", usable(1));
-    assert!(cluster.nodes[1].lag().0 > 1024);
+    assert!(cluster.nodes[1].lag().0 > 262144);
+    // The other replica may lag for a moment while it replays the insert: wait until it
+    // has, and a health check has seen that.
+    let rows = pg
+        .primary
+        .psql_in("app", "SELECT count(*) FROM items")
+        .unwrap();
+    assert!(support::wait_for(
+        std::time::Duration::from_secs(15),
+        || {
+            pg.replicas[1]
+                .psql_in("app", "SELECT count(*) FROM items")
+                .unwrap()
+                == rows
+        }
+    ));
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert!(wait(2, Usable::Yes), "{:?}", usable(2));
     for _ in 0..20 {
         let port = port_of(&client, "SELECT inet_server_port()").await;
         assert_eq!(
@@ -308,12 +329,7 @@ async fn a_lagging_replica_gets_no_reads_until_it_catches_up() {
     }
     // Both behind: reads go to the primary, counted as such.
     pause(&pg.replicas[1]);
-    pg.primary
-        .psql_in(
-            "app",
-            "INSERT INTO items (v) SELECT g FROM generate_series(1, 1000) g",
-        )
-        .unwrap();
+    insert();
     assert!(wait(2, Usable::Lagging), "{:?}", usable(2));
     assert_eq!(
         port_of(&client, "SELECT inet_server_port()").await,
