@@ -55,18 +55,30 @@ async fn read_message(stream: &mut Stream, buf: &mut BytesMut) -> Result<Message
     }
 }
 
-fn refused(body: &postgres_protocol::message::backend::ErrorResponseBody) -> LoginError {
+/// Code and message of a server's ErrorResponse (as far as its fields read), and whether
+/// every field was well-formed.
+pub(super) fn error_fields(
+    body: &postgres_protocol::message::backend::ErrorResponseBody,
+) -> (String, String, bool) {
     use fallible_iterator::FallibleIterator;
     let mut code = String::new();
     let mut message = String::new();
     let mut fields = body.fields();
-    while let Ok(Some(f)) = fields.next() {
-        match f.type_() {
-            b'C' => code = String::from_utf8_lossy(f.value_bytes()).into_owned(),
-            b'M' => message = String::from_utf8_lossy(f.value_bytes()).into_owned(),
-            _ => {}
+    loop {
+        match fields.next() {
+            Ok(Some(f)) => match f.type_() {
+                b'C' => code = String::from_utf8_lossy(f.value_bytes()).into_owned(),
+                b'M' => message = String::from_utf8_lossy(f.value_bytes()).into_owned(),
+                _ => {}
+            },
+            Ok(None) => return (code, message, true),
+            Err(_) => return (code, message, false),
         }
     }
+}
+
+fn refused(body: &postgres_protocol::message::backend::ErrorResponseBody) -> LoginError {
+    let (code, message, _) = error_fields(body);
     LoginError::Refused { code, message }
 }
 

@@ -53,15 +53,9 @@ pub async fn simple(conn: &mut ServerConn, sql: &str) -> Result<Vec<Row>, QueryE
                 rows.push(row);
             }
             Message::ErrorResponse(body) => {
-                let mut code = String::new();
-                let mut message = String::new();
-                let mut fields = body.fields();
-                while let Some(f) = fields.next().map_err(|_| QueryError::Protocol)? {
-                    match f.type_() {
-                        b'C' => code = String::from_utf8_lossy(f.value_bytes()).into_owned(),
-                        b'M' => message = String::from_utf8_lossy(f.value_bytes()).into_owned(),
-                        _ => {}
-                    }
+                let (code, message, well_formed) = super::login::error_fields(&body);
+                if !well_formed {
+                    return Err(QueryError::Protocol);
                 }
                 error = Some(QueryError::Server { code, message });
             }
