@@ -139,7 +139,7 @@ async fn answers(host: &str, port: u16, timeout: Duration) -> bool {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let probe = async {
         let mut s = tokio::net::TcpStream::connect((host, port)).await.ok()?;
-        s.write_all(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f])
+        s.write_all(&crate::protocol::startup::SSL_REQUEST_PACKET)
             .await
             .ok()?;
         let mut answer = [0u8; 1];

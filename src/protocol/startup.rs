@@ -8,6 +8,11 @@ use bytes::{Buf, BytesMut};
 pub const MAX_STARTUP_PACKET: usize = 10_000;
 
 const SSL_REQUEST: u32 = 80_877_103;
+/// An SSLRequest as the pooler sends it to a server: length 8, then the request code.
+pub const SSL_REQUEST_PACKET: [u8; 8] = {
+    let c = SSL_REQUEST.to_be_bytes();
+    [0, 0, 0, 8, c[0], c[1], c[2], c[3]]
+};
 const GSSENC_REQUEST: u32 = 80_877_104;
 const CANCEL_REQUEST: u32 = 80_877_102;
 
@@ -189,6 +194,10 @@ mod tests {
     fn decodes_requests() {
         assert_eq!(
             decode(&mut packet(SSL_REQUEST, b"")),
+            Ok(Some(StartupPacket::Ssl))
+        );
+        assert_eq!(
+            decode(&mut BytesMut::from(&SSL_REQUEST_PACKET[..])),
             Ok(Some(StartupPacket::Ssl))
         );
         assert_eq!(

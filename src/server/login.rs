@@ -102,7 +102,8 @@ async fn secure(mut tcp: TcpStream, target: &Target) -> Result<Stream, LoginErro
     if target.tls_mode == ServerMode::Disable {
         return Ok(Stream::Plain(tcp));
     }
-    tcp.write_all(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f]).await?;
+    tcp.write_all(&crate::protocol::startup::SSL_REQUEST_PACKET)
+        .await?;
     let mut answer = [0u8; 1];
     tcp.read_exact(&mut answer).await?;
     match answer[0] {
