@@ -64,7 +64,7 @@ impl Service {
         loop {
             let accepted = tokio::select! {
                 a = self.listener.accept() => a,
-                _ = control.wait_for(|c| c.phase != Phase::Running) => break,
+                _ = control.wait_for(|p| *p != Phase::Running) => break,
             };
             match accepted {
                 Ok((stream, peer)) => {

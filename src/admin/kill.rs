@@ -14,7 +14,7 @@ pub fn kill(console: &Console<'_>, db: Option<&str>) -> Result<(), Failure> {
             slot.killed.store(true, Ordering::Relaxed);
         }
     }
-    console.ctx.wake_killed();
+    console.ctx.wake_all();
     for m in console.ctx.pools.all_members() {
         if m.cluster.database == name {
             for pool in &m.pools {
@@ -33,6 +33,6 @@ pub fn kill_client(console: &Console<'_>, id: Option<&str>) -> Result<(), Failur
         Failure::new(sqlstate::UNDEFINED_OBJECT, format!("no such client: {pid}"))
     })?;
     slot.killed.store(true, Ordering::Relaxed);
-    console.ctx.wake_killed();
+    console.ctx.wake_all();
     Ok(())
 }

@@ -113,7 +113,7 @@ pub async fn run(
             buf.reserve(4096);
             let read = tokio::select! {
                 r = stream.read_buf(&mut buf) => Some(r),
-                _ = control.wait_for(|c| c.phase != Phase::Running) => None,
+                _ = control.wait_for(|p| *p != Phase::Running) => None,
             };
             match read {
                 Some(Ok(n)) if n > 0 => continue,

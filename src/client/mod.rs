@@ -36,14 +36,6 @@ pub enum Phase {
     Closing,
 }
 
-/// What sessions watch: the process's phase, and a count that moves when clients are asked to
-/// go (each checks its own `killed` flag).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Control {
-    pub phase: Phase,
-    pub kills: u64,
-}
-
 /// What every client task shares.
 pub struct Context {
     pub config: ArcSwap<Config>,
@@ -59,7 +51,9 @@ pub struct Context {
     /// The last two samples of every database's totals, for SHOW STATS averages.
     stats: Mutex<Vec<(std::time::Instant, StatsSample)>>,
     /// Running, or how the process is shutting down. Sessions watch it.
-    pub control: tokio::sync::watch::Sender<Control>,
+    /// The phase, for tasks that wait for it to change (the accept loop, the admin console);
+    /// sessions are woken through their own `Slot::wake` instead.
+    pub control: tokio::sync::watch::Sender<Phase>,
     /// `control`'s phase as a number, for lock-free reads.
     phase_now: std::sync::atomic::AtomicU8,
     pub cancels: cancel::Cancels,
@@ -85,10 +79,7 @@ impl Context {
             statements: statements::Registry::default(),
             clients: AtomicUsize::new(0),
             phase_now: std::sync::atomic::AtomicU8::new(Phase::Running as u8),
-            control: tokio::sync::watch::Sender::new(Control {
-                phase: Phase::Running,
-                kills: 0,
-            }),
+            control: tokio::sync::watch::Sender::new(Phase::Running),
             config_path: std::sync::OnceLock::new(),
             stats: Mutex::default(),
             topology_changed: tokio::sync::Notify::new(),
@@ -105,10 +96,10 @@ impl Context {
         } else {
             Phase::Draining
         };
-        let changed = self.control.send_if_modified(|c| {
-            let later = to > c.phase;
+        let changed = self.control.send_if_modified(|p| {
+            let later = to > *p;
             if later {
-                c.phase = to;
+                *p = to;
             }
             later
         });
@@ -118,17 +109,12 @@ impl Context {
         }
     }
 
-    /// Wakes every session to look at its `killed` flag and the phase.
-    fn wake_all(&self) {
+    /// Wakes every session to look at its `killed` flag and the phase (shutdown, KILL,
+    /// KILL_CLIENT).
+    pub fn wake_all(&self) {
         for (_, slot) in self.cancels.all() {
             slot.wake.notify_one();
         }
-    }
-
-    /// Wakes every session to look at its `killed` flag (KILL, KILL_CLIENT).
-    pub fn wake_killed(&self) {
-        self.control.send_modify(|c| c.kills += 1);
-        self.wake_all();
     }
 
     /// The phase, read without a lock (sessions ask at every step).
