@@ -152,24 +152,30 @@ pub struct Cluster {
 
 impl Cluster {
     pub fn new(config: &Config, database: &str) -> Option<Cluster> {
-        let db = config.databases.get(database)?;
-        let mut nodes = vec![Node::new(Role::Primary, &db.host, db.port, 1)];
-        for r in db.replica_list() {
-            nodes.push(Node::new(Role::Replica, &r.host, r.port, r.weight));
-        }
-        let primary_reads = db.read_from_primary == ReadFromPrimary::Always || nodes.len() == 1;
+        let topology = Topology::of(config, database)?;
+        let nodes: Vec<Node> = topology
+            .nodes
+            .iter()
+            .enumerate()
+            .map(|(i, (host, port, weight))| {
+                let role = if i == 0 { Role::Primary } else { Role::Replica };
+                Node::new(role, host, *port, *weight)
+            })
+            .collect();
+        let primary_reads =
+            topology.read_from_primary == ReadFromPrimary::Always || nodes.len() == 1;
         let members: Vec<usize> = (0..nodes.len())
             .filter(|&i| i > 0 || primary_reads)
             .collect();
         let credentials = Cluster::configured_credentials(config, database);
         Some(Cluster {
-            topology: Topology::of(config, database)?,
             database: database.to_owned(),
-            dbname: db.dbname.clone().unwrap_or_else(|| database.to_owned()),
+            dbname: topology.dbname.clone(),
             schedule: interleave(&members, |i| nodes[i].weight),
             nodes,
-            read_from_primary: db.read_from_primary,
-            load_balance: db.load_balance,
+            read_from_primary: topology.read_from_primary,
+            load_balance: topology.load_balance,
+            topology,
             next: AtomicUsize::new(0),
             routes: RouteCounters::default(),
             credentials: Mutex::new(credentials),
