@@ -26,9 +26,9 @@ pub fn table(ctx: &Context) -> Table {
         ("node", Text),
     ]);
     for m in ctx.pools.all_members() {
-        let clients = m.client_counts();
-        for pool in &m.pools {
-            let s = pool.stats();
+        let stats = m.pool_stats();
+        let clients = m.client_counts(&stats);
+        for (pool, s) in m.pools.iter().zip(stats) {
             let idle_clients = if pool.node == 0 { clients.idle } else { 0 };
             let mode = match pool.setup().settings.pool_mode {
                 crate::config::PoolMode::Session => "session",

@@ -21,10 +21,7 @@ pub fn table(ctx: &Context) -> Table {
             .iter()
             .filter(|m| &m.user == name)
             .flat_map(|m| m.pools.iter())
-            .map(|p| {
-                let s = p.stats();
-                s.active + s.idle + s.used + s.login
-            })
+            .map(|p| p.stats().open())
             .sum();
         t.row(vec![
             Cell::from(name),

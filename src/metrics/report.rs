@@ -99,7 +99,8 @@ impl Metrics {
         g.banned.reset();
         for members in pools.all_members() {
             let (db, user) = (&members.cluster.database, members.user.as_str());
-            let c = members.client_counts();
+            let stats = members.pool_stats();
+            let c = members.client_counts(&stats);
             for (state, n) in [
                 ("active", c.active),
                 ("waiting", c.waiting),
@@ -109,9 +110,8 @@ impl Metrics {
                     .with_label_values(&[db, user, state, inst])
                     .set(n as i64);
             }
-            for pool in &members.pools {
+            for (pool, s) in members.pools.iter().zip(&stats) {
                 let node = members.cluster.nodes[pool.node].addr.as_str();
-                let s = pool.stats();
                 for (state, n) in [
                     ("active", s.active),
                     ("idle", s.idle),
@@ -227,8 +227,7 @@ pub fn totals(pools: &Pools) -> std::collections::BTreeMap<String, Totals> {
             t.wait_seconds += pm.wait.get_sample_sum();
             t.xacts += pm.transactions.get();
             t.xact_seconds += pm.transaction.get_sample_sum();
-            let s = p.stats();
-            t.servers += s.active + s.idle + s.used + s.login;
+            t.servers += p.stats().open();
         }
     }
     totals
@@ -241,16 +240,16 @@ fn pgbouncer_compat(out: &mut String, pools: &Pools, config: &Config) {
     let pool_rows: Vec<_> = members
         .iter()
         .map(|m| {
+            let stats = m.pool_stats();
             let mut sum = PoolStats::default();
-            for p in &m.pools {
-                let s = p.stats();
+            for s in &stats {
                 sum.active += s.active;
                 sum.idle += s.idle;
                 sum.used += s.used;
                 sum.login += s.login;
                 sum.max_wait = sum.max_wait.max(s.max_wait);
             }
-            (m, m.client_counts(), sum)
+            (m, m.client_counts(&stats), sum)
         })
         .collect();
     type PoolColumn = fn(&ClientCounts, &PoolStats) -> f64;

@@ -96,6 +96,13 @@ pub struct PoolStats {
     pub max_wait: Duration,
 }
 
+impl PoolStats {
+    /// Server connections open or opening, whatever their state.
+    pub fn open(&self) -> usize {
+        self.active + self.idle + self.used + self.login
+    }
+}
+
 /// What a reload may change about a pool.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Setup {

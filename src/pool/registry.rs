@@ -1,7 +1,7 @@
 //! All pools of the process: for each (database, user) pair, created on its first client, one
 //! pool per node of the database (the primary, then each replica).
 
-use super::{Limit, Limits, Pool};
+use super::{Limit, Limits, Pool, PoolStats};
 use crate::auth::Secret;
 use crate::cluster::{Cluster, Clusters};
 use crate::config::Config;
@@ -59,12 +59,16 @@ pub struct InState {
 }
 
 impl Members {
-    /// The clients by state: active ones hold a server, waiting ones are in a pool's queue
-    /// or held by PAUSE, idle ones are the rest.
-    pub fn client_counts(&self) -> ClientCounts {
+    /// Each pool's stats, in node order.
+    pub fn pool_stats(&self) -> Vec<PoolStats> {
+        self.pools.iter().map(|p| p.stats()).collect()
+    }
+
+    /// The clients by state, given `pool_stats()`: active ones hold a server, waiting ones
+    /// are in a pool's queue or held by PAUSE, idle ones are the rest.
+    pub fn client_counts(&self, stats: &[PoolStats]) -> ClientCounts {
         let (mut active, mut waiting) = (0, self.clients.paused.load(Ordering::Relaxed));
-        for pool in &self.pools {
-            let s = pool.stats();
+        for s in stats {
             active += s.active;
             waiting += s.waiting;
         }
