@@ -3,25 +3,7 @@
 
 mod support;
 
-use std::process::Command;
-use support::{primary, Pooler, APP_PASSWORD};
-
-fn pgbench(port: u16, args: &[&str]) -> String {
-    let out = Command::new(pgsluice::demo::pg_bindir().join("pgbench"))
-        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", "app"])
-        .args(args)
-        .arg("app")
-        .env("PGPASSWORD", APP_PASSWORD)
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "pgbench {args:?} failed:\n{text}");
-    text
-}
+use support::{pgbench, primary, Pooler, APP_PASSWORD};
 
 fn assert_clean_run(text: &str, transactions: usize) {
     assert!(

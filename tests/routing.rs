@@ -214,29 +214,7 @@ fn pgbench_prepared_through_replicas() {
         .psql_in("app", "GRANT CREATE ON SCHEMA public TO app")
         .unwrap();
     let pooler = pg.pooler("", "");
-    let bench = |args: &[&str]| {
-        let out = std::process::Command::new(pgsluice::demo::pg_bindir().join("pgbench"))
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &pooler.port().to_string(),
-                "-U",
-                "app",
-            ])
-            .args(args)
-            .arg("app")
-            .env("PGPASSWORD", APP_PASSWORD)
-            .output()
-            .unwrap();
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert!(out.status.success(), "pgbench {args:?}: {text}");
-        text
-    };
+    let bench = |args: &[&str]| support::pgbench(pooler.port(), args);
     bench(&["-i", "-s", "1", "-q"]);
     // The tables reach the replicas by streaming; wait until both have them.
     for r in &pg.replicas {

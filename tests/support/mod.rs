@@ -197,6 +197,25 @@ impl Drop for Pooler {
     }
 }
 
+/// Runs pgbench against database `app` as `app` on `port`; fails the test if pgbench fails.
+/// Returns its output, stdout then stderr.
+pub fn pgbench(port: u16, args: &[&str]) -> String {
+    let out = Command::new(pgsluice::demo::pg_bindir().join("pgbench"))
+        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", "app"])
+        .args(args)
+        .arg("app")
+        .env("PGPASSWORD", APP_PASSWORD)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "pgbench {args:?} failed:\n{text}");
+    text
+}
+
 pub fn stdout(out: &Output) -> String {
     assert!(
         out.status.success(),
