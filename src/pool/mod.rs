@@ -253,27 +253,31 @@ impl Pool {
         let start = Instant::now();
         loop {
             let mut c = self.take(start).await?;
-            let Some((delay, query)) = &self.setup().timeouts.check else {
-                self.metrics.wait.observe(c.waited.as_secs_f64());
-                return Ok(c);
-            };
-            if c.conn.idle_for(Instant::now()) < *delay {
+            if self.passes_check(&mut c.conn).await {
                 self.metrics.wait.observe(c.waited.as_secs_f64());
                 return Ok(c);
             }
-            let check = crate::server::query::simple(&mut c.conn, query);
-            match tokio::time::timeout(self.setup().timeouts.connect, check).await {
-                Ok(Ok(_)) if c.conn.buf.is_empty() => {
-                    self.metrics.wait.observe(c.waited.as_secs_f64());
-                    return Ok(c);
-                }
-                _ => {
-                    tracing::info!(db = %self.database, user = %self.user, node = %self.setup().target.addr(), server = c.conn.id, "server failed server_check_query");
-                    self.give_back_slot();
-                    tokio::spawn(c.conn.close("server_check_query failed"));
-                }
-            }
+            tracing::info!(db = %self.database, user = %self.user, node = %self.setup().target.addr(), server = c.conn.id, "server failed server_check_query");
+            self.give_back_slot();
+            tokio::spawn(c.conn.close("server_check_query failed"));
         }
+    }
+
+    /// True unless the connection has been idle past server_check_delay and then fails
+    /// server_check_query.
+    async fn passes_check(&self, conn: &mut ServerConn) -> bool {
+        let setup = self.setup();
+        let Some((delay, query)) = &setup.timeouts.check else {
+            return true;
+        };
+        if conn.idle_for(Instant::now()) < *delay {
+            return true;
+        }
+        let check = crate::server::query::simple(conn, query);
+        matches!(
+            tokio::time::timeout(setup.timeouts.connect, check).await,
+            Ok(Ok(_))
+        ) && conn.buf.is_empty()
     }
 
     async fn take(&self, start: Instant) -> Result<Checkout, PoolError> {
