@@ -300,7 +300,7 @@ impl Cluster {
     }
 
     /// The database's own server login, when the configuration names one.
-    fn configured_credentials(config: &Config, database: &str) -> Option<Credentials> {
+    pub fn configured_credentials(config: &Config, database: &str) -> Option<Credentials> {
         let db = config.databases.get(database)?;
         db.user.as_ref().map(|u| Credentials {
             user: u.clone(),

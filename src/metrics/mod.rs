@@ -277,13 +277,6 @@ pub struct PoolMetrics {
     pub transaction: Histogram,
 }
 
-impl PoolMetrics {
-    /// Handles registered nowhere, for pools made outside a running pooler.
-    pub fn detached() -> PoolMetrics {
-        Metrics::new("").for_pool("", "", "")
-    }
-}
-
 /// The process's name in the `instance` label: `instance_name`, else the host name.
 pub fn instance_name(configured: &str) -> String {
     if !configured.is_empty() {

@@ -129,21 +129,17 @@ fn shared_limit(
 
 /// Who a pool of (database, user) logs in to servers as.
 fn credentials(config: &Config, database: &str, user: &str) -> Option<Credentials> {
-    let db = config.databases.get(database)?;
-    Some(match &db.user {
-        Some(u) => Credentials {
-            user: u.clone(),
-            secret: db.password.as_ref().map(|p| Secret::Plain(p.clone())),
-        },
-        None => Credentials {
+    config.databases.get(database)?;
+    Some(
+        Cluster::configured_credentials(config, database).unwrap_or_else(|| Credentials {
             user: user.to_owned(),
             secret: config
                 .users
                 .get(user)
                 .and_then(|u| u.password.as_deref())
                 .and_then(|p| Secret::parse(p).ok()),
-        },
-    })
+        }),
+    )
 }
 
 fn target(config: &Config, cluster: &Cluster, node: usize, credentials: &Credentials) -> Target {
