@@ -136,15 +136,10 @@ impl Checker {
 /// Whether a PostgreSQL server listens at host:port: an SSLRequest gets a one-byte answer
 /// before any login, so this needs no credentials and leaves nothing in the server's log.
 async fn answers(host: &str, port: u16, timeout: Duration) -> bool {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let probe = async {
         let mut s = tokio::net::TcpStream::connect((host, port)).await.ok()?;
-        s.write_all(&crate::protocol::startup::SSL_REQUEST_PACKET)
-            .await
-            .ok()?;
-        let mut answer = [0u8; 1];
-        s.read_exact(&mut answer).await.ok()?;
-        matches!(answer[0], b'S' | b'N').then_some(())
+        let answer = crate::server::ask_for_tls(&mut s).await.ok()?;
+        matches!(answer, b'S' | b'N').then_some(())
     };
     matches!(tokio::time::timeout(timeout, probe).await, Ok(Some(())))
 }

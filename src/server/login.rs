@@ -96,17 +96,22 @@ fn plain<'a>(creds: &'a Credentials, method: &str) -> Result<&'a str, LoginError
     }
 }
 
+/// Sends an SSLRequest and returns the server's one-byte answer ('S' or 'N').
+pub async fn ask_for_tls(tcp: &mut TcpStream) -> std::io::Result<u8> {
+    tcp.write_all(&crate::protocol::startup::SSL_REQUEST_PACKET)
+        .await?;
+    let mut answer = [0u8; 1];
+    tcp.read_exact(&mut answer).await?;
+    Ok(answer[0])
+}
+
 /// Asks the server for TLS as server_tls_sslmode says, and wraps the stream if it agrees.
 async fn secure(mut tcp: TcpStream, target: &Target) -> Result<Stream, LoginError> {
     use crate::tls::ServerMode;
     if target.tls_mode == ServerMode::Disable {
         return Ok(Stream::Plain(tcp));
     }
-    tcp.write_all(&crate::protocol::startup::SSL_REQUEST_PACKET)
-        .await?;
-    let mut answer = [0u8; 1];
-    tcp.read_exact(&mut answer).await?;
-    match answer[0] {
+    match ask_for_tls(&mut tcp).await? {
         b'S' => {
             let connector = crate::tls::connector(target.tls_mode, &target.tls_ca_file)
                 .map_err(LoginError::Tls)?;

@@ -9,7 +9,7 @@ pub mod prepared;
 pub mod query;
 pub mod tracker;
 
-pub use login::{Credentials, LoginError};
+pub use login::{ask_for_tls, Credentials, LoginError};
 
 use bytes::BytesMut;
 use std::collections::HashMap;
