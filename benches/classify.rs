@@ -34,7 +34,7 @@ fn uncached(bencher: divan::Bencher) {
 /// later Bind finds its class through the statement registry, keyed by the query text.
 #[divan::bench]
 fn cached(bencher: divan::Bencher) {
-    let registry = pgsluice::client::statements::Registry::default();
+    let registry = pgsluice::context::statements::Registry::default();
     let defs: Vec<Vec<u8>> = STATEMENTS
         .iter()
         .map(|s| [s.as_bytes(), b"\0\0\0"].concat())

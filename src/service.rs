@@ -1,13 +1,17 @@
-//! The listening socket and the process's long-lived tasks.
+//! The listening socket, the process's long-lived tasks, and what each accepted connection
+//! becomes: a pooled client session or an admin console.
 
-use crate::client::{self, Context, Phase};
+use crate::client::{self, login::Login};
 use crate::cluster::health::Checker;
 use crate::cluster::Cluster;
 use crate::config::Config;
+use crate::context::{Context, Phase};
+use crate::protocol::sqlstate;
+use crate::stream::Stream;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 
 /// A bound but not yet serving pooler; tests bind port 0 and read the address back.
 pub struct Service {
@@ -68,7 +72,7 @@ impl Service {
             };
             match accepted {
                 Ok((stream, peer)) => {
-                    tokio::spawn(client::handle(self.ctx.clone(), stream, peer));
+                    tokio::spawn(handle(self.ctx.clone(), stream, peer));
                 }
                 Err(e) => {
                     // Out of file descriptors and the like: back off instead of spinning.
@@ -96,6 +100,56 @@ impl Service {
         let _ = tokio::time::timeout(Duration::from_secs(15), wait_until(&self.ctx, gone)).await;
         tracing::info!("shut down");
     }
+}
+
+/// Serves one client from accept to close.
+async fn handle(ctx: Arc<Context>, stream: TcpStream, peer: SocketAddr) {
+    let _ = stream.set_nodelay(true);
+    let mut stream = Stream::Plain(stream);
+    let config = ctx.config.load_full();
+    let Some(_admitted) = ctx.admit() else {
+        tracing::warn!(%peer, "client refused: max_client_conn reached");
+        let message = "no more connections allowed (max_client_conn)";
+        stream
+            .fatal(&[], sqlstate::TOO_MANY_CONNECTIONS, message)
+            .await;
+        return;
+    };
+    let registration = ctx.cancels.register(peer);
+    let login = tokio::time::timeout(
+        config.general.client_login_timeout.0,
+        // Boxed, like the larger steps of a session, so that an idle client keeps only a
+        // small future: its size is the largest state it may ever be in.
+        Box::pin(client::login::login(
+            &ctx,
+            &config,
+            &mut stream,
+            &registration,
+        )),
+    )
+    .await;
+    let login = match login {
+        Ok(Some(Login::Pool(login))) => login,
+        Ok(Some(Login::Console { user, access, buf })) => {
+            tracing::info!(%peer, user, pid = registration.process_id, "admin console login");
+            // Boxed: ordinary clients should not carry the console's space.
+            let reason = Box::pin(crate::admin::run(&ctx, access, &user, &mut stream, buf)).await;
+            tracing::info!(%peer, pid = registration.process_id, reason, "admin console logout");
+            return;
+        }
+        Ok(None) => return,
+        Err(_) => {
+            tracing::info!(%peer, "client login timed out");
+            let message = "client_login_timeout";
+            stream
+                .fatal(&[], sqlstate::PROTOCOL_VIOLATION, message)
+                .await;
+            return;
+        }
+    };
+    tracing::info!(%peer, user = %login.user, db = %login.database, pid = registration.process_id, "client login");
+    let end = client::session::run(&ctx, config, login, &mut stream, &registration).await;
+    tracing::info!(%peer, pid = registration.process_id, side = end.side().name(), reason = %end, "client logout");
 }
 
 async fn wait_until(ctx: &Context, done: impl Fn(&Context) -> bool) {

@@ -4,7 +4,7 @@
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsStream;
 
@@ -33,6 +33,17 @@ pub enum ReadHalf<'a> {
 pub enum WriteHalf<'a> {
     Plain(tokio::net::tcp::WriteHalf<'a>),
     Tls(tokio::io::WriteHalf<&'a mut TlsStream<TcpStream>>),
+}
+
+impl Stream {
+    /// Sends `pending` followed by a FATAL ErrorResponse, then closes: the one way a
+    /// connection is turned away, by login, session and console alike.
+    pub async fn fatal(&mut self, pending: &[u8], code: &str, message: &str) {
+        let mut out = bytes::BytesMut::from(pending);
+        crate::protocol::backend::error_response(&mut out, "FATAL", code, message);
+        let _ = self.write_all(&out).await;
+        let _ = self.shutdown().await;
+    }
 }
 
 fn gone() -> io::Error {

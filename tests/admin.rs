@@ -343,7 +343,7 @@ async fn shutdown_from_the_console() {
         .await
         .unwrap();
     assert_eq!(
-        pgsluice::client::Phase::Draining,
+        pgsluice::context::Phase::Draining,
         pooler.ctx.phase(),
         "draining"
     );

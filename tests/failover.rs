@@ -3,7 +3,7 @@
 
 mod support;
 
-use pgsluice::metrics::RouteReason;
+use pgsluice::router::RouteReason;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -130,7 +130,7 @@ async fn a_replica_that_dies_costs_reads_no_error_and_comes_back() {
         "reads came back to the restarted replica: {:?}",
         seen.after
     );
-    let routes = &pooler.ctx.clusters.get("app").unwrap().routes;
+    let routes = pooler.ctx.routes.of("app");
     eprintln!(
         "before {:?} after {:?} retries {}",
         seen.before,

@@ -4,7 +4,7 @@
 mod support;
 
 use pgsluice::cluster::Usable;
-use pgsluice::metrics::RouteReason;
+use pgsluice::router::RouteReason;
 use support::{connect, Pooler, Replicated, APP_PASSWORD};
 use tokio_postgres::SimpleQueryMessage;
 
@@ -25,7 +25,7 @@ async fn port_of(client: &tokio_postgres::Client, sql: &str) -> u16 {
 }
 
 fn counter(pooler: &Pooler, reason: RouteReason) -> u64 {
-    pooler.ctx.clusters.get("app").unwrap().routes.get(reason)
+    pooler.ctx.routes.of("app").get(reason)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -20,8 +20,8 @@ mod show_version;
 mod shutdown;
 mod table;
 
-use crate::client::{Context, Phase};
-use crate::config::Config;
+use crate::config::Access;
+use crate::context::{Context, Phase};
 use crate::protocol::backend::{self, TxStatus};
 use crate::protocol::{frontend, sqlstate};
 use crate::stream::Stream;
@@ -29,31 +29,6 @@ use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 pub use table::{Cell, Kind, Table};
-
-/// Names of the console's virtual database, unless a real database is configured so.
-pub const DATABASES: [&str; 2] = ["pgsluice", "pgbouncer"];
-
-pub fn is_console(config: &Config, database: &str) -> bool {
-    DATABASES.contains(&database) && !config.databases.contains_key(database)
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Access {
-    Admin,
-    Stats,
-}
-
-/// What `user` may do on the console, if anything.
-pub fn access(config: &Config, user: &str) -> Option<Access> {
-    let g = &config.general;
-    if g.admin_users.iter().any(|u| u == user) {
-        Some(Access::Admin)
-    } else if g.stats_users.iter().any(|u| u == user) {
-        Some(Access::Stats)
-    } else {
-        None
-    }
-}
 
 /// A command's outcome: an error goes to the client as ERROR with this SQLSTATE.
 pub struct Failure {
@@ -166,10 +141,7 @@ pub async fn run(
 }
 
 async fn fatal(stream: &mut Stream, code: &str, message: &str) -> &'static str {
-    let mut out = BytesMut::new();
-    backend::error_response(&mut out, "FATAL", code, message);
-    let _ = stream.write_all(&out).await;
-    let _ = stream.shutdown().await;
+    stream.fatal(&[], code, message).await;
     "admin console closed"
 }
 

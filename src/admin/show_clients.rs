@@ -2,7 +2,7 @@
 //! KILL_CLIENT takes).
 
 use super::{timestamp, Cell, Kind, Table};
-use crate::client::Context;
+use crate::context::Context;
 use std::sync::atomic::Ordering;
 
 pub fn table(ctx: &Context) -> Table {

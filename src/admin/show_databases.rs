@@ -2,8 +2,8 @@
 //! `replicas`.
 
 use super::{Cell, Kind, Table};
-use crate::client::Context;
 use crate::config::PoolMode;
+use crate::context::Context;
 
 pub fn table(ctx: &Context) -> Table {
     use Kind::*;

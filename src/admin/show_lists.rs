@@ -1,7 +1,7 @@
 //! SHOW LISTS: how many of each thing the pooler holds, PgBouncer's rows.
 
 use super::{Cell, Kind, Table};
-use crate::client::Context;
+use crate::context::Context;
 
 pub fn table(ctx: &Context) -> Table {
     let mut t = Table::new(&[("list", Kind::Text), ("items", Kind::Int)]);

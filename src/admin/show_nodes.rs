@@ -2,8 +2,8 @@
 //! client links in flight.
 
 use super::{Cell, Kind, Table};
-use crate::client::Context;
-use crate::cluster::{Role, Usable};
+use crate::cluster::{Reachability, Role, Usable};
+use crate::context::Context;
 
 pub fn table(ctx: &Context) -> Table {
     use Kind::*;
@@ -28,7 +28,9 @@ pub fn table(ctx: &Context) -> Table {
                 .map(|p| p.stats().active)
                 .sum();
             let health = match (node.role, node.usable()) {
-                (Role::Primary, _) if cluster.primary_reachable() == Some(false) => "unreachable",
+                (Role::Primary, _) if cluster.primary_reachable() == Reachability::Unreachable => {
+                    "unreachable"
+                }
                 (_, Usable::Yes) => "up",
                 (_, Usable::Banned) => "banned",
                 (_, Usable::Lagging) => "lagging",

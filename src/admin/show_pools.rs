@@ -2,7 +2,7 @@
 //! Idle clients count as cl_active on the primary's row, as PgBouncer counts them.
 
 use super::{Cell, Kind, Table};
-use crate::client::Context;
+use crate::context::Context;
 
 pub fn table(ctx: &Context) -> Table {
     use Kind::*;

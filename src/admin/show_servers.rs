@@ -2,7 +2,7 @@
 //! the id of the client holding it.
 
 use super::{timestamp, Cell, Kind, Table};
-use crate::client::Context;
+use crate::context::Context;
 use std::collections::HashMap;
 
 pub fn table(ctx: &Context) -> Table {

@@ -3,7 +3,7 @@
 //! columns and units).
 
 use super::{Cell, Kind, Table};
-use crate::client::Context;
+use crate::context::Context;
 use crate::metrics::report::Totals;
 
 pub enum Which {

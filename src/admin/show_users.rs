@@ -1,8 +1,8 @@
 //! SHOW USERS: one row per configured user.
 
 use super::{Cell, Kind, Table};
-use crate::client::Context;
 use crate::config::PoolMode;
+use crate::context::Context;
 
 pub fn table(ctx: &Context) -> Table {
     use Kind::*;

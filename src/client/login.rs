@@ -1,11 +1,12 @@
 //! Startup and authentication of a client: SSL/GSS refusal, cancel requests, protocol version
 //! negotiation, the configured auth method, and the welcome (parameters, cancel key, ready).
 
-use super::cancel::Registration;
-use super::{fatal, Context};
+use super::params::TRACKED;
 use crate::auth::scram::{self, ServerExchange};
 use crate::auth::{md5, Secret};
 use crate::config::{AuthType, Config};
+use crate::context::clients::Registration;
+use crate::context::Context;
 use crate::pool::Members;
 use crate::protocol::backend::{self, TxStatus};
 use crate::protocol::sqlstate;
@@ -16,17 +17,6 @@ use crate::stream::Stream;
 use bytes::{Buf, BytesMut};
 use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-/// Session parameters PostgreSQL reports and a client may set: the pooler keeps each client's
-/// values and re-applies them on whichever server the client gets.
-pub const TRACKED: [&str; 6] = [
-    "application_name",
-    "client_encoding",
-    "datestyle",
-    "intervalstyle",
-    "standard_conforming_strings",
-    "timezone",
-];
 
 pub struct LoggedIn {
     pub user: String,
@@ -47,7 +37,9 @@ async fn read_more(stream: &mut Stream, buf: &mut BytesMut) -> bool {
 }
 
 async fn protocol_violation(stream: &mut Stream, e: ProtocolError) {
-    fatal(stream, sqlstate::PROTOCOL_VIOLATION, &e.to_string()).await;
+    stream
+        .fatal(&[], sqlstate::PROTOCOL_VIOLATION, &e.to_string())
+        .await;
 }
 
 /// A client logged in: to a database's pools, or to the admin console.
@@ -55,7 +47,7 @@ pub enum Login {
     Pool(LoggedIn),
     Console {
         user: String,
-        access: crate::admin::Access,
+        access: crate::config::Access,
         buf: BytesMut,
     },
 }
@@ -75,14 +67,14 @@ async fn console_login(
         ctx.metrics.auth_failed(database, &user);
         return None;
     }
-    let Some(access) = crate::admin::access(config, &user) else {
-        let _ = stream.write_all(&out).await;
-        fatal(
-            stream,
-            sqlstate::INSUFFICIENT_PRIVILEGE,
-            "not allowed: the admin console is for admin_users and stats_users",
-        )
-        .await;
+    let Some(access) = config.console_access(&user) else {
+        stream
+            .fatal(
+                &out,
+                sqlstate::INSUFFICIENT_PRIVILEGE,
+                "not allowed: the admin console is for admin_users and stats_users",
+            )
+            .await;
         return None;
     };
     let _ = reg.slot.login.set((database.to_owned(), user.clone()));
@@ -166,7 +158,9 @@ pub async fn login(
                 if config.general.client_tls_sslmode == crate::tls::ClientMode::Require
                     && !stream.is_tls()
                 {
-                    fatal(stream, sqlstate::INVALID_AUTHORIZATION, "SSL required").await;
+                    stream
+                        .fatal(&[], sqlstate::INVALID_AUTHORIZATION, "SSL required")
+                        .await;
                     return None;
                 }
                 break s;
@@ -182,12 +176,13 @@ pub async fn login(
         .filter(|u| !u.is_empty())
         .map(str::to_owned)
     else {
-        fatal(
-            stream,
-            sqlstate::INVALID_AUTHORIZATION,
-            "no PostgreSQL user name specified in startup packet",
-        )
-        .await;
+        stream
+            .fatal(
+                &[],
+                sqlstate::INVALID_AUTHORIZATION,
+                "no PostgreSQL user name specified in startup packet",
+            )
+            .await;
         return None;
     };
     let database = startup
@@ -198,7 +193,7 @@ pub async fn login(
     let mut wanted = match client_params(&startup) {
         Ok(p) => p,
         Err(msg) => {
-            fatal(stream, sqlstate::PROTOCOL_VIOLATION, &msg).await;
+            stream.fatal(&[], sqlstate::PROTOCOL_VIOLATION, &msg).await;
             return None;
         }
     };
@@ -210,7 +205,9 @@ pub async fn login(
             Some(r) => route = r,
             None => {
                 let e = crate::router::command::BadValue(value);
-                fatal(stream, sqlstate::INVALID_PARAMETER_VALUE, &e.to_string()).await;
+                stream
+                    .fatal(&[], sqlstate::INVALID_PARAMETER_VALUE, &e.to_string())
+                    .await;
                 return None;
             }
         }
@@ -225,17 +222,17 @@ pub async fn login(
     if startup.minor > 0 || !unsupported.is_empty() {
         backend::negotiate_protocol_version(&mut out, 0, &unsupported);
     }
-    if crate::admin::is_console(config, &database) {
+    if config.is_console(&database) {
         return console_login(ctx, config, stream, buf, out, user, reg).await;
     }
     if !config.databases.contains_key(&database) {
-        let _ = stream.write_all(&out).await;
-        fatal(
-            stream,
-            sqlstate::INVALID_CATALOG_NAME,
-            &format!("no such database: {database}"),
-        )
-        .await;
+        stream
+            .fatal(
+                &out,
+                sqlstate::INVALID_CATALOG_NAME,
+                &format!("no such database: {database}"),
+            )
+            .await;
         return None;
     }
     if !authenticate(ctx, config, stream, &mut buf, &mut out, &user).await {
@@ -245,13 +242,13 @@ pub async fn login(
     backend::authentication_ok(&mut out);
     let members = ctx.pools.members(config, &ctx.clusters, &database, &user)?;
     if members.cluster.is_disabled() {
-        let _ = stream.write_all(&out).await;
-        fatal(
-            stream,
-            sqlstate::CONNECTION_FAILURE,
-            &format!("database does not allow connections: {database}"),
-        )
-        .await;
+        stream
+            .fatal(
+                &out,
+                sqlstate::CONNECTION_FAILURE,
+                &format!("database does not allow connections: {database}"),
+            )
+            .await;
         return None;
     }
     let _ = reg.slot.login.set((database.clone(), user.clone()));
@@ -264,8 +261,9 @@ pub async fn login(
                 pool.server_params()?
             }
             Err(e) => {
-                let _ = stream.write_all(&out).await;
-                fatal(stream, sqlstate::CONNECTION_FAILURE, &e.to_string()).await;
+                stream
+                    .fatal(&out, sqlstate::CONNECTION_FAILURE, &e.to_string())
+                    .await;
                 return None;
             }
         },
@@ -340,12 +338,13 @@ async fn read_password_frame(stream: &mut Stream, buf: &mut BytesMut) -> Option<
     loop {
         match frontend::header(buf, startup::MAX_STARTUP_PACKET) {
             Ok(Some(h)) if h.tag != b'p' => {
-                fatal(
-                    stream,
-                    sqlstate::PROTOCOL_VIOLATION,
-                    "expected password response",
-                )
-                .await;
+                stream
+                    .fatal(
+                        &[],
+                        sqlstate::PROTOCOL_VIOLATION,
+                        "expected password response",
+                    )
+                    .await;
                 return None;
             }
             Ok(Some(h)) if buf.len() >= h.len => {
@@ -385,12 +384,13 @@ async fn authenticate(
         (AuthType::Trust, _) => {
             if !known {
                 let _ = stream.write_all(out).await;
-                fatal(
-                    stream,
-                    sqlstate::INVALID_AUTHORIZATION,
-                    &format!("no such user: {user}"),
-                )
-                .await;
+                stream
+                    .fatal(
+                        &[],
+                        sqlstate::INVALID_AUTHORIZATION,
+                        &format!("no such user: {user}"),
+                    )
+                    .await;
                 return false;
             }
             true
@@ -399,7 +399,7 @@ async fn authenticate(
             let verifier = match &secret {
                 Some(Secret::Scram(v)) => v.clone(),
                 Some(Secret::Plain(p)) => ctx.verifier_for(user, p),
-                _ => scram::mock_verifier(user, &ctx.mock_secret),
+                _ => ctx.mock_verifier(user),
             };
             let known = known && matches!(secret, Some(Secret::Scram(_) | Secret::Plain(_)));
             match scram_exchange(stream, buf, out, verifier).await {
@@ -433,12 +433,13 @@ async fn authenticate(
     };
     if !ok {
         tracing::info!(user, "password authentication failed");
-        fatal(
-            stream,
-            sqlstate::INVALID_PASSWORD,
-            &format!("password authentication failed for user \"{user}\""),
-        )
-        .await;
+        stream
+            .fatal(
+                &[],
+                sqlstate::INVALID_PASSWORD,
+                &format!("password authentication failed for user \"{user}\""),
+            )
+            .await;
     }
     ok
 }
@@ -463,18 +464,21 @@ async fn scram_exchange(
         }
     };
     if mechanism != scram::MECHANISM.as_bytes() {
-        fatal(
-            stream,
-            sqlstate::PROTOCOL_VIOLATION,
-            "client selected an invalid SASL authentication mechanism",
-        )
-        .await;
+        stream
+            .fatal(
+                &[],
+                sqlstate::PROTOCOL_VIOLATION,
+                "client selected an invalid SASL authentication mechanism",
+            )
+            .await;
         return None;
     }
     let (exchange, server_first) = match ServerExchange::start(verifier, first, &scram::nonce()) {
         Ok(r) => r,
         Err(e) => {
-            fatal(stream, sqlstate::PROTOCOL_VIOLATION, &e.to_string()).await;
+            stream
+                .fatal(&[], sqlstate::PROTOCOL_VIOLATION, &e.to_string())
+                .await;
             return None;
         }
     };
@@ -489,7 +493,9 @@ async fn scram_exchange(
         }
         Err(scram::ScramError::Proof) => Some(false),
         Err(e) => {
-            fatal(stream, sqlstate::PROTOCOL_VIOLATION, &e.to_string()).await;
+            stream
+                .fatal(&[], sqlstate::PROTOCOL_VIOLATION, &e.to_string())
+                .await;
             None
         }
     }

@@ -8,7 +8,6 @@
 pub mod health;
 
 use crate::config::{Config, LoadBalance, ReadFromPrimary};
-use crate::metrics::RouteCounters;
 use crate::server::Credentials;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
@@ -29,6 +28,114 @@ pub enum Usable {
     Lagging,
 }
 
+/// A node's health as the data path and the health checker leave it. A ban keeps what was
+/// known of the lag, so that a node that comes back lagging is still seen lagging.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Health {
+    Up,
+    Lagging,
+    /// No reads until a health check passes; none is even tried before `checks_from`
+    /// (milliseconds since the cluster's epoch).
+    Banned {
+        checks_from: u64,
+        lagging: bool,
+    },
+}
+
+impl Health {
+    /// One word, so that the router reads it without a lock: bit 0 is the lag, the rest is
+    /// zero or one past the ban's end.
+    fn encode(self) -> u64 {
+        match self {
+            Health::Up => 0,
+            Health::Lagging => 1,
+            Health::Banned {
+                checks_from,
+                lagging,
+            } => ((checks_from + 1) << 1) | u64::from(lagging),
+        }
+    }
+
+    fn decode(word: u64) -> Health {
+        let lagging = word & 1 == 1;
+        match word >> 1 {
+            0 if lagging => Health::Lagging,
+            0 => Health::Up,
+            until => Health::Banned {
+                checks_from: until - 1,
+                lagging,
+            },
+        }
+    }
+
+    fn lagging(self) -> bool {
+        match self {
+            Health::Up => false,
+            Health::Lagging => true,
+            Health::Banned { lagging, .. } => lagging,
+        }
+    }
+
+    /// Banned until at least `checks_from`.
+    fn banned(self, checks_from: u64) -> Health {
+        Health::Banned {
+            checks_from,
+            lagging: self.lagging(),
+        }
+    }
+
+    /// A health check passed: the ban, if any, is over.
+    fn checked(self) -> Health {
+        Health::with_lag(self.lagging())
+    }
+
+    /// The lag measured now, under whatever ban there is.
+    fn lag(self, lagging: bool) -> Health {
+        match self {
+            Health::Banned { checks_from, .. } => Health::Banned {
+                checks_from,
+                lagging,
+            },
+            _ => Health::with_lag(lagging),
+        }
+    }
+
+    fn with_lag(lagging: bool) -> Health {
+        if lagging {
+            Health::Lagging
+        } else {
+            Health::Up
+        }
+    }
+
+    pub fn usable(self) -> Usable {
+        match self {
+            Health::Up => Usable::Yes,
+            Health::Lagging => Usable::Lagging,
+            Health::Banned { .. } => Usable::Banned,
+        }
+    }
+}
+
+/// What the last health check found of the primary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Reachability {
+    NotChecked = 0,
+    Reachable = 1,
+    Unreachable = 2,
+}
+
+impl Reachability {
+    fn from_u8(v: u8) -> Reachability {
+        match v {
+            0 => Reachability::NotChecked,
+            1 => Reachability::Reachable,
+            _ => Reachability::Unreachable,
+        }
+    }
+}
+
 #[derive(Debug)]
 pub struct Node {
     pub role: Role,
@@ -37,11 +144,8 @@ pub struct Node {
     pub weight: u32,
     /// `host:port`, as logs and metrics name the node.
     pub addr: String,
-    /// False from a ban until a health check after the ban passes.
-    up: AtomicBool,
-    /// Milliseconds since the cluster's epoch until which the node is not even checked.
-    banned_until: AtomicU64,
-    lagging: AtomicBool,
+    /// A [`Health`], encoded.
+    health: AtomicU64,
     lag_bytes: AtomicU64,
     lag_ms: AtomicU64,
     /// Client links to this node right now (least_outstanding counts these).
@@ -60,23 +164,30 @@ impl Node {
             } else {
                 format!("{host}:{port}")
             },
-            up: AtomicBool::new(true),
-            banned_until: AtomicU64::new(0),
-            lagging: AtomicBool::new(false),
+            health: AtomicU64::new(Health::Up.encode()),
             lag_bytes: AtomicU64::new(0),
             lag_ms: AtomicU64::new(0),
             outstanding: AtomicUsize::new(0),
         }
     }
 
+    pub fn health(&self) -> Health {
+        Health::decode(self.health.load(Ordering::Relaxed))
+    }
+
     pub fn usable(&self) -> Usable {
-        if !self.up.load(Ordering::Relaxed) {
-            Usable::Banned
-        } else if self.lagging.load(Ordering::Relaxed) {
-            Usable::Lagging
-        } else {
-            Usable::Yes
-        }
+        self.health().usable()
+    }
+
+    /// Applies `change` to the health; returns the health before.
+    fn update(&self, change: impl Fn(Health) -> Health) -> Health {
+        let before = self
+            .health
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |w| {
+                Some(change(Health::decode(w)).encode())
+            })
+            .expect("the update always yields a value");
+        Health::decode(before)
     }
 
     pub fn outstanding(&self) -> usize {
@@ -130,18 +241,17 @@ pub struct Cluster {
     pub nodes: Vec<Node>,
     pub read_from_primary: ReadFromPrimary,
     pub load_balance: LoadBalance,
-    /// Node indices in weighted round-robin order (replicas, plus the primary when it is a
-    /// member of the rotation).
-    pub schedule: Vec<usize>,
-    /// Position in `schedule` of the next round-robin read.
+    /// Replica indices in weighted round-robin order, and the same with the primary as a
+    /// member (the router decides which applies).
+    replicas_schedule: Vec<usize>,
+    all_schedule: Vec<usize>,
+    /// Position in a schedule of the next round-robin read.
     pub next: AtomicUsize,
-    pub routes: RouteCounters,
     /// Who the health checks log in as: the database's server user, or else the first
     /// client pool's login.
     credentials: Mutex<Option<Credentials>>,
     epoch: Instant,
-    /// What the last health check found of the primary: 0 not checked yet, 1 reachable,
-    /// 2 not.
+    /// A [`Reachability`].
     primary_state: AtomicU8,
     /// PAUSE: clients get no server until RESUME.
     paused: AtomicBool,
@@ -162,25 +272,22 @@ impl Cluster {
                 Node::new(role, host, *port, *weight)
             })
             .collect();
-        let primary_reads =
-            topology.read_from_primary == ReadFromPrimary::Always || nodes.len() == 1;
-        let members: Vec<usize> = (0..nodes.len())
-            .filter(|&i| i > 0 || primary_reads)
-            .collect();
+        let all: Vec<usize> = (0..nodes.len()).collect();
+        let weight = |i: usize| nodes[i].weight;
         let credentials = Cluster::configured_credentials(config, database);
         Some(Cluster {
             database: database.to_owned(),
             dbname: topology.dbname.clone(),
-            schedule: interleave(&members, |i| nodes[i].weight),
+            replicas_schedule: interleave(&all[1..], weight),
+            all_schedule: interleave(&all, weight),
             nodes,
             read_from_primary: topology.read_from_primary,
             load_balance: topology.load_balance,
             topology,
             next: AtomicUsize::new(0),
-            routes: RouteCounters::default(),
             credentials: Mutex::new(credentials),
             epoch: Instant::now(),
-            primary_state: AtomicU8::new(0),
+            primary_state: AtomicU8::new(Reachability::NotChecked as u8),
             paused: AtomicBool::new(false),
             resumed: tokio::sync::Notify::new(),
             disabled: AtomicBool::new(false),
@@ -220,19 +327,19 @@ impl Cluster {
         self.disabled.store(disabled, Ordering::Relaxed);
     }
 
-    /// Whether the primary answered the last health check; None before the first.
-    pub fn primary_reachable(&self) -> Option<bool> {
-        match self.primary_state.load(Ordering::Relaxed) {
-            0 => None,
-            s => Some(s == 1),
-        }
+    /// Whether the primary answered the last health check.
+    pub fn primary_reachable(&self) -> Reachability {
+        Reachability::from_u8(self.primary_state.load(Ordering::Relaxed))
     }
 
     fn set_primary_reachable(&self, ok: bool) {
-        let was = self
-            .primary_state
-            .swap(if ok { 1 } else { 2 }, Ordering::Relaxed);
-        if was != 0 && (was == 1) != ok {
+        let now = if ok {
+            Reachability::Reachable
+        } else {
+            Reachability::Unreachable
+        };
+        let was = Reachability::from_u8(self.primary_state.swap(now as u8, Ordering::Relaxed));
+        if was != Reachability::NotChecked && was != now {
             if ok {
                 tracing::info!(db = %self.database, node = %self.nodes[0].addr, "primary reachable again");
             } else {
@@ -245,6 +352,16 @@ impl Cluster {
         self.nodes.len() > 1
     }
 
+    /// The weighted round-robin order of reads: over the replicas, or with the primary as a
+    /// member too.
+    pub fn schedule(&self, with_primary: bool) -> &[usize] {
+        if with_primary {
+            &self.all_schedule
+        } else {
+            &self.replicas_schedule
+        }
+    }
+
     fn now_ms(&self) -> u64 {
         self.epoch.elapsed().as_millis() as u64
     }
@@ -254,11 +371,9 @@ impl Cluster {
     /// writes whatever its state; a ban only keeps reads away from it.
     pub fn ban(&self, node: usize, ban_time: Duration, why: &str) -> bool {
         let n = &self.nodes[node];
-        n.banned_until.store(
-            self.now_ms() + ban_time.as_millis() as u64,
-            Ordering::Relaxed,
-        );
-        let was_up = n.up.swap(false, Ordering::Relaxed);
+        let until = self.now_ms() + ban_time.as_millis() as u64;
+        let was = n.update(|h| h.banned(until));
+        let was_up = !matches!(was, Health::Banned { .. });
         if was_up {
             tracing::warn!(db = %self.database, node = %n.addr, reason = why, ?ban_time, "node banned from reads");
         }
@@ -267,13 +382,16 @@ impl Cluster {
 
     /// True while a banned node's ban_time has not run out: no health check until then.
     pub fn in_ban_time(&self, node: usize) -> bool {
-        self.nodes[node].banned_until.load(Ordering::Relaxed) > self.now_ms()
+        match self.nodes[node].health() {
+            Health::Banned { checks_from, .. } => checks_from > self.now_ms(),
+            _ => false,
+        }
     }
 
     /// A health check passed: reads may come back. True if the node was banned.
     fn check_passed(&self, node: usize) -> bool {
         let n = &self.nodes[node];
-        let was_down = !n.up.swap(true, Ordering::Relaxed);
+        let was_down = matches!(n.update(Health::checked), Health::Banned { .. });
         if was_down {
             tracing::info!(db = %self.database, node = %n.addr, "node back in the read rotation");
         }
@@ -284,7 +402,7 @@ impl Cluster {
         let n = &self.nodes[node];
         n.lag_bytes.store(bytes, Ordering::Relaxed);
         n.lag_ms.store(time.as_millis() as u64, Ordering::Relaxed);
-        let was = n.lagging.swap(lagging, Ordering::Relaxed);
+        let was = n.update(|h| h.lag(lagging)).lagging();
         if was != lagging {
             tracing::warn!(db = %self.database, node = %n.addr, lag_bytes = bytes, lag = ?time, lagging, "replica lag limit crossed");
         }
@@ -452,7 +570,8 @@ mod tests {
         let text = "[databases.app]\nport = 5433\nreplicas = [\"127.0.0.1:5434\"]\n";
         let config = Config::parse(text, "t").unwrap();
         let c = Cluster::new(&config, "app").unwrap();
-        assert_eq!(c.schedule, vec![1]);
+        assert_eq!(c.schedule(false), [1]);
+        assert_eq!(c.schedule(true), [0, 1]);
         assert_eq!(c.nodes[1].usable(), Usable::Yes);
         assert!(c.ban(1, Duration::ZERO, "test"));
         assert!(!c.ban(1, Duration::ZERO, "test"), "already banned");
@@ -462,5 +581,28 @@ mod tests {
         assert_eq!(c.nodes[1].usable(), Usable::Yes);
         c.set_lag(1, 10, Duration::from_secs(2), true);
         assert_eq!(c.nodes[1].usable(), Usable::Lagging);
+    }
+
+    #[test]
+    fn a_ban_remembers_the_lag_and_every_state_survives_its_encoding() {
+        let banned = Health::Lagging.banned(5);
+        assert_eq!(
+            banned,
+            Health::Banned {
+                checks_from: 5,
+                lagging: true
+            }
+        );
+        assert_eq!(banned.checked(), Health::Lagging);
+        assert_eq!(banned.lag(false).checked(), Health::Up);
+        assert_eq!(Health::Up.lag(true), Health::Lagging);
+        for h in [
+            Health::Up,
+            Health::Lagging,
+            Health::Up.banned(0),
+            Health::Lagging.banned(u64::MAX >> 2),
+        ] {
+            assert_eq!(Health::decode(h.encode()), h);
+        }
     }
 }

@@ -4,15 +4,17 @@
 //! holds the two together. Loading either yields a fully validated [`Config`] or an error that
 //! names the file and the key, so a bad reload can be refused before anything changes.
 
+mod console;
 mod duration;
+mod reload;
+mod validate;
 
+pub use console::{Access, CONSOLE_DATABASES};
 pub use duration::Seconds;
 
-use crate::auth::Secret;
 pub use crate::tls::{ClientMode, ServerMode};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::net::IpAddr;
 use std::path::Path;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -352,114 +354,6 @@ impl Config {
                 message,
             })?;
         Ok(config)
-    }
-
-    fn validate(&self) -> Result<(), (String, String)> {
-        let g = &self.general;
-        let bad = |key: &str, msg: String| Err((key.to_owned(), msg));
-        if g.listen_addr != "*" && g.listen_addr.parse::<IpAddr>().is_err() {
-            return bad(
-                "listen_addr",
-                format!("\"{}\" is not an IP address or *", g.listen_addr),
-            );
-        }
-        if g.default_pool_size == 0 {
-            return bad("default_pool_size", "must be at least 1".into());
-        }
-        if g.max_client_conn == 0 {
-            return bad("max_client_conn", "must be at least 1".into());
-        }
-        if g.peer_id > 16383 {
-            return bad("peer_id", "must be between 0 and 16383".into());
-        }
-        if g.max_packet_size < 1024 {
-            return bad("max_packet_size", "must be at least 1024".into());
-        }
-        if g.client_tls_sslmode != ClientMode::Disable {
-            crate::tls::acceptor(&g.client_tls_cert_file, &g.client_tls_key_file)
-                .map(drop)
-                .or_else(|(key, message)| bad(&key, message))?;
-        }
-        if matches!(
-            g.server_tls_sslmode,
-            ServerMode::VerifyCa | ServerMode::VerifyFull
-        ) {
-            if g.server_tls_ca_file.is_empty() {
-                return bad(
-                    "server_tls_ca_file",
-                    "server_tls_sslmode verify-ca and verify-full need a CA file".into(),
-                );
-            }
-            crate::tls::connector(g.server_tls_sslmode, &g.server_tls_ca_file)
-                .map(drop)
-                .or_else(|m| bad("server_tls_ca_file", m))?;
-        }
-        if g.stats_period.0.is_zero() {
-            return bad("stats_period", "must be more than 0".into());
-        }
-        if g.health_check_interval.0.is_zero() {
-            return bad("health_check_interval", "must be more than 0".into());
-        }
-        if let Some(f) = g.write_functions.iter().find(|f| f.is_empty()) {
-            return bad("write_functions", format!("\"{f}\" is not a function name"));
-        }
-        if !g.http_listen.is_empty() && g.http_listen.parse::<std::net::SocketAddr>().is_err() {
-            return bad(
-                "http_listen",
-                format!(
-                    "\"{}\" is not an address:port (or \"\" for none)",
-                    g.http_listen
-                ),
-            );
-        }
-        if self.databases.is_empty() {
-            return bad(
-                "databases",
-                "at least one [databases.NAME] section is needed".into(),
-            );
-        }
-        for (name, db) in &self.databases {
-            if db.host.is_empty() {
-                return bad(
-                    &format!("databases.{name}.host"),
-                    "must not be empty".into(),
-                );
-            }
-            if db.pool_size == Some(0) {
-                return bad(
-                    &format!("databases.{name}.pool_size"),
-                    "must be at least 1".into(),
-                );
-            }
-            for (i, r) in db.replicas.iter().enumerate() {
-                let key = format!("databases.{name}.replicas[{i}]");
-                let r = r.resolve().map_err(|m| (key.clone(), m))?;
-                if r.weight == 0 {
-                    return bad(&format!("{key}.weight"), "must be at least 1".into());
-                }
-                if r.host == db.host && r.port == db.port {
-                    return bad(&key, "is the primary's address".into());
-                }
-            }
-            if db.password.is_some() && db.user.is_none() {
-                return bad(
-                    &format!("databases.{name}.password"),
-                    "needs `user` as well".into(),
-                );
-            }
-        }
-        for (name, user) in &self.users {
-            if user.pool_size == Some(0) {
-                return bad(
-                    &format!("users.{name}.pool_size"),
-                    "must be at least 1".into(),
-                );
-            }
-            if let Some(pw) = &user.password {
-                Secret::parse(pw).map_err(|m| (format!("users.{name}.password"), m))?;
-            }
-        }
-        Ok(())
     }
 
     /// Server connections allowed for a database across all its pools (0 = no limit).

@@ -1,10 +1,11 @@
 //! Gauges read from their owners when Prometheus scrapes: pools, clients, nodes, and the
 //! routing counters kept as plain atomics. Nothing here runs on the data path.
 
-use super::{gauge, Metrics, RouteReason};
+use super::{gauge, Metrics};
 use crate::cluster::{Clusters, Role, Usable};
 use crate::config::Config;
 use crate::pool::{ClientCounts, PoolStats, Pools};
+use crate::router::{RouteReason, Routes};
 use prometheus::{Encoder, GaugeVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
 use std::sync::Mutex;
 
@@ -36,7 +37,7 @@ impl Gauges {
             Opts::new(
                 "pgsluice_routing_decisions_total",
                 "Where work was sent and why (reason read, write, locking, write_function, \
-                 in_transaction, session, hint, replica_banned, lag, retry).",
+                 in_transaction, session, hint, replica_banned, lag, retry, no_replicas).",
             ),
             &["database", "reason", "instance"],
         )
@@ -86,7 +87,13 @@ impl Gauges {
 impl Metrics {
     /// The text exposition of every metric, with gauges read from `pools` and `clusters`,
     /// and PgBouncer's families when `metrics_pgbouncer_compat` is on.
-    pub fn render(&self, pools: &Pools, clusters: &Clusters, config: &Config) -> String {
+    pub fn render(
+        &self,
+        pools: &Pools,
+        clusters: &Clusters,
+        routes: &Routes,
+        config: &Config,
+    ) -> String {
         let g = &self.gauges;
         let _one = g.scrape.lock().unwrap_or_else(|e| e.into_inner());
         let inst = self.instance.as_str();
@@ -127,14 +134,15 @@ impl Metrics {
                     .set(pool.setup().settings.pool_size as i64);
             }
         }
+        for (db, counters) in routes.all() {
+            for reason in RouteReason::ALL {
+                let c = g.routes.with_label_values(&[&db, reason.name(), inst]);
+                // Counters only go up: add what happened since the last scrape.
+                c.inc_by(counters.get(reason).saturating_sub(c.get()));
+            }
+        }
         for cluster in clusters.all() {
             let db = cluster.database.as_str();
-            for reason in RouteReason::ALL {
-                let c = g.routes.with_label_values(&[db, reason.name(), inst]);
-                let now = cluster.routes.get(reason);
-                // Counters only go up: add what happened since the last scrape.
-                c.inc_by(now.saturating_sub(c.get()));
-            }
             for node in &cluster.nodes {
                 let role = match node.role {
                     Role::Primary => "primary",

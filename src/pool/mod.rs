@@ -13,8 +13,8 @@ pub use limits::{Limit, Limits};
 pub use registry::{ClientCounts, ClientState, InState, Members, Pools};
 
 use crate::config::{Config, PoolSettings};
-use crate::metrics::PoolMetrics;
 use crate::server::{Listed, ServerConn, ServerInfo, ServerList, Target};
+use crate::stats::PoolMetrics;
 use arc_swap::ArcSwap;
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -470,7 +470,7 @@ impl Pool {
                         .and_then(|t| t.local_addr().ok())
                         .map_or(0, |a| a.port()),
                     remote_pid: conn.cancel_key.process_id,
-                    connected_at: crate::client::cancel::unix_micros(),
+                    connected_at: crate::stats::unix_micros(),
                 };
                 conn.listed = Some(Listed::new(&self.servers, info));
                 self.metrics.server_connects.inc();

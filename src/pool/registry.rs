@@ -5,8 +5,8 @@ use super::{Limit, Limits, Pool, PoolStats};
 use crate::auth::Secret;
 use crate::cluster::{Cluster, Clusters};
 use crate::config::Config;
-use crate::metrics::Metrics;
 use crate::server::{Credentials, Target};
+use crate::stats::PoolFamilies;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -105,7 +105,8 @@ impl Members {
 }
 
 pub struct Pools {
-    metrics: Arc<Metrics>,
+    /// Where each new pool takes its metric handles from.
+    families: Arc<PoolFamilies>,
     map: Mutex<HashMap<(String, String), Arc<Members>>>,
     db_limits: Mutex<HashMap<String, Arc<Limit>>>,
     user_limits: Mutex<HashMap<String, Arc<Limit>>>,
@@ -155,9 +156,9 @@ fn target(config: &Config, cluster: &Cluster, node: usize, credentials: &Credent
 }
 
 impl Pools {
-    pub fn new(metrics: Arc<Metrics>) -> Pools {
+    pub fn new(families: Arc<PoolFamilies>) -> Pools {
         Pools {
-            metrics,
+            families,
             map: Mutex::default(),
             db_limits: Mutex::default(),
             user_limits: Mutex::default(),
@@ -204,7 +205,7 @@ impl Pools {
                 target,
                 limits.clone(),
                 config,
-                self.metrics.for_pool(database, user, &node.addr),
+                self.families.for_pool(database, user, &node.addr),
             ));
             for limit in [&limits.db, &limits.user].into_iter().flatten() {
                 limit.add_pool(&pool);

@@ -6,6 +6,7 @@
 
 pub mod backend;
 pub mod frontend;
+pub mod parsed;
 pub mod startup;
 
 use thiserror::Error;

@@ -1,8 +1,13 @@
-//! Where a query may run. Classification of SQL text lives in `classify`; `policy` turns a
-//! class, the session's state and the cluster's health into a target, and nothing else
-//! decides one. `command` recognises the pooler's own `SET pgsluice.route`.
+//! Where a query may run. Classification of SQL text lives in `classify`; `work` turns a
+//! unit's frames into a class; `policy` turns a class, the session's state and the cluster's
+//! health into a target, and nothing else decides one (retries and bans included); `reason`
+//! counts the decisions. `command` recognises the pooler's own `SET pgsluice.route`.
 
 pub mod classify;
 pub mod command;
 mod lexer;
 pub mod policy;
+pub mod reason;
+pub mod work;
+
+pub use reason::{RouteCounters, RouteReason, Routes};

@@ -1,12 +1,15 @@
-//! The one place that decides where work runs: the primary, or which replica.
+//! The one place that decides where work runs: the primary, or which replica; how a link
+//! takes the client's work; and what happens when a node fails under it (retry elsewhere, ban).
 //!
 //! It is handed the facts (what the work is, the client's session, the cluster's health) and
 //! returns a decision; it does no IO. The client session acts on the decision.
 
 use super::classify::{Class, Hint, WriteReason};
+use super::reason::{RouteCounters, RouteReason};
+use super::work::Work;
 use crate::cluster::{Cluster, Role, Usable};
 use crate::config::{LoadBalance, PoolMode, ReadFromPrimary};
-use crate::metrics::RouteReason;
+use crate::protocol::sqlstate;
 use std::sync::atomic::Ordering;
 
 /// Where a client asked its work to go: `SET pgsluice.route`, or the startup option of the
@@ -38,35 +41,6 @@ impl RouteMode {
     }
 }
 
-/// What the client wants run: the statements up to the end of its first implicit
-/// transaction (a Query, or extended-protocol messages up to Sync).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Work {
-    pub class: Class,
-    pub hint: Option<Hint>,
-    /// False when the work has not fully arrived (extended protocol before its Sync): what
-    /// follows is unknown, so it cannot go to a replica.
-    pub complete: bool,
-}
-
-impl Work {
-    /// One more statement of the same unit: a read stays a read only if every statement is
-    /// one; anything else keeps what its first statement made it.
-    pub fn and(self, class: Class, hint: Option<Hint>) -> Work {
-        let class = match (self.class, class) {
-            (Class::Read, Class::Read) => Class::Read,
-            (Class::Read, Class::Write(r)) => Class::Write(r),
-            (Class::Read, _) => Class::Write(WriteReason::Statement),
-            (first, _) => first,
-        };
-        Work {
-            class,
-            hint: self.hint.or(hint),
-            complete: self.complete,
-        }
-    }
-}
-
 /// What the session knows about the client.
 #[derive(Debug, Clone, Copy)]
 pub struct Session {
@@ -74,15 +48,47 @@ pub struct Session {
     pub route: RouteMode,
     /// A node this work just failed on: try another.
     pub avoid: Option<usize>,
+    /// How many times this unit of work has been placed again after a failure.
+    pub retries: usize,
+}
+
+/// How a link takes the client's work.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flow {
+    /// Everything the client sends goes through until the server is released: the primary,
+    /// where whatever follows may run too.
+    Stream,
+    /// One unit (a Query, or messages up to Sync) at a time, so that each implicit
+    /// transaction is routed on its own: a replica.
+    OneUnit,
+    /// One unit whose answer is held back until it is complete (or long), so that the unit
+    /// can run again elsewhere if its node fails first.
+    Retryable,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Decision {
     pub node: usize,
     pub reason: RouteReason,
-    /// The work may be sent again elsewhere if its node fails before answering: a read
-    /// outside an explicit transaction.
-    pub retryable: bool,
+    pub flow: Flow,
+}
+
+/// Why a unit of work could not finish on its node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// No server could be checked out; `connect` when opening one failed.
+    Checkout { connect: bool },
+    /// The server sent an error while the unit's answer was held back.
+    Error(Retry),
+    /// The server's connection broke.
+    Lost,
+}
+
+/// Work that runs again on another node, and whether the node it failed on is banned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retry {
+    pub ban: bool,
+    pub why: &'static str,
 }
 
 /// Why work could not be placed.
@@ -92,22 +98,110 @@ pub struct NoReplica;
 
 const PRIMARY: usize = 0;
 
-/// Decides where `work` runs, and counts the decision.
-pub fn decide(cluster: &Cluster, work: &Work, session: &Session) -> Result<Decision, NoReplica> {
-    let d = place(cluster, work, session)?;
-    cluster.routes.bump(d.reason);
-    tracing::debug!(db = %cluster.database, node = %cluster.nodes[d.node].addr, reason = d.reason.name(), "route");
+/// Decides where the client's next unit of work runs, and counts the decision. `work` is only
+/// asked for when there is a choice to make: a database without replicas sends everything to
+/// its primary without a look at the query.
+pub fn decide(
+    cluster: &Cluster,
+    counters: &RouteCounters,
+    session: &Session,
+    work: impl FnOnce() -> Work,
+) -> Result<Decision, NoReplica> {
+    let d = if cluster.has_replicas() || session.route != RouteMode::Auto {
+        let d = place(cluster, &work(), session)?;
+        tracing::debug!(db = %cluster.database, node = %cluster.nodes[d.node].addr, reason = d.reason.name(), "route");
+        d
+    } else {
+        Decision {
+            node: PRIMARY,
+            reason: RouteReason::NoReplicas,
+            flow: Flow::Stream,
+        }
+    };
+    counters.bump(d.reason);
     Ok(d)
+}
+
+/// Whether a failed unit runs again elsewhere, and counts it when it does. Each node is
+/// tried at most once per unit. A failed checkout is retried only away from a replica (the
+/// primary is the last resort); a failure under a running unit only if its answer was held
+/// back (`Flow::Retryable`), which the caller knows. Only replicas are banned by the data
+/// path: the primary keeps its writes whatever happens, and its health is the checker's.
+pub fn retry(
+    cluster: &Cluster,
+    counters: &RouteCounters,
+    session: &Session,
+    node: usize,
+    failure: Failure,
+) -> Option<Retry> {
+    if session.retries >= cluster.nodes.len() {
+        return None;
+    }
+    let retry = match failure {
+        Failure::Checkout { .. } if node == PRIMARY => return None,
+        Failure::Checkout { connect } => Retry {
+            ban: connect,
+            why: "connection failed",
+        },
+        Failure::Error(retry) => retry,
+        Failure::Lost => Retry {
+            ban: true,
+            why: "server connection lost",
+        },
+    };
+    counters.bump(RouteReason::Retry);
+    Some(Retry {
+        ban: retry.ban && node != PRIMARY,
+        ..retry
+    })
+}
+
+/// Whether a node whose server broke under work that cannot be retried is banned.
+pub fn ban_after_loss(node: usize) -> bool {
+    node != PRIMARY
+}
+
+/// Server errors a held-back read may be retried after elsewhere, and whether its node is
+/// then banned.
+pub fn retryable_error(code: &[u8]) -> Option<Retry> {
+    let code = std::str::from_utf8(code).ok()?;
+    match code {
+        sqlstate::ADMIN_SHUTDOWN | sqlstate::CRASH_SHUTDOWN | sqlstate::CANNOT_CONNECT_NOW => {
+            Some(Retry {
+                ban: true,
+                why: "server shutting down",
+            })
+        }
+        // A replica cancels queries that conflict with recovery.
+        sqlstate::SERIALIZATION_FAILURE => Some(Retry {
+            ban: false,
+            why: "conflict with recovery",
+        }),
+        _ => None,
+    }
+}
+
+/// How a link on `node` takes the client's work.
+fn flow(node: usize, retryable: bool) -> Flow {
+    match (node, retryable) {
+        (_, true) => Flow::Retryable,
+        (PRIMARY, false) => Flow::Stream,
+        _ => Flow::OneUnit,
+    }
 }
 
 fn place(cluster: &Cluster, work: &Work, session: &Session) -> Result<Decision, NoReplica> {
     let on_primary = |reason| Decision {
         node: PRIMARY,
         reason,
-        retryable: false,
+        flow: Flow::Stream,
     };
     let transaction_mode = session.pool_mode == PoolMode::Transaction;
-    let retryable = transaction_mode && work.complete && work.class == Class::Read;
+    // Each node at most once per unit of work.
+    let retryable = transaction_mode
+        && work.complete
+        && work.class == Class::Read
+        && session.retries < cluster.nodes.len();
     let wanted = match work.hint {
         Some(Hint::Primary) => RouteMode::Primary,
         Some(Hint::Replica) => RouteMode::Replica,
@@ -163,8 +257,9 @@ fn read(
     retryable: bool,
 ) -> Result<Result<Decision, RouteReason>, NoReplica> {
     let ok = |i: usize| Some(i) != avoid && cluster.nodes[i].usable() == Usable::Yes;
-    let schedule = &cluster.schedule;
-    let start = cluster.next.fetch_add(1, Ordering::Relaxed) % schedule.len();
+    // The primary is a member of the rotation only when asked to be.
+    let schedule = cluster.schedule(cluster.read_from_primary == ReadFromPrimary::Always);
+    let start = cluster.next.fetch_add(1, Ordering::Relaxed) % schedule.len().max(1);
     let order = schedule[start..].iter().chain(&schedule[..start]).copied();
     let picked = match cluster.load_balance {
         LoadBalance::RoundRobin => order.clone().find(|&i| ok(i)),
@@ -183,7 +278,7 @@ fn read(
         return Ok(Ok(Decision {
             node,
             reason,
-            retryable,
+            flow: flow(node, retryable),
         }));
     }
     let replicas = cluster
@@ -231,7 +326,13 @@ mod tests {
         pool_mode: PoolMode::Transaction,
         route: RouteMode::Auto,
         avoid: None,
+        retries: 0,
     };
+
+    /// Decides with counters of its own.
+    fn decide(c: &Cluster, w: &Work, s: &Session) -> Result<Decision, NoReplica> {
+        super::decide(c, &RouteCounters::default(), s, || *w)
+    }
 
     fn node(c: &Cluster, sql: &str, s: &Session) -> usize {
         decide(c, &work(sql), s).unwrap().node
@@ -240,6 +341,10 @@ mod tests {
     #[test]
     fn reads_rotate_over_replicas_and_writes_go_to_the_primary() {
         let c = cluster("");
+        let counters = RouteCounters::default();
+        let node = |c: &Cluster, sql: &str, s: &Session| {
+            super::decide(c, &counters, s, || work(sql)).unwrap().node
+        };
         let mut seen = [0; 3];
         for _ in 0..10 {
             seen[node(&c, "SELECT 1", &TX)] += 1;
@@ -257,29 +362,85 @@ mod tests {
         }
         assert_ne!(node(&c, "BEGIN READ ONLY", &TX), 0);
         assert_eq!(
-            c.routes.get(RouteReason::Read),
+            counters.get(RouteReason::Read),
             11,
             "ten reads and a read-only transaction"
         );
-        assert_eq!(c.routes.get(RouteReason::Locking), 1);
-        assert_eq!(c.routes.get(RouteReason::InTransaction), 2);
+        assert_eq!(counters.get(RouteReason::Locking), 1);
+        assert_eq!(counters.get(RouteReason::InTransaction), 2);
     }
 
     #[test]
     fn retryable_only_for_complete_reads_in_transaction_mode() {
         let c = cluster("");
-        assert!(decide(&c, &work("SELECT 1"), &TX).unwrap().retryable);
-        assert!(!decide(&c, &work("BEGIN READ ONLY"), &TX).unwrap().retryable);
+        let flow = |w: &Work| decide(&c, w, &TX).unwrap().flow;
+        assert_eq!(flow(&work("SELECT 1")), Flow::Retryable);
+        assert_eq!(flow(&work("BEGIN READ ONLY")), Flow::OneUnit);
+        assert_eq!(flow(&work("INSERT INTO t VALUES (1)")), Flow::Stream);
         let partial = Work {
             complete: false,
             ..work("SELECT 1")
         };
         assert_eq!(decide(&c, &partial, &TX).unwrap().node, 0);
+        let retried_everywhere = Session { retries: 3, ..TX };
+        assert_eq!(
+            decide(&c, &work("SELECT 1"), &retried_everywhere)
+                .unwrap()
+                .flow,
+            Flow::OneUnit,
+            "no retry budget left"
+        );
+    }
+
+    #[test]
+    fn a_database_without_replicas_never_looks_at_the_work() {
+        let text = "[databases.app]\nport = 5433\n";
+        let c = Cluster::new(&Config::parse(text, "t").unwrap(), "app").unwrap();
+        let counters = RouteCounters::default();
+        let d = super::decide(&c, &counters, &TX, || unreachable!("no choice to make"));
+        assert_eq!(d.unwrap().reason, RouteReason::NoReplicas);
+        assert_eq!(counters.get(RouteReason::NoReplicas), 1);
+        let hinted = Session {
+            route: RouteMode::Replica,
+            ..TX
+        };
+        let d = super::decide(&c, &counters, &hinted, || work("SELECT 1")).unwrap();
+        assert_eq!((d.node, d.reason), (0, RouteReason::Read));
+    }
+
+    #[test]
+    fn retries_go_elsewhere_once_per_node_and_ban_only_replicas() {
+        let c = cluster("");
+        let counters = RouteCounters::default();
+        let lost = retry(&c, &counters, &TX, 1, Failure::Lost).unwrap();
+        assert!(lost.ban);
+        let on_primary = retry(&c, &counters, &TX, 0, Failure::Lost).unwrap();
+        assert!(!on_primary.ban, "the primary is the checker's to ban");
+        let refused = Failure::Checkout { connect: true };
+        assert!(retry(&c, &counters, &TX, 1, refused).unwrap().ban);
+        assert_eq!(retry(&c, &counters, &TX, 0, refused), None);
+        let waited = Failure::Checkout { connect: false };
+        assert!(!retry(&c, &counters, &TX, 2, waited).unwrap().ban);
+        let spent = Session { retries: 3, ..TX };
+        assert_eq!(retry(&c, &counters, &spent, 1, Failure::Lost), None);
+        assert_eq!(counters.get(RouteReason::Retry), 4);
+        let conflict = retryable_error(sqlstate::SERIALIZATION_FAILURE.as_bytes()).unwrap();
+        assert!(!conflict.ban);
+        assert!(
+            retryable_error(sqlstate::ADMIN_SHUTDOWN.as_bytes())
+                .unwrap()
+                .ban
+        );
+        assert_eq!(retryable_error(b"42P01"), None);
+        assert!(ban_after_loss(1) && !ban_after_loss(0));
     }
 
     #[test]
     fn hints_and_route_modes_win() {
         let c = cluster("");
+        let counters = RouteCounters::default();
+        let decide = |c: &Cluster, w: &Work, s: &Session| super::decide(c, &counters, s, || *w);
+        let node = |c: &Cluster, sql: &str, s: &Session| decide(c, &work(sql), s).unwrap().node;
         assert_eq!(node(&c, "/* pgsluice: primary */ SELECT 1", &TX), 0);
         assert_ne!(node(&c, "/* pgsluice: replica */ SELECT 1", &TX), 0);
         let primary = Session {
@@ -299,8 +460,8 @@ mod tests {
         };
         let d = decide(&c, &work("SELECT 1"), &session_replica).unwrap();
         assert_ne!(d.node, 0);
-        assert!(!d.retryable, "a session's state cannot move");
-        assert_eq!(c.routes.get(RouteReason::Hint), 5);
+        assert_eq!(d.flow, Flow::OneUnit, "a session's state cannot move");
+        assert_eq!(counters.get(RouteReason::Hint), 5);
     }
 
     #[test]
@@ -353,28 +514,5 @@ mod tests {
         for _ in 0..4 {
             assert_eq!(node(&c, "SELECT 1", &TX), 2);
         }
-    }
-
-    #[test]
-    fn a_unit_is_a_read_only_if_every_statement_is() {
-        let w = work("SELECT 1");
-        assert_eq!(w.and(Class::Read, None).class, Class::Read);
-        assert_eq!(
-            w.and(Class::Write(WriteReason::Locking), None).class,
-            Class::Write(WriteReason::Locking)
-        );
-        assert_eq!(
-            w.and(Class::Session, None).class,
-            Class::Write(WriteReason::Statement)
-        );
-        let begin = work("BEGIN READ ONLY");
-        assert_eq!(
-            begin.and(Class::Write(WriteReason::Statement), None).class,
-            begin.class
-        );
-        assert_eq!(
-            w.and(Class::Read, Some(Hint::Primary)).hint,
-            Some(Hint::Primary)
-        );
     }
 }

@@ -4,9 +4,11 @@
 //! The socket and its read buffer are owned here; the client session borrows them while the
 //! connection is checked out and forwards bytes through them directly.
 
+pub mod exchange;
 mod login;
 pub mod prepared;
 pub mod query;
+pub mod reset;
 pub mod tracker;
 
 pub use login::{ask_for_tls, Credentials, LoginError};

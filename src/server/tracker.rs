@@ -37,13 +37,22 @@ pub enum Reply {
     AsParseComplete,
 }
 
+/// Where the client's stream of messages stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Input {
+    /// Nothing sent since the last Sync (or Query).
+    Synced,
+    /// Parse/Bind/Execute/... sent since the last Sync: the batch is still open.
+    Open,
+    /// The server is in COPY FROM STDIN and ignores Sync until CopyDone or CopyFail; `open`
+    /// says whether a batch is open around the COPY.
+    CopyIn { open: bool },
+}
+
 #[derive(Debug)]
 pub struct Tracker {
     pending: VecDeque<Pending>,
-    /// Parse/Bind/Execute/... sent since the last Sync: the batch is still open.
-    unsynced: bool,
-    /// The server is in COPY FROM STDIN and ignores Sync until CopyDone or CopyFail.
-    copy_in: bool,
+    input: Input,
     pub status: TxStatus,
 }
 
@@ -51,8 +60,7 @@ impl Default for Tracker {
     fn default() -> Self {
         Tracker {
             pending: VecDeque::new(),
-            unsynced: false,
-            copy_in: false,
+            input: Input::Synced,
             status: TxStatus::Idle,
         }
     }
@@ -62,23 +70,26 @@ impl Tracker {
     /// Back to the state of a fresh link, keeping the queue's allocation.
     pub fn reset(&mut self) {
         self.pending.clear();
-        self.unsynced = false;
-        self.copy_in = false;
+        self.input = Input::Synced;
         self.status = TxStatus::Idle;
     }
 
     /// Notes one frame forwarded to the server, by type byte.
     pub fn sent(&mut self, tag: u8) {
-        match tag {
-            b'Q' | b'F' => self.pending.push_back(Pending::Query),
-            b'S' => {
-                if !self.copy_in {
-                    self.pending.push_back(Pending::Sync);
-                }
-                self.unsynced = false;
+        match (tag, self.input) {
+            (b'Q' | b'F', _) => self.pending.push_back(Pending::Query),
+            (b'S', Input::CopyIn { .. }) => self.input = Input::CopyIn { open: false },
+            (b'S', _) => {
+                self.pending.push_back(Pending::Sync);
+                self.input = Input::Synced;
             }
-            b'P' | b'B' | b'D' | b'E' | b'C' | b'H' => self.unsynced = true,
-            b'c' | b'f' => self.copy_in = false,
+            (b'P' | b'B' | b'D' | b'E' | b'C' | b'H', Input::CopyIn { .. }) => {
+                self.input = Input::CopyIn { open: true }
+            }
+            (b'P' | b'B' | b'D' | b'E' | b'C' | b'H', _) => self.input = Input::Open,
+            (b'c' | b'f', Input::CopyIn { open }) => {
+                self.input = if open { Input::Open } else { Input::Synced }
+            }
             _ => {}
         }
     }
@@ -132,13 +143,14 @@ impl Tracker {
     /// CopyInResponse: Syncs the client already sent behind the COPY are swallowed by the
     /// server (libpq and tokio-postgres both send one before they see this reply).
     pub fn copy_in(&mut self) {
-        self.copy_in = true;
+        let open = self.unsynced();
+        self.input = Input::CopyIn { open };
         self.pending.retain(|p| *p != Pending::Sync);
     }
 
     /// Nothing is owed and no transaction is open: the server may serve someone else.
     pub fn idle(&self) -> bool {
-        self.pending.is_empty() && !self.unsynced && !self.copy_in && self.status == TxStatus::Idle
+        self.pending.is_empty() && self.input == Input::Synced && self.status == TxStatus::Idle
     }
 
     /// Replies are still expected from the server.
@@ -147,11 +159,11 @@ impl Tracker {
     }
 
     pub fn in_copy_in(&self) -> bool {
-        self.copy_in
+        matches!(self.input, Input::CopyIn { .. })
     }
 
     pub fn unsynced(&self) -> bool {
-        self.unsynced
+        matches!(self.input, Input::Open | Input::CopyIn { open: true })
     }
 }
 
@@ -234,6 +246,20 @@ mod tests {
         t.ready_for_query(Idle, |id| skipped.push(id));
         assert_eq!(skipped, vec![1, 2]);
         assert!(t.idle());
+    }
+
+    #[test]
+    fn a_batch_open_around_a_copy_stays_open_after_it() {
+        let mut t = Tracker::default();
+        for tag in *b"BE" {
+            t.sent(tag);
+        }
+        t.copy_in();
+        assert!(t.in_copy_in() && t.unsynced());
+        t.sent(b'c');
+        assert!(!t.in_copy_in() && t.unsynced(), "the Sync is still to come");
+        t.sent(b'S');
+        assert!(!t.unsynced());
     }
 
     #[test]

@@ -76,7 +76,7 @@ pub struct Pooler {
     /// Where /metrics, /health and /ready answer.
     pub http: Option<SocketAddr>,
     /// The running pooler's shared state, for looking at counters.
-    pub ctx: std::sync::Arc<pgsluice::client::Context>,
+    pub ctx: std::sync::Arc<pgsluice::context::Context>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }

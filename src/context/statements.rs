@@ -1,8 +1,9 @@
-//! Named prepared statements across transaction pooling.
+//! The registry of prepared statements across transaction pooling.
 //!
-//! A client's statement names are its own; what a server prepares is the pooler's statement,
-//! named `pgsluice_<id>` and identified by the statement's definition (query text and parameter
-//! types), so clients that prepare the same query share one prepared statement per server.
+//! A client's statement names are its own (`client/rewrite.rs`); what a server prepares is the
+//! pooler's statement, named `pgsluice_<id>` and identified by the statement's definition
+//! (query text and parameter types), so clients that prepare the same query share one
+//! prepared statement per server.
 
 use crate::router::classify::{self, Class, Hint, WriteReason};
 use bytes::Bytes;
@@ -63,26 +64,6 @@ impl Registry {
                 .store((map.len() as u64 * 2).max(1024), Ordering::Relaxed);
         }
         stmt
-    }
-}
-
-/// One client's names for its statements.
-#[derive(Default)]
-pub struct ClientStatements {
-    by_name: HashMap<Box<[u8]>, Arc<Statement>>,
-}
-
-impl ClientStatements {
-    pub fn get(&self, name: &[u8]) -> Option<&Arc<Statement>> {
-        self.by_name.get(name)
-    }
-
-    pub fn insert(&mut self, name: &[u8], stmt: Arc<Statement>) {
-        self.by_name.insert(name.into(), stmt);
-    }
-
-    pub fn remove(&mut self, name: &[u8]) {
-        self.by_name.remove(name);
     }
 }
 

@@ -1,0 +1,334 @@
+//! The forwarding pump of a linked client: the client's frames go to the server (statement
+//! names rewritten), the server's replies stream back without buffering whole results, until
+//! the link must end. Which way it ends is an [`Unlink`]; the session acts on it.
+
+use super::end::End;
+use super::link::{Link, Pace};
+use super::params::SessionParams;
+use super::rewrite::Names;
+use super::session::Session;
+use crate::cluster::Cluster;
+use crate::config::PoolMode;
+use crate::context::Phase;
+use crate::protocol::backend::TxStatus;
+use crate::protocol::frontend::Message;
+use crate::protocol::ProtocolError;
+use crate::router::policy::{self, Failure, Retry};
+use crate::router::RouteCounters;
+use crate::server::exchange::{Replies, READ_CHUNK};
+use crate::server::tracker::Reply;
+use bytes::Buf;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Stop reading from one side while this much is waiting to be written to the other.
+const HIGH_WATER: usize = 256 * 1024;
+/// How much of a retryable read's answer may be held back before it goes to the client
+/// (and can no longer be retried).
+const HOLD_LIMIT: usize = 32 * 1024;
+
+/// How a linked stretch ended.
+pub(super) enum Unlink {
+    /// Transaction mode: the server owes nothing and is idle.
+    Release,
+    /// The node failed before any of the answer reached the client: run the work elsewhere.
+    Retry(Retry),
+    /// The session ends.
+    End(End),
+}
+
+/// Where the pump is with the client's side.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Progress {
+    /// Nothing of the client's has gone to the server yet on this link.
+    Fresh,
+    Forwarded,
+    /// The client sent Terminate: answer what came before it, then end.
+    Terminating,
+}
+
+/// Hears what the pump must know of the server's replies: the parameters it reports (the
+/// client's, if tracked) and, while the answer is held, an error the router lets the unit be
+/// retried after elsewhere.
+struct Listening<'a> {
+    params: &'a mut SessionParams,
+    /// Set while the answer is held back.
+    held: Option<Placing<'a>>,
+    retry: Option<Retry>,
+}
+
+/// What the router needs to decide a retry.
+struct Placing<'a> {
+    cluster: &'a Cluster,
+    routes: &'a RouteCounters,
+    facts: policy::Session,
+    node: usize,
+}
+
+impl Replies for Listening<'_> {
+    fn parameter(&mut self, name: &str, value: &str) {
+        self.params.reported(name, value);
+    }
+
+    fn error(&mut self, code: &[u8], _message: &[u8]) -> bool {
+        let Some(p) = &self.held else {
+            return false;
+        };
+        if self.retry.is_some() {
+            // The answer is thrown away already.
+            return true;
+        }
+        let Some(error) = policy::retryable_error(code) else {
+            return false;
+        };
+        // Not the client's to see if the work runs again elsewhere.
+        self.retry = policy::retry(p.cluster, p.routes, &p.facts, p.node, Failure::Error(error));
+        self.retry.is_some()
+    }
+}
+
+impl Session<'_> {
+    /// Moves every whole client frame into the server's output, mapping named prepared
+    /// statements to the pooler's. True once Terminate is taken.
+    fn take_client_frames(&mut self, link: &mut Link) -> Result<bool, ProtocolError> {
+        let capacity = self.config.general.max_prepared_statements;
+        self.inbox.scan(self.config.general.max_packet_size);
+        let metrics = &self.members.pools[link.node].metrics;
+        let mut names = Names {
+            statements: &mut self.statements,
+            registry: &self.ctx.statements,
+            metrics,
+            capacity,
+        };
+        let mut taken = 0;
+        let terminated = loop {
+            let Some(frame) = self.inbox.front() else {
+                if let Some(e) = self.inbox.fault() {
+                    return Err(e);
+                }
+                break false;
+            };
+            let (tag, bytes) = (frame.tag, frame.bytes);
+            if link.pace.held() {
+                link.replay.extend_from_slice(bytes);
+            }
+            let ex = &mut link.ex;
+            match frame.msg {
+                Message::Terminate => {
+                    self.inbox.pop();
+                    break true;
+                }
+                msg if capacity > 0 && names.rewrite(msg, bytes, ex) => {}
+                Message::Parse { .. } => {
+                    ex.tracker.parse_sent(None, Reply::Forward);
+                    ex.to_server.extend_from_slice(bytes);
+                }
+                Message::Close { .. } => {
+                    ex.tracker.close_sent(Reply::Forward);
+                    ex.to_server.extend_from_slice(bytes);
+                }
+                Message::Sync => {
+                    ex.conn.prepared.new_batch();
+                    ex.to_server.extend_from_slice(bytes);
+                }
+                _ => ex.to_server.extend_from_slice(bytes),
+            }
+            taken += bytes.len();
+            self.inbox.pop();
+            ex.tracker.sent(tag);
+            if matches!(tag, b'Q' | b'E') {
+                metrics.queries.inc();
+            }
+            if link.pace.one_unit() && matches!(tag, b'Q' | b'S') {
+                break false;
+            }
+        };
+        if taken > 0 {
+            metrics.bytes_received.inc_by(taken as u64);
+        }
+        Ok(terminated)
+    }
+
+    /// Forwards both ways until the link must end.
+    pub(super) async fn pump(&mut self, link: &mut Link) -> Unlink {
+        let mut progress = Progress::Fresh;
+        let idle_tx = self.config.general.idle_transaction_timeout.enabled();
+        loop {
+            // Release before taking the client's next transaction, so that clients waiting
+            // for a server get their turn even against a client that never pauses.
+            if progress == Progress::Forwarded
+                && link.ex.settled()
+                && self.mode == PoolMode::Transaction
+                && link.ex.tracker.idle()
+            {
+                return Unlink::Release;
+            }
+            // One unit at a time: the next is taken once this one is answered.
+            let unit_pending = link.pace.one_unit() && link.ex.tracker.busy();
+            if progress != Progress::Terminating && !unit_pending {
+                let before = link.ex.to_server.len();
+                let was_busy = link.ex.tracker.busy();
+                match self.take_client_frames(link) {
+                    Ok(true) => progress = Progress::Terminating,
+                    Ok(false) => {}
+                    Err(e) => return Unlink::End(End::Violation(e)),
+                }
+                if progress == Progress::Fresh && link.ex.to_server.len() > before {
+                    progress = Progress::Forwarded;
+                }
+                if !was_busy && link.ex.tracker.busy() {
+                    let now = Instant::now();
+                    link.unit_start = Some(now);
+                    link.xact_start.get_or_insert(now);
+                }
+            }
+            let settled = link.ex.settled();
+            let terminating = progress == Progress::Terminating;
+            if settled && terminating && !link.ex.tracker.busy() {
+                let _ = self.client.write_all(&self.to_client).await;
+                self.to_client.clear();
+                return Unlink::End(End::Terminated);
+            }
+            let phase = self.ctx.phase();
+            let between = link.ex.tracker.idle() && settled && !terminating;
+            let killed = self
+                .reg
+                .slot
+                .killed
+                .load(std::sync::atomic::Ordering::Relaxed);
+            if killed || phase == Phase::Closing || (phase == Phase::Draining && between) {
+                return Unlink::End(End::Shutdown);
+            }
+            let waiting_in_tx = idle_tx.filter(|_| {
+                link.ex.tracker.status != TxStatus::Idle
+                    && !link.ex.tracker.busy()
+                    && link.ex.to_server.is_empty()
+            });
+            if let Some(how) = self.step(link, terminating, waiting_in_tx).await {
+                return how;
+            }
+        }
+    }
+
+    /// One wait for whichever side is ready: writes to the server, to the client (unless the
+    /// answer is held), reads from either. Some when the link must end.
+    async fn step(
+        &mut self,
+        link: &mut Link,
+        terminating: bool,
+        waiting_in_tx: Option<Duration>,
+    ) -> Option<Unlink> {
+        let facts = self.facts();
+        let Link {
+            ex,
+            node,
+            pace,
+            replay,
+            unit_start,
+            xact_start,
+            ..
+        } = link;
+        let node = *node;
+        let cluster = &*self.members.cluster;
+        let routes = &*self.routes;
+        let pool = &self.members.pools[node];
+        let held = pace.held();
+        let lost = || match held {
+            true => match policy::retry(cluster, routes, &facts, node, Failure::Lost) {
+                Some(retry) => Unlink::Retry(retry),
+                None => Unlink::End(End::ServerGone),
+            },
+            false => Unlink::End(End::ServerGone),
+        };
+        let conn = &mut ex.conn;
+        let (mut srv_r, mut srv_w) = conn.stream.split();
+        let (mut cli_r, mut cli_w) = self.client.split();
+        let cbuf = &mut self.inbox.buf;
+        if cbuf.capacity() - cbuf.len() < 1024 {
+            cbuf.reserve(READ_CHUNK);
+        }
+        if conn.buf.capacity() - conn.buf.len() < 1024 {
+            conn.buf.reserve(READ_CHUNK);
+        }
+        let to_server = &mut ex.to_server;
+        let mut from_server = false;
+        tokio::select! {
+            biased;
+            r = srv_w.write(to_server), if !to_server.is_empty() => match r {
+                Ok(n) if n > 0 => to_server.advance(n),
+                _ => return Some(lost()),
+            },
+            // Held back while the work may still be retried elsewhere.
+            r = cli_w.write(&self.to_client), if !self.to_client.is_empty() && !held => match r {
+                Ok(n) if n > 0 => self.to_client.advance(n),
+                _ => return Some(Unlink::End(End::ClientGone)),
+            },
+            r = srv_r.read_buf(&mut conn.buf), if self.to_client.len() < HIGH_WATER => match r {
+                Ok(n) if n > 0 => {
+                    pool.metrics.bytes_sent.inc_by(n as u64);
+                    from_server = true;
+                }
+                _ => return Some(lost()),
+            },
+            r = cli_r.read_buf(cbuf), if !terminating && to_server.len() < HIGH_WATER => match r {
+                Ok(n) if n > 0 => return None,
+                _ => return Some(Unlink::End(End::ClientGone)),
+            },
+            _ = sleep_or_never(waiting_in_tx) => {
+                return Some(Unlink::End(End::IdleTransactionTimeout))
+            }
+            // Woken to look at the phase again at the top of the loop.
+            _ = self.reg.slot.wake.notified() => return None,
+        }
+        if !from_server {
+            return None;
+        }
+        let mut listening = Listening {
+            params: &mut self.params,
+            held: held.then_some(Placing {
+                cluster,
+                routes,
+                facts,
+                node,
+            }),
+            retry: None,
+        };
+        if ex
+            .absorb(Some(&mut self.to_client), &mut listening)
+            .is_err()
+        {
+            return Some(lost());
+        }
+        if let Some(r) = listening.retry {
+            return Some(Unlink::Retry(r));
+        }
+        if !ex.tracker.busy() {
+            if let Some(start) = unit_start.take() {
+                let now = Instant::now();
+                pool.metrics.query.observe((now - start).as_secs_f64());
+                if ex.tracker.status == TxStatus::Idle {
+                    let began = xact_start.take().unwrap_or(start);
+                    pool.metrics
+                        .transaction
+                        .observe((now - began).as_secs_f64());
+                    pool.metrics.transactions.inc();
+                }
+            }
+        }
+        if let Pace::Held { mark } = *pace {
+            // Answered, or answering at length: it reaches the client now.
+            if !ex.tracker.busy() || self.to_client.len() - mark > HOLD_LIMIT {
+                *pace = Pace::OneUnit;
+                replay.clear();
+            }
+        }
+        None
+    }
+}
+
+async fn sleep_or_never(d: Option<Duration>) {
+    match d {
+        Some(d) => tokio::time::sleep(d).await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,186 @@
+//! A client without a server: wait for its next message, answer what needs no server (a
+//! lone Sync or Flush, closing a statement name, the pooler's own `SET/SHOW pgsluice.route`),
+//! and say when the next message is work for a server. An idle client keeps no read buffer
+//! once many clients are connected.
+
+use super::end::End;
+use super::session::{Next, Session, Spare};
+use crate::protocol::backend::{self, TxStatus};
+use crate::protocol::frontend::Message;
+use crate::protocol::sqlstate;
+use crate::router::command::{self, RouteCommand};
+use crate::server::exchange::READ_CHUNK;
+use crate::stream::Stream;
+use bytes::BytesMut;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// With at most this many clients connected, an idle client keeps its buffers: memory is
+/// plentiful then, and reallocating them per transaction is a cost every query pays. Beyond
+/// it, idle clients give their buffers back (the budget is 2 KiB per idle client).
+const KEEP_BUFFERS_UP_TO: usize = 64;
+
+/// What ended an idle client's wait.
+enum Woke {
+    Data,
+    Control,
+    Timeout,
+}
+
+impl Session<'_> {
+    /// Without a server: handles the client's next message, or waits for one.
+    pub(super) async fn idle_step(&mut self) -> Result<Next, End> {
+        if self.must_go() {
+            return Err(End::Shutdown);
+        }
+        if !self.to_client.is_empty() {
+            self.client
+                .write_all(&self.to_client)
+                .await
+                .map_err(|_| End::ClientGone)?;
+            self.to_client.clear();
+        }
+        self.inbox.scan(self.config.general.max_packet_size);
+        let Some(frame) = self.inbox.front() else {
+            if let Some(e) = self.inbox.fault() {
+                return Err(End::Violation(e));
+            }
+            self.read_idle().await?;
+            return Ok(Next::Stay);
+        };
+        let map = self.config.general.max_prepared_statements > 0;
+        match frame.msg {
+            Message::Query(sql) => {
+                if let Some(cmd) = std::str::from_utf8(sql).ok().and_then(command::parse) {
+                    self.inbox.pop();
+                    self.route_command(cmd);
+                    return Ok(Next::Stay);
+                }
+            }
+            Message::Close { kind: b'S', name } if map && !name.is_empty() => {
+                // Only this client's name goes (as inside a transaction): no server needed.
+                self.statements.remove(name);
+                self.inbox.pop();
+                self.to_client.extend_from_slice(backend::CLOSE_COMPLETE);
+                return Ok(Next::Stay);
+            }
+            Message::Terminate => return Err(End::Terminated),
+            // Nothing is open: answer a lone Sync ourselves and ignore Flush.
+            Message::Sync => {
+                self.inbox.pop();
+                backend::ready_for_query(&mut self.to_client, TxStatus::Idle);
+                return Ok(Next::Stay);
+            }
+            Message::Flush => {
+                self.inbox.pop();
+                return Ok(Next::Stay);
+            }
+            _ => {}
+        }
+        Ok(Next::Link)
+    }
+
+    /// Answers `SET`/`SHOW pgsluice.route` without a server.
+    fn route_command(&mut self, cmd: Result<RouteCommand, command::BadValue>) {
+        let out = &mut self.to_client;
+        match cmd {
+            Ok(RouteCommand::Set(mode)) => {
+                self.route = mode;
+                backend::command_complete(out, "SET");
+            }
+            Ok(RouteCommand::Show) => {
+                backend::row_description(out, &["pgsluice.route"]);
+                backend::data_row(out, &[Some(self.route.name())]);
+                backend::command_complete(out, "SHOW");
+            }
+            Err(e) => backend::error_response(
+                out,
+                "ERROR",
+                sqlstate::INVALID_PARAMETER_VALUE,
+                &e.to_string(),
+            ),
+        }
+        backend::ready_for_query(out, TxStatus::Idle);
+    }
+
+    /// Waits for client bytes with no server held. An idle client keeps no read buffer.
+    async fn read_idle(&mut self) -> Result<(), End> {
+        let Some(tcp) = self.client.tcp().filter(|_| !self.client.is_tls()) else {
+            // TLS may hold decrypted bytes the socket no longer shows: read through it
+            // instead of waiting for the socket. Boxed, so that plain clients do not carry
+            // this path's space.
+            return Box::pin(self.read_idle_tls()).await;
+        };
+        let many = self.ctx.client_count() > KEEP_BUFFERS_UP_TO;
+        if self.inbox.buf.is_empty() && (many || self.inbox.buf.capacity() > 4 * READ_CHUNK) {
+            self.inbox.release_buffers();
+            self.to_client = BytesMut::new();
+            self.spare = Spare::default();
+        }
+        let timeout = self.config.general.client_idle_timeout.enabled();
+        let woke = {
+            // A shutdown or a KILL wakes the client; idle_step then sees whether it must go.
+            let control = self.reg.slot.wake.notified();
+            let ready = tcp.readable();
+            match timeout {
+                // Boxed: a timer is large, and every idle client would carry its space
+                // otherwise.
+                Some(t) => tokio::select! {
+                    _ = ready => Woke::Data,
+                    _ = control => Woke::Control,
+                    _ = Box::pin(tokio::time::sleep(t)) => Woke::Timeout,
+                },
+                None => tokio::select! {
+                    _ = ready => Woke::Data,
+                    _ = control => Woke::Control,
+                },
+            }
+        };
+        match woke {
+            Woke::Data => {}
+            // idle_step looks at what changed.
+            Woke::Control => return Ok(()),
+            Woke::Timeout => return Err(End::IdleTimeout),
+        }
+        self.inbox.buf.reserve(READ_CHUNK);
+        match self.client.read_buf(&mut self.inbox.buf).await {
+            Ok(n) if n > 0 => Ok(()),
+            _ => Err(End::ClientGone),
+        }
+    }
+
+    /// `read_idle` for a TLS client: reads through the TLS layer, keeping its buffer.
+    async fn read_idle_tls(&mut self) -> Result<(), End> {
+        self.inbox.buf.reserve(READ_CHUNK);
+        let timeout = self.config.general.client_idle_timeout.enabled();
+        let read = {
+            let control = self.reg.slot.wake.notified();
+            let timer = async {
+                match timeout {
+                    Some(t) => tokio::time::sleep(t).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                r = self.client.read_buf(&mut self.inbox.buf) => Ok(r),
+                _ = control => Err(Woke::Control),
+                _ = timer => Err(Woke::Timeout),
+            }
+        };
+        match read {
+            Ok(Ok(n)) if n > 0 => Ok(()),
+            Ok(_) => Err(End::ClientGone),
+            Err(Woke::Timeout) => Err(End::IdleTimeout),
+            Err(_) => Ok(()),
+        }
+    }
+}
+
+/// Resolves true when the client has closed its connection, false as soon as it has sent more
+/// bytes (which stay unread).
+pub(super) async fn client_gone(client: &Stream) -> bool {
+    let mut probe = [0u8; 1];
+    match client.tcp() {
+        Some(tcp) => !matches!(tcp.peek(&mut probe).await, Ok(n) if n > 0),
+        None => true,
+    }
+}

@@ -1,0 +1,198 @@
+//! Linking a client to a server: the router decides where the client's next unit of work
+//! runs, the pool hands out a server there (the client may leave while it waits), and the
+//! server is brought to the client's session parameters. After a failure the router allows
+//! to be retried, the unit is put back and placed again elsewhere.
+
+use super::end::End;
+use super::idle::client_gone;
+use super::session::Session;
+use crate::cluster::InFlight;
+use crate::pool::{Checkout, ClientState, PoolError};
+use crate::protocol::backend::{self, TxStatus};
+use crate::protocol::sqlstate;
+use crate::router::policy::{self, Failure, Flow, Retry};
+use crate::router::work::Work;
+use crate::server::exchange::Exchange;
+use bytes::BytesMut;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// A server checked out by this client, and how the client's work reaches it.
+pub(super) struct Link {
+    pub ex: Exchange,
+    /// The node the server belongs to.
+    pub node: usize,
+    /// Counts the link as in flight at its node while it lives (least_outstanding).
+    _at: Option<InFlight>,
+    pub pace: Pace,
+    /// The client's messages sent while the unit is held, to send again elsewhere.
+    pub replay: BytesMut,
+    /// When the unit of work now running, and the transaction it belongs to, started.
+    pub unit_start: Option<Instant>,
+    pub xact_start: Option<Instant>,
+}
+
+/// How the link takes the client's work: the router's `Flow`, and for a retryable unit
+/// whether its answer is still held back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Pace {
+    /// Everything the client sends goes through.
+    Stream,
+    /// One unit at a time.
+    OneUnit,
+    /// One unit whose answer is held back: nothing goes to the client from `mark` on, and
+    /// what the client sends is kept in `replay`, until the unit is answered (or answers at
+    /// length). A failure before then runs it again elsewhere.
+    Held { mark: usize },
+}
+
+impl Pace {
+    pub fn one_unit(self) -> bool {
+        self != Pace::Stream
+    }
+
+    pub fn held(self) -> bool {
+        matches!(self, Pace::Held { .. })
+    }
+}
+
+impl Session<'_> {
+    /// Decides where the client's next work runs, checks out a server there and brings its
+    /// session parameters in line with this client's. None when the work was answered with
+    /// an error instead (no node may take it).
+    pub(super) async fn link(&mut self) -> Result<Option<Box<Link>>, End> {
+        if !Arc::ptr_eq(&self.ctx.config.load(), &self.config) {
+            self.config = self.ctx.config.load_full();
+        }
+        let cluster = self.members.cluster.clone();
+        self.reg.slot.last_request.store(
+            crate::stats::unix_micros(),
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        if cluster.is_paused() {
+            // PAUSE: the client waits, in line, until RESUME; leaving meanwhile is fine.
+            let _paused = self.members.enter(ClientState::Paused);
+            tokio::select! {
+                _ = cluster.wait_resumed() => {}
+                gone = client_gone(self.client) => {
+                    if gone {
+                        return Err(End::LeftPaused);
+                    }
+                    cluster.wait_resumed().await;
+                }
+            }
+        }
+        let (decision, checkout) = loop {
+            let facts = self.facts();
+            let wf = &self.config.general.write_functions;
+            let work = || {
+                let statement = |name: &[u8]| self.statements.get(name).map(|s| s.class(wf));
+                Work::of(self.inbox.messages(), statement, wf)
+            };
+            let decision = match policy::decide(&cluster, &self.routes, &facts, work) {
+                Ok(d) => d,
+                Err(e) => {
+                    self.reject_unit(sqlstate::CONNECTION_FAILURE, &e.to_string());
+                    return Ok(None);
+                }
+            };
+            let node = decision.node;
+            match self.checkout(node).await? {
+                Ok(c) => break (decision, c),
+                Err(e) => {
+                    let connect = matches!(e, PoolError::Connect(_));
+                    let failure = Failure::Checkout { connect };
+                    let Some(retry) = policy::retry(&cluster, &self.routes, &facts, node, failure)
+                    else {
+                        return Err(End::NoServer(e));
+                    };
+                    tracing::warn!(db = %cluster.database, node = %cluster.nodes[node].addr, error = %e, "replica unavailable, placing the work again");
+                    self.failed_on(node, retry);
+                }
+            }
+        };
+        let node = decision.node;
+        let tracker = std::mem::take(&mut self.spare.tracker);
+        let to_server = std::mem::take(&mut self.spare.to_server);
+        let mut link = Box::new(Link {
+            ex: Exchange::new(checkout.conn, tracker, to_server),
+            // Links in flight matter only where there is a choice of node.
+            _at: cluster.has_replicas().then(|| cluster.link(node)),
+            node,
+            pace: match decision.flow {
+                Flow::Stream => Pace::Stream,
+                Flow::OneUnit => Pace::OneUnit,
+                Flow::Retryable => Pace::Held {
+                    mark: self.to_client.len(),
+                },
+            },
+            replay: std::mem::take(&mut self.spare.replay),
+            unit_start: None,
+            xact_start: None,
+        });
+        self.reg.slot.set(Some(link.ex.conn.cancel_key.clone()));
+        let timeout = self.config.general.server_connect_timeout.0;
+        if let Err(message) = self.params.bring_in_line(&mut link.ex, timeout).await {
+            self.reg.slot.set(None);
+            let reusable = link.ex.tracker.idle();
+            self.members.pools[node].release(link.ex.conn, reusable);
+            return Err(End::Params(message));
+        }
+        Ok(Some(link))
+    }
+
+    /// Waits for a server of `node`'s pool; a client that leaves meanwhile gives up its place.
+    async fn checkout(&self, node: usize) -> Result<Result<Checkout, PoolError>, End> {
+        let pool = &self.members.pools[node];
+        let waiting = pool.checkout();
+        tokio::pin!(waiting);
+        Ok(tokio::select! {
+            // Checkout first: when a server is free there is no need to look at the client.
+            biased;
+            r = &mut waiting => r,
+            gone = client_gone(self.client) => {
+                if gone {
+                    return Err(End::LeftWaiting);
+                }
+                waiting.await
+            }
+        })
+    }
+
+    /// Answers the client's next unit of work with an error instead of running it.
+    fn reject_unit(&mut self, code: &str, message: &str) {
+        while let Some(frame) = self.inbox.front() {
+            let tag = frame.tag;
+            self.inbox.pop();
+            if matches!(tag, b'Q' | b'S') {
+                break;
+            }
+        }
+        backend::error_response(&mut self.to_client, "ERROR", code, message);
+        backend::ready_for_query(&mut self.to_client, TxStatus::Idle);
+    }
+
+    /// The link failed before any of its answer reached the client, and the router says the
+    /// work runs again elsewhere: forget what the server sent, put the client's messages
+    /// back, and let the next link place them.
+    pub(super) fn retry_elsewhere(&mut self, link: Link, retry: Retry) {
+        let node = link.node;
+        tracing::info!(db = %self.members.cluster.database, node = %self.members.cluster.nodes[node].addr, reason = retry.why, "retrying a read on another node");
+        self.members.pools[node].release(link.ex.conn, false);
+        if let Pace::Held { mark } = link.pace {
+            self.to_client.truncate(mark);
+            let max = self.config.general.max_packet_size;
+            self.inbox.put_back(link.replay, max);
+        }
+        self.failed_on(node, retry);
+    }
+
+    /// Work failed on `node`: ban it if the router says so, and avoid it next time.
+    fn failed_on(&mut self, node: usize, retry: Retry) {
+        if retry.ban {
+            self.ban(node, retry.why);
+        }
+        self.avoid = Some(node);
+        self.retries += 1;
+    }
+}

@@ -1,0 +1,163 @@
+//! A checked-out server with what it still owes: the scanner of its replies, the tracker of
+//! what is pending, and the bytes waiting to go to it. Its replies are taken in here
+//! (`absorb`), whoever reads them: the forwarding pump, parameter sync, or clean-up.
+
+use super::tracker::{Reply, Tracker};
+use super::ServerConn;
+use crate::protocol::backend::{self, Action, Event, Scanner};
+use crate::protocol::ProtocolError;
+use bytes::{Buf, BytesMut};
+use std::time::Instant;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Read granularity: big enough that a typical transaction is one read.
+pub const READ_CHUNK: usize = 16 * 1024;
+
+pub struct Exchange {
+    pub conn: ServerConn,
+    pub scanner: Scanner,
+    pub tracker: Tracker,
+    pub to_server: BytesMut,
+}
+
+/// What the reader of a server's replies wants to hear of, besides what the exchange keeps
+/// itself (pending replies, the server's parameters, its prepared statements).
+pub trait Replies {
+    /// The server reported a parameter (lowercase name).
+    fn parameter(&mut self, _name: &str, _value: &str) {}
+    /// An ErrorResponse: true keeps it from the client.
+    fn error(&mut self, _code: &[u8], _message: &[u8]) -> bool {
+        false
+    }
+}
+
+/// Hears of nothing.
+pub struct Ignore;
+
+impl Replies for Ignore {}
+
+impl Exchange {
+    pub fn new(conn: ServerConn, tracker: Tracker, to_server: BytesMut) -> Exchange {
+        Exchange {
+            conn,
+            scanner: Scanner::default(),
+            tracker,
+            to_server,
+        }
+    }
+
+    /// Nothing waits to be written to the server or to be read from it.
+    pub fn settled(&self) -> bool {
+        self.to_server.is_empty() && self.conn.buf.is_empty()
+    }
+
+    /// Takes in what the server sent: updates the tracker, parameters and prepared
+    /// statements, and moves what the client should see to `out` (or discards it when `out`
+    /// is None).
+    pub fn absorb(
+        &mut self,
+        mut out: Option<&mut BytesMut>,
+        replies: &mut impl Replies,
+    ) -> Result<(), ProtocolError> {
+        let Exchange {
+            conn,
+            scanner,
+            tracker,
+            ..
+        } = self;
+        loop {
+            let ServerConn {
+                buf,
+                params,
+                prepared,
+                params_synced,
+                ..
+            } = &mut *conn;
+            let scanned = scanner.scan(buf, |ev| match ev {
+                Event::ReadyForQuery(status) => {
+                    tracker.ready_for_query(status, |id| prepared.forget(id));
+                    Action::Forward
+                }
+                Event::CopyIn => {
+                    tracker.copy_in();
+                    Action::Forward
+                }
+                Event::ParameterStatus { name, value } => {
+                    let name = String::from_utf8_lossy(name).to_ascii_lowercase();
+                    let value = String::from_utf8_lossy(value).into_owned();
+                    replies.parameter(&name, &value);
+                    // The server changed under us: compare in full at the next checkout.
+                    *params_synced = None;
+                    params.insert(name, value);
+                    Action::Forward
+                }
+                Event::Error { code, message } => {
+                    if replies.error(code, message) {
+                        Action::Drop
+                    } else {
+                        Action::Forward
+                    }
+                }
+                Event::ParseComplete => {
+                    let (statement, reply) = tracker.parse_complete();
+                    if let Some(id) = statement {
+                        prepared.confirm(id);
+                    }
+                    reply_action(reply)
+                }
+                Event::CloseComplete => reply_action(tracker.close_complete()),
+                Event::CommandComplete(tag) => {
+                    if tag == b"DISCARD ALL" || tag == b"DEALLOCATE ALL" {
+                        prepared.clear();
+                    }
+                    Action::Forward
+                }
+            })?;
+            if let Some(out) = out.as_deref_mut() {
+                out.extend_from_slice(&buf[..scanned.forward]);
+            }
+            buf.advance(scanned.forward);
+            match scanned.edit {
+                None => return Ok(()),
+                Some((len, action)) => {
+                    if let (Action::Replace(bytes), Some(out)) = (action, out.as_deref_mut()) {
+                        out.extend_from_slice(bytes);
+                    }
+                    buf.advance(len);
+                }
+            }
+        }
+    }
+
+    /// Sends what waits for the server, then reads and discards its replies until nothing is
+    /// owed. False if the deadline passed or the server broke; then the connection must not
+    /// be reused.
+    pub async fn drain(&mut self, deadline: Instant, replies: &mut impl Replies) -> bool {
+        let work = async {
+            if !self.to_server.is_empty() {
+                self.conn.stream.write_all(&self.to_server).await.ok()?;
+                self.to_server.clear();
+            }
+            while self.tracker.busy() {
+                self.conn.buf.reserve(READ_CHUNK);
+                if self.conn.stream.read_buf(&mut self.conn.buf).await.ok()? == 0 {
+                    return None;
+                }
+                self.absorb(None, replies).ok()?;
+            }
+            Some(())
+        };
+        matches!(
+            tokio::time::timeout_at(deadline.into(), work).await,
+            Ok(Some(()))
+        ) && self.conn.buf.is_empty()
+    }
+}
+
+fn reply_action(reply: Reply) -> Action {
+    match reply {
+        Reply::Forward => Action::Forward,
+        Reply::Drop => Action::Drop,
+        Reply::AsParseComplete => Action::Replace(backend::PARSE_COMPLETE),
+    }
+}
