@@ -218,29 +218,9 @@ impl Session<'_> {
         terminating: bool,
         waiting_in_tx: Option<Duration>,
     ) -> Option<Unlink> {
-        let facts = self.facts();
-        let Link {
-            ex,
-            node,
-            pace,
-            replay,
-            unit_start,
-            xact_start,
-            ..
-        } = link;
-        let node = *node;
-        let cluster = &*self.members.cluster;
-        let routes = &*self.routes;
-        let pool = &self.members.pools[node];
-        let held = pace.held();
-        let lost = || match held {
-            true => match policy::retry(cluster, routes, &facts, node, Failure::Lost) {
-                Some(retry) => Unlink::Retry(retry),
-                None => Unlink::End(End::ServerGone),
-            },
-            false => Unlink::End(End::ServerGone),
-        };
-        let conn = &mut ex.conn;
+        let held = link.pace.held();
+        let pool = &self.members.pools[link.node];
+        let conn = &mut link.ex.conn;
         let (mut srv_r, mut srv_w) = conn.stream.split();
         let (mut cli_r, mut cli_w) = self.client.split();
         let cbuf = &mut self.inbox.buf;
@@ -250,25 +230,30 @@ impl Session<'_> {
         if conn.buf.capacity() - conn.buf.len() < 1024 {
             conn.buf.reserve(READ_CHUNK);
         }
-        let to_server = &mut ex.to_server;
-        let mut from_server = false;
-        tokio::select! {
+        let to_server = &mut link.ex.to_server;
+        let server_failed = tokio::select! {
             biased;
             r = srv_w.write(to_server), if !to_server.is_empty() => match r {
-                Ok(n) if n > 0 => to_server.advance(n),
-                _ => return Some(lost()),
+                Ok(n) if n > 0 => {
+                    to_server.advance(n);
+                    return None;
+                }
+                _ => true,
             },
             // Held back while the work may still be retried elsewhere.
             r = cli_w.write(&self.to_client), if !self.to_client.is_empty() && !held => match r {
-                Ok(n) if n > 0 => self.to_client.advance(n),
+                Ok(n) if n > 0 => {
+                    self.to_client.advance(n);
+                    return None;
+                }
                 _ => return Some(Unlink::End(End::ClientGone)),
             },
             r = srv_r.read_buf(&mut conn.buf), if self.to_client.len() < HIGH_WATER => match r {
                 Ok(n) if n > 0 => {
                     pool.metrics.bytes_sent.inc_by(n as u64);
-                    from_server = true;
+                    false
                 }
-                _ => return Some(lost()),
+                _ => true,
             },
             r = cli_r.read_buf(cbuf), if !terminating && to_server.len() < HIGH_WATER => match r {
                 Ok(n) if n > 0 => return None,
@@ -279,47 +264,67 @@ impl Session<'_> {
             }
             // Woken to look at the phase again at the top of the loop.
             _ = self.reg.slot.wake.notified() => return None,
+        };
+        if server_failed {
+            return Some(self.lost(link));
         }
-        if !from_server {
-            return None;
+        self.take_in(link)
+    }
+
+    /// The server's connection broke: a held unit may run again elsewhere if the router
+    /// allows; else the session ends.
+    fn lost(&self, link: &Link) -> Unlink {
+        let retry = link.pace.held().then(|| {
+            let (cluster, facts) = (&self.members.cluster, self.facts());
+            policy::retry(cluster, &self.routes, &facts, link.node, Failure::Lost)
+        });
+        match retry.flatten() {
+            Some(retry) => Unlink::Retry(retry),
+            None => Unlink::End(End::ServerGone),
         }
+    }
+
+    /// Takes in what the server sent: what the client may see goes to it (held back while
+    /// the unit may be retried), the unit's and transaction's times are observed at their
+    /// end. Some when the link must end.
+    fn take_in(&mut self, link: &mut Link) -> Option<Unlink> {
+        let facts = self.facts();
+        let cluster = &*self.members.cluster;
         let mut listening = Listening {
             params: &mut self.params,
-            held: held.then_some(Placing {
+            held: link.pace.held().then_some(Placing {
                 cluster,
-                routes,
+                routes: &self.routes,
                 facts,
-                node,
+                node: link.node,
             }),
             retry: None,
         };
-        if ex
-            .absorb(Some(&mut self.to_client), &mut listening)
-            .is_err()
-        {
-            return Some(lost());
-        }
+        let taken = link.ex.absorb(Some(&mut self.to_client), &mut listening);
         if let Some(r) = listening.retry {
             return Some(Unlink::Retry(r));
         }
+        if taken.is_err() {
+            return Some(self.lost(link));
+        }
+        let ex = &link.ex;
         if !ex.tracker.busy() {
-            if let Some(start) = unit_start.take() {
+            if let Some(start) = link.unit_start.take() {
+                let metrics = &self.members.pools[link.node].metrics;
                 let now = Instant::now();
-                pool.metrics.query.observe((now - start).as_secs_f64());
+                metrics.query.observe((now - start).as_secs_f64());
                 if ex.tracker.status == TxStatus::Idle {
-                    let began = xact_start.take().unwrap_or(start);
-                    pool.metrics
-                        .transaction
-                        .observe((now - began).as_secs_f64());
-                    pool.metrics.transactions.inc();
+                    let began = link.xact_start.take().unwrap_or(start);
+                    metrics.transaction.observe((now - began).as_secs_f64());
+                    metrics.transactions.inc();
                 }
             }
         }
-        if let Pace::Held { mark } = *pace {
+        if let Pace::Held { mark } = link.pace {
             // Answered, or answering at length: it reaches the client now.
             if !ex.tracker.busy() || self.to_client.len() - mark > HOLD_LIMIT {
-                *pace = Pace::OneUnit;
-                replay.clear();
+                link.pace = Pace::OneUnit;
+                link.replay.clear();
             }
         }
         None

@@ -24,6 +24,8 @@ enum Woke {
     Data,
     Control,
     Timeout,
+    /// The client closed its connection.
+    Gone,
 }
 
 impl Session<'_> {
@@ -140,6 +142,7 @@ impl Session<'_> {
             // idle_step looks at what changed.
             Woke::Control => return Ok(()),
             Woke::Timeout => return Err(End::IdleTimeout),
+            Woke::Gone => return Err(End::ClientGone),
         }
         self.inbox.buf.reserve(READ_CHUNK);
         match self.client.read_buf(&mut self.inbox.buf).await {
@@ -161,16 +164,18 @@ impl Session<'_> {
                 }
             };
             tokio::select! {
-                r = self.client.read_buf(&mut self.inbox.buf) => Ok(r),
-                _ = control => Err(Woke::Control),
-                _ = timer => Err(Woke::Timeout),
+                r = self.client.read_buf(&mut self.inbox.buf) => match r {
+                    Ok(n) if n > 0 => Woke::Data,
+                    _ => Woke::Gone,
+                },
+                _ = control => Woke::Control,
+                _ = timer => Woke::Timeout,
             }
         };
         match read {
-            Ok(Ok(n)) if n > 0 => Ok(()),
-            Ok(_) => Err(End::ClientGone),
-            Err(Woke::Timeout) => Err(End::IdleTimeout),
-            Err(_) => Ok(()),
+            Woke::Data | Woke::Control => Ok(()),
+            Woke::Gone => Err(End::ClientGone),
+            Woke::Timeout => Err(End::IdleTimeout),
         }
     }
 }

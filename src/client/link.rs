@@ -56,6 +56,14 @@ impl Pace {
     }
 }
 
+/// What a wait for a server ended with, the client still there.
+// Moved once per checkout, as the Result it replaces was; boxing would allocate each time.
+#[allow(clippy::large_enum_variant)]
+enum Waited {
+    Server(Checkout),
+    Failed(PoolError),
+}
+
 impl Session<'_> {
     /// Decides where the client's next work runs, checks out a server there and brings its
     /// session parameters in line with this client's. None when the work was answered with
@@ -98,8 +106,8 @@ impl Session<'_> {
             };
             let node = decision.node;
             match self.checkout(node).await? {
-                Ok(c) => break (decision, c),
-                Err(e) => {
+                Waited::Server(c) => break (decision, c),
+                Waited::Failed(e) => {
                     let connect = matches!(e, PoolError::Connect(_));
                     let failure = Failure::Checkout { connect };
                     let Some(retry) = policy::retry(&cluster, &self.routes, &facts, node, failure)
@@ -142,11 +150,11 @@ impl Session<'_> {
     }
 
     /// Waits for a server of `node`'s pool; a client that leaves meanwhile gives up its place.
-    async fn checkout(&self, node: usize) -> Result<Result<Checkout, PoolError>, End> {
+    async fn checkout(&self, node: usize) -> Result<Waited, End> {
         let pool = &self.members.pools[node];
         let waiting = pool.checkout();
         tokio::pin!(waiting);
-        Ok(tokio::select! {
+        let checkout = tokio::select! {
             // Checkout first: when a server is free there is no need to look at the client.
             biased;
             r = &mut waiting => r,
@@ -156,6 +164,10 @@ impl Session<'_> {
                 }
                 waiting.await
             }
+        };
+        Ok(match checkout {
+            Ok(c) => Waited::Server(c),
+            Err(e) => Waited::Failed(e),
         })
     }
 

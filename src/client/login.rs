@@ -106,71 +106,7 @@ pub async fn login(
     reg: &Registration<'_>,
 ) -> Option<Login> {
     let mut buf = BytesMut::new();
-    let startup = loop {
-        match startup::decode(&mut buf) {
-            Ok(None) => {
-                if !read_more(stream, &mut buf).await {
-                    return None;
-                }
-            }
-            Ok(Some(StartupPacket::Ssl)) if !stream.is_tls() => {
-                // A client that pipelined bytes after the request is broken or malicious
-                // (and would smuggle them past the handshake).
-                if !buf.is_empty() {
-                    return None;
-                }
-                let acceptor = ctx.tls_acceptor();
-                let answer: &[u8] = if acceptor.is_some() { b"S" } else { b"N" };
-                stream.write_all(answer).await.ok()?;
-                if let Some(acceptor) = acceptor {
-                    let tcp = stream.take_plain()?;
-                    match acceptor.accept(tcp).await {
-                        Ok(tls) => {
-                            *stream = Stream::Tls(Box::new(tokio_rustls::TlsStream::Server(tls)))
-                        }
-                        Err(e) => {
-                            tracing::info!(error = %e, "client TLS handshake failed");
-                            return None;
-                        }
-                    }
-                }
-            }
-            Ok(Some(StartupPacket::Ssl | StartupPacket::GssEnc)) => {
-                // No GSS encryption, and no TLS inside TLS: 'N' tells the client to go on.
-                if !buf.is_empty() || stream.write_all(b"N").await.is_err() {
-                    return None;
-                }
-            }
-            Ok(Some(StartupPacket::Cancel {
-                process_id,
-                secret_key,
-            })) => {
-                ctx.metrics.cancels.inc();
-                if let Some(key) = ctx.cancels.lookup(process_id, secret_key) {
-                    tracing::info!(pid = process_id, "forwarding cancel request");
-                    if let Err(e) = crate::server::cancel(&key).await {
-                        tracing::warn!(error = %e, "cancel request to server failed");
-                    }
-                }
-                return None;
-            }
-            Ok(Some(StartupPacket::Startup(s))) => {
-                if config.general.client_tls_sslmode == crate::tls::ClientMode::Require
-                    && !stream.is_tls()
-                {
-                    stream
-                        .fatal(&[], sqlstate::INVALID_AUTHORIZATION, "SSL required")
-                        .await;
-                    return None;
-                }
-                break s;
-            }
-            Err(e) => {
-                protocol_violation(stream, e).await;
-                return None;
-            }
-        }
-    };
+    let startup = read_startup(ctx, config, stream, &mut buf).await?;
     let Some(user) = startup
         .get("user")
         .filter(|u| !u.is_empty())
@@ -225,6 +161,116 @@ pub async fn login(
     if config.is_console(&database) {
         return console_login(ctx, config, stream, buf, out, user, reg).await;
     }
+    let asked = Asked {
+        user,
+        database,
+        route,
+        wanted,
+    };
+    pool_login(ctx, config, stream, buf, out, asked, reg).await
+}
+
+/// What a client's startup packet asks for.
+struct Asked {
+    user: String,
+    database: String,
+    route: RouteMode,
+    /// Its session parameters, `options` expanded.
+    wanted: Vec<(String, String)>,
+}
+
+/// Reads the startup packet, answering SSL and GSS requests and forwarding a cancel request
+/// on the way. `None` when the connection ended.
+async fn read_startup(
+    ctx: &Context,
+    config: &Config,
+    stream: &mut Stream,
+    buf: &mut BytesMut,
+) -> Option<Startup> {
+    loop {
+        match startup::decode(buf) {
+            Ok(None) => {
+                if !read_more(stream, buf).await {
+                    return None;
+                }
+            }
+            Ok(Some(StartupPacket::Ssl)) if !stream.is_tls() => {
+                // A client that pipelined bytes after the request is broken or malicious
+                // (and would smuggle them past the handshake).
+                if !buf.is_empty() {
+                    return None;
+                }
+                let acceptor = ctx.tls_acceptor();
+                let answer: &[u8] = if acceptor.is_some() { b"S" } else { b"N" };
+                stream.write_all(answer).await.ok()?;
+                if let Some(acceptor) = acceptor {
+                    let tcp = stream.take_plain()?;
+                    match acceptor.accept(tcp).await {
+                        Ok(tls) => {
+                            *stream = Stream::Tls(Box::new(tokio_rustls::TlsStream::Server(tls)))
+                        }
+                        Err(e) => {
+                            tracing::info!(error = %e, "client TLS handshake failed");
+                            return None;
+                        }
+                    }
+                }
+            }
+            Ok(Some(StartupPacket::Ssl | StartupPacket::GssEnc)) => {
+                // No GSS encryption, and no TLS inside TLS: 'N' tells the client to go on.
+                if !buf.is_empty() || stream.write_all(b"N").await.is_err() {
+                    return None;
+                }
+            }
+            Ok(Some(StartupPacket::Cancel {
+                process_id,
+                secret_key,
+            })) => {
+                ctx.metrics.cancels.inc();
+                if let Some(key) = ctx.cancels.lookup(process_id, secret_key) {
+                    tracing::info!(pid = process_id, "forwarding cancel request");
+                    if let Err(e) = crate::server::cancel(&key).await {
+                        tracing::warn!(error = %e, "cancel request to server failed");
+                    }
+                }
+                return None;
+            }
+            Ok(Some(StartupPacket::Startup(s))) => {
+                if config.general.client_tls_sslmode == crate::tls::ClientMode::Require
+                    && !stream.is_tls()
+                {
+                    stream
+                        .fatal(&[], sqlstate::INVALID_AUTHORIZATION, "SSL required")
+                        .await;
+                    return None;
+                }
+                return Some(s);
+            }
+            Err(e) => {
+                protocol_violation(stream, e).await;
+                return None;
+            }
+        }
+    }
+}
+
+/// A client of a pooled database: authentication, its pools, and the welcome (the server's
+/// parameters with the client's own applied, the cancel key, ReadyForQuery).
+async fn pool_login(
+    ctx: &Context,
+    config: &Config,
+    stream: &mut Stream,
+    mut buf: BytesMut,
+    mut out: BytesMut,
+    asked: Asked,
+    reg: &Registration<'_>,
+) -> Option<Login> {
+    let Asked {
+        user,
+        database,
+        route,
+        wanted,
+    } = asked;
     if !config.databases.contains_key(&database) {
         stream
             .fatal(

@@ -210,8 +210,7 @@ fn place(cluster: &Cluster, work: &Work, session: &Session) -> Result<Decision, 
     match wanted {
         RouteMode::Primary => return Ok(on_primary(RouteReason::Hint)),
         RouteMode::Replica if cluster.has_replicas() => {
-            return Ok(read(cluster, session.avoid, RouteReason::Hint, retryable)?
-                .unwrap_or_else(on_primary));
+            return Ok(read(cluster, session.avoid, RouteReason::Hint, retryable)?.or(on_primary));
         }
         _ => {}
     }
@@ -231,7 +230,7 @@ fn place(cluster: &Cluster, work: &Work, session: &Session) -> Result<Decision, 
     if !replica_ok {
         return Ok(on_primary(reason_of(work.class)));
     }
-    Ok(read(cluster, session.avoid, RouteReason::Read, retryable)?.unwrap_or_else(on_primary))
+    Ok(read(cluster, session.avoid, RouteReason::Read, retryable)?.or(on_primary))
 }
 
 fn reason_of(class: Class) -> RouteReason {
@@ -248,14 +247,30 @@ fn reason_of(class: Class) -> RouteReason {
     }
 }
 
-/// Picks a member of the read rotation. `Ok(Err(reason))`: none is usable and the read
+/// A pick from the read rotation.
+enum Pick {
+    Node(Decision),
+    /// No member is usable: the read falls back to the primary, for this reason.
+    Fallback(RouteReason),
+}
+
+impl Pick {
+    fn or(self, on_primary: impl FnOnce(RouteReason) -> Decision) -> Decision {
+        match self {
+            Pick::Node(d) => d,
+            Pick::Fallback(reason) => on_primary(reason),
+        }
+    }
+}
+
+/// Picks a member of the read rotation, or says why none is usable and the read
 /// falls back to the primary, for that reason.
 fn read(
     cluster: &Cluster,
     avoid: Option<usize>,
     reason: RouteReason,
     retryable: bool,
-) -> Result<Result<Decision, RouteReason>, NoReplica> {
+) -> Result<Pick, NoReplica> {
     let ok = |i: usize| Some(i) != avoid && cluster.nodes[i].usable() == Usable::Yes;
     // The primary is a member of the rotation only when asked to be.
     let schedule = cluster.schedule(cluster.read_from_primary == ReadFromPrimary::Always);
@@ -275,7 +290,7 @@ fn read(
         }
     };
     if let Some(node) = picked {
-        return Ok(Ok(Decision {
+        return Ok(Pick::Node(Decision {
             node,
             reason,
             flow: flow(node, retryable),
@@ -297,7 +312,7 @@ fn read(
     if cluster.read_from_primary == ReadFromPrimary::Never {
         return Err(NoReplica);
     }
-    Ok(Err(why))
+    Ok(Pick::Fallback(why))
 }
 
 #[cfg(test)]

@@ -1,0 +1,337 @@
+//! Checking a server out of a pool: an idle connection (checked first if it has been idle
+//! past server_check_delay), else a slot to open one, else a place in the FIFO wait queue,
+//! with the reserve after reserve_pool_timeout and an end at query_wait_timeout.
+
+use super::{Inner, Pool, PoolError};
+use crate::server::{Listed, ServerConn, ServerInfo};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::oneshot;
+
+pub(super) enum Grant {
+    Server(Box<ServerConn>),
+    /// A slot was freed and counted for the receiver: it opens the connection itself.
+    Connect,
+    Failed(PoolError),
+}
+
+/// A place in the wait queue. Dropped before its grant was taken (the client gave up, or its
+/// future was cancelled), it hands back whatever grant raced in, so no connection or slot is
+/// lost.
+struct Ticket<'a> {
+    pool: &'a Pool,
+    rx: oneshot::Receiver<Grant>,
+}
+
+impl Drop for Ticket<'_> {
+    fn drop(&mut self) {
+        self.rx.close();
+        if let Ok(grant) = self.rx.try_recv() {
+            self.pool.return_grant(grant);
+        }
+    }
+}
+
+/// A slot counted in `total` for a connection being opened; given back if the opening fails
+/// or is abandoned.
+pub(super) struct Opening<'a> {
+    pub(super) pool: &'a Pool,
+    pub(super) armed: bool,
+}
+
+impl Drop for Opening<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.pool.give_back_slot();
+        }
+    }
+}
+
+/// A connection and how long the client waited for it.
+pub struct Checkout {
+    pub conn: ServerConn,
+    pub waited: Duration,
+}
+
+/// What the pool has for a client at once.
+// Moved once per checkout, as the Result it replaces was; boxing would allocate each time.
+#[allow(clippy::large_enum_variant)]
+enum Taken {
+    Idle(ServerConn),
+    /// A slot is counted for the client: it opens the connection itself.
+    Connect,
+    /// The pool is full: a place in line.
+    Wait(oneshot::Receiver<Grant>),
+}
+
+/// How a wait in line ended well.
+pub(super) enum Granted {
+    Grant(Grant),
+    /// A reserve slot is counted for the client: it opens the connection itself.
+    Reserve,
+}
+
+impl Pool {
+    /// Takes a server connection, waiting in line (FIFO) when the pool is at its size. One
+    /// that has been idle longer than server_check_delay must first answer
+    /// server_check_query; one that does not is closed and another taken.
+    pub async fn checkout(&self) -> Result<Checkout, PoolError> {
+        let start = Instant::now();
+        loop {
+            let mut c = self.take(start).await?;
+            if self.passes_check(&mut c.conn).await {
+                self.metrics.wait.observe(c.waited.as_secs_f64());
+                return Ok(c);
+            }
+            tracing::info!(db = %self.database, user = %self.user, node = %self.setup().target.addr(), server = c.conn.id, "server failed server_check_query");
+            self.give_back_slot();
+            tokio::spawn(c.conn.close("server_check_query failed"));
+        }
+    }
+
+    /// True unless the connection has been idle past server_check_delay and then fails
+    /// server_check_query.
+    async fn passes_check(&self, conn: &mut ServerConn) -> bool {
+        let setup = self.setup();
+        let Some((delay, query)) = &setup.timeouts.check else {
+            return true;
+        };
+        if conn.idle_for(Instant::now()) < *delay {
+            return true;
+        }
+        let check = crate::server::query::simple(conn, query);
+        matches!(
+            tokio::time::timeout(setup.timeouts.connect, check).await,
+            Ok(Ok(_))
+        ) && conn.buf.is_empty()
+    }
+
+    /// Takes an idle connection, or a slot to open one, or a place in the wait queue.
+    async fn take(&self, start: Instant) -> Result<Checkout, PoolError> {
+        let ticket = match self.take_now()? {
+            Taken::Idle(conn) => {
+                return Ok(Checkout {
+                    conn,
+                    waited: Duration::ZERO,
+                })
+            }
+            Taken::Connect => {
+                let conn = self.open_counted().await?;
+                return Ok(Checkout {
+                    conn,
+                    waited: start.elapsed(),
+                });
+            }
+            Taken::Wait(rx) => Ticket { pool: self, rx },
+        };
+        let conn = match self.wait_in_line(ticket, start).await? {
+            Granted::Grant(Grant::Server(conn)) => *conn,
+            Granted::Grant(Grant::Connect) | Granted::Reserve => self.open_counted().await?,
+            Granted::Grant(Grant::Failed(e)) => return Err(e),
+        };
+        Ok(Checkout {
+            conn,
+            waited: start.elapsed(),
+        })
+    }
+
+    /// What the pool has for a client right now. Expired idle connections met on the way
+    /// are closed.
+    fn take_now(&self) -> Result<Taken, PoolError> {
+        let mut expired = Vec::new();
+        let taken = {
+            let mut inner = self.lock();
+            let now = Instant::now();
+            let mut found = None;
+            while let Some(conn) = inner.idle.pop() {
+                if self.expired(&conn, now) {
+                    inner.total -= 1;
+                    expired.push(conn);
+                } else {
+                    found = Some(conn);
+                    break;
+                }
+            }
+            match found {
+                Some(conn) => Taken::Idle(conn),
+                None if inner.total < self.setup().settings.pool_size => {
+                    self.may_connect(&inner, now)?;
+                    inner.total += 1;
+                    Taken::Connect
+                }
+                None => {
+                    let (tx, rx) = oneshot::channel();
+                    inner.waiters.push_back((now, tx));
+                    Taken::Wait(rx)
+                }
+            }
+        };
+        for conn in expired {
+            tokio::spawn(conn.close("server_lifetime"));
+        }
+        Ok(taken)
+    }
+
+    /// Waits in line for a grant, taking the reserve once after reserve_pool_timeout, until
+    /// query_wait_timeout.
+    async fn wait_in_line(
+        &self,
+        mut ticket: Ticket<'_>,
+        start: Instant,
+    ) -> Result<Granted, PoolError> {
+        let rx = &mut ticket.rx;
+        let deadline = self.setup().timeouts.query_wait.map(|t| start + t);
+        let mut reserve_at = (self.setup().timeouts.reserve_size > 0)
+            .then(|| start + self.setup().timeouts.reserve_after);
+        loop {
+            let wake = match (deadline, reserve_at) {
+                (Some(d), Some(r)) => Some(d.min(r)),
+                (d, r) => d.or(r),
+            };
+            let received = match wake {
+                Some(at) => tokio::time::timeout_at(at.into(), &mut *rx).await.ok(),
+                None => Some((&mut *rx).await),
+            };
+            match received {
+                Some(Ok(grant)) => return Ok(Granted::Grant(grant)),
+                // The sender was dropped without a grant: only when the pool itself is gone.
+                Some(Err(_)) => return Err(PoolError::WaitTimeout),
+                None => {}
+            }
+            let now = Instant::now();
+            if reserve_at.is_some_and(|r| now >= r) && deadline.is_none_or(|d| now < d) {
+                // One try at the reserve; afterwards only a grant or the deadline wakes us.
+                reserve_at = None;
+                if self.take_reserve_slot(now) {
+                    rx.close();
+                    if let Ok(grant) = rx.try_recv() {
+                        // A grant raced with us: take it and give the reserve slot back.
+                        self.give_back_slot();
+                        return Ok(Granted::Grant(grant));
+                    }
+                    tracing::debug!(db = %self.database, user = %self.user, node = %self.setup().target.addr(), "using reserve pool");
+                    return Ok(Granted::Reserve);
+                }
+            }
+            if deadline.is_some_and(|d| now >= d) {
+                rx.close();
+                return match rx.try_recv() {
+                    Ok(grant) => Ok(Granted::Grant(grant)),
+                    Err(_) => Err(PoolError::WaitTimeout),
+                };
+            }
+        }
+    }
+
+    /// A grant that reached a waiter who no longer wants it goes back to the pool.
+    pub(super) fn return_grant(&self, grant: Grant) {
+        match grant {
+            Grant::Server(conn) => self.release(*conn, true),
+            Grant::Connect => self.give_back_slot(),
+            Grant::Failed(_) => {}
+        }
+    }
+
+    fn take_reserve_slot(&self, now: Instant) -> bool {
+        let mut inner = self.lock();
+        let room =
+            inner.total < self.setup().settings.pool_size + self.setup().timeouts.reserve_size;
+        if room && self.may_connect(&inner, now).is_ok() {
+            inner.total += 1;
+            return true;
+        }
+        false
+    }
+
+    /// A counted slot goes unused: uncount it, and let a waiter have it.
+    pub(super) fn give_back_slot(&self) {
+        let mut inner = self.lock();
+        inner.total -= 1;
+        self.slot_freed(inner);
+    }
+
+    pub(super) fn may_connect(&self, inner: &Inner, now: Instant) -> Result<(), PoolError> {
+        match &inner.last_failure {
+            Some((at, why)) if now.duration_since(*at) < self.setup().timeouts.login_retry => {
+                Err(PoolError::LoginFailing {
+                    detail: why.clone(),
+                })
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Opens a connection whose slot has already been counted in `total`, once the database
+    /// and user limits allow one more.
+    async fn open_counted(&self) -> Result<ServerConn, PoolError> {
+        let opening = Opening {
+            pool: self,
+            armed: true,
+        };
+        let permits = match self.setup().timeouts.query_wait {
+            Some(t) => tokio::time::timeout(t, self.limits.acquire(self))
+                .await
+                .map_err(|_| PoolError::WaitTimeout)?,
+            None => self.limits.acquire(self).await,
+        };
+        self.connect_counted(opening, permits).await
+    }
+
+    /// Opens a connection whose slot is counted (`opening`) and whose permits are in hand.
+    pub(super) async fn connect_counted(
+        &self,
+        mut opening: Opening<'_>,
+        permits: Vec<tokio::sync::OwnedSemaphorePermit>,
+    ) -> Result<ServerConn, PoolError> {
+        self.lock().opening += 1;
+        let setup = self.setup.load_full();
+        let connected = ServerConn::connect(&setup.target, setup.timeouts.connect).await;
+        self.lock().opening -= 1;
+        match connected {
+            Ok(mut conn) => {
+                conn.generation = setup.generation;
+                let info = ServerInfo {
+                    id: conn.id,
+                    addr: setup.target.host.clone(),
+                    port: setup.target.port,
+                    local_addr: conn
+                        .stream
+                        .tcp()
+                        .and_then(|t| t.local_addr().ok())
+                        .map_or(String::new(), |a| a.ip().to_string()),
+                    local_port: conn
+                        .stream
+                        .tcp()
+                        .and_then(|t| t.local_addr().ok())
+                        .map_or(0, |a| a.port()),
+                    remote_pid: conn.cancel_key.process_id,
+                    connected_at: crate::stats::unix_micros(),
+                };
+                conn.listed = Some(Listed::new(&self.servers, info));
+                self.metrics.server_connects.inc();
+                opening.armed = false;
+                conn.permits = permits;
+                self.lock().last_failure = None;
+                self.learn_params(&conn);
+                Ok(conn)
+            }
+            Err(e) => {
+                self.metrics.server_connect_errors.inc();
+                let why: Arc<str> = e.to_string().into();
+                tracing::warn!(db = %self.database, user = %self.user, node = %self.setup().target.addr(), error = %why, "server login failed");
+                let mut inner = self.lock();
+                inner.last_failure = Some((Instant::now(), why.clone()));
+                if inner.total == 1 {
+                    // This was the only connection, and none can come back to the waiters:
+                    // tell them now instead of letting them run into query_wait_timeout.
+                    for (_, w) in inner.waiters.drain(..) {
+                        let _ = w.send(Grant::Failed(PoolError::LoginFailing {
+                            detail: why.clone(),
+                        }));
+                    }
+                }
+                Err(PoolError::Connect(why))
+            }
+        }
+    }
+}
