@@ -247,7 +247,12 @@ async fn pause_holds_transactions_until_resume() {
         client.simple_query("SELECT 2").await.unwrap();
         client
     });
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        support::wait_for(Duration::from_secs(10), || support::clients_waiting(
+            &pooler
+        ) == 1),
+        "the client waits for RESUME"
+    );
     assert!(!held.is_finished(), "a paused database runs nothing");
     let (_, rows) = show(&pooler, "pgsluice", "SHOW DATABASES");
     assert!(rows[0].contains("|1|0|"), "paused=1: {rows:?}");

@@ -87,7 +87,9 @@ async fn bogus_cancel_keys_are_ignored() {
     let c = connect(&pooler, "app", APP_PASSWORD).await;
     let query =
         tokio::spawn(async move { c.simple_query("SELECT pg_sleep(1.5)").await.map(|_| ()) });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(support::wait_for(Duration::from_secs(10), || {
+        support::running(&pg, "pg_sleep")
+    }));
     // Every process id this instance could have given, with a wrong secret.
     for pid in 1..5 {
         let mut buf = BytesMut::new();

@@ -8,19 +8,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use support::{connect, Replicated, APP_PASSWORD};
-use tokio_postgres::SimpleQueryMessage;
-
-async fn port_of(client: &tokio_postgres::Client, sql: &str) -> Result<u16, tokio_postgres::Error> {
-    let msgs = client.simple_query(sql).await?;
-    Ok(msgs
-        .iter()
-        .find_map(|m| match m {
-            SimpleQueryMessage::Row(r) => r.get(0).and_then(|p| p.parse().ok()),
-            _ => None,
-        })
-        .expect("a row with a port"))
-}
+use support::{connect, port_of, Replicated, APP_PASSWORD};
 
 #[derive(Default)]
 struct Seen {
@@ -70,7 +58,7 @@ async fn a_replica_that_dies_costs_reads_no_error_and_comes_back() {
                         .query_one(stmt, &[])
                         .await
                         .map(|row| row.get::<_, i32>(0) as u16),
-                    None => port_of(&client, "SELECT inet_server_port(), pg_sleep(0.002)").await,
+                    None => port_of(&client, "SELECT pg_sleep(0.002), inet_server_port()").await,
                 };
                 let mut seen = seen.lock().unwrap();
                 match r {
@@ -81,13 +69,23 @@ async fn a_replica_that_dies_costs_reads_no_error_and_comes_back() {
             }
         }));
     }
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    let reads_before = |n: usize| seen.lock().unwrap().before.values().sum::<usize>() >= n;
+    assert!(support::wait_for(Duration::from_secs(15), || reads_before(
+        40
+    )));
     let pg2 = pg.clone();
     tokio::task::spawn_blocking(move || pg2.replicas[0].stop(true))
         .await
         .unwrap()
         .expect("stop replica");
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Reads have met the dead replica: retried elsewhere, and the replica banned.
+    let routes = pooler.ctx.routes.of("app");
+    let cluster = pooler.ctx.clusters.get("app").unwrap();
+    let failed = || {
+        routes.get(RouteReason::Retry) > 0
+            && cluster.nodes[1].usable() == pgsluice::cluster::Usable::Banned
+    };
+    assert!(support::wait_for(Duration::from_secs(15), failed));
     let pg2 = pg.clone();
     tokio::task::spawn_blocking(move || pg2.replicas[0].start())
         .await
@@ -130,7 +128,6 @@ async fn a_replica_that_dies_costs_reads_no_error_and_comes_back() {
         "reads came back to the restarted replica: {:?}",
         seen.after
     );
-    let routes = pooler.ctx.routes.of("app");
     eprintln!(
         "before {:?} after {:?} retries {}",
         seen.before,

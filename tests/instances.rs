@@ -4,46 +4,7 @@
 
 mod support;
 
-use pgsluice::demo::free_port;
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
-use support::{primary, APP_PASSWORD};
-
-struct Instance {
-    child: Child,
-    port: u16,
-}
-
-impl Drop for Instance {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start(pg_port: u16, dir: &std::path::Path, n: usize) -> Instance {
-    let (port, http) = (free_port(), free_port());
-    let path = dir.join(format!("pgsluice-{n}.toml"));
-    std::fs::write(
-        &path,
-        format!(
-            "listen_port = {port}\nhttp_listen = \"127.0.0.1:{http}\"\ndefault_pool_size = 3\n\
-             [databases.app]\nport = {pg_port}\n[users.app]\npassword = \"{APP_PASSWORD}\"\n"
-        ),
-    )
-    .unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_pgsluice"))
-        .args(["--config"])
-        .arg(&path)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    assert!(support::wait_for(Duration::from_secs(10), || {
-        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-    }));
-    Instance { child, port }
-}
+use support::{primary, Process, APP_PASSWORD};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_instances_serve_clients_side_by_side() {
@@ -54,7 +15,8 @@ async fn two_instances_serve_clients_side_by_side() {
     )
     .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let instances = [start(pg.port, dir.path(), 1), start(pg.port, dir.path(), 2)];
+    let start = |name| Process::start(pg.port, dir.path(), name, "default_pool_size = 3");
+    let instances = [start("one"), start("two")];
     let watch = support::ActivityWatch::start(&pg, "usename = 'app'");
     let mut tasks = Vec::new();
     for client in 0..8 {

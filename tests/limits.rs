@@ -194,11 +194,17 @@ async fn a_client_that_leaves_the_queue_never_runs_its_query() {
     let mut q = bytes::BytesMut::new();
     postgres_protocol::message::frontend::query("INSERT INTO marks VALUES (1)", &mut q).unwrap();
     quitter.write_all(&q).unwrap();
-    // Nothing outside the pooler shows that a client is queued (SHOW POOLS will), so these
-    // pauses give it time to queue the query, and then to see the client leave.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        support::wait_for(Duration::from_secs(10), || support::clients_waiting(
+            &pooler
+        ) == 1),
+        "the query waits for the only server"
+    );
     drop(quitter);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        support::wait_for(Duration::from_secs(10), || pooler.ctx.client_count() == 1),
+        "the pooler saw the client leave the queue"
+    );
     holder.batch_execute("COMMIT").await.unwrap();
     let next = connect(&pooler, "app", APP_PASSWORD).await;
     let n: i64 = next

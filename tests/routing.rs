@@ -8,20 +8,11 @@ use pgsluice::router::RouteReason;
 use support::{connect, Pooler, Replicated, APP_PASSWORD};
 use tokio_postgres::SimpleQueryMessage;
 
-/// The last column of the last row a simple query returned.
+/// Which server answered `sql`.
 async fn port_of(client: &tokio_postgres::Client, sql: &str) -> u16 {
-    let msgs = client.simple_query(sql).await.unwrap_or_else(|e| {
-        panic!("{sql}: {e}");
-    });
-    let row = msgs
-        .iter()
-        .rev()
-        .find_map(|m| match m {
-            SimpleQueryMessage::Row(r) => Some(r),
-            _ => None,
-        })
-        .unwrap_or_else(|| panic!("{sql}: no row"));
-    row.get(row.len() - 1).unwrap().parse().unwrap()
+    support::port_of(client, sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
 }
 
 fn counter(pooler: &Pooler, reason: RouteReason) -> u64 {
@@ -292,7 +283,12 @@ async fn a_lagging_replica_gets_no_reads_until_it_catches_up() {
                 == rows
         }
     ));
-    std::thread::sleep(std::time::Duration::from_millis(500));
+    // A round of checks that began after the catch-up: none still in flight saw it behind.
+    let round = cluster.health_rounds();
+    assert!(support::wait_for(
+        std::time::Duration::from_secs(15),
+        || cluster.health_rounds() >= round + 2
+    ));
     assert!(wait(2, Usable::Yes), "{:?}", usable(2));
     for _ in 0..20 {
         let port = port_of(&client, "SELECT inet_server_port()").await;

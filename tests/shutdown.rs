@@ -4,90 +4,8 @@
 
 mod support;
 
-use pgsluice::demo::free_port;
-use std::io::{Read, Write};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
-use support::{primary, APP_PASSWORD};
-
-struct Process {
-    child: Child,
-    port: u16,
-    http: u16,
-}
-
-impl Process {
-    fn start(pg_port: u16, dir: &std::path::Path) -> Process {
-        let (port, http) = (free_port(), free_port());
-        let path = dir.join("pgsluice.toml");
-        std::fs::write(
-            &path,
-            format!(
-                "listen_port = {port}\nhttp_listen = \"127.0.0.1:{http}\"\nshutdown_timeout = 30\n\
-                 [databases.app]\nport = {pg_port}\n[users.app]\npassword = \"{APP_PASSWORD}\"\n"
-            ),
-        )
-        .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_pgsluice"))
-            .args(["run", "--config"])
-            .arg(&path)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let p = Process { child, port, http };
-        assert!(support::wait_for(Duration::from_secs(10), || p.ready() == Some(200)));
-        p
-    }
-
-    fn conn_str(&self) -> String {
-        format!(
-            "host=127.0.0.1 port={} user=app password='{APP_PASSWORD}' dbname=app",
-            self.port
-        )
-    }
-
-    fn ready(&self) -> Option<u16> {
-        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.http)).ok()?;
-        s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-        write!(
-            s,
-            "GET /ready HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-        )
-        .ok()?;
-        let mut text = String::new();
-        s.read_to_string(&mut text).ok()?;
-        text.get(9..12)?.parse().ok()
-    }
-
-    fn signal(&self, name: &str) {
-        let ok = Command::new("kill")
-            .args([&format!("-{name}"), &self.child.id().to_string()])
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok);
-    }
-
-    /// The exit status, waiting at most `within`.
-    fn exit(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
-        let deadline = Instant::now() + within;
-        while Instant::now() < deadline {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return Some(status);
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        None
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use std::time::Duration;
+use support::{primary, Process};
 
 async fn client(
     conn: &str,
@@ -107,7 +25,7 @@ async fn sigterm_lets_a_transaction_commit_and_exits_0() {
     pg.psql_in("app", "CREATE TABLE t (x int); ALTER TABLE t OWNER TO app")
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let mut p = Process::start(pg.port, dir.path());
+    let mut p = Process::start(pg.port, dir.path(), "pgsluice", "shutdown_timeout = 30");
 
     let (tx, _tx_conn) = client(&p.conn_str()).await;
     tx.batch_execute("BEGIN; INSERT INTO t VALUES (1)")
@@ -150,7 +68,7 @@ async fn sigint_closes_at_once_and_rolls_back() {
     pg.psql_in("app", "CREATE TABLE t (x int); ALTER TABLE t OWNER TO app")
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let mut p = Process::start(pg.port, dir.path());
+    let mut p = Process::start(pg.port, dir.path(), "pgsluice", "shutdown_timeout = 30");
     let (tx, tx_conn) = client(&p.conn_str()).await;
     tx.batch_execute("BEGIN; INSERT INTO t VALUES (1)")
         .await

@@ -80,8 +80,14 @@ async fn cancel_reaches_the_running_query() {
     let pooler = Pooler::start(&pg, "default_pool_size = 2");
     let c = connect(&pooler, "app", APP_PASSWORD).await;
     let token = c.cancel_token();
+    let port = pg.port;
     let canceller = tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        let running = tokio::task::spawn_blocking(move || {
+            support::wait_for(Duration::from_secs(10), || {
+                support::running_on(port, "pg_sleep")
+            })
+        });
+        assert!(running.await.unwrap(), "the query started");
         token.cancel_query(tokio_postgres::NoTls).await.unwrap();
     });
     let started = std::time::Instant::now();

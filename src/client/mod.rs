@@ -15,3 +15,6 @@ mod rewrite;
 pub mod session;
 
 pub use end::{End, Side};
+
+#[cfg(test)]
+mod tests;

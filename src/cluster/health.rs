@@ -59,6 +59,7 @@ impl Checker {
             _ => {
                 let p = &cluster.nodes[0];
                 cluster.set_primary_reachable(answers(&p.host, p.port, timeout).await);
+                cluster.round_done();
                 return Vec::new();
             }
         };
@@ -129,6 +130,7 @@ impl Checker {
                 cluster.set_lag(i, bytes, time, lagging);
             }
         }
+        cluster.round_done();
         changed
     }
 }

@@ -13,7 +13,7 @@ pub use node::{Health, Node, Reachability, Role, Usable};
 use crate::config::{Config, LoadBalance, ReadFromPrimary};
 use crate::server::Credentials;
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -72,6 +72,9 @@ pub struct Cluster {
     resumed: tokio::sync::Notify,
     /// DISABLE: new clients are refused until ENABLE.
     disabled: AtomicBool,
+    /// Rounds of health checks completed, so that a watcher can wait for a round that
+    /// began after something it did.
+    rounds: AtomicU64,
 }
 
 impl Cluster {
@@ -105,6 +108,7 @@ impl Cluster {
             paused: AtomicBool::new(false),
             resumed: tokio::sync::Notify::new(),
             disabled: AtomicBool::new(false),
+            rounds: AtomicU64::new(0),
         })
     }
 
@@ -131,6 +135,15 @@ impl Cluster {
             }
             resumed.await;
         }
+    }
+
+    /// Rounds of health checks completed so far.
+    pub fn health_rounds(&self) -> u64 {
+        self.rounds.load(Ordering::Relaxed)
+    }
+
+    fn round_done(&self) {
+        self.rounds.fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn is_disabled(&self) -> bool {

@@ -358,3 +358,110 @@ fn pgbouncer_compat(out: &mut String, pools: &Pools, config: &Config) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pool::ClientState;
+    use std::time::Duration;
+
+    /// Pools of user `u` on database `app` with two replicas; no server is ever opened.
+    fn setup(extra: &str) -> (Metrics, Config, Clusters, Pools, Routes) {
+        let text = format!(
+            "{extra}\n[databases.app]\nport = 5433\n\
+             replicas = [\"127.0.0.1:5434\", \"127.0.0.1:5435\"]\n"
+        );
+        let config = Config::parse(&text, "test").unwrap();
+        let metrics = Metrics::new("here");
+        let clusters = Clusters::new(&config);
+        let pools = Pools::new(metrics.pools.clone());
+        pools.members(&config, &clusters, "app", "u").unwrap();
+        (metrics, config, clusters, pools, Routes::default())
+    }
+
+    /// The value of the one sample of `family` whose labels include every one of `labels`.
+    fn sample(text: &str, family: &str, labels: &[&str]) -> f64 {
+        let found: Vec<f64> = text
+            .lines()
+            .filter(|l| l.starts_with(&format!("{family}{{")))
+            .filter(|l| labels.iter().all(|want| l.contains(want)))
+            .map(|l| l.rsplit(' ').next().unwrap().parse().unwrap())
+            .collect();
+        assert_eq!(found.len(), 1, "{family} {labels:?} in\n{text}");
+        found[0]
+    }
+
+    #[test]
+    fn routing_counters_only_go_up_across_scrapes() {
+        let (m, config, clusters, pools, routes) = setup("");
+        let read = ["database=\"app\"", "reason=\"read\"", "instance=\"here\""];
+        routes.of("app").bump(RouteReason::Read);
+        routes.of("app").bump(RouteReason::Read);
+        let first = m.render(&pools, &clusters, &routes, &config);
+        assert_eq!(
+            sample(&first, "pgsluice_routing_decisions_total", &read),
+            2.0
+        );
+        let again = m.render(&pools, &clusters, &routes, &config);
+        assert_eq!(
+            sample(&again, "pgsluice_routing_decisions_total", &read),
+            2.0
+        );
+        routes.of("app").bump(RouteReason::Read);
+        let later = m.render(&pools, &clusters, &routes, &config);
+        assert_eq!(
+            sample(&later, "pgsluice_routing_decisions_total", &read),
+            3.0
+        );
+    }
+
+    #[test]
+    fn gauges_are_read_from_pools_clients_and_nodes_at_each_scrape() {
+        let (m, config, clusters, pools, routes) = setup("default_pool_size = 7");
+        let members = pools.all_members().pop().unwrap();
+        let connected = members.enter(ClientState::Connected);
+        clusters
+            .get("app")
+            .unwrap()
+            .ban(2, Duration::from_secs(60), "test");
+        let text = m.render(&pools, &clusters, &routes, &config);
+        let idle = ["user=\"u\"", "state=\"idle\""];
+        assert_eq!(sample(&text, "pgsluice_clients", &idle), 1.0);
+        let replica = ["node=\"127.0.0.1:5434\""];
+        assert_eq!(sample(&text, "pgsluice_pool_size", &replica), 7.0);
+        let banned = ["node=\"127.0.0.1:5435\"", "role=\"replica\""];
+        assert_eq!(sample(&text, "pgsluice_node_banned", &banned), 1.0);
+        let primary = ["node=\"127.0.0.1:5433\"", "role=\"primary\""];
+        assert_eq!(sample(&text, "pgsluice_node_banned", &primary), 0.0);
+        drop(connected);
+        let text = m.render(&pools, &clusters, &routes, &config);
+        assert_eq!(
+            sample(&text, "pgsluice_clients", &idle),
+            0.0,
+            "rebuilt, not kept"
+        );
+    }
+
+    #[test]
+    fn totals_sum_every_node_and_pgbouncer_families_follow_them() {
+        let (m, mut config, clusters, pools, routes) = setup("");
+        for (i, pool) in pools.all().iter().enumerate() {
+            pool.metrics.transactions.inc_by(10 * (i as u64 + 1));
+            pool.metrics.queries.inc_by(i as u64 + 1);
+        }
+        let t = &totals(&pools)["app"];
+        assert_eq!(
+            (t.xacts, t.queries),
+            (60, 6),
+            "three nodes: 10 + 20 + 30, 1 + 2 + 3"
+        );
+        let native = m.render(&pools, &clusters, &routes, &config);
+        assert!(!native.contains("pgbouncer_"), "only when asked for");
+        config.general.metrics_pgbouncer_compat = true;
+        let text = m.render(&pools, &clusters, &routes, &config);
+        let db = ["database=\"app\""];
+        let pooled = "pgbouncer_stats_totals_sql_transactions_pooled_total";
+        assert_eq!(sample(&text, pooled, &db), 60.0);
+        assert_eq!(sample(&text, "pgbouncer_databases_pool_size", &db), 20.0);
+    }
+}

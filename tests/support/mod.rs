@@ -238,6 +238,150 @@ pub fn wait_for(within: Duration, mut check: impl FnMut() -> bool) -> bool {
     check()
 }
 
+/// Clients of the pooler waiting for a server or for RESUME, as SHOW POOLS counts them.
+pub fn clients_waiting(pooler: &Pooler) -> usize {
+    pooler
+        .ctx
+        .pools
+        .all_members()
+        .iter()
+        .map(|m| m.client_counts(&m.pool_stats()).waiting)
+        .sum()
+}
+
+/// A query whose text contains `text` is running on `pg` right now.
+pub fn running(pg: &LocalPostgres, text: &str) -> bool {
+    running_on(pg.port, text)
+}
+
+/// `running`, for the server listening on `port`.
+pub fn running_on(port: u16, text: &str) -> bool {
+    let sql = format!(
+        "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' \
+         AND query LIKE '%{text}%' AND pid <> pg_backend_pid()"
+    );
+    let out = Command::new(pgsluice::demo::pg_bindir().join("psql"))
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-U",
+            "postgres",
+            "-d",
+            "postgres",
+        ])
+        .args(["-Atqc", &sql])
+        .output()
+        .expect("run psql");
+    String::from_utf8_lossy(&out.stdout).trim() != "0"
+}
+
+/// The pgsluice binary run as its own process on `config` (a TOML text written to `dir`),
+/// with a listening port and an HTTP port of its own; killed when dropped.
+pub struct Process {
+    pub child: std::process::Child,
+    pub port: u16,
+    pub http: u16,
+}
+
+impl Process {
+    /// Starts it with `general` settings in front of a database `app` on `pg_port`, and waits
+    /// until /ready says 200.
+    pub fn start(pg_port: u16, dir: &std::path::Path, name: &str, general: &str) -> Process {
+        let (port, http) = (pgsluice::demo::free_port(), pgsluice::demo::free_port());
+        let path = dir.join(format!("{name}.toml"));
+        std::fs::write(
+            &path,
+            format!(
+                "listen_port = {port}\nhttp_listen = \"127.0.0.1:{http}\"\n{general}\n\
+                 [databases.app]\nport = {pg_port}\n[users.app]\npassword = \"{APP_PASSWORD}\"\n"
+            ),
+        )
+        .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_pgsluice"))
+            .args(["run", "--config"])
+            .arg(&path)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let p = Process { child, port, http };
+        assert!(wait_for(Duration::from_secs(10), || p.ready() == Some(200)));
+        p
+    }
+
+    /// A connection string for user `app`.
+    pub fn conn_str(&self) -> String {
+        format!(
+            "host=127.0.0.1 port={} user=app password='{APP_PASSWORD}' dbname=app",
+            self.port
+        )
+    }
+
+    /// The status /ready answers with, if it answers.
+    pub fn ready(&self) -> Option<u16> {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.http)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        write!(
+            s,
+            "GET /ready HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        .ok()?;
+        let mut text = String::new();
+        s.read_to_string(&mut text).ok()?;
+        text.get(9..12)?.parse().ok()
+    }
+
+    /// Sends it a signal, by name (TERM, INT, HUP).
+    pub fn signal(&self, name: &str) {
+        let ok = Command::new("kill")
+            .args([&format!("-{name}"), &self.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok);
+    }
+
+    /// The exit status, waiting at most `within`.
+    pub fn exit(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The last column of the last row a simple query returned, as a port number: which server
+/// answered, with `SELECT inet_server_port()`.
+pub async fn port_of(
+    client: &tokio_postgres::Client,
+    sql: &str,
+) -> Result<u16, tokio_postgres::Error> {
+    let msgs = client.simple_query(sql).await?;
+    let row = msgs
+        .iter()
+        .rev()
+        .find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => Some(r),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("{sql}: no row"));
+    Ok(row.get(row.len() - 1).unwrap().parse().unwrap())
+}
+
 pub async fn connect(pooler: &Pooler, user: &str, password: &str) -> tokio_postgres::Client {
     let (client, conn) =
         tokio_postgres::connect(&pooler.conn_str(user, password), tokio_postgres::NoTls)
