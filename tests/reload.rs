@@ -12,16 +12,15 @@ fn config_text(pg_port: u16, general: &str) -> String {
     )
 }
 
-/// Runs `SELECT pg_sleep(0.3)` on every client at once and returns the most server
-/// connections seen meanwhile.
+/// Runs `SELECT pg_sleep(1)` on every client at once and returns the most server
+/// connections seen meanwhile. A second leaves room for opening the new servers, whose SCRAM
+/// login is slow in a debug build.
 async fn busy_servers(
     pg: &pgsluice::demo::LocalPostgres,
     clients: &[tokio_postgres::Client],
 ) -> usize {
     let watch = support::ActivityWatch::start(pg, "usename = 'app' AND state = 'active'");
-    let runs = clients
-        .iter()
-        .map(|c| c.simple_query("SELECT pg_sleep(0.3)"));
+    let runs = clients.iter().map(|c| c.simple_query("SELECT pg_sleep(1)"));
     for r in futures_util::future::join_all(runs).await {
         r.unwrap();
     }

@@ -57,8 +57,6 @@ impl Pace {
 }
 
 /// What a wait for a server ended with, the client still there.
-// Moved once per checkout, as the Result it replaces was; boxing would allocate each time.
-#[allow(clippy::large_enum_variant)]
 enum Waited {
     Server(Checkout),
     Failed(PoolError),

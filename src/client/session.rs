@@ -122,7 +122,7 @@ impl Session<'_> {
                     self.reg.slot.set(None);
                     match how {
                         Unlink::Release => {
-                            self.release(link);
+                            self.release(*link);
                             State::Idle
                         }
                         Unlink::Retry(retry) => {
@@ -138,7 +138,7 @@ impl Session<'_> {
 
     /// Transaction mode, between transactions: the server goes back to the pool, its
     /// buffers stay for the next link.
-    fn release(&mut self, link: Box<Link>) {
+    fn release(&mut self, link: Link) {
         let Link {
             ex:
                 Exchange {
@@ -150,7 +150,7 @@ impl Session<'_> {
             node,
             mut replay,
             ..
-        } = *link;
+        } = link;
         self.members.pools[node].release(conn, true);
         tracker.reset();
         replay.clear();

@@ -43,7 +43,7 @@ fn parse_probe(rows: &[Row]) -> Option<Probe> {
 /// Checks the nodes of one cluster; keeps a connection per node between ticks.
 #[derive(Default)]
 pub struct Checker {
-    conns: Vec<Option<ServerConn>>,
+    conns: Vec<Option<Box<ServerConn>>>,
 }
 
 impl Checker {
@@ -149,10 +149,10 @@ async fn answers(host: &str, port: u16, timeout: Duration) -> bool {
 /// Connects if needed and runs the probe, all within `timeout`. Hands back the connection
 /// when it is still good.
 async fn probe(
-    conn: Option<ServerConn>,
+    conn: Option<Box<ServerConn>>,
     target: &Target,
     timeout: Duration,
-) -> (Option<ServerConn>, Result<Probe, String>) {
+) -> (Option<Box<ServerConn>>, Result<Probe, String>) {
     let work = async {
         let mut conn = match conn {
             Some(c) => c,

@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// Every database's totals at one moment.
-pub type StatsSample = std::collections::BTreeMap<String, crate::metrics::report::Totals>;
+pub type StatsSample = crate::metrics::report::ByDatabase;
 
 /// Where the process is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]

@@ -221,9 +221,12 @@ pub struct Totals {
     pub servers: usize,
 }
 
+/// Each database's totals, by name.
+pub type ByDatabase = std::collections::BTreeMap<String, Totals>;
+
 /// Every database's totals, summed over users and nodes.
-pub fn totals(pools: &Pools) -> std::collections::BTreeMap<String, Totals> {
-    let mut totals: std::collections::BTreeMap<String, Totals> = Default::default();
+pub fn totals(pools: &Pools) -> ByDatabase {
+    let mut totals = ByDatabase::default();
     for m in pools.all_members() {
         let t = totals.entry(m.cluster.database.clone()).or_default();
         for p in &m.pools {
@@ -243,8 +246,15 @@ pub fn totals(pools: &Pools) -> std::collections::BTreeMap<String, Totals> {
 
 /// The pgbouncer_pools_*, pgbouncer_stats_totals_* and pgbouncer_databases_* families.
 fn pgbouncer_compat(out: &mut String, pools: &Pools, config: &Config) {
+    compat_pools(out, pools);
+    let totals = totals(pools);
+    compat_totals(out, &totals);
+    compat_databases(out, &totals, config);
+}
+
+/// SHOW POOLS: one row per (database, user); a pool's nodes are summed.
+fn compat_pools(out: &mut String, pools: &Pools) {
     let members = pools.all_members();
-    // SHOW POOLS: one row per (database, user); a pool's nodes are summed.
     let pool_rows: Vec<_> = members
         .iter()
         .map(|m| {
@@ -280,9 +290,10 @@ fn pgbouncer_compat(out: &mut String, pools: &Pools, config: &Config) {
             );
         }
     }
+}
 
-    // SHOW STATS totals: one row per database.
-    let totals = totals(pools);
+/// SHOW STATS totals: one row per database.
+fn compat_totals(out: &mut String, totals: &ByDatabase) {
     type TotalColumn = fn(&Totals) -> f64;
     let columns: [(&str, &str, TotalColumn); 8] = [
         ("pgbouncer_stats_totals_queries_pooled_total", "Total number of SQL queries pooled", |t| t.queries as f64),
@@ -296,12 +307,14 @@ fn pgbouncer_compat(out: &mut String, pools: &Pools, config: &Config) {
     ];
     for (name, help, get) in columns {
         let mut f = Family::new(out, name, "counter", help);
-        for (db, t) in &totals {
+        for (db, t) in totals {
             f.sample(&[("database", db)], get(t));
         }
     }
+}
 
-    // SHOW DATABASES: one row per configured database, for its primary.
+/// SHOW DATABASES: one row per configured database, for its primary.
+fn compat_databases(out: &mut String, totals: &ByDatabase, config: &Config) {
     type DbColumn = fn(&crate::config::Database, &Config, &str, usize) -> f64;
     let columns: [(&str, &str, DbColumn); 6] = [
         (

@@ -49,15 +49,13 @@ impl Drop for Opening<'_> {
 
 /// A connection and how long the client waited for it.
 pub struct Checkout {
-    pub conn: ServerConn,
+    pub conn: Box<ServerConn>,
     pub waited: Duration,
 }
 
 /// What the pool has for a client at once.
-// Moved once per checkout, as the Result it replaces was; boxing would allocate each time.
-#[allow(clippy::large_enum_variant)]
 enum Taken {
-    Idle(ServerConn),
+    Idle(Box<ServerConn>),
     /// A slot is counted for the client: it opens the connection itself.
     Connect,
     /// The pool is full: a place in line.
@@ -125,7 +123,7 @@ impl Pool {
             Taken::Wait(rx) => Ticket { pool: self, rx },
         };
         let conn = match self.wait_in_line(ticket, start).await? {
-            Granted::Grant(Grant::Server(conn)) => *conn,
+            Granted::Grant(Grant::Server(conn)) => conn,
             Granted::Grant(Grant::Connect) | Granted::Reserve => self.open_counted().await?,
             Granted::Grant(Grant::Failed(e)) => return Err(e),
         };
@@ -226,7 +224,7 @@ impl Pool {
     /// A grant that reached a waiter who no longer wants it goes back to the pool.
     pub(super) fn return_grant(&self, grant: Grant) {
         match grant {
-            Grant::Server(conn) => self.release(*conn, true),
+            Grant::Server(conn) => self.release(conn, true),
             Grant::Connect => self.give_back_slot(),
             Grant::Failed(_) => {}
         }
@@ -263,7 +261,7 @@ impl Pool {
 
     /// Opens a connection whose slot has already been counted in `total`, once the database
     /// and user limits allow one more.
-    async fn open_counted(&self) -> Result<ServerConn, PoolError> {
+    async fn open_counted(&self) -> Result<Box<ServerConn>, PoolError> {
         let opening = Opening {
             pool: self,
             armed: true,
@@ -282,7 +280,7 @@ impl Pool {
         &self,
         mut opening: Opening<'_>,
         permits: Vec<tokio::sync::OwnedSemaphorePermit>,
-    ) -> Result<ServerConn, PoolError> {
+    ) -> Result<Box<ServerConn>, PoolError> {
         self.lock().opening += 1;
         let setup = self.setup.load_full();
         let connected = ServerConn::connect(&setup.target, setup.timeouts.connect).await;

@@ -131,7 +131,7 @@ impl Pool {
     pub(super) fn close_idle(
         &self,
         why: &'static str,
-        pick: impl FnOnce(&mut Vec<ServerConn>, usize) -> Vec<ServerConn>,
+        pick: impl FnOnce(&mut Vec<Box<ServerConn>>, usize) -> Vec<Box<ServerConn>>,
     ) {
         let stale = {
             let mut inner = self.lock();
@@ -147,7 +147,7 @@ impl Pool {
     }
 
     /// Takes one idle connection out of the pool, for closing.
-    pub(super) fn take_idle(&self) -> Option<ServerConn> {
+    pub(super) fn take_idle(&self) -> Option<Box<ServerConn>> {
         let mut inner = self.lock();
         let conn = inner.idle.pop()?;
         inner.total -= 1;

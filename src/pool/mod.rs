@@ -67,7 +67,10 @@ impl Timeouts {
 }
 
 struct Inner {
-    idle: Vec<ServerConn>,
+    /// Boxed: a connection moves out and back at every checkout, and a pointer is cheaper
+    /// to move than the connection.
+    #[allow(clippy::vec_box)]
+    idle: Vec<Box<ServerConn>>,
     /// Connections that exist or are being opened: idle + checked out + connecting.
     total: usize,
     waiters: VecDeque<(Instant, oneshot::Sender<Grant>)>,
@@ -207,7 +210,7 @@ impl Pool {
 
     /// Gives a connection back. `reusable` is false when its state is in doubt: then it is
     /// closed, and a waiter gets the freed slot.
-    pub fn release(&self, mut conn: ServerConn, reusable: bool) {
+    pub fn release(&self, mut conn: Box<ServerConn>, reusable: bool) {
         let now = Instant::now();
         let setup = self.setup();
         let mut inner = self.lock();
@@ -230,9 +233,9 @@ impl Pool {
         }
         conn.last_used = now;
         while let Some((_, w)) = inner.waiters.pop_front() {
-            match w.send(Grant::Server(Box::new(conn))) {
+            match w.send(Grant::Server(conn)) {
                 Ok(()) => return,
-                Err(Grant::Server(c)) => conn = *c,
+                Err(Grant::Server(c)) => conn = c,
                 Err(_) => unreachable!("send returns what it was given"),
             }
         }

@@ -14,7 +14,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 pub const READ_CHUNK: usize = 16 * 1024;
 
 pub struct Exchange {
-    pub conn: ServerConn,
+    pub conn: Box<ServerConn>,
     pub scanner: Scanner,
     pub tracker: Tracker,
     pub to_server: BytesMut,
@@ -37,7 +37,7 @@ pub struct Ignore;
 impl Replies for Ignore {}
 
 impl Exchange {
-    pub fn new(conn: ServerConn, tracker: Tracker, to_server: BytesMut) -> Exchange {
+    pub fn new(conn: Box<ServerConn>, tracker: Tracker, to_server: BytesMut) -> Exchange {
         Exchange {
             conn,
             scanner: Scanner::default(),
@@ -72,7 +72,7 @@ impl Exchange {
                 prepared,
                 params_synced,
                 ..
-            } = &mut *conn;
+            } = &mut **conn;
             let scanned = scanner.scan(buf, |ev| match ev {
                 Event::ReadyForQuery(status) => {
                     tracker.ready_for_query(status, |id| prepared.forget(id));

@@ -131,7 +131,7 @@ async fn secure(mut tcp: TcpStream, target: &Target) -> Result<Stream, LoginErro
     }
 }
 
-pub(super) async fn connect(target: &Target) -> Result<ServerConn, LoginError> {
+pub(super) async fn connect(target: &Target) -> Result<Box<ServerConn>, LoginError> {
     let tcp = TcpStream::connect((target.host.as_str(), target.port)).await?;
     tcp.set_nodelay(true)?;
     let mut stream = secure(tcp, target).await?;
@@ -221,7 +221,7 @@ pub(super) async fn connect(target: &Target) -> Result<ServerConn, LoginError> {
     }
     let (process_id, secret_key) = key.ok_or(LoginError::Protocol)?;
     let now = Instant::now();
-    Ok(ServerConn {
+    Ok(Box::new(ServerConn {
         id: next_id(),
         stream,
         buf,
@@ -238,5 +238,5 @@ pub(super) async fn connect(target: &Target) -> Result<ServerConn, LoginError> {
         last_used: now,
         generation: 0,
         listed: None,
-    })
+    }))
 }

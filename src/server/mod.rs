@@ -118,7 +118,12 @@ impl Drop for Listed {
 }
 
 impl ServerConn {
-    pub async fn connect(target: &Target, timeout: Duration) -> Result<ServerConn, LoginError> {
+    /// Boxed: a connection moves between the pool and its clients at every checkout, and
+    /// moving a pointer costs less than moving the connection.
+    pub async fn connect(
+        target: &Target,
+        timeout: Duration,
+    ) -> Result<Box<ServerConn>, LoginError> {
         let conn = tokio::time::timeout(timeout, login::connect(target))
             .await
             .map_err(|_| LoginError::Timeout)??;
@@ -141,7 +146,7 @@ impl ServerConn {
     }
 
     /// Says goodbye politely, so the server logs no "unexpected EOF".
-    pub async fn close(mut self, why: &str) {
+    pub async fn close(mut self: Box<Self>, why: &str) {
         let mut buf = BytesMut::new();
         crate::protocol::frontend::encode_terminate(&mut buf);
         let _ = tokio::time::timeout(Duration::from_secs(1), self.stream.write_all(&buf)).await;
