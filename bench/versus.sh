@@ -81,6 +81,7 @@ http_listen = ""
 auth_type = "trust"
 pool_mode = "transaction"
 default_pool_size = $POOL_SIZE
+max_client_conn = 1000
 [databases.postgres]
 port = $pg_port
 [users.postgres]
@@ -136,7 +137,7 @@ for mode in $MODES; do
         read -r o_tps o_lat < <(median <"$work/r.old")
         read -r n_tps n_lat < <(median <"$work/r.new")
         printf '%-8s %7s | %10s %8s | %10s %8s | %8.2fx\n' "$mode" "$c" "$o_tps" "$o_lat" "$n_tps" "$n_lat" \
-            "$(awk -v n="$n_tps" -v o="$o_tps" 'BEGIN {print n / o}')"
+            "$(awk -v n="$n_tps" -v o="$o_tps" 'BEGIN {if (o > 0) print n / o; else print 0}')"
     done
 done
 

@@ -70,24 +70,16 @@ impl Session<'_> {
         if !Arc::ptr_eq(&self.ctx.config.load(), &self.config) {
             self.config = self.ctx.config.load_full();
         }
-        let cluster = self.members.cluster.clone();
         self.reg.slot.last_request.store(
             crate::stats::unix_micros(),
             std::sync::atomic::Ordering::Relaxed,
         );
-        if cluster.is_paused() {
-            // PAUSE: the client waits, in line, until RESUME; leaving meanwhile is fine.
-            let _paused = self.members.enter(ClientState::Paused);
-            tokio::select! {
-                _ = cluster.wait_resumed() => {}
-                gone = client_gone(self.client) => {
-                    if gone {
-                        return Err(End::LeftPaused);
-                    }
-                    cluster.wait_resumed().await;
-                }
-            }
+        if self.members.cluster.is_paused() {
+            self.wait_resumed().await?;
         }
+        // The cluster is borrowed afresh where it is needed, never cloned: a refcount shared
+        // by every client of the database would cost a cache line bouncing between cores on
+        // every transaction.
         let (decision, checkout) = loop {
             let facts = self.facts();
             let wf = &self.config.general.write_functions;
@@ -95,7 +87,8 @@ impl Session<'_> {
                 let statement = |name: &[u8]| self.statements.get(name).map(|s| s.class(wf));
                 Work::of(self.inbox.messages(), statement, wf)
             };
-            let decision = match policy::decide(&cluster, &self.routes, &facts, work) {
+            let cluster = &*self.members.cluster;
+            let decision = match policy::decide(cluster, &self.routes, &facts, work) {
                 Ok(d) => d,
                 Err(e) => {
                     self.reject_unit(sqlstate::CONNECTION_FAILURE, &e.to_string());
@@ -108,7 +101,8 @@ impl Session<'_> {
                 Waited::Failed(e) => {
                     let connect = matches!(e, PoolError::Connect(_));
                     let failure = Failure::Checkout { connect };
-                    let Some(retry) = policy::retry(&cluster, &self.routes, &facts, node, failure)
+                    let cluster = &*self.members.cluster;
+                    let Some(retry) = policy::retry(cluster, &self.routes, &facts, node, failure)
                     else {
                         return Err(End::NoServer(e));
                     };
@@ -123,7 +117,7 @@ impl Session<'_> {
         let mut link = Box::new(Link {
             ex: Exchange::new(checkout.conn, tracker, to_server),
             // Links in flight matter only where there is a choice of node.
-            _at: cluster.has_replicas().then(|| cluster.link(node)),
+            _at: (self.members.cluster.has_replicas()).then(|| self.members.cluster.link(node)),
             node,
             pace: match decision.flow {
                 Flow::Stream => Pace::Stream,
@@ -145,6 +139,22 @@ impl Session<'_> {
             return Err(End::Params(message));
         }
         Ok(Some(link))
+    }
+
+    /// PAUSE: the client waits, in line, until RESUME; leaving meanwhile is fine.
+    async fn wait_resumed(&self) -> Result<(), End> {
+        let cluster = &self.members.cluster;
+        let _paused = self.members.enter(ClientState::Paused);
+        tokio::select! {
+            _ = cluster.wait_resumed() => {}
+            gone = client_gone(self.client) => {
+                if gone {
+                    return Err(End::LeftPaused);
+                }
+                cluster.wait_resumed().await;
+            }
+        }
+        Ok(())
     }
 
     /// Waits for a server of `node`'s pool; a client that leaves meanwhile gives up its place.

@@ -33,28 +33,10 @@ pub fn tokens(sql: &str) -> Result<Vec<Token>, ()> {
                 }
             }
             b'/' if b.get(i + 1) == Some(&b'*') => {
-                // Block comments nest in PostgreSQL.
                 let start = i;
-                let mut depth = 0;
-                loop {
-                    if i + 1 >= b.len() {
-                        return Err(());
-                    }
-                    if b[i] == b'/' && b[i + 1] == b'*' {
-                        depth += 1;
-                        i += 2;
-                    } else if b[i] == b'*' && b[i + 1] == b'/' {
-                        depth -= 1;
-                        i += 2;
-                        if depth == 0 {
-                            if let Some(h) = hint(&sql[start + 2..i - 2]) {
-                                out.push(Token::Hint(h));
-                            }
-                            break;
-                        }
-                    } else {
-                        i += 1;
-                    }
+                i = skip_block_comment(b, i)?;
+                if let Some(h) = hint(&sql[start + 2..i - 2]) {
+                    out.push(Token::Hint(h));
                 }
             }
             b'\'' => {
@@ -76,28 +58,16 @@ pub fn tokens(sql: &str) -> Result<Vec<Token>, ()> {
                     out.push(Token::QuotedIdent);
                 }
             }
-            b'$' => {
-                if b.get(i + 1).is_some_and(u8::is_ascii_digit) {
+            b'$' if b.get(i + 1).is_some_and(u8::is_ascii_digit) => {
+                i += 1;
+                while i < b.len() && b[i].is_ascii_digit() {
                     i += 1;
-                    while i < b.len() && b[i].is_ascii_digit() {
-                        i += 1;
-                    }
-                    out.push(Token::Param);
-                } else {
-                    // $tag$ ... $tag$ (tag may be empty).
-                    let end = b[i + 1..].iter().position(|&x| x == b'$').ok_or(())? + i + 1;
-                    let tag = &b[i..=end];
-                    if !tag[1..tag.len() - 1]
-                        .iter()
-                        .all(|x| x.is_ascii_alphanumeric() || *x == b'_')
-                    {
-                        return Err(());
-                    }
-                    let body_start = end + 1;
-                    let close = find(&b[body_start..], tag).ok_or(())?;
-                    i = body_start + close + tag.len();
-                    out.push(Token::Literal);
                 }
+                out.push(Token::Param);
+            }
+            b'$' => {
+                i = skip_dollar_quoted(b, i)?;
+                out.push(Token::Literal);
             }
             c if c.is_ascii_digit()
                 || (c == b'.' && b.get(i + 1).is_some_and(u8::is_ascii_digit)) =>
@@ -109,34 +79,9 @@ pub fn tokens(sql: &str) -> Result<Vec<Token>, ()> {
                 out.push(Token::Literal);
             }
             c if c.is_ascii_alphabetic() || c == b'_' || c >= 0x80 => {
-                let start = i;
-                while i < b.len()
-                    && (b[i].is_ascii_alphanumeric()
-                        || b[i] == b'_'
-                        || b[i] == b'$'
-                        || b[i] >= 0x80)
-                {
-                    i += 1;
-                }
-                let word = &sql[start..i];
-                // E'…' (escape string), B'…', X'…', U&'…': a literal, not a word.
-                if b.get(i) == Some(&b'\'') && matches!(word, "e" | "E" | "b" | "B" | "x" | "X") {
-                    i = skip_quoted(b, i, b'\'', matches!(word, "e" | "E"))?;
-                    out.push(Token::Literal);
-                } else if b.get(i) == Some(&b'&')
-                    && matches!(word, "u" | "U")
-                    && matches!(b.get(i + 1), Some(b'\'' | b'"'))
-                {
-                    let q = b[i + 1];
-                    i = skip_quoted(b, i + 1, q, false)?;
-                    out.push(if q == b'\'' {
-                        Token::Literal
-                    } else {
-                        Token::QuotedIdent
-                    });
-                } else {
-                    out.push(Token::Word(word.to_ascii_lowercase()));
-                }
+                let token;
+                (i, token) = word(sql, i)?;
+                out.push(token);
             }
             c => {
                 out.push(Token::Punct(c as char));
@@ -145,6 +90,74 @@ pub fn tokens(sql: &str) -> Result<Vec<Token>, ()> {
         }
     }
     Ok(out)
+}
+
+/// Skips a block comment starting at `i`; they nest in PostgreSQL. Returns where it ends.
+fn skip_block_comment(b: &[u8], mut i: usize) -> Result<usize, ()> {
+    let mut depth = 0;
+    loop {
+        if i + 1 >= b.len() {
+            return Err(());
+        }
+        if b[i] == b'/' && b[i + 1] == b'*' {
+            depth += 1;
+            i += 2;
+        } else if b[i] == b'*' && b[i + 1] == b'/' {
+            depth -= 1;
+            i += 2;
+            if depth == 0 {
+                return Ok(i);
+            }
+        } else {
+            i += 1;
+        }
+    }
+}
+
+/// Skips `$tag$ … $tag$` (the tag may be empty) starting at `i`. Returns where it ends.
+fn skip_dollar_quoted(b: &[u8], i: usize) -> Result<usize, ()> {
+    let end = b[i + 1..].iter().position(|&x| x == b'$').ok_or(())? + i + 1;
+    let tag = &b[i..=end];
+    if !tag[1..tag.len() - 1]
+        .iter()
+        .all(|x| x.is_ascii_alphanumeric() || *x == b'_')
+    {
+        return Err(());
+    }
+    let body_start = end + 1;
+    let close = find(&b[body_start..], tag).ok_or(())?;
+    Ok(body_start + close + tag.len())
+}
+
+/// The word starting at `i`, or the literal it prefixes: E'…' (escape string), B'…', X'…',
+/// U&'…' (and U&"…", a quoted name). Returns where it ends, and the token.
+fn word(sql: &str, mut i: usize) -> Result<(usize, Token), ()> {
+    let b = sql.as_bytes();
+    let start = i;
+    while i < b.len()
+        && (b[i].is_ascii_alphanumeric() || b[i] == b'_' || b[i] == b'$' || b[i] >= 0x80)
+    {
+        i += 1;
+    }
+    let word = &sql[start..i];
+    if b.get(i) == Some(&b'\'') && matches!(word, "e" | "E" | "b" | "B" | "x" | "X") {
+        let i = skip_quoted(b, i, b'\'', matches!(word, "e" | "E"))?;
+        return Ok((i, Token::Literal));
+    }
+    if b.get(i) == Some(&b'&')
+        && matches!(word, "u" | "U")
+        && matches!(b.get(i + 1), Some(b'\'' | b'"'))
+    {
+        let q = b[i + 1];
+        let i = skip_quoted(b, i + 1, q, false)?;
+        let token = if q == b'\'' {
+            Token::Literal
+        } else {
+            Token::QuotedIdent
+        };
+        return Ok((i, token));
+    }
+    Ok((i, Token::Word(word.to_ascii_lowercase())))
 }
 
 /// The word of a `pgsluice: WORD` comment body.
