@@ -25,9 +25,8 @@ SCALE=${SCALE:-1}
 REPLICA_CLIENTS=${REPLICA_CLIENTS-64}
 
 root=$(cd "$(dirname "$0")/.." && pwd)
-bindir=$(pg_config --bindir 2>/dev/null || ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
-as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+# shellcheck source=bench/common.sh
+. "$root/bench/common.sh"
 
 if ! command -v pgbouncer >/dev/null && [ ! -x /usr/sbin/pgbouncer ]; then
     echo "installing pgbouncer from Debian's packages ..." >&2
@@ -54,16 +53,7 @@ echo "building pgsluice (release) ..." >&2
 (cd "$root" && cargo build --release -q)
 
 pg_port=$(free_port)
-as_pg "$bindir/initdb" -D "$work/data" -U postgres -A trust --no-sync >/dev/null
-cat >>"$work/data/postgresql.conf" <<CONF
-listen_addresses = '127.0.0.1'
-unix_socket_directories = '$work'
-max_connections = 600
-fsync = off
-synchronous_commit = off
-CONF
-as_pg "$bindir/pg_ctl" -D "$work/data" -l "$work/pg.log" -o "-p $pg_port" -w start >/dev/null
-"$bindir/pgbench" -h 127.0.0.1 -p "$pg_port" -U postgres -i -q -s "$SCALE" postgres >/dev/null 2>&1
+start_primary "$work" "$pg_port" 600 "$SCALE"
 
 bouncer_port=$(free_port)
 cat >"$work/pgbouncer.ini" <<INI

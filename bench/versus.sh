@@ -23,9 +23,8 @@ CG_TXNS=${CG_TXNS:-2000}
 
 [ $# -ge 1 ] || { sed -n '2,13p' "$0" >&2; exit 2; }
 root=$(cd "$(dirname "$0")/.." && pwd)
-bindir=$(pg_config --bindir 2>/dev/null || ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
-as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+# shellcheck source=bench/common.sh
+. "$root/bench/common.sh"
 
 work=$(mktemp -d /tmp/pgsluice-versus.XXXXXX)
 chmod 755 "$work"
@@ -62,16 +61,7 @@ else
 fi
 
 pg_port=$(free_port)
-as_pg "$bindir/initdb" -D "$work/data" -U postgres -A trust --no-sync >/dev/null
-cat >>"$work/data/postgresql.conf" <<CONF
-listen_addresses = '127.0.0.1'
-unix_socket_directories = '$work'
-max_connections = 300
-fsync = off
-synchronous_commit = off
-CONF
-as_pg "$bindir/pg_ctl" -D "$work/data" -l "$work/pg.log" -o "-p $pg_port" -w start >/dev/null
-"$bindir/pgbench" -h 127.0.0.1 -p "$pg_port" -U postgres -i -q -s 1 postgres >/dev/null 2>&1
+start_primary "$work" "$pg_port" 300 1
 
 # Writes a configuration for `name` listening on `port`.
 config() {

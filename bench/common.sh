@@ -1,0 +1,22 @@
+# Shared by the bench scripts: where PostgreSQL's programs are, running them as `postgres`
+# when root, free ports, and a throwaway primary initialised for pgbench. Source it.
+
+bindir=$(pg_config --bindir 2>/dev/null || ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
+as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+# start_primary DIR PORT MAX_CONNECTIONS SCALE: initdb DIR/data, start it on 127.0.0.1:PORT
+# (sockets in DIR), and create pgbench's tables at SCALE.
+start_primary() {
+    local dir=$1 port=$2 max=$3 scale=$4
+    as_pg "$bindir/initdb" -D "$dir/data" -U postgres -A trust --no-sync >/dev/null
+    cat >>"$dir/data/postgresql.conf" <<CONF
+listen_addresses = '127.0.0.1'
+unix_socket_directories = '$dir'
+max_connections = $max
+fsync = off
+synchronous_commit = off
+CONF
+    as_pg "$bindir/pg_ctl" -D "$dir/data" -l "$dir/pg.log" -o "-p $port" -w start >/dev/null
+    "$bindir/pgbench" -h 127.0.0.1 -p "$port" -U postgres -i -q -s "$scale" postgres >/dev/null 2>&1
+}
