@@ -146,11 +146,42 @@ pub(super) async fn connect(target: &Target) -> Result<Box<ServerConn>, LoginErr
     )?;
     stream.write_all(&out).await?;
     let mut buf = BytesMut::with_capacity(1024);
+    authenticate(&mut stream, &mut buf, creds).await?;
+    let (params, key) = welcome(&mut stream, &mut buf).await?;
+    let (process_id, secret_key) = key.ok_or(LoginError::Protocol)?;
+    let now = Instant::now();
+    Ok(Box::new(ServerConn {
+        id: next_id(),
+        stream,
+        buf,
+        cancel_key: std::sync::Arc::new(CancelKey {
+            addr: target.addr(),
+            process_id,
+            secret_key,
+        }),
+        params,
+        params_synced: None,
+        permits: Vec::new(),
+        prepared: Default::default(),
+        created: now,
+        last_used: now,
+        generation: 0,
+        listed: None,
+    }))
+}
+
+/// Answers the server's authentication requests until AuthenticationOk.
+async fn authenticate(
+    stream: &mut Stream,
+    buf: &mut BytesMut,
+    creds: &Credentials,
+) -> Result<(), LoginError> {
+    let mut out = BytesMut::with_capacity(256);
     let mut scram: Option<ScramSha256> = None;
     loop {
         out.clear();
-        match read_message(&mut stream, &mut buf).await? {
-            Message::AuthenticationOk => break,
+        match read_message(stream, buf).await? {
+            Message::AuthenticationOk => return Ok(()),
             Message::AuthenticationCleartextPassword => {
                 frontend::password_message(
                     plain(creds, "a cleartext password")?.as_bytes(),
@@ -201,10 +232,17 @@ pub(super) async fn connect(target: &Target) -> Result<Box<ServerConn>, LoginErr
             stream.write_all(&out).await?;
         }
     }
+}
+
+/// The server's parameters and cancel key, up to its first ReadyForQuery.
+async fn welcome(
+    stream: &mut Stream,
+    buf: &mut BytesMut,
+) -> Result<(HashMap<String, String>, Option<(i32, i32)>), LoginError> {
     let mut params = HashMap::new();
     let mut key = None;
     loop {
-        match read_message(&mut stream, &mut buf).await? {
+        match read_message(stream, buf).await? {
             Message::ParameterStatus(p) => {
                 let name = p.name().map_err(|_| LoginError::Protocol)?.to_owned();
                 params.insert(
@@ -213,30 +251,10 @@ pub(super) async fn connect(target: &Target) -> Result<Box<ServerConn>, LoginErr
                 );
             }
             Message::BackendKeyData(k) => key = Some((k.process_id(), k.secret_key())),
-            Message::ReadyForQuery(_) => break,
+            Message::ReadyForQuery(_) => return Ok((params, key)),
             Message::NoticeResponse(_) => {}
             Message::ErrorResponse(body) => return Err(refused(&body)),
             _ => return Err(LoginError::Protocol),
         }
     }
-    let (process_id, secret_key) = key.ok_or(LoginError::Protocol)?;
-    let now = Instant::now();
-    Ok(Box::new(ServerConn {
-        id: next_id(),
-        stream,
-        buf,
-        cancel_key: std::sync::Arc::new(CancelKey {
-            addr: target.addr(),
-            process_id,
-            secret_key,
-        }),
-        params,
-        params_synced: None,
-        permits: Vec::new(),
-        prepared: Default::default(),
-        created: now,
-        last_used: now,
-        generation: 0,
-        listed: None,
-    }))
 }
