@@ -164,3 +164,59 @@ async fn inside_a_transaction_the_client_sees_the_failure() {
         assert_ne!(p, port);
     }
 }
+
+/// With the default health_check_interval (5 s) and ban_time (60 s): a replica down for 10 s
+/// is banned briefly, its ban doubles while its checks fail, and once it is back it gets reads
+/// within 10 s of its restart, not after a full ban_time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_replica_gets_reads_within_ten_seconds_of_its_restart() {
+    let pg = Arc::new(Replicated::start());
+    let pooler = pg.pooler("", "");
+    let client = connect(&pooler, "app", APP_PASSWORD).await;
+    let cluster = pooler.ctx.clusters.get("app").unwrap();
+    let victim = pg.replicas[0].port;
+    let read = || port_of(&client, "SELECT inet_server_port()");
+    let mut served = false;
+    for _ in 0..20 {
+        served |= read().await.unwrap() == victim;
+    }
+    assert!(served, "the replica serves reads at first");
+    let pg2 = pg.clone();
+    tokio::task::spawn_blocking(move || pg2.replicas[0].stop(true))
+        .await
+        .unwrap()
+        .expect("stop replica");
+    // Reads go on, and meet the dead replica or see it banned by a check.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while cluster.nodes[1].usable() != pgsluice::cluster::Usable::Banned {
+        assert!(
+            Instant::now() < deadline,
+            "the stopped replica was never banned"
+        );
+        read().await.expect("reads go elsewhere");
+    }
+    // The outage itself: ten seconds down, as after a crash and a restart.
+    let down_until = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < down_until {
+        assert_ne!(read().await.expect("reads go elsewhere"), victim);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let pg2 = pg.clone();
+    tokio::task::spawn_blocking(move || pg2.replicas[0].start())
+        .await
+        .unwrap()
+        .expect("start replica");
+    let restarted = Instant::now();
+    loop {
+        if read().await.expect("reads go on") == victim {
+            break;
+        }
+        assert!(
+            restarted.elapsed() < Duration::from_secs(10),
+            "no read reached the restarted replica within 10 s: {:?}",
+            cluster.nodes[1].health()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eprintln!("reads back {:?} after the restart", restarted.elapsed());
+}

@@ -15,6 +15,7 @@ use super::link::Link;
 use super::login::LoggedIn;
 use super::params::SessionParams;
 use super::rewrite::ClientStatements;
+use crate::cluster::BanTimes;
 use crate::config::{Config, PoolMode};
 use crate::context::clients::Registration;
 use crate::context::{Context, Phase};
@@ -209,7 +210,7 @@ impl Session<'_> {
     /// to it (the health checker does the same for other users' pools).
     pub(super) fn ban(&self, node: usize, why: &str) {
         let cluster = &self.members.cluster;
-        if cluster.ban(node, self.config.general.ban_time.0, why) {
+        if cluster.ban(node, BanTimes::of(&self.config.general), why) {
             self.members.pools[node].drain_idle("node banned");
         }
     }

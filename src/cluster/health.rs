@@ -104,7 +104,7 @@ impl Checker {
                     probes[i] = Some(p);
                 }
                 Err(why) => {
-                    if cluster.ban(i, general.ban_time.0, &why) {
+                    if cluster.ban(i, super::BanTimes::of(general), &why) {
                         changed.push(i);
                     }
                 }

@@ -8,7 +8,7 @@
 pub mod health;
 mod node;
 
-pub use node::{Health, Node, Reachability, Role, Usable};
+pub use node::{BanTimes, Health, Node, Reachability, Role, Usable};
 
 use crate::config::{Config, LoadBalance, ReadFromPrimary};
 use crate::server::Credentials;
@@ -193,17 +193,20 @@ impl Cluster {
         self.epoch.elapsed().as_millis() as u64
     }
 
-    /// Takes a node out of the read rotation for `ban_time`. True if it was not banned
-    /// already (the caller then closes its idle connections). The primary keeps taking
-    /// writes whatever its state; a ban only keeps reads away from it.
-    pub fn ban(&self, node: usize, ban_time: Duration, why: &str) -> bool {
+    /// Takes a node out of the read rotation after a failure, for as long as `times` says
+    /// (see [`BanTimes`]). True if it was not banned already (the caller then closes its idle
+    /// connections). The primary keeps taking writes whatever its state; a ban only keeps
+    /// reads away from it.
+    pub fn ban(&self, node: usize, times: BanTimes, why: &str) -> bool {
         let n = &self.nodes[node];
-        let until = self.now_ms() + ban_time.as_millis() as u64;
-        let was = n.update(|h| h.banned(until));
+        let now = self.now_ms();
+        let mut strikes = n.strikes.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(ban) = strikes.fail(n.health(), now, times) else {
+            return false;
+        };
+        let was = n.update(|h| h.banned(now + ban.as_millis() as u64));
         let was_up = !matches!(was, Health::Banned { .. });
-        if was_up {
-            tracing::warn!(db = %self.database, node = %n.addr, reason = why, ?ban_time, "node banned from reads");
-        }
+        tracing::warn!(db = %self.database, node = %n.addr, reason = why, ?ban, "node banned from reads");
         was_up
     }
 
@@ -218,8 +221,10 @@ impl Cluster {
     /// A health check passed: reads may come back. True if the node was banned.
     fn check_passed(&self, node: usize) -> bool {
         let n = &self.nodes[node];
+        let mut strikes = n.strikes.lock().unwrap_or_else(|e| e.into_inner());
         let was_down = matches!(n.update(Health::checked), Health::Banned { .. });
         if was_down {
+            strikes.back(self.now_ms());
             tracing::info!(db = %self.database, node = %n.addr, "node back in the read rotation");
         }
         was_down
@@ -400,8 +405,12 @@ mod tests {
         assert_eq!(c.schedule(false), [1]);
         assert_eq!(c.schedule(true), [0, 1]);
         assert_eq!(c.nodes[1].usable(), Usable::Yes);
-        assert!(c.ban(1, Duration::ZERO, "test"));
-        assert!(!c.ban(1, Duration::ZERO, "test"), "already banned");
+        let times = BanTimes {
+            first: Duration::ZERO,
+            longest: Duration::ZERO,
+        };
+        assert!(c.ban(1, times, "test"));
+        assert!(!c.ban(1, times, "test"), "already banned");
         assert_eq!(c.nodes[1].usable(), Usable::Banned);
         assert!(!c.in_ban_time(1));
         assert!(c.check_passed(1));

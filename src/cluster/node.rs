@@ -3,6 +3,7 @@
 //! check passes, keeping what was known of the lag).
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Mutex;
 use std::time::Duration;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -141,6 +142,62 @@ pub struct Node {
     pub(super) lag_ms: AtomicU64,
     /// Client links to this node right now (least_outstanding counts these).
     pub(super) outstanding: AtomicUsize,
+    /// Its bans so far; touched only when it fails or comes back.
+    pub(super) strikes: Mutex<Strikes>,
+}
+
+/// How long a failing node is banned: `first` at first (health_check_interval), doubling
+/// with each failure that follows soon after, up to `longest` (ban_time). A node that was
+/// down for a moment is back in seconds; one that keeps failing is checked ever less often.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BanTimes {
+    pub first: Duration,
+    pub longest: Duration,
+}
+
+impl BanTimes {
+    pub fn of(general: &crate::config::General) -> BanTimes {
+        BanTimes {
+            first: general.health_check_interval.0,
+            longest: general.ban_time.0,
+        }
+    }
+}
+
+/// What a node's bans leave behind: how many came in a row, and when it last came back.
+#[derive(Debug, Default)]
+pub(super) struct Strikes {
+    in_a_row: u32,
+    back_at: Option<u64>,
+}
+
+impl Strikes {
+    /// The node failed at `now` (milliseconds since the cluster's epoch) while its health was
+    /// `health`: how long it is banned. None while a ban is still running: failures then
+    /// change nothing (several clients meeting the same dead node make one ban, not a longer
+    /// one). A failure of the check after a ban, or within `longest` of coming back, doubles
+    /// the ban; any other starts again from `first`.
+    pub(super) fn fail(&mut self, health: Health, now: u64, times: BanTimes) -> Option<Duration> {
+        let longest = times.longest.max(times.first);
+        match health {
+            Health::Banned { checks_from, .. } if checks_from > now => return None,
+            Health::Banned { .. } => self.in_a_row += 1,
+            Health::Up | Health::Lagging => {
+                let window = longest.as_millis() as u64;
+                let soon = self
+                    .back_at
+                    .is_some_and(|at| now.saturating_sub(at) <= window);
+                self.in_a_row = if soon { self.in_a_row + 1 } else { 0 };
+            }
+        }
+        let factor = 1u32.checked_shl(self.in_a_row.min(31)).unwrap_or(u32::MAX);
+        Some(times.first.saturating_mul(factor).min(longest))
+    }
+
+    /// The node passed its check after a ban at `now`.
+    pub(super) fn back(&mut self, now: u64) {
+        self.back_at = Some(now);
+    }
 }
 
 impl Node {
@@ -159,6 +216,7 @@ impl Node {
             lag_bytes: AtomicU64::new(0),
             lag_ms: AtomicU64::new(0),
             outstanding: AtomicUsize::new(0),
+            strikes: Mutex::default(),
         }
     }
 
@@ -197,6 +255,51 @@ impl Node {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bans_double_while_the_node_keeps_failing_and_start_short_again_later() {
+        let times = BanTimes {
+            first: Duration::from_secs(5),
+            longest: Duration::from_secs(60),
+        };
+        let secs = |s: u64| Some(Duration::from_secs(s));
+        let mut s = Strikes::default();
+        assert_eq!(
+            s.fail(Health::Up, 0, times),
+            secs(5),
+            "a first failure: a short ban"
+        );
+        let banned = Health::Up.banned(5_000);
+        assert_eq!(
+            s.fail(banned, 1_000, times),
+            None,
+            "a ban that runs changes nothing"
+        );
+        assert_eq!(
+            s.fail(banned, 5_000, times),
+            secs(10),
+            "its check failed: doubled"
+        );
+        assert_eq!(s.fail(Health::Up.banned(15_000), 15_000, times), secs(20));
+        assert_eq!(s.fail(Health::Up.banned(35_000), 35_000, times), secs(40));
+        assert_eq!(
+            s.fail(Health::Up.banned(75_000), 75_000, times),
+            secs(60),
+            "capped"
+        );
+        s.back(135_000);
+        assert_eq!(
+            s.fail(Health::Up, 140_000, times),
+            secs(60),
+            "failing again soon after"
+        );
+        s.back(200_000);
+        assert_eq!(
+            s.fail(Health::Lagging, 300_000, times),
+            secs(5),
+            "healthy a while: short"
+        );
+    }
 
     #[test]
     fn a_ban_remembers_the_lag_and_every_state_survives_its_encoding() {

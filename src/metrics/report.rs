@@ -375,8 +375,15 @@ fn compat_databases(out: &mut String, totals: &ByDatabase, config: &Config) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cluster::BanTimes;
     use crate::pool::ClientState;
     use std::time::Duration;
+
+    /// A ban that outlasts the test.
+    const LONG_BAN: BanTimes = BanTimes {
+        first: Duration::from_secs(60),
+        longest: Duration::from_secs(60),
+    };
 
     /// Pools of user `u` on database `app` with two replicas; no server is ever opened.
     fn setup(extra: &str) -> (Metrics, Config, Clusters, Pools, Routes) {
@@ -433,10 +440,7 @@ mod tests {
         let (m, config, clusters, pools, routes) = setup("default_pool_size = 7");
         let members = pools.all_members().pop().unwrap();
         let connected = members.enter(ClientState::Connected);
-        clusters
-            .get("app")
-            .unwrap()
-            .ban(2, Duration::from_secs(60), "test");
+        clusters.get("app").unwrap().ban(2, LONG_BAN, "test");
         let text = m.render(&pools, &clusters, &routes, &config);
         let idle = ["user=\"u\"", "state=\"idle\""];
         assert_eq!(sample(&text, "pgsluice_clients", &idle), 1.0);

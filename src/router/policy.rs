@@ -318,8 +318,15 @@ fn read(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cluster::BanTimes;
     use crate::config::Config;
     use std::time::Duration;
+
+    /// A ban that outlasts the test.
+    const LONG_BAN: BanTimes = BanTimes {
+        first: Duration::from_secs(60),
+        longest: Duration::from_secs(60),
+    };
 
     fn cluster(extra: &str) -> Cluster {
         let text = format!(
@@ -482,7 +489,7 @@ mod tests {
     #[test]
     fn banned_and_lagging_replicas_get_no_reads() {
         let c = cluster("");
-        c.ban(1, Duration::from_secs(60), "test");
+        c.ban(1, LONG_BAN, "test");
         for _ in 0..4 {
             assert_eq!(node(&c, "SELECT 1", &TX), 2);
         }
@@ -492,13 +499,13 @@ mod tests {
         };
         let d = decide(&c, &work("SELECT 1"), &avoid).unwrap();
         assert_eq!((d.node, d.reason), (0, RouteReason::ReplicaBanned));
-        c.ban(2, Duration::from_secs(60), "test");
+        c.ban(2, LONG_BAN, "test");
         let d = decide(&c, &work("SELECT 1"), &TX).unwrap();
         assert_eq!((d.node, d.reason), (0, RouteReason::ReplicaBanned));
 
         let never = cluster("read_from_primary = \"never\"\n");
-        never.ban(1, Duration::from_secs(60), "test");
-        never.ban(2, Duration::from_secs(60), "test");
+        never.ban(1, LONG_BAN, "test");
+        never.ban(2, LONG_BAN, "test");
         assert_eq!(decide(&never, &work("SELECT 1"), &TX), Err(NoReplica));
         assert_eq!(node(&never, "INSERT INTO t VALUES (1)", &TX), 0);
     }
