@@ -197,6 +197,12 @@ async fn watch(ctx: Arc<Context>, cluster: Arc<Cluster>) {
         for node in checker.tick(&cluster, &config.general).await {
             ctx.pools.drain_node(&cluster.database, node);
         }
-        tokio::time::sleep(config.general.health_check_interval.0).await;
+        // A ban that runs out before the next round is checked when it does: a node back
+        // from a crash gets reads at once, not up to an interval later.
+        let interval = config.general.health_check_interval.0;
+        let wait = cluster
+            .next_ban_end()
+            .map_or(interval, |end| end.min(interval));
+        tokio::time::sleep(wait).await;
     }
 }

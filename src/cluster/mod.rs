@@ -218,6 +218,21 @@ impl Cluster {
         }
     }
 
+    /// How long until the soonest running ban runs out (and its node may be checked), if any
+    /// ban is running.
+    pub fn next_ban_end(&self) -> Option<Duration> {
+        let now = self.now_ms();
+        self.nodes
+            .iter()
+            .filter_map(|n| match n.health() {
+                Health::Banned { checks_from, .. } if checks_from > now => Some(checks_from - now),
+                _ => None,
+            })
+            .min()
+            // Just past the end, so that the node is out of its ban time when checked.
+            .map(|ms| Duration::from_millis(ms + 1))
+    }
+
     /// A health check passed: reads may come back. True if the node was banned.
     fn check_passed(&self, node: usize) -> bool {
         let n = &self.nodes[node];
@@ -417,5 +432,24 @@ mod tests {
         assert_eq!(c.nodes[1].usable(), Usable::Yes);
         c.set_lag(1, 10, Duration::from_secs(2), true);
         assert_eq!(c.nodes[1].usable(), Usable::Lagging);
+    }
+
+    #[test]
+    fn the_checker_is_told_when_the_soonest_ban_ends() {
+        let text =
+            "[databases.app]\nport = 5433\nreplicas = [\"127.0.0.1:5434\", \"127.0.0.1:5435\"]\n";
+        let c = Cluster::new(&Config::parse(text, "t").unwrap(), "app").unwrap();
+        assert_eq!(c.next_ban_end(), None);
+        let ban = |first| BanTimes {
+            first: Duration::from_secs(first),
+            longest: Duration::from_secs(60),
+        };
+        c.ban(1, ban(30), "test");
+        c.ban(2, ban(5), "test");
+        let end = c.next_ban_end().unwrap();
+        assert!(
+            end <= Duration::from_millis(5001) && end > Duration::from_secs(4),
+            "{end:?}"
+        );
     }
 }
