@@ -168,7 +168,7 @@ impl Metrics {
             .expect("text encoding into memory");
         let mut text = String::from_utf8(out).expect("the text format is UTF-8");
         if config.general.metrics_pgbouncer_compat {
-            pgbouncer_compat(&mut text, pools, config);
+            pgbouncer_compat(&mut text, pools, clusters, config);
         }
         text
     }
@@ -245,11 +245,11 @@ pub fn totals(pools: &Pools) -> ByDatabase {
 }
 
 /// The pgbouncer_pools_*, pgbouncer_stats_totals_* and pgbouncer_databases_* families.
-fn pgbouncer_compat(out: &mut String, pools: &Pools, config: &Config) {
+fn pgbouncer_compat(out: &mut String, pools: &Pools, clusters: &Clusters, config: &Config) {
     compat_pools(out, pools);
     let totals = totals(pools);
     compat_totals(out, &totals);
-    compat_databases(out, &totals, config);
+    compat_databases(out, &totals, clusters, config);
 }
 
 /// SHOW POOLS: one row per (database, user); a pool's nodes are summed.
@@ -313,45 +313,65 @@ fn compat_totals(out: &mut String, totals: &ByDatabase) {
     }
 }
 
+/// One configured database, as a SHOW DATABASES column reads it.
+struct DbRow<'a> {
+    db: &'a crate::config::Database,
+    config: &'a Config,
+    name: &'a str,
+    /// Server connections open now.
+    servers: usize,
+    cluster: Option<std::sync::Arc<crate::cluster::Cluster>>,
+}
+
 /// SHOW DATABASES: one row per configured database, for its primary.
-fn compat_databases(out: &mut String, totals: &ByDatabase, config: &Config) {
-    type DbColumn = fn(&crate::config::Database, &Config, &str, usize) -> f64;
+fn compat_databases(out: &mut String, totals: &ByDatabase, clusters: &Clusters, config: &Config) {
+    type DbColumn = fn(&DbRow) -> f64;
     let columns: [(&str, &str, DbColumn); 6] = [
         (
             "pgbouncer_databases_pool_size",
             "Maximum number of server connections",
-            |d, c, _, _| d.pool_size.unwrap_or(c.general.default_pool_size) as f64,
+            |r| r.db.pool_size.unwrap_or(r.config.general.default_pool_size) as f64,
         ),
         (
             "pgbouncer_databases_reserve_pool",
             "Maximum number of additional connections for this database",
-            |_, c, _, _| c.general.reserve_pool_size as f64,
+            |r| r.config.general.reserve_pool_size as f64,
         ),
         (
             "pgbouncer_databases_max_connections",
             "Maximum number of allowed connections for this database",
-            |_, c, name, _| c.max_db_connections(name) as f64,
+            |r| r.config.max_db_connections(r.name) as f64,
         ),
         (
             "pgbouncer_databases_current_connections",
             "Current number of connections for this database",
-            |_, _, _, n| n as f64,
+            |r| r.servers as f64,
         ),
         (
             "pgbouncer_databases_paused",
             "1 if this database is currently paused, else 0",
-            |_, _, _, _| 0.0,
+            |r| f64::from(u8::from(r.cluster.as_ref().is_some_and(|c| c.is_paused()))),
         ),
         (
             "pgbouncer_databases_disabled",
             "1 if this database is currently disabled, else 0",
-            |_, _, _, _| 0.0,
+            |r| {
+                f64::from(u8::from(
+                    r.cluster.as_ref().is_some_and(|c| c.is_disabled()),
+                ))
+            },
         ),
     ];
     for (name, help, get) in columns {
         let mut f = Family::new(out, name, "gauge", help);
         for (db_name, db) in &config.databases {
-            let servers = totals.get(db_name).map_or(0, |t| t.servers);
+            let row = DbRow {
+                db,
+                config,
+                name: db_name,
+                servers: totals.get(db_name).map_or(0, |t| t.servers),
+                cluster: clusters.get(db_name),
+            };
             let mode = match db.pool_mode.unwrap_or(config.general.pool_mode) {
                 crate::config::PoolMode::Session => "session",
                 crate::config::PoolMode::Transaction => "transaction",
@@ -366,7 +386,7 @@ fn compat_databases(out: &mut String, totals: &ByDatabase, config: &Config) {
                     ("force_user", db.user.as_deref().unwrap_or("")),
                     ("pool_mode", mode),
                 ],
-                get(db, config, db_name, servers),
+                get(&row),
             );
         }
     }
@@ -480,5 +500,10 @@ mod tests {
         let pooled = "pgbouncer_stats_totals_sql_transactions_pooled_total";
         assert_eq!(sample(&text, pooled, &db), 60.0);
         assert_eq!(sample(&text, "pgbouncer_databases_pool_size", &db), 20.0);
+        assert_eq!(sample(&text, "pgbouncer_databases_paused", &db), 0.0);
+        clusters.get("app").unwrap().pause(true);
+        let text = m.render(&pools, &clusters, &routes, &config);
+        assert_eq!(sample(&text, "pgbouncer_databases_paused", &db), 1.0);
+        assert_eq!(sample(&text, "pgbouncer_databases_disabled", &db), 0.0);
     }
 }

@@ -291,16 +291,17 @@ impl Pool {
                 .count(),
             None => 0,
         };
+        // A client that gave up its place leaves its sender in the queue until a release
+        // passes it over: it is not waiting any more.
+        let mut waiting = inner.waiters.iter().filter(|(_, tx)| !tx.is_closed());
+        let oldest = waiting.next();
         PoolStats {
             active: inner.total - inner.idle.len() - inner.opening,
             idle: inner.idle.len() - used,
             used,
             login: inner.opening,
-            waiting: inner.waiters.len(),
-            max_wait: inner
-                .waiters
-                .front()
-                .map_or(Duration::ZERO, |(at, _)| now.saturating_duration_since(*at)),
+            waiting: oldest.map_or(0, |_| 1 + waiting.count()),
+            max_wait: oldest.map_or(Duration::ZERO, |(at, _)| now.saturating_duration_since(*at)),
         }
     }
 }

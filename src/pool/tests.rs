@@ -131,3 +131,22 @@ async fn a_shared_limit_moves_a_permit_to_the_pool_that_waits() {
     b.release(got.conn, true);
     assert_eq!((a.stats().open(), b.stats().idle), (0, 1));
 }
+
+#[tokio::test]
+async fn a_client_that_gives_up_its_place_is_no_longer_counted_waiting() {
+    let pg = LocalPostgres::start_primary().unwrap();
+    let p = pool(&pg, "default_pool_size = 1", Limits::default());
+    let held = p.checkout().await.unwrap();
+    let p2 = p.clone();
+    let waiter = tokio::spawn(async move { p2.checkout().await.map(|c| c.conn.id) });
+    wait_for("the client is in line", || p.stats().waiting == 1).await;
+    waiter.abort();
+    wait_for("the client left the line", || p.stats().waiting == 0).await;
+    assert_eq!(p.stats().max_wait, Duration::ZERO);
+    p.release(held.conn, true);
+    assert_eq!(
+        (p.stats().idle, p.stats().open()),
+        (1, 1),
+        "the server went back, not to the gone client"
+    );
+}
