@@ -345,3 +345,63 @@ async fn a_session_is_pinned_to_the_primary_unless_it_asks_for_a_replica() {
     assert_ne!(port, pg.primary.port);
     assert_eq!(port_of(&reader, "SELECT inet_server_port()").await, port);
 }
+
+/// A read that turns out to write (a function that INSERTs, which the classifier cannot
+/// know) is refused by the replica with 25006 before anything of its answer reached the
+/// client: it runs again on the primary, and the client sees only the result.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_that_writes_runs_on_the_primary_unseen() {
+    let pg = Replicated::start();
+    pg.primary
+        .psql_in(
+            "app",
+            "CREATE TABLE audit (n int); ALTER TABLE audit OWNER TO app; \
+             CREATE FUNCTION note(n int) RETURNS int LANGUAGE sql VOLATILE \
+             AS $$ INSERT INTO audit VALUES (n) RETURNING n $$; \
+             ALTER FUNCTION note(int) OWNER TO app",
+        )
+        .unwrap();
+    for r in &pg.replicas {
+        assert!(support::wait_for(
+            std::time::Duration::from_secs(15),
+            || {
+                r.psql_in("app", "SELECT to_regproc('note') IS NOT NULL")
+                    .is_ok_and(|t| t == "t")
+            }
+        ));
+    }
+    let pooler = pg.pooler("", "");
+    let client = connect(&pooler, "app", APP_PASSWORD).await;
+    let retries = counter(&pooler, RouteReason::Retry);
+    for n in 0..20 {
+        let rows = client
+            .simple_query(&format!("SELECT note({n})"))
+            .await
+            .unwrap_or_else(|e| panic!("SELECT note({n}): {e}"));
+        let value = rows.iter().find_map(|m| match m {
+            SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
+            _ => None,
+        });
+        assert_eq!(value, Some(n.to_string()));
+    }
+    // The extended protocol too: the unit is held back and replayed whole.
+    let row = client
+        .query_one("SELECT note($1)", &[&20i32])
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, i32>(0), 20);
+    assert_eq!(
+        pg.primary
+            .psql_in("app", "SELECT count(*), count(DISTINCT n) FROM audit")
+            .unwrap(),
+        "21|21",
+        "each call wrote once"
+    );
+    assert!(
+        counter(&pooler, RouteReason::Retry) >= retries + 21,
+        "each went to a replica first and was retried"
+    );
+    // Reads that do not write still go to replicas.
+    let primary = pg.primary.port;
+    assert_ne!(port_of(&client, "SELECT inet_server_port()").await, primary);
+}

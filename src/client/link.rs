@@ -214,5 +214,6 @@ impl Session<'_> {
         }
         self.avoid = Some(node);
         self.retries += 1;
+        self.wrote |= retry.wrote;
     }
 }

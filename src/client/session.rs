@@ -63,6 +63,8 @@ pub(super) struct Session<'a> {
     /// The node the current work just failed on, and how many times it has been placed again.
     pub avoid: Option<usize>,
     pub retries: usize,
+    /// The current unit turned out to write: it runs on the primary.
+    pub wrote: bool,
     pub client: &'a mut Stream,
     pub inbox: Inbox,
     pub to_client: BytesMut,
@@ -90,6 +92,7 @@ pub async fn run(
         route: login.route,
         avoid: None,
         retries: 0,
+        wrote: false,
         client,
         inbox: Inbox::new(login.buf),
         to_client: BytesMut::new(),
@@ -162,6 +165,7 @@ impl Session<'_> {
         };
         self.avoid = None;
         self.retries = 0;
+        self.wrote = false;
     }
 
     /// The session ends while linked: tell the client why, then make the server safe for
@@ -222,6 +226,7 @@ impl Session<'_> {
             route: self.route,
             avoid: self.avoid,
             retries: self.retries,
+            wrote: self.wrote,
         }
     }
 }

@@ -40,6 +40,7 @@ pub mod sqlstate {
     pub const CRASH_SHUTDOWN: &str = "57P02";
     pub const CANNOT_CONNECT_NOW: &str = "57P03";
     pub const SERIALIZATION_FAILURE: &str = "40001";
+    pub const READ_ONLY_SQL_TRANSACTION: &str = "25006";
     pub const INVALID_PARAMETER_VALUE: &str = "22023";
     pub const SYNTAX_ERROR: &str = "42601";
     pub const INSUFFICIENT_PRIVILEGE: &str = "42501";

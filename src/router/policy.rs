@@ -50,6 +50,8 @@ pub struct Session {
     pub avoid: Option<usize>,
     /// How many times this unit of work has been placed again after a failure.
     pub retries: usize,
+    /// The unit turned out to write (a replica refused it with 25006): it runs on the primary.
+    pub wrote: bool,
 }
 
 /// How a link takes the client's work.
@@ -84,11 +86,13 @@ pub enum Failure {
     Lost,
 }
 
-/// Work that runs again on another node, and whether the node it failed on is banned.
+/// Work that runs again on another node, whether the node it failed on is banned, and
+/// whether the work must go to the primary (it writes).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Retry {
     pub ban: bool,
     pub why: &'static str,
+    pub wrote: bool,
 }
 
 /// Why work could not be placed.
@@ -142,11 +146,13 @@ pub fn retry(
         Failure::Checkout { connect } => Retry {
             ban: connect,
             why: "connection failed",
+            wrote: false,
         },
         Failure::Error(retry) => retry,
         Failure::Lost => Retry {
             ban: true,
             why: "server connection lost",
+            wrote: false,
         },
     };
     counters.bump(RouteReason::Retry);
@@ -170,12 +176,21 @@ pub fn retryable_error(code: &[u8]) -> Option<Retry> {
             Some(Retry {
                 ban: true,
                 why: "server shutting down",
+                wrote: false,
             })
         }
         // A replica cancels queries that conflict with recovery.
         sqlstate::SERIALIZATION_FAILURE => Some(Retry {
             ban: false,
             why: "conflict with recovery",
+            wrote: false,
+        }),
+        // What looked like a read writes (a function that writes, a write the classifier
+        // missed): the replica refused it before doing anything, and the primary can run it.
+        sqlstate::READ_ONLY_SQL_TRANSACTION => Some(Retry {
+            ban: false,
+            why: "a read that writes",
+            wrote: true,
         }),
         _ => None,
     }
@@ -202,6 +217,9 @@ fn place(cluster: &Cluster, work: &Work, session: &Session) -> Result<Decision, 
         && work.complete
         && work.class == Class::Read
         && session.retries < cluster.nodes.len();
+    if session.wrote {
+        return Ok(on_primary(RouteReason::WriteFunction));
+    }
     let wanted = match work.hint {
         Some(Hint::Primary) => RouteMode::Primary,
         Some(Hint::Replica) => RouteMode::Replica,
@@ -349,6 +367,7 @@ mod tests {
         route: RouteMode::Auto,
         avoid: None,
         retries: 0,
+        wrote: false,
     };
 
     /// Decides with counters of its own.
@@ -454,6 +473,14 @@ mod tests {
                 .ban
         );
         assert_eq!(retryable_error(b"42P01"), None);
+        let wrote = retryable_error(sqlstate::READ_ONLY_SQL_TRANSACTION.as_bytes()).unwrap();
+        assert!(
+            wrote.wrote && !wrote.ban,
+            "a read that writes goes to the primary"
+        );
+        let again = Session { wrote: true, ..TX };
+        let d = decide(&c, &work("SELECT f()"), &again).unwrap();
+        assert_eq!((d.node, d.reason), (0, RouteReason::WriteFunction));
         assert!(ban_after_loss(1) && !ban_after_loss(0));
     }
 
