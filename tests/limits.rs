@@ -10,7 +10,7 @@ use support::{connect, primary, Pooler, APP_PASSWORD};
 /// Runs eight clients per connection string, ten short queries each, and returns the most
 /// server connections matching `filter` that the primary had meanwhile.
 fn peak_servers_under_load(
-    pg: &pgsluice::demo::LocalPostgres,
+    pg: &pgsluice::localpg::LocalPostgres,
     dsns: &[String],
     filter: &str,
 ) -> usize {

@@ -16,7 +16,7 @@ fn config_text(pg_port: u16, general: &str) -> String {
 /// connections seen meanwhile. A second leaves room for opening the new servers, whose SCRAM
 /// login is slow in a debug build.
 async fn busy_servers(
-    pg: &pgsluice::demo::LocalPostgres,
+    pg: &pgsluice::localpg::LocalPostgres,
     clients: &[tokio_postgres::Client],
 ) -> usize {
     let watch = support::ActivityWatch::start(pg, "usename = 'app' AND state = 'active'");

@@ -248,7 +248,7 @@ async fn a_lagging_replica_gets_no_reads_until_it_catches_up() {
     };
     port_of(&client, "SELECT inet_server_port()").await;
     // A pause is only requested at first: wait until replay has stopped.
-    let pause = |r: &pgsluice::demo::LocalPostgres| {
+    let pause = |r: &pgsluice::localpg::LocalPostgres| {
         r.psql("SELECT pg_wal_replay_pause()").unwrap();
         assert!(support::wait_for(
             std::time::Duration::from_secs(10),

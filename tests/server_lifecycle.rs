@@ -6,7 +6,7 @@ mod support;
 use std::time::Duration;
 use support::{connect, primary, Pooler, APP_PASSWORD};
 
-fn app_servers(pg: &pgsluice::demo::LocalPostgres) -> usize {
+fn app_servers(pg: &pgsluice::localpg::LocalPostgres) -> usize {
     pg.psql("SELECT count(*) FROM pg_stat_activity WHERE usename = 'app'")
         .unwrap()
         .parse()

@@ -84,7 +84,7 @@ fn certificates(dir: &Path) {
 }
 
 fn psql(pooler: &Pooler, sslmode: &str) -> std::process::Output {
-    Command::new(pgsluice::demo::pg_bindir().join("psql"))
+    Command::new(pgsluice::localpg::pg_bindir().join("psql"))
         .arg(format!(
             "host=127.0.0.1 port={} user=app dbname=app sslmode={sslmode}",
             pooler.port()
@@ -121,7 +121,7 @@ fn psql_with_sslmode_require_and_plain_clients_refused() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("SSL required"), "{err}");
     // verify-full against our CA: the certificate names 127.0.0.1.
-    let out = Command::new(pgsluice::demo::pg_bindir().join("psql"))
+    let out = Command::new(pgsluice::localpg::pg_bindir().join("psql"))
         .arg(format!(
             "host=127.0.0.1 port={} user=app dbname=app sslmode=verify-full sslrootcert={d}/ca.pem",
             pooler.port()

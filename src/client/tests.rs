@@ -7,7 +7,7 @@ use super::login::LoggedIn;
 use super::session;
 use crate::config::Config;
 use crate::context::Context;
-use crate::demo::LocalPostgres;
+use crate::localpg::LocalPostgres;
 use crate::pool::{Members, PoolStats};
 use crate::protocol::{backend, frontend, sqlstate};
 use crate::router::policy::RouteMode;

@@ -2,7 +2,7 @@
 //! query_wait_timeout, server_check_query, and limits shared between pools.
 
 use super::*;
-use crate::demo::LocalPostgres;
+use crate::localpg::LocalPostgres;
 use crate::server::Credentials;
 use crate::stats::PoolFamilies;
 use crate::tls::ServerMode;

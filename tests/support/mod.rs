@@ -1,10 +1,10 @@
-//! The integration-test harness: a real PostgreSQL primary (from `pgsluice::demo`) with test
+//! The integration-test harness: a real PostgreSQL primary (from `pgsluice::localpg`) with test
 //! roles, and a pgsluice in front of it running on its own runtime thread. Both are torn down
 //! when dropped, also when the test fails.
 #![allow(dead_code)]
 
 use pgsluice::config::Config;
-use pgsluice::demo::LocalPostgres;
+use pgsluice::localpg::LocalPostgres;
 use std::net::SocketAddr;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
@@ -166,7 +166,7 @@ impl Pooler {
     }
 
     pub fn psql_as(&self, user: &str, password: &str, db: &str, args: &[&str]) -> Output {
-        Command::new(pgsluice::demo::pg_bindir().join("psql"))
+        Command::new(pgsluice::localpg::pg_bindir().join("psql"))
             .args([
                 "-X",
                 "-q",
@@ -200,7 +200,7 @@ impl Drop for Pooler {
 /// Runs pgbench against database `app` as `app` on `port`; fails the test if pgbench fails.
 /// Returns its output, stdout then stderr.
 pub fn pgbench(port: u16, args: &[&str]) -> String {
-    let out = Command::new(pgsluice::demo::pg_bindir().join("pgbench"))
+    let out = Command::new(pgsluice::localpg::pg_bindir().join("pgbench"))
         .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", "app"])
         .args(args)
         .arg("app")
@@ -260,7 +260,7 @@ pub fn running_on(port: u16, text: &str) -> bool {
         "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' \
          AND query LIKE '%{text}%' AND pid <> pg_backend_pid()"
     );
-    let out = Command::new(pgsluice::demo::pg_bindir().join("psql"))
+    let out = Command::new(pgsluice::localpg::pg_bindir().join("psql"))
         .args([
             "-h",
             "127.0.0.1",
@@ -289,7 +289,10 @@ impl Process {
     /// Starts it with `general` settings in front of a database `app` on `pg_port`, and waits
     /// until /ready says 200.
     pub fn start(pg_port: u16, dir: &std::path::Path, name: &str, general: &str) -> Process {
-        let (port, http) = (pgsluice::demo::free_port(), pgsluice::demo::free_port());
+        let (port, http) = (
+            pgsluice::localpg::free_port(),
+            pgsluice::localpg::free_port(),
+        );
         let path = dir.join(format!("{name}.toml"));
         std::fs::write(
             &path,
@@ -449,7 +452,7 @@ pub fn spawn_psql(
     args: &[&str],
     stdin: std::process::Stdio,
 ) -> std::process::Child {
-    Command::new(pgsluice::demo::pg_bindir().join("psql"))
+    Command::new(pgsluice::localpg::pg_bindir().join("psql"))
         .args([
             "-X",
             "-h",
