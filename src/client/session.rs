@@ -175,7 +175,7 @@ impl Session<'_> {
         if let End::ServerGone = end {
             let node = link.node;
             self.members.pools[node].release(link.ex.conn, false);
-            if policy::ban_after_loss(node) {
+            if policy::may_ban(node) {
                 self.ban(node, "server connection lost");
             }
             return end;

@@ -157,13 +157,15 @@ pub fn retry(
     };
     counters.bump(RouteReason::Retry);
     Some(Retry {
-        ban: retry.ban && node != PRIMARY,
+        ban: retry.ban && may_ban(node),
         ..retry
     })
 }
 
-/// Whether a node whose server broke under work that cannot be retried is banned.
-pub fn ban_after_loss(node: usize) -> bool {
+/// Whether the data path may ban `node` after a failure (a retried unit's, or a server that
+/// broke under work that cannot be retried): only replicas. The primary keeps its writes
+/// whatever happens, and its health is the checker's to judge.
+pub fn may_ban(node: usize) -> bool {
     node != PRIMARY
 }
 
@@ -481,7 +483,7 @@ mod tests {
         let again = Session { wrote: true, ..TX };
         let d = decide(&c, &work("SELECT f()"), &again).unwrap();
         assert_eq!((d.node, d.reason), (0, RouteReason::WriteFunction));
-        assert!(ban_after_loss(1) && !ban_after_loss(0));
+        assert!(may_ban(1) && !may_ban(0));
     }
 
     #[test]
