@@ -5,7 +5,8 @@
 //! Living here, below `pool/` and `metrics/`, is what keeps those two from importing each other.
 
 use prometheus::{
-    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry,
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry,
 };
 
 /// Microseconds since the Unix epoch.
@@ -56,6 +57,8 @@ pub struct PoolFamilies {
     wait_seconds: HistogramVec,
     query_seconds: HistogramVec,
     transaction_seconds: HistogramVec,
+    pins: IntCounterVec,
+    pinned: IntGaugeVec,
 }
 
 impl PoolFamilies {
@@ -132,6 +135,36 @@ impl PoolFamilies {
                 "pgsluice_transaction_seconds",
                 "Time from a transaction's first query to its end.",
             ),
+            pins: counter(
+                r,
+                "pgsluice_pins_total",
+                "Clients pinned to their server connection by a session-only feature \
+                 (advisory_lock, listen, temp_table, hold_cursor, prepare, load).",
+                &["database", "user", "feature", "instance"],
+            ),
+            pinned: {
+                let g = IntGaugeVec::new(
+                    Opts::new(
+                        "pgsluice_pinned_clients",
+                        "Clients that keep their server connection for a session-only feature.",
+                    ),
+                    &["database", "user", "instance"],
+                )
+                .expect("valid metric");
+                r.register(Box::new(g.clone())).expect("unique metric");
+                g
+            },
+        }
+    }
+
+    /// The handles of one (database, user)'s pins, resolved once.
+    pub fn for_pins(&self, database: &str, user: &str) -> PinMetrics {
+        PinMetrics {
+            pins: self.pins.clone(),
+            labels: [database.into(), user.into(), self.instance.as_str().into()],
+            pinned: self
+                .pinned
+                .with_label_values(&[database, user, self.instance.as_str()]),
         }
     }
 
@@ -170,4 +203,22 @@ pub struct PoolMetrics {
     pub wait: Histogram,
     pub query: Histogram,
     pub transaction: Histogram,
+}
+
+/// Pins of one (database, user): counted by feature when they happen (rarely), and a gauge of
+/// the clients pinned now.
+#[derive(Clone)]
+pub struct PinMetrics {
+    pins: IntCounterVec,
+    labels: [Box<str>; 3],
+    pub pinned: IntGauge,
+}
+
+impl PinMetrics {
+    pub fn pinned_by(&self, feature: &str) {
+        let [db, user, instance] = &self.labels;
+        self.pins
+            .with_label_values(&[db, user, feature, instance])
+            .inc();
+    }
 }

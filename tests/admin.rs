@@ -179,6 +179,7 @@ async fn every_show_has_pgbouncer_columns() {
     let (header, rows) = show(&pooler, "pgsluice", "SHOW CLIENTS");
     assert_eq!(rows.len(), 2, "the app client and this console: {rows:?}");
     assert!(header.contains(&"id".to_owned()));
+    assert!(header.contains(&"pinned".to_owned()));
     let (_, rows) = show(&pooler, "pgsluice", "SHOW CONFIG");
     assert!(rows.iter().any(|r| r == "admin_users|app||yes"), "{rows:?}");
     let (_, rows) = show(&pooler, "pgsluice", "SHOW STATS_TOTALS");

@@ -4,24 +4,11 @@
 mod support;
 
 use std::collections::HashMap;
-use std::io::{Read, Write};
 use std::time::Duration;
 use support::{connect, primary, Pooler, Replicated, APP_PASSWORD};
 
-/// GET over plain HTTP/1.1: (status, body).
 fn get(pooler: &Pooler, path: &str) -> (u16, String) {
-    let mut s = std::net::TcpStream::connect(pooler.http.expect("http listener")).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut text = String::new();
-    s.read_to_string(&mut text).unwrap();
-    let status = text[9..12].parse().unwrap();
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
-    (status, body.to_owned())
+    pooler.http_get(path)
 }
 
 /// One sample of the text format: name, labels, value.

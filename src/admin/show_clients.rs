@@ -1,14 +1,16 @@
 //! SHOW CLIENTS: one row per client connection, PgBouncer's columns, plus `id` (what
-//! KILL_CLIENT takes).
+//! KILL_CLIENT takes) and `pinned` (the session-only features that keep its server, if any).
 
 use super::{timestamp, Cell, Kind, Table};
 use crate::context::Context;
+use crate::router::effects::Features;
 use std::sync::atomic::Ordering;
 
 pub fn table(ctx: &Context) -> Table {
     use Kind::*;
     let mut columns = super::CONNECTION_COLUMNS.to_vec();
     columns.push(("id", Int));
+    columns.push(("pinned", Text));
     let mut t = Table::new(&columns);
     let g = &ctx.config.load().general;
     for (pid, slot) in ctx.cancels.all() {
@@ -40,6 +42,7 @@ pub fn table(ctx: &Context) -> Table {
             Cell::from(""),
             Cell::from(""),
             Cell::from(pid),
+            Cell::from(Features::from_bits(slot.pinned.load(Ordering::Relaxed)).names()),
         ]);
     }
     t

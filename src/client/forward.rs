@@ -10,9 +10,11 @@ use super::session::Session;
 use crate::cluster::Cluster;
 use crate::config::PoolMode;
 use crate::context::Phase;
-use crate::protocol::backend::TxStatus;
+use crate::protocol::backend::{self, Action, TxStatus};
 use crate::protocol::frontend::Message;
+use crate::protocol::sqlstate;
 use crate::protocol::ProtocolError;
+use crate::router::effects::{self, Effects, Feature, Features};
 use crate::router::policy::{self, Failure, Retry};
 use crate::router::RouteCounters;
 use crate::server::exchange::{Replies, READ_CHUNK};
@@ -52,6 +54,8 @@ enum Progress {
 /// retried after elsewhere.
 struct Listening<'a> {
     params: &'a mut SessionParams,
+    /// What replaces the error of a refused Parse's stand-in.
+    refusal: &'a mut Option<&'static [u8]>,
     /// Set while the answer is held back.
     held: Option<Placing<'a>>,
     retry: Option<Retry>,
@@ -70,20 +74,30 @@ impl Replies for Listening<'_> {
         self.params.reported(name, value);
     }
 
-    fn error(&mut self, code: &[u8], _message: &[u8]) -> bool {
+    fn error(&mut self, code: &[u8], _message: &[u8]) -> Action {
+        if code == sqlstate::FEATURE_NOT_SUPPORTED.as_bytes() {
+            // The stand-in for a refused Parse failed as it must: the client gets why.
+            if let Some(bytes) = self.refusal.take() {
+                return Action::Replace(bytes);
+            }
+        }
         let Some(p) = &self.held else {
-            return false;
+            return Action::Forward;
         };
         if self.retry.is_some() {
             // The answer is thrown away already.
-            return true;
+            return Action::Drop;
         }
         let Some(error) = policy::retryable_error(code) else {
-            return false;
+            return Action::Forward;
         };
         // Not the client's to see if the work runs again elsewhere.
         self.retry = policy::retry(p.cluster, p.routes, &p.facts, p.node, Failure::Error(error));
-        self.retry.is_some()
+        if self.retry.is_some() {
+            Action::Drop
+        } else {
+            Action::Forward
+        }
     }
 }
 
@@ -92,6 +106,8 @@ impl Session<'_> {
     /// statements to the pooler's. True once Terminate is taken.
     fn take_client_frames(&mut self, link: &mut Link) -> Result<bool, ProtocolError> {
         let capacity = self.config.general.max_prepared_statements;
+        let refuse_pins =
+            !self.config.general.pin_session_features && self.mode == PoolMode::Transaction;
         self.inbox.scan(self.config.general.max_packet_size);
         let metrics = &self.members.pools[link.node].metrics;
         let mut names = Names {
@@ -108,12 +124,39 @@ impl Session<'_> {
                 }
                 break false;
             };
-            let (tag, bytes) = (frame.tag, frame.bytes);
+            let (tag, original) = (frame.tag, frame.bytes);
             if link.pace.held() {
-                link.replay.extend_from_slice(bytes);
+                link.replay.extend_from_slice(original);
             }
+            let fx = match frame.msg {
+                Message::Query(sql) => effects::of(sql),
+                Message::Parse { query, .. } => effects::of(query),
+                Message::Bind { statement, .. } if !statement.is_empty() => names
+                    .statements
+                    .get(statement)
+                    .map(|s| s.effects().clone())
+                    .unwrap_or_default(),
+                _ => Effects::default(),
+            };
+            let refused = (!fx.start.is_empty() && refuse_pins)
+                .then(|| refusal(frame.msg, fx.start))
+                .flatten();
+            let (msg, bytes) = match &refused {
+                Some(r) => {
+                    if r.error.is_some() {
+                        link.refusal = r.error;
+                    }
+                    (r.message(), &r.frame[..])
+                }
+                None => {
+                    if !fx.is_empty() {
+                        link.touched.merge(&fx);
+                    }
+                    (frame.msg, original)
+                }
+            };
             let ex = &mut link.ex;
-            match frame.msg {
+            match msg {
                 Message::Terminate => {
                     self.inbox.pop();
                     break true;
@@ -133,7 +176,8 @@ impl Session<'_> {
                 }
                 _ => ex.to_server.extend_from_slice(bytes),
             }
-            taken += bytes.len();
+            taken += original.len();
+            drop(refused);
             self.inbox.pop();
             ex.tracker.sent(tag);
             if matches!(tag, b'Q' | b'E') {
@@ -154,12 +198,26 @@ impl Session<'_> {
         let mut progress = Progress::Fresh;
         let idle_tx = self.config.general.idle_transaction_timeout.enabled();
         loop {
+            // What the work did to the session is learnt before the client's next work goes
+            // to the server, and before anyone else may have it.
+            if progress == Progress::Forwarded
+                && !link.touched.is_empty()
+                && link.ex.settled()
+                && !link.ex.tracker.busy()
+                && !link.ex.tracker.unsynced()
+            {
+                if let Err(end) = self.settle(link).await {
+                    return Unlink::End(end);
+                }
+            }
             // Release before taking the client's next transaction, so that clients waiting
-            // for a server get their turn even against a client that never pauses.
+            // for a server get their turn even against a client that never pauses. A pinned
+            // client keeps its server.
             if progress == Progress::Forwarded
                 && link.ex.settled()
                 && self.mode == PoolMode::Transaction
                 && link.ex.tracker.idle()
+                && self.pinned.is_empty()
             {
                 return Unlink::Release;
             }
@@ -292,6 +350,7 @@ impl Session<'_> {
         let cluster = &*self.members.cluster;
         let mut listening = Listening {
             params: &mut self.params,
+            refusal: &mut link.refusal,
             held: link.pace.held().then_some(Placing {
                 cluster,
                 routes: &self.routes,
@@ -309,6 +368,8 @@ impl Session<'_> {
         }
         let ex = &link.ex;
         if !ex.tracker.busy() {
+            // Answered: a stand-in skipped after an earlier error has nothing left to replace.
+            link.refusal = None;
             if let Some(start) = link.unit_start.take() {
                 let metrics = &self.members.pools[link.node].metrics;
                 let now = Instant::now();
@@ -328,6 +389,97 @@ impl Session<'_> {
             }
         }
         None
+    }
+}
+
+/// A statement refused because it would pin the client (pin_session_features = false): in
+/// its place the server runs one that fails with 0A000, so that the client's transaction
+/// fails as it would for any error.
+struct Refusal {
+    frame: bytes::BytesMut,
+    /// For a Parse: its name and the stand-in's definition.
+    parse: Option<(Vec<u8>, Vec<u8>)>,
+    /// For a Parse: the error the client gets in place of the stand-in's.
+    error: Option<&'static [u8]>,
+}
+
+impl Refusal {
+    fn message(&self) -> Message<'_> {
+        match &self.parse {
+            Some((name, definition)) => Message::Parse {
+                name,
+                query: definition.split(|&b| b == 0).next().unwrap_or(&[]),
+                definition,
+            },
+            None => Message::Query(&self.frame[5..self.frame.len() - 1]),
+        }
+    }
+}
+
+/// Why a statement that would pin is refused.
+fn refusal_message(f: Feature) -> String {
+    let what = match f {
+        Feature::AdvisoryLock => "session advisory locks",
+        Feature::Listen => "LISTEN",
+        Feature::TempTable => "temporary tables",
+        Feature::HoldCursor => "WITH HOLD cursors",
+        Feature::Prepare => "SQL PREPARE",
+        Feature::Load => "LOAD",
+    };
+    format!(
+        "{what} ({}) need a server connection of their own, and pin_session_features is off",
+        f.name()
+    )
+}
+
+/// The ErrorResponse of `refusal_message`, built once per feature.
+fn refusal_error(f: Feature) -> &'static [u8] {
+    static ERRORS: std::sync::OnceLock<Vec<Vec<u8>>> = std::sync::OnceLock::new();
+    let all = ERRORS.get_or_init(|| {
+        Feature::ALL
+            .iter()
+            .map(|f| {
+                let mut e = bytes::BytesMut::new();
+                let message = refusal_message(*f);
+                backend::error_response(&mut e, "ERROR", sqlstate::FEATURE_NOT_SUPPORTED, &message);
+                e.to_vec()
+            })
+            .collect()
+    });
+    let at = Feature::ALL.iter().position(|x| *x == f).unwrap_or(0);
+    &all[at]
+}
+
+fn refusal(msg: Message<'_>, features: Features) -> Option<Refusal> {
+    let f = features.iter().next()?;
+    let message = refusal_message(f);
+    let sql = format!(
+        "DO $pgsluice$BEGIN RAISE EXCEPTION USING ERRCODE = '0A000', MESSAGE = {}; END$pgsluice$",
+        super::params::quote_literal(&message)
+    );
+    let mut frame = bytes::BytesMut::new();
+    match msg {
+        Message::Query(_) => {
+            crate::protocol::frontend::encode_query(&mut frame, &sql);
+            Some(Refusal {
+                frame,
+                parse: None,
+                error: None,
+            })
+        }
+        Message::Parse { name, .. } => {
+            // A DO block would fail only at Execute, after the driver has described it; this
+            // fails at Parse, with 0A000, and the client gets the message above instead.
+            let mut def = b"SELECT 'pgsluice'::pg_catalog.pg_node_tree".to_vec();
+            def.extend_from_slice(&[0, 0, 0]);
+            crate::protocol::frontend::encode_parse(&mut frame, name, &def);
+            Some(Refusal {
+                frame,
+                parse: Some((name.to_vec(), def)),
+                error: Some(refusal_error(f)),
+            })
+        }
+        _ => None,
     }
 }
 

@@ -10,6 +10,7 @@ use crate::cluster::InFlight;
 use crate::pool::{Checkout, ClientState, PoolError};
 use crate::protocol::backend::{self, TxStatus};
 use crate::protocol::sqlstate;
+use crate::router::effects::Effects;
 use crate::router::policy::{self, Failure, Flow, Retry};
 use crate::router::work::Work;
 use crate::server::exchange::Exchange;
@@ -30,6 +31,11 @@ pub(super) struct Link {
     /// When the unit of work now running, and the transaction it belongs to, started.
     pub unit_start: Option<Instant>,
     pub xact_start: Option<Instant>,
+    /// What the client's work on this link may have done to its session since the last
+    /// probe (`client::probe`).
+    pub touched: Effects,
+    /// The error a refused Parse's stand-in will be answered with, until it is.
+    pub refusal: Option<&'static [u8]>,
 }
 
 /// How the link takes the client's work: the router's `Flow`, and for a retryable unit
@@ -129,6 +135,8 @@ impl Session<'_> {
             replay: std::mem::take(&mut self.spare.replay),
             unit_start: None,
             xact_start: None,
+            touched: Effects::default(),
+            refusal: None,
         });
         self.reg.slot.set(Some(link.ex.conn.cancel_key.clone()));
         let timeout = self.config.general.server_connect_timeout.0;

@@ -1,7 +1,6 @@
 //! Startup and authentication of a client: SSL/GSS refusal, cancel requests, protocol version
 //! negotiation, the configured auth method, and the welcome (parameters, cancel key, ready).
 
-use super::params::TRACKED;
 use crate::auth::scram::{self, ServerExchange};
 use crate::auth::{md5, Secret};
 use crate::config::{AuthType, Config};
@@ -315,7 +314,6 @@ async fn pool_login(
         },
     };
     // What the client sees: the server's parameters, with its own wishes applied on top.
-    let mut params: Vec<(String, String)> = Vec::new();
     for (name, value) in server_params.iter() {
         let lower = name.to_ascii_lowercase();
         let value = wanted
@@ -323,15 +321,9 @@ async fn pool_login(
             .find(|(k, _)| *k == lower)
             .map_or(value.as_str(), |(_, v)| v.as_str());
         backend::parameter_status(&mut out, name.as_bytes(), value.as_bytes());
-        if TRACKED.contains(&lower.as_str()) {
-            params.push((lower, value.to_owned()));
-        }
     }
-    for (k, v) in wanted {
-        if !params.iter().any(|(p, _)| *p == k) {
-            params.push((k, v));
-        }
-    }
+    // The client's settings are its wishes; everything else is the server's default.
+    let params = wanted;
     backend::backend_key_data(&mut out, reg.process_id, reg.slot.secret());
     backend::ready_for_query(&mut out, TxStatus::Idle);
     stream.write_all(&out).await.ok()?;

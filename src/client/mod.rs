@@ -2,7 +2,9 @@
 //! state machine (`session`), which waits while idle (`idle`), links to a server for each unit
 //! of work (`link`), forwards both ways while linked (`forward`, with statement names
 //! rewritten by `rewrite`), and ends with a typed reason (`end`). The client's read buffer and
-//! its frames, parsed once, are the `inbox`.
+//! its frames, parsed once, are the `inbox`. Its settings follow it from server to server
+//! (`params`), learnt after work that may change them (`probe`), which also pins a client that
+//! holds a session-only feature to its server.
 
 mod end;
 mod forward;
@@ -11,6 +13,7 @@ mod inbox;
 mod link;
 pub mod login;
 mod params;
+mod probe;
 mod rewrite;
 pub mod session;
 

@@ -1,107 +1,72 @@
-//! The session parameters a client wants on whichever server it gets, and bringing a server
-//! in line with them at checkout. A fingerprint makes a server already in line cost one
-//! comparison per checkout, not a lookup per parameter.
+//! The settings a client's session has, whichever server it gets, and bringing a server in
+//! line with them at checkout: what the client has and the server lacks is set, what the
+//! server carries from an earlier client and this one lacks is reset, in one round trip.
 //!
-//! Kept packed in one string (`name\0value\0…`): every idle client holds one, and a list of
-//! separately allocated pairs would cost several times the memory.
+//! A client starts with the settings of its startup packet (and `options=-c`). They change
+//! with what the server reports (ParameterStatus) and with what `client::probe` learns after a
+//! unit of work that may have changed a setting; its startup values are kept for RESET.
 
+use crate::protocol::backend::Action;
 use crate::protocol::frontend;
-use crate::server::exchange::{Exchange, Replies};
-use std::hash::{DefaultHasher, Hash, Hasher};
+use crate::server::exchange::{settable, Exchange, Replies};
+use crate::server::settings::Settings;
 use std::time::{Duration, Instant};
-
-/// Session parameters PostgreSQL reports and a client may set: the pooler keeps each client's
-/// values and re-applies them on whichever server the client gets.
-pub const TRACKED: [&str; 6] = [
-    "application_name",
-    "client_encoding",
-    "datestyle",
-    "intervalstyle",
-    "standard_conforming_strings",
-    "timezone",
-];
 
 #[derive(Debug, Clone, Default)]
 pub struct SessionParams {
-    packed: Box<str>,
-    fingerprint: u64,
+    /// What the client's session has now.
+    pub current: Settings,
+    /// What it had at login, for RESET; None while nothing has changed (most clients never
+    /// change anything, and should not hold their settings twice).
+    startup: Option<Box<Settings>>,
 }
 
 impl SessionParams {
     pub fn new(list: Vec<(String, String)>) -> SessionParams {
-        let mut packed = String::new();
-        for (k, v) in &list {
-            push(&mut packed, k, v);
-        }
-        SessionParams::from_packed(packed)
-    }
-
-    fn from_packed(packed: String) -> SessionParams {
-        let mut h = DefaultHasher::new();
-        packed.hash(&mut h);
         SessionParams {
-            packed: packed.into_boxed_str(),
-            fingerprint: h.finish(),
+            current: Settings::new(list.iter().map(|(k, v)| (k.as_str(), v.as_str()))),
+            startup: None,
         }
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
-        let mut parts = self.packed.split('\0');
-        std::iter::from_fn(move || {
-            let k = parts.next().filter(|k| !k.is_empty())?;
-            Some((k, parts.next().unwrap_or("")))
-        })
+    /// The client's settings at login.
+    pub fn startup(&self) -> &Settings {
+        self.startup.as_deref().unwrap_or(&self.current)
     }
 
-    /// Records a value the server reported for a parameter this client tracks.
-    pub fn set(&mut self, name: &str, value: &str) {
-        if self.iter().any(|(k, v)| k == name && v == value) {
+    /// Sets (Some) or removes (None) one of the client's settings.
+    pub fn put(&mut self, name: &str, value: Option<&str>) {
+        if self.current.get(name) == value {
             return;
         }
-        let mut packed = String::with_capacity(self.packed.len() + value.len());
-        let mut found = false;
-        for (k, v) in self.iter() {
-            if k == name {
-                found = true;
-                push(&mut packed, k, value);
-            } else {
-                push(&mut packed, k, v);
-            }
+        if self.startup.is_none() {
+            self.startup = Some(Box::new(self.current.clone()));
         }
-        if !found {
-            push(&mut packed, name, value);
-        }
-        *self = SessionParams::from_packed(packed);
+        self.current.put(name, value);
     }
 
     pub fn fingerprint(&self) -> u64 {
-        self.fingerprint
+        self.current.fingerprint()
     }
 
-    /// A parameter the server reported: the client's own if it is one the pooler tracks.
+    /// A parameter the server reported while the client held it: the client's doing.
     pub fn reported(&mut self, name: &str, value: &str) {
-        if TRACKED.contains(&name) {
-            self.set(name, value);
+        if settable(name) {
+            self.put(name, Some(value));
         }
     }
 
-    /// Brings the server's session parameters in line with these before the client's work
-    /// runs. The error is the server's message, for the client.
+    /// Brings the server's session settings in line with the client's before the client's
+    /// work runs. The error is the server's message, for the client.
     pub async fn bring_in_line(
         &mut self,
         ex: &mut Exchange,
         timeout: Duration,
     ) -> Result<(), String> {
-        let wanted = self.fingerprint();
-        if ex.conn.params_synced == Some(wanted) {
+        if ex.conn.session.fingerprint() == self.fingerprint() {
             return Ok(());
         }
-        let mut sql = String::new();
-        for (name, value) in self.iter() {
-            if ex.conn.params.get(name).map(String::as_str) != Some(value) {
-                sql.push_str(&format!("SET {name} = {};", quote_literal(value)));
-            }
-        }
+        let sql = alignment(&self.current, &ex.conn.session);
         if !sql.is_empty() {
             frontend::encode_query(&mut ex.to_server, &sql);
             ex.tracker.sent(b'Q');
@@ -114,21 +79,59 @@ impl SessionParams {
                 return Err(message);
             }
             if !done || !ex.tracker.idle() {
-                return Err("could not apply session parameters".into());
-            }
-            // Settings the server does not report: remember what we set.
-            for (name, value) in self.iter() {
-                if !ex.conn.params.contains_key(name) {
-                    ex.conn.params.insert(name.to_owned(), value.to_owned());
-                }
+                return Err("could not apply session settings".into());
             }
         }
-        ex.conn.params_synced = Some(self.fingerprint());
+        // What the server reported on the way (defaults coming back after a RESET among
+        // them) is now what the client has: the server has exactly the client's settings.
+        ex.conn.session = self.current.clone();
         Ok(())
     }
 }
 
-/// Hears the replies to the pooler's SET: what the server reports, and its first error.
+/// The statements that take a server from `has` to `wants`: one Query, in an order that
+/// lets each succeed (the session user first, the role last, as a SET ROLE would have left
+/// it).
+pub fn alignment(wants: &Settings, has: &Settings) -> String {
+    let rank = |name: &str| match name {
+        "session_authorization" => 0,
+        "role" => 2,
+        _ => 1,
+    };
+    let mut steps: Vec<(&str, Option<&str>)> = Vec::new();
+    for (name, value) in wants.iter() {
+        if has.get(name) != Some(value) {
+            steps.push((name, Some(value)));
+        }
+    }
+    for (name, _) in has.iter() {
+        if wants.get(name).is_none() {
+            steps.push((name, None));
+        }
+    }
+    steps.sort_by_key(|(name, _)| rank(name));
+    let mut sql = String::new();
+    for (name, value) in steps {
+        match value {
+            Some(v) => {
+                sql.push_str("SELECT pg_catalog.set_config(");
+                sql.push_str(&quote_literal(name));
+                sql.push_str(", ");
+                sql.push_str(&quote_literal(v));
+                sql.push_str(", false);");
+            }
+            None => {
+                sql.push_str("RESET ");
+                sql.push_str(&quote_ident(name));
+                sql.push(';');
+            }
+        }
+    }
+    sql
+}
+
+/// Hears the replies to the pooler's statements: what the server reports, and its first
+/// error.
 struct Syncing<'a> {
     params: &'a mut SessionParams,
     failure: Option<String>,
@@ -136,18 +139,21 @@ struct Syncing<'a> {
 
 impl Replies for Syncing<'_> {
     fn parameter(&mut self, name: &str, value: &str) {
-        self.params.reported(name, value);
+        // The server's own spelling of a value the client asked for.
+        if self.params.current.get(name).is_some() {
+            self.params.reported(name, value);
+        }
     }
 
-    fn error(&mut self, _code: &[u8], message: &[u8]) -> bool {
+    fn error(&mut self, _code: &[u8], message: &[u8]) -> Action {
         self.failure
             .get_or_insert_with(|| String::from_utf8_lossy(message).into_owned());
-        false
+        Action::Forward
     }
 }
 
 /// A string literal safe under any standard_conforming_strings setting.
-fn quote_literal(value: &str) -> String {
+pub fn quote_literal(value: &str) -> String {
     let mut out = String::with_capacity(value.len() + 3);
     out.push_str("E'");
     for c in value.chars() {
@@ -161,12 +167,12 @@ fn quote_literal(value: &str) -> String {
     out
 }
 
-/// Names and values never contain NUL: they arrive as C strings on the wire.
-fn push(packed: &mut String, name: &str, value: &str) {
-    packed.push_str(name);
-    packed.push('\0');
-    packed.push_str(value);
-    packed.push('\0');
+/// A setting's name for RESET: dotted custom names quoted part by part.
+fn quote_ident(name: &str) -> String {
+    name.split('.')
+        .map(|part| format!("\"{}\"", part.replace('"', "\"\"")))
+        .collect::<Vec<_>>()
+        .join(".")
 }
 
 #[cfg(test)]
@@ -174,38 +180,49 @@ mod tests {
     use super::*;
 
     #[test]
-    fn fingerprint_follows_the_values() {
-        let mut p = SessionParams::new(vec![
-            ("timezone".into(), "UTC".into()),
-            ("x".into(), "".into()),
-        ]);
-        let before = p.fingerprint();
-        p.set("timezone", "UTC");
-        assert_eq!(p.fingerprint(), before);
-        p.set("timezone", "Asia/Tokyo");
-        assert_ne!(p.fingerprint(), before);
-        p.set("application_name", "web");
-        let all: Vec<_> = p.iter().collect();
+    fn startup_values_stay_for_reset() {
+        let mut p = SessionParams::new(vec![("datestyle".into(), "Postgres, MDY".into())]);
+        assert_eq!(p.startup(), &p.current);
+        p.put("datestyle", Some("ISO, DMY"));
+        p.put("search_path", Some("tenant_a"));
+        assert_eq!(p.startup().get("datestyle"), Some("Postgres, MDY"));
+        assert_eq!(p.startup().get("search_path"), None);
+        assert_eq!(p.current.get("datestyle"), Some("ISO, DMY"));
+    }
+
+    #[test]
+    fn only_settable_parameters_follow_the_client() {
+        let mut p = SessionParams::default();
+        p.reported("server_version", "15.0");
+        p.reported("in_hot_standby", "on");
+        p.reported("timezone", "UTC");
         assert_eq!(
-            all,
-            vec![
-                ("timezone", "Asia/Tokyo"),
-                ("x", ""),
-                ("application_name", "web")
-            ]
+            p.current.iter().collect::<Vec<_>>(),
+            vec![("timezone", "UTC")]
         );
     }
 
     #[test]
-    fn only_tracked_parameters_follow_the_client() {
-        let mut p = SessionParams::default();
-        p.reported("server_version", "15.0");
-        p.reported("timezone", "UTC");
-        assert_eq!(p.iter().collect::<Vec<_>>(), vec![("timezone", "UTC")]);
+    fn alignment_sets_what_is_missing_and_resets_what_is_left_over() {
+        let wants = Settings::new([("role", "app"), ("search_path", "a, b"), ("x.y", "it's")]);
+        let has = Settings::new([
+            ("search_path", "a, b"),
+            ("statement_timeout", "5000"),
+            ("session_authorization", "bob"),
+        ]);
+        assert_eq!(
+            alignment(&wants, &has),
+            "RESET \"session_authorization\";\
+             SELECT pg_catalog.set_config(E'x.y', E'it''s', false);\
+             RESET \"statement_timeout\";\
+             SELECT pg_catalog.set_config(E'role', E'app', false);"
+        );
+        assert_eq!(alignment(&wants, &wants), "");
     }
 
     #[test]
     fn literals_survive_quotes_and_backslashes() {
         assert_eq!(quote_literal("a'b\\c"), "E'a''b\\\\c'");
+        assert_eq!(quote_ident("my.\"x"), "\"my\".\"\"\"x\"");
     }
 }

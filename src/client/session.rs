@@ -20,6 +20,7 @@ use crate::config::{Config, PoolMode};
 use crate::context::clients::Registration;
 use crate::context::{Context, Phase};
 use crate::pool::{ClientState, Members};
+use crate::router::effects::{Feature, Features};
 use crate::router::policy::{self, RouteMode};
 use crate::router::RouteCounters;
 use crate::server::exchange::Exchange;
@@ -72,6 +73,10 @@ pub(super) struct Session<'a> {
     pub reg: &'a Registration<'a>,
     pub statements: ClientStatements,
     pub spare: Spare,
+    /// The session-only features that keep this client on its server (transaction mode).
+    pub pinned: Features,
+    /// The features it has been warned of in the log, once each.
+    pub warned: Features,
 }
 
 pub async fn run(
@@ -100,8 +105,14 @@ pub async fn run(
         reg,
         statements: ClientStatements::default(),
         spare: Spare::default(),
+        pinned: Features::NONE,
+        warned: Features::NONE,
     };
-    s.serve().await
+    let end = s.serve().await;
+    if !s.pinned.is_empty() {
+        s.members.pins.pinned.dec();
+    }
+    end
 }
 
 impl Session<'_> {
@@ -180,12 +191,17 @@ impl Session<'_> {
             }
             return end;
         }
-        let reset = match self.mode {
-            PoolMode::Session => {
-                Some(self.config.general.server_reset_query.as_str()).filter(|q| !q.is_empty())
-            }
-            PoolMode::Transaction => None,
-        };
+        // A pinned client's server holds what pinned it (locks, temporary tables, …): the
+        // reset query clears it, or the server is closed.
+        let reset_query = self.config.general.server_reset_query.as_str();
+        let pinned = !self.pinned.is_empty();
+        let reset = (self.mode == PoolMode::Session || pinned)
+            .then_some(reset_query)
+            .filter(|q| !q.is_empty());
+        if pinned && (reset.is_none() || self.pinned.contains(Feature::Load)) {
+            self.members.pools[link.node].release(link.ex.conn, false);
+            return end;
+        }
         let reusable = crate::server::reset::clean_up(&mut link.ex, reset).await;
         self.members.pools[link.node].release(link.ex.conn, reusable);
         end

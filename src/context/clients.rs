@@ -7,7 +7,7 @@
 use crate::server::CancelKey;
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 const SEQ_BITS: u32 = 17;
@@ -28,6 +28,9 @@ pub struct Slot {
     /// Wakes the session to look at `killed` and the process's phase. One per client, so
     /// that waiting on it locks nothing other clients use.
     pub wake: tokio::sync::Notify,
+    /// The session-only features that pin the client to its server now
+    /// (`router::effects::Features` bits).
+    pub pinned: AtomicU8,
 }
 
 /// Microseconds since the Unix epoch.
@@ -98,6 +101,7 @@ impl Cancels {
             login: OnceLock::new(),
             killed: AtomicBool::new(false),
             wake: tokio::sync::Notify::new(),
+            pinned: AtomicU8::new(0),
         });
         let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
         let process_id = loop {

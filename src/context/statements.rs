@@ -6,6 +6,7 @@
 //! prepared statement per server.
 
 use crate::router::classify::{self, Class, Hint, WriteReason};
+use crate::router::effects::{self, Effects};
 use bytes::Bytes;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -20,6 +21,8 @@ pub struct Statement {
     pub definition: Bytes,
     /// What the query is, for routing; worked out once, when the router first asks.
     class: OnceLock<(Class, Option<Hint>)>,
+    /// What running it may do to the session; worked out once, at its first Bind.
+    effects: OnceLock<Effects>,
 }
 
 impl Statement {
@@ -31,6 +34,11 @@ impl Statement {
                 Err(_) => (Class::Write(WriteReason::Unreadable), None),
             }
         })
+    }
+
+    pub fn effects(&self) -> &Effects {
+        self.effects
+            .get_or_init(|| effects::of(self.definition.split(|&b| b == 0).next().unwrap_or(&[])))
     }
 }
 
@@ -55,6 +63,7 @@ impl Registry {
             name: format!("pgsluice_{id}").into_bytes().into_boxed_slice(),
             definition: definition.clone(),
             class: OnceLock::new(),
+            effects: OnceLock::new(),
         });
         map.insert(definition, Arc::downgrade(&stmt));
         // Drop dead entries whenever the map has doubled since the last sweep.

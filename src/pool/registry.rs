@@ -6,7 +6,7 @@ use crate::auth::Secret;
 use crate::cluster::{Cluster, Clusters};
 use crate::config::Config;
 use crate::server::{Credentials, Target};
-use crate::stats::PoolFamilies;
+use crate::stats::{PinMetrics, PoolFamilies};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -19,6 +19,7 @@ pub struct Members {
     pub pools: Vec<Arc<Pool>>,
     /// The clients of this (database, user) by state.
     pub clients: ClientStates,
+    pub pins: PinMetrics,
 }
 
 /// Clients connected, and waiting on a paused database. Clients linked to a server and
@@ -217,6 +218,7 @@ impl Pools {
             user: user.to_owned(),
             pools,
             clients: ClientStates::default(),
+            pins: self.families.for_pins(database, user),
         });
         map.insert(key, members.clone());
         Some(members)

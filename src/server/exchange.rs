@@ -25,9 +25,9 @@ pub struct Exchange {
 pub trait Replies {
     /// The server reported a parameter (lowercase name).
     fn parameter(&mut self, _name: &str, _value: &str) {}
-    /// An ErrorResponse: true keeps it from the client.
-    fn error(&mut self, _code: &[u8], _message: &[u8]) -> bool {
-        false
+    /// An ErrorResponse: whether the client sees it, or something else in its place.
+    fn error(&mut self, _code: &[u8], _message: &[u8]) -> Action {
+        Action::Forward
     }
 }
 
@@ -70,7 +70,7 @@ impl Exchange {
                 buf,
                 params,
                 prepared,
-                params_synced,
+                session,
                 ..
             } = &mut **conn;
             let scanned = scanner.scan(buf, |ev| match ev {
@@ -86,18 +86,13 @@ impl Exchange {
                     let name = String::from_utf8_lossy(name).to_ascii_lowercase();
                     let value = String::from_utf8_lossy(value).into_owned();
                     replies.parameter(&name, &value);
-                    // The server changed under us: compare in full at the next checkout.
-                    *params_synced = None;
+                    if settable(&name) {
+                        session.set(&name, &value);
+                    }
                     params.insert(name, value);
                     Action::Forward
                 }
-                Event::Error { code, message } => {
-                    if replies.error(code, message) {
-                        Action::Drop
-                    } else {
-                        Action::Forward
-                    }
-                }
+                Event::Error { code, message } => replies.error(code, message),
                 Event::ParseComplete => {
                     let (statement, reply) = tracker.parse_complete();
                     if let Some(id) = statement {
@@ -107,6 +102,9 @@ impl Exchange {
                 }
                 Event::CloseComplete => reply_action(tracker.close_complete()),
                 Event::CommandComplete(tag) => {
+                    if tag == b"DISCARD ALL" {
+                        session.clear();
+                    }
                     if tag == b"DISCARD ALL" || tag == b"DEALLOCATE ALL" {
                         prepared.clear();
                     }
@@ -152,6 +150,18 @@ impl Exchange {
             Ok(Some(()))
         ) && self.conn.buf.is_empty()
     }
+}
+
+/// A reported parameter a session can change (the others describe the server).
+pub fn settable(name: &str) -> bool {
+    !matches!(
+        name,
+        "server_version"
+            | "server_encoding"
+            | "integer_datetimes"
+            | "in_hot_standby"
+            | "is_superuser"
+    )
 }
 
 fn reply_action(reply: Reply) -> Action {

@@ -160,7 +160,7 @@ pub(super) async fn connect(target: &Target) -> Result<Box<ServerConn>, LoginErr
             secret_key,
         }),
         params,
-        params_synced: None,
+        session: super::settings::Settings::default(),
         permits: Vec::new(),
         prepared: Default::default(),
         created: now,

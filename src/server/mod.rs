@@ -9,6 +9,7 @@ mod login;
 pub mod prepared;
 pub mod query;
 pub mod reset;
+pub mod settings;
 pub mod tracker;
 
 pub use login::{ask_for_tls, Credentials, LoginError};
@@ -56,9 +57,9 @@ pub struct ServerConn {
     pub cancel_key: std::sync::Arc<CancelKey>,
     /// Session parameters as the server reported them, plus those the pooler set itself.
     pub params: HashMap<String, String>,
-    /// Fingerprint of the client parameters this server was last brought in line with; None
-    /// once the server reports a change.
-    pub params_synced: Option<u64>,
+    /// The settings its session carries beyond the server's defaults: set by a client or by
+    /// the pooler since login, as far as the pooler has seen.
+    pub session: settings::Settings,
     /// Permits held against max_db_connections / max_user_connections; dropped with the
     /// connection.
     pub permits: Vec<tokio::sync::OwnedSemaphorePermit>,

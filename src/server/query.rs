@@ -24,6 +24,20 @@ pub type Row = Vec<Option<String>>;
 
 /// Runs `sql` and returns its rows once the server is ready again. The caller bounds the time.
 pub async fn simple(conn: &mut ServerConn, sql: &str) -> Result<Vec<Row>, QueryError> {
+    match several(conn, sql, |_, _| {}).await? {
+        (_, Some(e)) => Err(e),
+        (rows, None) => Ok(rows),
+    }
+}
+
+/// Runs `sql`, which may hold several statements, and returns the rows of those that ran
+/// with the error that stopped the rest, if any. `parameter` hears what the server reports
+/// on the way (lowercase names). The caller bounds the time.
+pub async fn several(
+    conn: &mut ServerConn,
+    sql: &str,
+    mut parameter: impl FnMut(&str, &str),
+) -> Result<(Vec<Row>, Option<QueryError>), QueryError> {
     use fallible_iterator::FallibleIterator;
     let mut out = BytesMut::new();
     crate::protocol::frontend::encode_query(&mut out, sql);
@@ -59,12 +73,12 @@ pub async fn simple(conn: &mut ServerConn, sql: &str) -> Result<Vec<Row>, QueryE
                 }
                 error = Some(QueryError::Server { code, message });
             }
-            Message::ReadyForQuery(_) => {
-                return match error {
-                    Some(e) => Err(e),
-                    None => Ok(rows),
-                }
+            Message::ParameterStatus(body) => {
+                let name = body.name().map_err(|_| QueryError::Protocol)?;
+                let value = body.value().map_err(|_| QueryError::Protocol)?;
+                parameter(&name.to_ascii_lowercase(), value);
             }
+            Message::ReadyForQuery(_) => return Ok((rows, error)),
             Message::CopyInResponse(_) | Message::CopyOutResponse(_) => {
                 return Err(QueryError::Protocol)
             }

@@ -160,6 +160,56 @@ impl Pooler {
         )
     }
 
+    /// GET over plain HTTP/1.1 from the pooler's HTTP listener: (status, body).
+    pub fn http_get(&self, path: &str) -> (u16, String) {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(self.http.expect("http listener")).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut text = String::new();
+        s.read_to_string(&mut text).unwrap();
+        let status = text[9..12].parse().unwrap();
+        let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+        (status, body.to_owned())
+    }
+
+    /// The /metrics text.
+    pub fn metrics(&self) -> String {
+        let (status, body) = self.http_get("/metrics");
+        assert_eq!(status, 200, "/metrics: {body}");
+        body
+    }
+
+    /// One column of an admin console command's rows, through psql as `app` (which the
+    /// configuration must list in admin_users).
+    pub fn admin_column(&self, command: &str, column: &str) -> Vec<String> {
+        let out = self.psql_as(
+            "app",
+            APP_PASSWORD,
+            "pgsluice",
+            &["-P", "tuples_only=off", "-F", "|", "-c", command],
+        );
+        assert!(
+            out.status.success(),
+            "{command}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let mut lines = text.lines().filter(|l| !l.starts_with('('));
+        let header: Vec<&str> = lines.next().unwrap_or_default().split('|').collect();
+        let at = header
+            .iter()
+            .position(|h| *h == column)
+            .unwrap_or_else(|| panic!("{command} has no column {column}: {header:?}"));
+        lines
+            .map(|l| l.split('|').nth(at).unwrap_or("").to_owned())
+            .collect()
+    }
+
     /// psql through the pooler as `app`; returns the raw output.
     pub fn psql(&self, sql: &str) -> Output {
         self.psql_as("app", APP_PASSWORD, "app", &["-c", sql])

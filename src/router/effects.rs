@@ -1,0 +1,523 @@
+//! What a statement may do to its session beyond its transaction: which settings it may change
+//! (SET, RESET, set_config) and which session-only features (advisory locks, LISTEN, temporary
+//! tables, WITH HOLD cursors, SQL PREPARE, LOAD) it may start or end.
+//!
+//! "May": this only says where to look. What the session really has afterwards is asked of
+//! the server once the transaction is over (`client::probe`), so a SET that failed or was
+//! rolled back, a temporary table dropped at commit, or an unlock of a lock not held is never
+//! taken for more than it is. Text that mentions none of the words involved is passed over
+//! with one scan of its bytes, the cost every other statement pays.
+
+use super::lexer::{tokens, Token};
+
+/// A session-only feature: while a session has one, it needs the same server connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Feature {
+    AdvisoryLock,
+    Listen,
+    TempTable,
+    HoldCursor,
+    Prepare,
+    Load,
+}
+
+impl Feature {
+    pub const ALL: [Feature; 6] = [
+        Feature::AdvisoryLock,
+        Feature::Listen,
+        Feature::TempTable,
+        Feature::HoldCursor,
+        Feature::Prepare,
+        Feature::Load,
+    ];
+
+    /// The name in logs, SHOW CLIENTS and the metrics' `feature` label.
+    pub fn name(self) -> &'static str {
+        match self {
+            Feature::AdvisoryLock => "advisory_lock",
+            Feature::Listen => "listen",
+            Feature::TempTable => "temp_table",
+            Feature::HoldCursor => "hold_cursor",
+            Feature::Prepare => "prepare",
+            Feature::Load => "load",
+        }
+    }
+
+    fn bit(self) -> u8 {
+        1 << self as u8
+    }
+}
+
+/// A set of features, one bit each.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Features(u8);
+
+impl Features {
+    pub const NONE: Features = Features(0);
+
+    pub fn from_bits(bits: u8) -> Features {
+        Features(bits)
+    }
+
+    pub fn bits(self) -> u8 {
+        self.0
+    }
+
+    pub fn contains(self, f: Feature) -> bool {
+        self.0 & f.bit() != 0
+    }
+
+    pub fn insert(&mut self, f: Feature) {
+        self.0 |= f.bit();
+    }
+
+    pub fn remove(&mut self, f: Feature) {
+        self.0 &= !f.bit();
+    }
+
+    pub fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+
+    pub fn union(self, other: Features) -> Features {
+        Features(self.0 | other.0)
+    }
+
+    pub fn intersection(self, other: Features) -> Features {
+        Features(self.0 & other.0)
+    }
+
+    pub fn iter(self) -> impl Iterator<Item = Feature> {
+        Feature::ALL.into_iter().filter(move |f| self.contains(*f))
+    }
+
+    /// `advisory_lock,temp_table`; empty for none.
+    pub fn names(self) -> String {
+        self.iter().map(Feature::name).collect::<Vec<_>>().join(",")
+    }
+}
+
+/// What one or more statements may do to their session.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Effects {
+    /// Settings they may change, lowercase names.
+    pub settings: Vec<String>,
+    /// Of those, the ones they may reset to the session's default (RESET, SET … TO DEFAULT).
+    pub resets: Vec<String>,
+    /// A setting whose name the text does not spell out (a quoted name, `set_config($1, …)`).
+    pub unnamed_setting: bool,
+    /// RESET ALL or DISCARD ALL: every setting back to its default.
+    pub reset_all: bool,
+    /// Features they may start.
+    pub start: Features,
+    /// Features they may end.
+    pub end: Features,
+}
+
+impl Effects {
+    pub fn is_empty(&self) -> bool {
+        *self == Effects::default()
+    }
+
+    /// Adds what `other` may do.
+    pub fn merge(&mut self, other: &Effects) {
+        for name in &other.settings {
+            add(&mut self.settings, name);
+        }
+        for name in &other.resets {
+            add(&mut self.resets, name);
+        }
+        self.unnamed_setting |= other.unnamed_setting;
+        self.reset_all |= other.reset_all;
+        self.start = self.start.union(other.start);
+        self.end = self.end.union(other.end);
+    }
+
+    fn setting(&mut self, name: &str, reset: bool) {
+        add(&mut self.settings, name);
+        if reset {
+            add(&mut self.resets, name);
+        }
+    }
+}
+
+fn add(list: &mut Vec<String>, name: &str) {
+    if !list.iter().any(|n| n == name) {
+        list.push(name.to_owned());
+    }
+}
+
+/// Words one of which any statement with an effect contains (in any case).
+const NEEDLES: [&[u8]; 11] = [
+    b"set",
+    b"discard",
+    b"listen",
+    b"temp",
+    b"hold",
+    b"prepare",
+    b"deallocate",
+    b"load",
+    b"advisory",
+    b"close",
+    b"drop",
+];
+
+/// Whether `sql` mentions any word a statement with an effect needs.
+fn mentions_any(sql: &[u8]) -> bool {
+    sql.iter().enumerate().any(|(i, &b)| {
+        matches!(
+            b | 0x20,
+            b's' | b'd' | b'l' | b't' | b'h' | b'p' | b'a' | b'c'
+        ) && NEEDLES.iter().any(|n| {
+            sql.get(i..i + n.len())
+                .is_some_and(|w| w.eq_ignore_ascii_case(n))
+        })
+    })
+}
+
+/// What the statements of `sql` may do to their session.
+pub fn of(sql: &[u8]) -> Effects {
+    let mut fx = Effects::default();
+    if !mentions_any(sql) {
+        return fx;
+    }
+    // Keywords are ASCII: text in another encoding reads the same after a lossy decode.
+    let text = String::from_utf8_lossy(sql);
+    let Ok(toks) = tokens(&text) else {
+        return fx;
+    };
+    for statement in toks.split(|t| *t == Token::Punct(';')) {
+        one(statement, &mut fx);
+    }
+    set_config_names(&text, &mut fx);
+    fx
+}
+
+fn word(t: &[Token], i: usize) -> Option<&str> {
+    match t.get(i) {
+        Some(Token::Word(w)) => Some(w),
+        _ => None,
+    }
+}
+
+fn has_words(t: &[Token], pair: [&str; 2]) -> bool {
+    t.windows(2).any(|w| matches!((&w[0], &w[1]), (Token::Word(a), Token::Word(b)) if a == pair[0] && b == pair[1]))
+}
+
+fn one(t: &[Token], fx: &mut Effects) {
+    let start = t
+        .iter()
+        .position(|x| *x != Token::Punct('('))
+        .unwrap_or(t.len());
+    let t = &t[start..];
+    match word(t, 0) {
+        Some("set") => set(t, fx),
+        Some("reset") => reset(t, fx),
+        Some("discard") => match word(t, 1) {
+            Some("all") => {
+                fx.reset_all = true;
+                fx.end = all_but_load();
+            }
+            Some("temp" | "temporary") => fx.end.insert(Feature::TempTable),
+            _ => {}
+        },
+        Some("listen") => fx.start.insert(Feature::Listen),
+        Some("unlisten") => fx.end.insert(Feature::Listen),
+        Some("prepare") if word(t, 1) != Some("transaction") => fx.start.insert(Feature::Prepare),
+        Some("deallocate") => fx.end.insert(Feature::Prepare),
+        Some("load") => fx.start.insert(Feature::Load),
+        Some("declare") if has_words(t, ["with", "hold"]) => fx.start.insert(Feature::HoldCursor),
+        Some("close") => fx.end.insert(Feature::HoldCursor),
+        Some("drop") => fx.end.insert(Feature::TempTable),
+        Some("create") if creates_temp(t) => fx.start.insert(Feature::TempTable),
+        _ => {}
+    }
+    if has_words(t, ["into", "temp"]) || has_words(t, ["into", "temporary"]) {
+        fx.start.insert(Feature::TempTable);
+    }
+    if t.iter()
+        .any(|x| matches!(x, Token::Word(w) if w == "pg_temp"))
+    {
+        fx.start.insert(Feature::TempTable);
+    }
+    for (i, tok) in t.iter().enumerate() {
+        let name = match tok {
+            Token::Word(w) if t.get(i + 1) == Some(&Token::Punct('(')) => w.as_str(),
+            Token::QuotedCall(w) => w.as_str(),
+            _ => continue,
+        };
+        match name {
+            "pg_advisory_lock"
+            | "pg_advisory_lock_shared"
+            | "pg_try_advisory_lock"
+            | "pg_try_advisory_lock_shared" => fx.start.insert(Feature::AdvisoryLock),
+            "pg_advisory_unlock" | "pg_advisory_unlock_shared" | "pg_advisory_unlock_all" => {
+                fx.end.insert(Feature::AdvisoryLock)
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Every feature but LOAD, which nothing but the end of the connection undoes.
+fn all_but_load() -> Features {
+    let mut f = Features(0);
+    for x in Feature::ALL {
+        if x != Feature::Load {
+            f.insert(x);
+        }
+    }
+    f
+}
+
+/// CREATE [GLOBAL | LOCAL] {TEMP | TEMPORARY} … (a table, sequence or view), unless it goes
+/// at commit.
+fn creates_temp(t: &[Token]) -> bool {
+    t.iter()
+        .skip(1)
+        .take(4)
+        .any(|x| matches!(x, Token::Word(w) if w == "temp" || w == "temporary"))
+        && !(has_words(t, ["on", "commit"]) && has_words(t, ["commit", "drop"]))
+}
+
+/// `SET [SESSION] name {TO | =} …` and its special forms; SET LOCAL, SET TRANSACTION and SET
+/// CONSTRAINTS end with the transaction.
+fn set(t: &[Token], fx: &mut Effects) {
+    let mut i = 1;
+    match word(t, 1) {
+        Some("local" | "transaction" | "constraints") => return,
+        Some("session") => match word(t, 2) {
+            Some("characteristics") => {
+                for name in [
+                    "default_transaction_isolation",
+                    "default_transaction_read_only",
+                    "default_transaction_deferrable",
+                ] {
+                    fx.setting(name, false);
+                }
+                return;
+            }
+            Some("authorization") => {
+                let reset = word(t, 3) == Some("default");
+                fx.setting("session_authorization", reset);
+                fx.setting("role", reset);
+                return;
+            }
+            _ => i = 2,
+        },
+        _ => {}
+    }
+    let (name, next) = match (word(t, i), word(t, i + 1)) {
+        (Some("time"), Some("zone")) => ("timezone".to_owned(), i + 2),
+        (Some("names"), _) => ("client_encoding".to_owned(), i + 1),
+        (Some("schema"), _) => ("search_path".to_owned(), i + 1),
+        (Some("xml"), Some("option")) => ("xmloption".to_owned(), i + 2),
+        (Some("role"), _) => ("role".to_owned(), i + 1),
+        _ => match dotted_name(t, i) {
+            Some((name, after)) => {
+                // `SET x TO DEFAULT` is a RESET.
+                let value = match t.get(after) {
+                    Some(Token::Word(w)) if w == "to" => after + 1,
+                    Some(Token::Punct('=')) => after + 1,
+                    _ => after,
+                };
+                let reset = word(t, value) == Some("default") && t.len() == value + 1;
+                fx.setting(&name, reset);
+                return;
+            }
+            None => {
+                fx.unnamed_setting = true;
+                return;
+            }
+        },
+    };
+    // SET TIME ZONE LOCAL and SET ROLE NONE are resets too.
+    let reset = matches!(word(t, next), Some("default" | "local" | "none"));
+    fx.setting(&name, reset);
+}
+
+/// `RESET name`, `RESET ALL` and the special forms.
+fn reset(t: &[Token], fx: &mut Effects) {
+    match (word(t, 1), word(t, 2)) {
+        (Some("all"), _) => fx.reset_all = true,
+        (Some("time"), Some("zone")) => fx.setting("timezone", true),
+        (Some("session"), Some("authorization")) => {
+            fx.setting("session_authorization", true);
+            fx.setting("role", true);
+        }
+        _ => match dotted_name(t, 1) {
+            Some((name, _)) => fx.setting(&name, true),
+            None => fx.unnamed_setting = true,
+        },
+    }
+}
+
+/// `a` or `a.b` starting at `i`, and the index after it.
+fn dotted_name(t: &[Token], mut i: usize) -> Option<(String, usize)> {
+    let mut name = word(t, i)?.to_owned();
+    i += 1;
+    while t.get(i) == Some(&Token::Punct('.')) {
+        name.push('.');
+        name.push_str(word(t, i + 1)?);
+        i += 2;
+    }
+    Some((name, i))
+}
+
+/// The names `set_config('name', …)` calls give in a literal; any other first argument is a
+/// setting the text does not name.
+fn set_config_names(text: &str, fx: &mut Effects) {
+    const CALL: &str = "set_config";
+    let lower = text.to_ascii_lowercase();
+    let mut from = 0;
+    while let Some(at) = lower[from..].find(CALL) {
+        let after = from + at + CALL.len();
+        from = after;
+        let rest = text[after..].trim_start();
+        let Some(args) = rest.strip_prefix('(') else {
+            continue;
+        };
+        let args = args.trim_start();
+        let literal = args
+            .strip_prefix('\'')
+            .or_else(|| args.strip_prefix("E'"))
+            .or_else(|| args.strip_prefix("e'"));
+        match literal.and_then(|l| l.find('\'').map(|end| &l[..end])) {
+            Some(name) if !name.is_empty() && !name.contains('\\') => {
+                fx.setting(&name.to_ascii_lowercase(), false)
+            }
+            _ => fx.unnamed_setting = true,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(sql: &str) -> (Vec<String>, Vec<String>) {
+        let fx = of(sql.as_bytes());
+        (fx.settings, fx.resets)
+    }
+
+    fn names(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn statements_without_effects_cost_one_scan() {
+        for sql in [
+            "SELECT abalance FROM pgbench_accounts WHERE aid = 1",
+            "INSERT INTO t VALUES (1)",
+            "BEGIN",
+            "COMMIT",
+        ] {
+            assert!(!mentions_any(sql.as_bytes()), "{sql}");
+            assert!(of(sql.as_bytes()).is_empty());
+        }
+        // Mentions a word but does nothing to the session.
+        assert!(of(b"UPDATE t SET a = 1").is_empty());
+        assert!(of(b"SET LOCAL statement_timeout = 5").is_empty());
+        assert!(of(b"SET TRANSACTION ISOLATION LEVEL SERIALIZABLE").is_empty());
+        assert!(of(b"SELECT 'SET search_path TO x'").is_empty());
+    }
+
+    #[test]
+    fn every_form_of_set_names_its_setting() {
+        let cases: &[(&str, &[&str], &[&str])] = &[
+            ("SET search_path TO tenant_a, public", &["search_path"], &[]),
+            ("set session statement_timeout = '5s'", &["statement_timeout"], &[]),
+            ("SET myapp.tenant_id = 42", &["myapp.tenant_id"], &[]),
+            ("SET TIME ZONE 'Europe/Paris'", &["timezone"], &[]),
+            ("SET NAMES 'LATIN1'", &["client_encoding"], &[]),
+            ("SET SCHEMA 'app'", &["search_path"], &[]),
+            ("SET XML OPTION DOCUMENT", &["xmloption"], &[]),
+            ("SET ROLE reporting", &["role"], &[]),
+            ("SET ROLE NONE", &["role"], &["role"]),
+            (
+                "SET SESSION AUTHORIZATION bob",
+                &["session_authorization", "role"],
+                &[],
+            ),
+            ("SET work_mem TO DEFAULT", &["work_mem"], &["work_mem"]),
+            ("SET TIME ZONE LOCAL", &["timezone"], &["timezone"]),
+            ("RESET datestyle", &["datestyle"], &["datestyle"]),
+            ("RESET TIME ZONE", &["timezone"], &["timezone"]),
+            ("RESET myapp.tenant_id", &["myapp.tenant_id"], &["myapp.tenant_id"]),
+            (
+                "SELECT set_config('search_path', 'x', false), pg_catalog.set_config( E'App.X', $1, false)",
+                &["search_path", "app.x"],
+                &[],
+            ),
+            (
+                "SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY",
+                &[
+                    "default_transaction_isolation",
+                    "default_transaction_read_only",
+                    "default_transaction_deferrable",
+                ],
+                &[],
+            ),
+            ("SET a = 1; SET b TO 2", &["a", "b"], &[]),
+        ];
+        for (sql, set, reset) in cases {
+            assert_eq!(settings(sql), (names(set), names(reset)), "{sql}");
+        }
+        assert!(of(b"RESET ALL").reset_all);
+        assert!(of(b"DISCARD ALL").reset_all);
+        assert!(of(b"SELECT set_config($1, $2, false)").unnamed_setting);
+        assert!(of(b"SET \"Quoted\" = 1").unnamed_setting);
+    }
+
+    #[test]
+    fn session_features_start_and_end() {
+        use Feature::*;
+        let cases: &[(&str, &[Feature], &[Feature])] = &[
+            ("SELECT pg_advisory_lock(42)", &[AdvisoryLock], &[]),
+            (
+                "SELECT pg_try_advisory_lock_shared(1, 2)",
+                &[AdvisoryLock],
+                &[],
+            ),
+            ("SELECT pg_advisory_xact_lock(42)", &[], &[]),
+            ("SELECT pg_advisory_unlock(42)", &[], &[AdvisoryLock]),
+            ("SELECT pg_advisory_unlock_all()", &[], &[AdvisoryLock]),
+            ("LISTEN jobs", &[Listen], &[]),
+            ("UNLISTEN *", &[], &[Listen]),
+            ("CREATE TEMP TABLE t (x int)", &[TempTable], &[]),
+            ("create global temporary table t (x int)", &[TempTable], &[]),
+            ("CREATE TABLE pg_temp.t (x int)", &[TempTable], &[]),
+            ("SELECT * INTO TEMP t2 FROM t", &[TempTable], &[]),
+            ("CREATE TABLE temps (x int)", &[], &[]),
+            ("CREATE TEMP TABLE t (x int) ON COMMIT DROP", &[], &[]),
+            ("DROP TABLE t", &[], &[TempTable]),
+            ("DISCARD TEMP", &[], &[TempTable]),
+            (
+                "DECLARE c CURSOR WITH HOLD FOR SELECT 1",
+                &[HoldCursor],
+                &[],
+            ),
+            ("DECLARE c CURSOR FOR SELECT 1", &[], &[]),
+            ("CLOSE ALL", &[], &[HoldCursor]),
+            ("PREPARE p AS SELECT 1", &[Prepare], &[]),
+            ("PREPARE TRANSACTION 'x'", &[], &[]),
+            ("DEALLOCATE ALL", &[], &[Prepare]),
+            ("LOAD 'auto_explain'", &[Load], &[]),
+        ];
+        for (sql, start, end) in cases {
+            let fx = of(sql.as_bytes());
+            let set = |list: &[Feature]| {
+                let mut f = Features::NONE;
+                list.iter().for_each(|x| f.insert(*x));
+                f
+            };
+            assert_eq!((fx.start, fx.end), (set(start), set(end)), "{sql}");
+        }
+        let all = of(b"DISCARD ALL");
+        assert!(all.end.contains(Feature::AdvisoryLock) && !all.end.contains(Feature::Load));
+        assert_eq!(
+            of(b"SELECT pg_advisory_lock(1); LISTEN x").start.names(),
+            "advisory_lock,listen"
+        );
+    }
+}
