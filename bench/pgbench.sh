@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # End-to-end benchmark: pgbench -S through pgsluice and PgBouncer (same pool size, transaction
 # mode) against a throwaway local PostgreSQL, plus direct connections as the ceiling. Prints one
-# table of TPS and latency with pgsluice/PgBouncer ratios, then the RSS of each pooler holding
-# many idle clients, then the routing case: pgbench -S through pgsluice with two streaming
+# table of TPS and latency with pgsluice/PgBouncer ratios, then what following clients' settings
+# costs, then the RSS of each pooler holding many idle clients, then the routing case: pgbench -S through pgsluice with two streaming
 # replicas against pgsluice with the primary only.
 #
 #   bench/pgbench.sh                      # defaults below
 #   CLIENTS="16 64" DURATION=10 ROUNDS=5 POOL_SIZE=20 IDLE_CLIENTS=2000 bench/pgbench.sh
 #   REPLICA_CLIENTS=""   skips the replica case (default "64")
+#   SETTINGS_CLIENTS=""  skips the settings case (default "16": clients with no SET, the same
+#                        three settings each, or three settings of their own)
 #
 # Every run is bounded (-T), everything listens on 127.0.0.1 only, and all of it is removed at
 # exit. PgBouncer comes from Debian's package and is installed if missing. Debian's PgBouncer
@@ -23,6 +25,7 @@ POOL_SIZE=${POOL_SIZE:-20}
 IDLE_CLIENTS=${IDLE_CLIENTS:-2000}
 SCALE=${SCALE:-1}
 REPLICA_CLIENTS=${REPLICA_CLIENTS-64}
+SETTINGS_CLIENTS=${SETTINGS_CLIENTS-16}
 
 root=$(cd "$(dirname "$0")/.." && pwd)
 # shellcheck source=bench/common.sh
@@ -143,6 +146,41 @@ for mode in $MODES; do
             "$mode" "$c" "$d_tps" "$d_lat" "$b_tps" "$b_lat" "$s_tps" "$s_lat" "$vs_b" "$vs_d"
     done
 done
+
+# Settings: what following each client's settings costs. Every client runs as a pgbench process
+# of its own (-c 1), so that each can have its own startup settings; the three cases differ
+# only in those: none, the same three for every client (a server already in line costs one
+# comparison), or three of its own (a server coming from another client is brought in line
+# first, one round trip). Total TPS of all, median of ROUNDS, interleaved.
+run_each() {
+    local kind=$1 clients=$2 i opts
+    # The pgbench processes are this subshell's children: it waits for them, not for the
+    # poolers the script started.
+    (for i in $(seq "$clients"); do
+        case $kind in
+        none) opts="" ;;
+        same) opts="-c work_mem=8MB -c search_path=public -c statement_timeout=30s" ;;
+        own) opts="-c work_mem=$((i + 4))MB -c search_path=public -c statement_timeout=$((i + 30))s" ;;
+        esac
+        PGOPTIONS=$opts "$bindir/pgbench" -h 127.0.0.1 -p "$sluice_port" -U postgres -n -S -M simple \
+            -c 1 -T "$DURATION" postgres 2>&1 | awk '/^tps/ {print $3}' &
+    done
+    wait) | awk '{t += $1} END {printf "%.0f\n", t}'
+}
+if [ -n "$SETTINGS_CLIENTS" ]; then
+    echo
+    printf '%-8s | %10s | %10s %8s | %10s %8s\n' clients no_set_tps same3_tps ratio own3_tps ratio
+    for c in $SETTINGS_CLIENTS; do
+        : >"$work/none" >"$work/same" >"$work/own"
+        for _ in $(seq "$ROUNDS"); do
+            for kind in none same own; do run_each "$kind" "$c" >>"$work/$kind"; done
+        done
+        n=$(median <"$work/none"); m=$(median <"$work/same"); o=$(median <"$work/own")
+        printf '%-8s | %10s | %10s %8s | %10s %8s\n' "$c" "$n" \
+            "$m" "$(awk -v a="$m" -v b="$n" 'BEGIN {printf "%.2fx", a / b}')" \
+            "$o" "$(awk -v a="$o" -v b="$n" 'BEGIN {printf "%.2fx", a / b}')"
+    done
+fi
 
 # RSS with many idle clients: log each in, then hold the connections open.
 rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }

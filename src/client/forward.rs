@@ -14,7 +14,7 @@ use crate::protocol::backend::{self, Action, TxStatus};
 use crate::protocol::frontend::Message;
 use crate::protocol::sqlstate;
 use crate::protocol::ProtocolError;
-use crate::router::effects::{self, Effects, Feature, Features};
+use crate::router::effects::{self, Feature, Features};
 use crate::router::policy::{self, Failure, Retry};
 use crate::router::RouteCounters;
 use crate::server::exchange::{Replies, READ_CHUNK};
@@ -128,19 +128,23 @@ impl Session<'_> {
             if link.pace.held() {
                 link.replay.extend_from_slice(original);
             }
+            // Most statements do nothing to the session: they cost one cheap test.
             let fx = match frame.msg {
-                Message::Query(sql) => effects::of(sql),
-                Message::Parse { query, .. } => effects::of(query),
+                Message::Query(sql) | Message::Parse { query: sql, .. } => {
+                    effects::may_affect(sql).then(|| effects::of(sql))
+                }
                 Message::Bind { statement, .. } if !statement.is_empty() => names
                     .statements
                     .get(statement)
-                    .map(|s| s.effects().clone())
-                    .unwrap_or_default(),
-                _ => Effects::default(),
+                    .map(|s| s.effects())
+                    .filter(|fx| !fx.is_empty())
+                    .cloned(),
+                _ => None,
             };
-            let refused = (!fx.start.is_empty() && refuse_pins)
-                .then(|| refusal(frame.msg, fx.start))
-                .flatten();
+            let refused = fx
+                .as_ref()
+                .filter(|fx| !fx.start.is_empty() && refuse_pins)
+                .and_then(|fx| refusal(frame.msg, fx.start));
             let (msg, bytes) = match &refused {
                 Some(r) => {
                     if r.error.is_some() {
@@ -149,7 +153,7 @@ impl Session<'_> {
                     (r.message(), &r.frame[..])
                 }
                 None => {
-                    if !fx.is_empty() {
+                    if let Some(fx) = fx.filter(|fx| !fx.is_empty()) {
                         link.touched.merge(&fx);
                     }
                     (frame.msg, original)

@@ -168,7 +168,7 @@ impl Session<'_> {
     /// Waits for a server of `node`'s pool; a client that leaves meanwhile gives up its place.
     async fn checkout(&self, node: usize) -> Result<Waited, End> {
         let pool = &self.members.pools[node];
-        let waiting = pool.checkout();
+        let waiting = pool.checkout_for(Some(self.params.fingerprint()));
         tokio::pin!(waiting);
         let checkout = tokio::select! {
             // Checkout first: when a server is free there is no need to look at the client.

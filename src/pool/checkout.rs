@@ -69,14 +69,25 @@ pub(super) enum Granted {
     Reserve,
 }
 
+/// How many of the most recently used idle servers a checkout looks through for one that
+/// already has the client's settings.
+const AFFINITY_DEPTH: usize = 8;
+
 impl Pool {
     /// Takes a server connection, waiting in line (FIFO) when the pool is at its size. One
     /// that has been idle longer than server_check_delay must first answer
     /// server_check_query; one that does not is closed and another taken.
     pub async fn checkout(&self) -> Result<Checkout, PoolError> {
+        self.checkout_for(None).await
+    }
+
+    /// As `checkout`, preferring among the most recently used idle servers one whose session
+    /// settings have the fingerprint `settings`: it needs nothing applied before the client's
+    /// work runs.
+    pub async fn checkout_for(&self, settings: Option<u64>) -> Result<Checkout, PoolError> {
         let start = Instant::now();
         loop {
-            let mut c = self.take(start).await?;
+            let mut c = self.take(start, settings).await?;
             if self.passes_check(&mut c.conn).await {
                 self.metrics.wait.observe(c.waited.as_secs_f64());
                 return Ok(c);
@@ -105,8 +116,8 @@ impl Pool {
     }
 
     /// Takes an idle connection, or a slot to open one, or a place in the wait queue.
-    async fn take(&self, start: Instant) -> Result<Checkout, PoolError> {
-        let ticket = match self.take_now()? {
+    async fn take(&self, start: Instant, settings: Option<u64>) -> Result<Checkout, PoolError> {
+        let ticket = match self.take_now(settings)? {
             Taken::Idle(conn) => {
                 return Ok(Checkout {
                     conn,
@@ -135,11 +146,23 @@ impl Pool {
 
     /// What the pool has for a client right now. Expired idle connections met on the way
     /// are closed.
-    fn take_now(&self) -> Result<Taken, PoolError> {
+    fn take_now(&self, settings: Option<u64>) -> Result<Taken, PoolError> {
         let mut expired = Vec::new();
         let taken = {
             let mut inner = self.lock();
             let now = Instant::now();
+            if let Some(fp) = settings {
+                // The most recent is the likeliest to be warm: look a little further only
+                // when it does not match.
+                let idle = &mut inner.idle;
+                let n = idle.len();
+                let matching = (n.saturating_sub(AFFINITY_DEPTH)..n)
+                    .rev()
+                    .find(|&i| idle[i].session.fingerprint() == fp);
+                if let Some(i) = matching.filter(|&i| i + 1 < n) {
+                    idle.swap(i, n - 1);
+                }
+            }
             let mut found = None;
             while let Some(conn) = inner.idle.pop() {
                 if self.expired(&conn, now) {

@@ -116,7 +116,11 @@ pub struct Effects {
 
 impl Effects {
     pub fn is_empty(&self) -> bool {
-        *self == Effects::default()
+        self.settings.is_empty()
+            && !self.unnamed_setting
+            && !self.reset_all
+            && self.start.is_empty()
+            && self.end.is_empty()
     }
 
     /// Adds what `other` may do.
@@ -147,38 +151,143 @@ fn add(list: &mut Vec<String>, name: &str) {
     }
 }
 
-/// Words one of which any statement with an effect contains (in any case).
-const NEEDLES: [&[u8]; 11] = [
+/// Keywords that start a statement with an effect.
+const LEADING: [&[u8]; 12] = [
     b"set",
+    b"reset",
     b"discard",
     b"listen",
-    b"temp",
-    b"hold",
+    b"unlisten",
     b"prepare",
     b"deallocate",
     b"load",
-    b"advisory",
+    b"declare",
     b"close",
     b"drop",
+    b"create",
 ];
 
-/// Whether `sql` mentions any word a statement with an effect needs.
+/// Words with an effect anywhere in a statement: function names (which all hold `_`), and
+/// `temp` of `SELECT … INTO TEMP`.
+const INSIDE: [&[u8]; 5] = [
+    b"pg_advisory",
+    b"pg_try_advisory",
+    b"set_config",
+    b"pg_temp",
+    b"temp",
+];
+
+/// Per byte: whether it continues a word.
+const WORD: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        t[b] = c.is_ascii_alphanumeric() || c == b'_' || c == b'$' || c >= 0x80;
+        b += 1;
+    }
+    t
+};
+
+/// Whether `sql` may have an effect: a statement (at the start, or after a `;`) whose first
+/// word is one of `LEADING`, or a word anywhere that starts with one of `INSIDE`. Only the
+/// bytes such text must hold are looked at (`;`, `_` of every function name, `m` of `temp`),
+/// found eight at a time, so an ordinary statement costs a few instructions per word of text.
+/// What this lets through is read in full; a `;` or comment inside a literal only makes it
+/// read more than it needs to.
 fn mentions_any(sql: &[u8]) -> bool {
-    sql.iter().enumerate().any(|(i, &b)| {
-        matches!(
-            b | 0x20,
-            b's' | b'd' | b'l' | b't' | b'h' | b'p' | b'a' | b'c'
-        ) && NEEDLES.iter().any(|n| {
-            sql.get(i..i + n.len())
-                .is_some_and(|w| w.eq_ignore_ascii_case(n))
-        })
+    const LO: u64 = 0x0101_0101_0101_0101;
+    const HI: u64 = 0x8080_8080_8080_8080;
+    if leads(sql) {
+        return true;
+    }
+    let n = sql.len();
+    let mut c = 0;
+    while c < n {
+        let chunk: [u8; 8] = match sql.get(c..c + 8) {
+            Some(full) => full.try_into().unwrap_or_default(),
+            None => {
+                let mut last = [0u8; 8];
+                last[..n - c].copy_from_slice(&sql[c..]);
+                last
+            }
+        };
+        // Folding case makes `M` an `m`, `_` a DEL and leaves `;` as it is; then the usual
+        // test for a zero byte in a word finds each (and now and then a byte next to one).
+        let x = u64::from_le_bytes(chunk) | 0x2020_2020_2020_2020;
+        let zero = |y: u64| y.wrapping_sub(LO) & !y & HI;
+        let mut hits = zero(x ^ (LO * 0x6d)) | zero(x ^ (LO * 0x7f)) | zero(x ^ (LO * 0x3b));
+        while hits != 0 {
+            let at = c + hits.trailing_zeros() as usize / 8;
+            hits &= hits - 1;
+            if at < n && effect_at(sql, at) {
+                return true;
+            }
+        }
+        c += 8;
+    }
+    false
+}
+
+/// Whether the byte at `at` (a candidate of `mentions_any`) is where an effect shows.
+fn effect_at(sql: &[u8], at: usize) -> bool {
+    match sql[at] {
+        b';' => leads(&sql[at + 1..]),
+        b'_' => {
+            let start = sql[..at]
+                .iter()
+                .rposition(|b| !WORD[*b as usize])
+                .map_or(0, |p| p + 1);
+            inside(&sql[start..])
+        }
+        b'm' | b'M' => match at.checked_sub(2) {
+            // `m` is the third letter of `temp`.
+            Some(s) if s == 0 || !WORD[sql[s - 1] as usize] => inside(&sql[s..]),
+            _ => false,
+        },
+        _ => false,
+    }
+}
+
+fn inside(word: &[u8]) -> bool {
+    INSIDE.iter().any(|w| {
+        word.get(..w.len())
+            .is_some_and(|p| p.eq_ignore_ascii_case(w))
     })
+}
+
+/// Whether the statement `text` starts with one of `LEADING` (or with a comment, which would
+/// take reading in full to see past).
+fn leads(text: &[u8]) -> bool {
+    let mut i = 0;
+    while i < text.len() && (text[i].is_ascii_whitespace() || text[i] == b'(') {
+        i += 1;
+    }
+    let start = i;
+    if matches!(&text[i..], [b'/', b'*', ..] | [b'-', b'-', ..]) {
+        return true;
+    }
+    while i < text.len() && WORD[text[i] as usize] {
+        i += 1;
+    }
+    let word = &text[start..i];
+    let Some(first) = word.first().map(|b| b | 0x20) else {
+        return false;
+    };
+    LEADING
+        .iter()
+        .any(|w| w.len() == word.len() && w[0] == first && w.eq_ignore_ascii_case(word))
+}
+
+/// Whether `of(sql)` may find anything: the cheap test, for text that mostly has nothing.
+pub fn may_affect(sql: &[u8]) -> bool {
+    mentions_any(sql)
 }
 
 /// What the statements of `sql` may do to their session.
 pub fn of(sql: &[u8]) -> Effects {
     let mut fx = Effects::default();
-    if !mentions_any(sql) {
+    if !may_affect(sql) {
         return fx;
     }
     // Keywords are ASCII: text in another encoding reads the same after a lossy decode.
@@ -408,6 +517,8 @@ mod tests {
     fn statements_without_effects_cost_one_scan() {
         for sql in [
             "SELECT abalance FROM pgbench_accounts WHERE aid = 1",
+            "SELECT t.total_amount FROM tt t WHERE t.x_y = 'a;b'",
+            "SELECT pgbench_tellers.tbalance FROM pgbench_tellers; SELECT 1; SELECT '\x7f\x1b'",
             "INSERT INTO t VALUES (1)",
             "BEGIN",
             "COMMIT",
@@ -420,6 +531,15 @@ mod tests {
         assert!(of(b"SET LOCAL statement_timeout = 5").is_empty());
         assert!(of(b"SET TRANSACTION ISOLATION LEVEL SERIALIZABLE").is_empty());
         assert!(of(b"SELECT 'SET search_path TO x'").is_empty());
+        // Found wherever they are in the text, in any case.
+        for sql in [
+            "select 1 from t;\n  SET search_path = a",
+            "SELECT x INTO TEMPORARY t2 FROM t",
+            "SELECT a, b, c, d, e, f, g, pg_catalog.PG_ADVISORY_LOCK(1)",
+            "SELECT 12345678 INTO temp t3",
+        ] {
+            assert!(!of(sql.as_bytes()).is_empty(), "{sql}");
+        }
     }
 
     #[test]
