@@ -326,15 +326,15 @@ async fn temp_tables_prepare_and_hold_cursors_keep_their_server() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn listen_pins_and_notifications_arrive() {
-    let cluster = Replicated::start();
-    let pooler = cluster.pooler(&format!("default_pool_size = 3\n{ADMIN}"), "");
-    let (a, mut conn) =
+type Notes = tokio::sync::mpsc::UnboundedReceiver<(String, String)>;
+
+/// A client whose notifications come out of the receiver, as (channel, payload).
+async fn listening_client(pooler: &Pooler) -> (Client, Notes) {
+    let (client, mut conn) =
         tokio_postgres::connect(&pooler.conn_str("app", APP_PASSWORD), tokio_postgres::NoTls)
             .await
             .unwrap();
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(async move {
         let mut messages = futures_util::stream::poll_fn(move |cx| conn.poll_message(cx));
         while let Some(Ok(m)) = futures_util::StreamExt::next(&mut messages).await {
@@ -343,7 +343,108 @@ async fn listen_pins_and_notifications_arrive() {
             }
         }
     });
+    (client, rx)
+}
+
+/// Backends of the primary that last ran a LISTEN: the listening connections.
+fn listening_backends(cluster: &Replicated) -> usize {
+    cluster
+        .primary
+        .psql("SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'LISTEN%'")
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shared_listen_carries_every_client_on_one_connection() {
+    let cluster = Replicated::start();
+    let pooler = cluster.pooler(
+        &format!("default_pool_size = 3\nmax_client_conn = 400\n{ADMIN}"),
+        "",
+    );
+    let (a, mut a_notes) = listening_client(&pooler).await;
     a.batch_execute("LISTEN jobs").await.unwrap();
+    for i in 0..5 {
+        a.batch_execute(&format!("BEGIN; SELECT {i}; COMMIT"))
+            .await
+            .unwrap();
+    }
+    let b = connect(&pooler, "app", APP_PASSWORD).await;
+    b.batch_execute("NOTIFY jobs, 'first'").await.unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(1), a_notes.recv()).await;
+    assert_eq!(
+        got.expect("notification within 1 s"),
+        Some(("jobs".to_owned(), "first".to_owned()))
+    );
+    // Not pinned: the shared connection listens for it.
+    let pinned = pooler.admin_column("SHOW CLIENTS", "pinned");
+    assert!(pinned.iter().all(|p| p.is_empty()), "{pinned:?}");
+
+    // 200 clients on 20 channels, one listening connection.
+    let mut clients = Vec::new();
+    for i in 0..200 {
+        let (c, notes) = listening_client(&pooler).await;
+        c.batch_execute(&format!("LISTEN ch{}", i % 20))
+            .await
+            .unwrap();
+        clients.push((i % 20, c, notes));
+    }
+    assert_eq!(listening_backends(&cluster), 1);
+    for ch in 0..20 {
+        b.batch_execute(&format!("NOTIFY ch{ch}, 'to {ch}'"))
+            .await
+            .unwrap();
+    }
+    for (ch, _, notes) in &mut clients {
+        let got = tokio::time::timeout(Duration::from_secs(5), notes.recv()).await;
+        assert_eq!(
+            got.expect("every listener gets its channel's notification"),
+            Some((format!("ch{ch}"), format!("to {ch}")))
+        );
+        assert!(notes.try_recv().is_err(), "only its own channel's");
+    }
+    // UNLISTEN takes a client's channels away; the others still hear. A notification on a
+    // channel it does listen on, sent after, shows whether the one before reached it.
+    for (_, c, _) in clients.iter().filter(|(ch, _, _)| *ch == 0) {
+        c.batch_execute("UNLISTEN *; LISTEN marker").await.unwrap();
+    }
+    b.batch_execute(
+        "BEGIN; NOTIFY ch0, 'nobody'; NOTIFY ch1, 'still'; NOTIFY marker, 'after'; COMMIT",
+    )
+    .await
+    .unwrap();
+    for (ch, _, notes) in clients.iter_mut().filter(|(ch, _, _)| *ch <= 1) {
+        let got = tokio::time::timeout(Duration::from_secs(5), notes.recv()).await;
+        let (channel, payload) = got.expect("a notification").unwrap();
+        if *ch == 1 {
+            assert_eq!(payload, "still");
+        } else {
+            assert_eq!((channel.as_str(), payload.as_str()), ("marker", "after"));
+        }
+    }
+    drop(clients);
+    drop(a);
+    let gone = support::wait_for(Duration::from_secs(10), || {
+        listening_backends(&cluster) == 0
+    });
+    assert!(
+        gone,
+        "the shared listening connection outlived its last listener"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listen_pins_in_pin_mode_and_notifications_arrive() {
+    let cluster = Replicated::start();
+    let pooler = cluster.pooler(
+        &format!("default_pool_size = 3\nlisten_mode = \"pin\"\n{ADMIN}"),
+        "",
+    );
+    let (a, mut rx) = listening_client(&pooler).await;
+    a.batch_execute("LISTEN jobs").await.unwrap();
+    let pinned = pooler.admin_column("SHOW CLIENTS", "pinned");
+    assert!(pinned.contains(&"listen".to_owned()), "{pinned:?}");
     for i in 0..5 {
         a.batch_execute(&format!("BEGIN; SELECT {i}; COMMIT"))
             .await
@@ -364,7 +465,7 @@ async fn listen_pins_and_notifications_arrive() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pin_session_features_off_refuses_them_with_0a000() {
     let cluster = Replicated::start();
-    let pooler = cluster.pooler("pin_session_features = false", "");
+    let pooler = cluster.pooler("pin_session_features = false\nlisten_mode = \"pin\"", "");
     let a = connect(&pooler, "app", APP_PASSWORD).await;
     for sql in [
         "SELECT pg_advisory_lock(1)",

@@ -4,6 +4,7 @@
 
 use super::end::End;
 use super::link::{Link, Pace};
+use super::listen::next_note;
 use super::params::SessionParams;
 use super::rewrite::Names;
 use super::session::Session;
@@ -154,6 +155,10 @@ impl Session<'_> {
                 }
                 None => {
                     if let Some(fx) = fx.filter(|fx| !fx.is_empty()) {
+                        if fx.reset_all && self.notes.take().is_some() {
+                            // DISCARD ALL unlistens as well.
+                            self.members.listener.unlisten(self.reg.process_id, None);
+                        }
                         link.touched.merge(&fx);
                     }
                     (frame.msg, original)
@@ -281,6 +286,7 @@ impl Session<'_> {
         waiting_in_tx: Option<Duration>,
     ) -> Option<Unlink> {
         let held = link.pace.held();
+        let between = link.ex.tracker.idle() && link.ex.settled();
         let pool = &self.members.pools[link.node];
         let conn = &mut link.ex.conn;
         let (mut srv_r, mut srv_w) = conn.stream.split();
@@ -323,6 +329,11 @@ impl Session<'_> {
             },
             _ = sleep_or_never(waiting_in_tx) => {
                 return Some(Unlink::End(End::IdleTransactionTimeout))
+            }
+            // Between transactions, as PostgreSQL delivers them.
+            note = next_note(&mut self.notes), if between => {
+                self.to_client.extend_from_slice(&note);
+                return None;
             }
             // Woken to look at the phase again at the top of the loop.
             _ = self.reg.slot.wake.notified() => return None,

@@ -4,6 +4,7 @@
 //! once many clients are connected.
 
 use super::end::End;
+use super::listen::next_note;
 use super::session::{Next, Session, Spare};
 use crate::protocol::backend::{self, TxStatus};
 use crate::protocol::frontend::Message;
@@ -24,6 +25,8 @@ enum Woke {
     Data,
     Control,
     Timeout,
+    /// A notification for a client that listens.
+    Note(crate::pool::listener::Note),
     /// The client closed its connection.
     Gone,
 }
@@ -42,6 +45,10 @@ impl Session<'_> {
             self.to_client.clear();
         }
         self.inbox.scan(self.config.general.max_packet_size);
+        let maybe_listen = matches!(self.inbox.front().map(|f| f.tag), Some(b'Q' | b'P'));
+        if maybe_listen && self.answer_listen().await {
+            return Ok(Next::Stay);
+        }
         let Some(frame) = self.inbox.front() else {
             if let Some(e) = self.inbox.fault() {
                 return Err(End::Violation(e));
@@ -123,22 +130,29 @@ impl Session<'_> {
             // A shutdown or a KILL wakes the client; idle_step then sees whether it must go.
             let control = self.reg.slot.wake.notified();
             let ready = tcp.readable();
+            let note = next_note(&mut self.notes);
             match timeout {
                 // Boxed: a timer is large, and every idle client would carry its space
                 // otherwise.
                 Some(t) => tokio::select! {
                     _ = ready => Woke::Data,
                     _ = control => Woke::Control,
+                    n = note => Woke::Note(n),
                     _ = Box::pin(tokio::time::sleep(t)) => Woke::Timeout,
                 },
                 None => tokio::select! {
                     _ = ready => Woke::Data,
                     _ = control => Woke::Control,
+                    n = note => Woke::Note(n),
                 },
             }
         };
         match woke {
             Woke::Data => {}
+            Woke::Note(n) => {
+                self.to_client.extend_from_slice(&n);
+                return Ok(());
+            }
             // idle_step looks at what changed.
             Woke::Control => return Ok(()),
             Woke::Timeout => return Err(End::IdleTimeout),
@@ -169,11 +183,16 @@ impl Session<'_> {
                     _ => Woke::Gone,
                 },
                 _ = control => Woke::Control,
+                n = next_note(&mut self.notes) => Woke::Note(n),
                 _ = timer => Woke::Timeout,
             }
         };
         match read {
             Woke::Data | Woke::Control => Ok(()),
+            Woke::Note(n) => {
+                self.to_client.extend_from_slice(&n);
+                Ok(())
+            }
             Woke::Gone => Err(End::ClientGone),
             Woke::Timeout => Err(End::IdleTimeout),
         }

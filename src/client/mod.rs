@@ -4,13 +4,14 @@
 //! rewritten by `rewrite`), and ends with a typed reason (`end`). The client's read buffer and
 //! its frames, parsed once, are the `inbox`. Its settings follow it from server to server
 //! (`params`), learnt after work that may change them (`probe`), which also pins a client that
-//! holds a session-only feature to its server.
+//! holds a session-only feature to its server. LISTEN is shared (`listen`).
 
 mod end;
 mod forward;
 mod idle;
 mod inbox;
 mod link;
+mod listen;
 pub mod login;
 mod params;
 mod probe;

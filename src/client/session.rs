@@ -77,6 +77,8 @@ pub(super) struct Session<'a> {
     pub pinned: Features,
     /// The features it has been warned of in the log, once each.
     pub warned: Features,
+    /// Its notifications from the shared LISTEN connection, once it listens.
+    pub notes: Option<Box<super::listen::Notes>>,
 }
 
 pub async fn run(
@@ -107,8 +109,10 @@ pub async fn run(
         spare: Spare::default(),
         pinned: Features::NONE,
         warned: Features::NONE,
+        notes: None,
     };
     let end = s.serve().await;
+    s.unlisten_all();
     if !s.pinned.is_empty() {
         s.members.pins.pinned.dec();
     }

@@ -24,6 +24,16 @@ pub enum PoolMode {
     Transaction,
 }
 
+/// How LISTEN works in transaction mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ListenMode {
+    /// One listening server connection per (database, user) carries every client's channels.
+    Shared,
+    /// A client that listens keeps its own server (see pin_session_features).
+    Pin,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum AuthType {
     #[serde(rename = "trust")]
@@ -57,6 +67,7 @@ pub struct General {
     pub server_lifetime: Seconds,
     pub server_reset_query: String,
     pub pin_session_features: bool,
+    pub listen_mode: ListenMode,
     pub client_login_timeout: Seconds,
     pub client_idle_timeout: Seconds,
     pub idle_transaction_timeout: Seconds,
@@ -105,6 +116,7 @@ impl Default for General {
             server_lifetime: Seconds::secs(3600),
             server_reset_query: "DISCARD ALL".into(),
             pin_session_features: true,
+            listen_mode: ListenMode::Shared,
             client_login_timeout: Seconds::secs(60),
             client_idle_timeout: Seconds::secs(0),
             idle_transaction_timeout: Seconds::secs(0),

@@ -8,6 +8,7 @@
 
 mod checkout;
 mod limits;
+pub mod listener;
 mod maintain;
 mod registry;
 

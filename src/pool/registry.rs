@@ -20,6 +20,8 @@ pub struct Members {
     /// The clients of this (database, user) by state.
     pub clients: ClientStates,
     pub pins: PinMetrics,
+    /// The shared LISTEN connection of this (database, user).
+    pub listener: Arc<super::listener::Listener>,
 }
 
 /// Clients connected, and waiting on a paused database. Clients linked to a server and
@@ -219,6 +221,7 @@ impl Pools {
             pools,
             clients: ClientStates::default(),
             pins: self.families.for_pins(database, user),
+            listener: super::listener::Listener::new(),
         });
         map.insert(key, members.clone());
         Some(members)

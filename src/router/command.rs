@@ -1,5 +1,6 @@
 //! `SET pgsluice.route TO primary | replica | auto`, `RESET pgsluice.route` and
-//! `SHOW pgsluice.route`: answered by the pooler, never sent to a server.
+//! `SHOW pgsluice.route`: answered by the pooler, never sent to a server. Also `LISTEN` and
+//! `UNLISTEN`, which the pooler answers when one connection carries every client's channels.
 
 use super::policy::RouteMode;
 
@@ -46,6 +47,123 @@ pub fn parse(sql: &str) -> Option<Result<RouteCommand, BadValue>> {
     }
 }
 
+/// One statement of a query made only of LISTEN and UNLISTEN.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Listen {
+    Listen(String),
+    Unlisten(String),
+    UnlistenAll,
+}
+
+impl Listen {
+    /// The command tag PostgreSQL answers it with.
+    pub fn tag(&self) -> &'static str {
+        match self {
+            Listen::Listen(_) => "LISTEN",
+            _ => "UNLISTEN",
+        }
+    }
+}
+
+/// PostgreSQL's longest identifier, in bytes: longer names are cut to it.
+const NAME_MAX: usize = 63;
+
+/// The statements of `sql` if every one is `LISTEN name`, `UNLISTEN name` or `UNLISTEN *`;
+/// `None` for anything else (a comment included), which then goes to a server as it is.
+pub fn listen(sql: &[u8]) -> Option<Vec<Listen>> {
+    if !matches!(
+        sql.iter().find(|b| !b.is_ascii_whitespace()),
+        Some(b'l' | b'L' | b'u' | b'U')
+    ) {
+        return None;
+    }
+    let mut out = Vec::new();
+    let mut rest = sql;
+    loop {
+        rest = trim_start(rest);
+        if rest.is_empty() {
+            break;
+        }
+        let (keyword, after) = word(rest);
+        let unlisten = if keyword.eq_ignore_ascii_case(b"listen") {
+            false
+        } else if keyword.eq_ignore_ascii_case(b"unlisten") {
+            true
+        } else {
+            return None;
+        };
+        rest = trim_start(after);
+        let cmd = if unlisten && rest.first() == Some(&b'*') {
+            rest = &rest[1..];
+            Listen::UnlistenAll
+        } else {
+            let (name, after) = channel(rest)?;
+            rest = after;
+            if unlisten {
+                Listen::Unlisten(name)
+            } else {
+                Listen::Listen(name)
+            }
+        };
+        out.push(cmd);
+        rest = trim_start(rest);
+        match rest.first() {
+            Some(b';') => rest = &rest[1..],
+            None => break,
+            Some(_) => return None,
+        }
+    }
+    (!out.is_empty()).then_some(out)
+}
+
+fn trim_start(b: &[u8]) -> &[u8] {
+    let n = b.iter().take_while(|c| c.is_ascii_whitespace()).count();
+    &b[n..]
+}
+
+fn word(b: &[u8]) -> (&[u8], &[u8]) {
+    let n = b
+        .iter()
+        .take_while(|c| c.is_ascii_alphanumeric() || **c == b'_' || **c == b'$' || **c >= 0x80)
+        .count();
+    b.split_at(n)
+}
+
+/// A channel name: quoted (exact), or a plain identifier (folded to lower case), cut to
+/// PostgreSQL's length.
+fn channel(b: &[u8]) -> Option<(String, &[u8])> {
+    let (mut name, rest) = if b.first() == Some(&b'"') {
+        let mut name = Vec::new();
+        let mut i = 1;
+        loop {
+            match (b.get(i), b.get(i + 1)) {
+                (Some(b'"'), Some(b'"')) => {
+                    name.push(b'"');
+                    i += 2;
+                }
+                (Some(b'"'), _) => break,
+                (Some(&c), _) => {
+                    name.push(c);
+                    i += 1;
+                }
+                (None, _) => return None,
+            }
+        }
+        (name, &b[i + 1..])
+    } else {
+        let (w, rest) = word(b);
+        if w.is_empty() || w[0].is_ascii_digit() {
+            return None;
+        }
+        (w.to_ascii_lowercase(), rest)
+    };
+    if name.is_empty() {
+        return None;
+    }
+    name.truncate(NAME_MAX);
+    Some((String::from_utf8(name).ok()?, rest))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -75,5 +193,29 @@ mod tests {
         assert_eq!(parse("SET LOCAL pgsluice.route TO replica"), None);
         assert_eq!(parse("SELECT 'set pgsluice.route to replica'"), None);
         assert_eq!(parse("SET search_path TO x"), None);
+    }
+
+    #[test]
+    fn listen_statements() {
+        use self::Listen as L;
+        assert_eq!(
+            listen(b"LISTEN Jobs; unlisten \"My \"\"Ch\"; UNLISTEN * ;"),
+            Some(vec![
+                L::Listen("jobs".into()),
+                L::Unlisten("My \"Ch".into()),
+                L::UnlistenAll
+            ])
+        );
+        assert_eq!(listen(b"LISTEN a; SELECT 1"), None);
+        assert_eq!(listen(b"LISTEN /* c */ a"), None);
+        assert_eq!(listen(b"LISTEN"), None);
+        assert_eq!(listen(b"LISTEN \"\""), None);
+        assert_eq!(listen(b"LISTEN a b"), None);
+        assert_eq!(listen(b"SELECT 1"), None);
+        let long = format!("LISTEN {}", "x".repeat(70));
+        assert_eq!(
+            listen(long.as_bytes()),
+            Some(vec![L::Listen("x".repeat(63))])
+        );
     }
 }
