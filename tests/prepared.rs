@@ -113,3 +113,52 @@ async fn session_mode_keeps_statements_too() {
     run_clients(&pooler, 2, 10).await;
     run_clients(&pooler, 2, 10).await;
 }
+
+/// After `ALTER TABLE … ADD COLUMN`, `SELECT *` prepared before it fails once, as on
+/// PostgreSQL; prepared again, by that client or any other, it works on every server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_statement_broken_by_ddl_is_prepared_afresh_everywhere() {
+    let pg = primary();
+    let pooler = Pooler::start(&pg, "default_pool_size = 3");
+    let setup = connect(&pooler, "app", APP_PASSWORD).await;
+    setup
+        .batch_execute("CREATE TABLE ddl (a int); INSERT INTO ddl VALUES (1)")
+        .await
+        .unwrap();
+    // The setup client and two more hold all three servers at once, so that every server
+    // prepares the statement.
+    let mut clients = Vec::new();
+    for _ in 0..6 {
+        clients.push(connect(&pooler, "app", APP_PASSWORD).await);
+    }
+    setup.batch_execute("BEGIN").await.unwrap();
+    let named = setup.prepare("SELECT * FROM ddl").await.unwrap();
+    setup.query(&named, &[]).await.unwrap();
+    let mut old = Vec::new();
+    for c in &clients[..2] {
+        let s = c.prepare("SELECT * FROM ddl").await.unwrap();
+        c.batch_execute("BEGIN").await.unwrap();
+        assert_eq!(c.query_one(&s, &[]).await.unwrap().len(), 1);
+        old.push(s);
+    }
+    for c in clients[..2].iter().chain([&setup]) {
+        c.batch_execute("COMMIT").await.unwrap();
+    }
+    setup
+        .batch_execute("ALTER TABLE ddl ADD COLUMN b int DEFAULT 2")
+        .await
+        .unwrap();
+    let e = clients[0].query_one(&old[0], &[]).await.unwrap_err();
+    assert_eq!(e.code().map(|c| c.code()), Some("0A000"), "{e}");
+    for round in 0..3 {
+        for c in &clients {
+            let s = c.prepare("SELECT * FROM ddl").await.unwrap();
+            let row = c
+                .query_one(&s, &[])
+                .await
+                .unwrap_or_else(|e| panic!("round {round}: {e}"));
+            assert_eq!(row.len(), 2);
+            assert_eq!(row.get::<_, Option<i32>>(1), Some(2));
+        }
+    }
+}

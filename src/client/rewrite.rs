@@ -101,6 +101,10 @@ impl Names<'_> {
     /// when the server's cache is full.
     fn prepare(&self, ex: &mut Exchange, stmt: &Statement, reply: Reply) {
         self.metrics.prepared_misses.inc();
+        if ex.conn.prepared.take_doomed(stmt.id) {
+            frontend::encode_target(&mut ex.to_server, b'C', b'S', &stmt.name);
+            ex.tracker.close_sent(Reply::Drop);
+        }
         if let Some(victim) = ex.conn.prepared.insert(stmt.id, self.capacity) {
             self.metrics.prepared_evictions.inc();
             let name = format!("pgsluice_{victim}");

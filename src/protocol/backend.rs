@@ -46,6 +46,8 @@ pub enum Event<'a> {
     Error {
         code: &'a [u8],
         message: &'a [u8],
+        /// The server function that raised it: says what happened whatever the locale.
+        routine: &'a [u8],
     },
     ParseComplete,
     CloseComplete,
@@ -169,6 +171,7 @@ fn inspect(tag: u8, body: &[u8]) -> Result<Event<'_>, ProtocolError> {
         _ => Ok(Event::Error {
             code: error_field(body, b'C').unwrap_or(b""),
             message: error_field(body, b'M').unwrap_or(b""),
+            routine: error_field(body, b'R').unwrap_or(b""),
         }),
     }
 }

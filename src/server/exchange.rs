@@ -92,7 +92,19 @@ impl Exchange {
                     params.insert(name, value);
                     Action::Forward
                 }
-                Event::Error { code, message } => replies.error(code, message),
+                Event::Error {
+                    code,
+                    message,
+                    routine,
+                } => {
+                    if routine == b"RevalidateCachedQuery" {
+                        // A statement's result changed under it (ALTER TABLE … ADD COLUMN
+                        // with SELECT *): every statement here is prepared afresh when next
+                        // used, or the error would repeat for every client sharing it.
+                        prepared.doom_all();
+                    }
+                    replies.error(code, message)
+                }
                 Event::ParseComplete => {
                     let (statement, reply) = tracker.parse_complete();
                     if let Some(id) = statement {

@@ -2,16 +2,35 @@
 //! max_prepared_statements. Entries are pending from the moment their Parse is sent until
 //! ParseComplete confirms them; only confirmed ones are evicted.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct PreparedCache {
     entries: HashMap<u64, Entry>,
     tick: u64,
     /// Statements used at or after this tick belong to the batch in flight: evicting them
     /// would close portals the batch still needs.
     batch_start: u64,
+    /// Statements the server may still have, in a form that no longer works: closed before
+    /// they are prepared again.
+    doomed: HashSet<u64>,
+    /// The count of `source` (`REPREPARE`) this cache has caught up with.
+    epoch: u64,
+    source: &'static AtomicU64,
 }
+
+impl Default for PreparedCache {
+    fn default() -> Self {
+        PreparedCache::counting(&REPREPARE)
+    }
+}
+
+/// Bumped whenever a server says a prepared statement's result changed under it: the same
+/// DDL broke that statement on every server, so every cache prepares its statements afresh.
+/// Process-wide, because such a change is rare and re-preparing costs one Parse per
+/// statement and server.
+static REPREPARE: AtomicU64 = AtomicU64::new(0);
 
 #[derive(Debug, Clone, Copy)]
 struct Entry {
@@ -20,8 +39,20 @@ struct Entry {
 }
 
 impl PreparedCache {
+    fn counting(source: &'static AtomicU64) -> PreparedCache {
+        PreparedCache {
+            entries: HashMap::new(),
+            tick: 0,
+            batch_start: 0,
+            doomed: HashSet::new(),
+            epoch: source.load(Ordering::Relaxed),
+            source,
+        }
+    }
+
     /// Is the statement prepared (or being prepared) here? Marks it as just used.
     pub fn touch(&mut self, id: u64) -> bool {
+        self.catch_up();
         self.tick += 1;
         match self.entries.get_mut(&id) {
             Some(e) => {
@@ -35,6 +66,7 @@ impl PreparedCache {
     /// Records a Parse about to be sent. Returns a statement to close first when the cache is
     /// full, if one may go.
     pub fn insert(&mut self, id: u64, capacity: usize) -> Option<u64> {
+        self.catch_up();
         self.tick += 1;
         let victim = if self.entries.len() >= capacity {
             self.entries
@@ -72,6 +104,30 @@ impl PreparedCache {
     /// DISCARD ALL or DEALLOCATE ALL ran: the server has none left.
     pub fn clear(&mut self) {
         self.entries.clear();
+        self.doomed.clear();
+    }
+
+    /// A statement failed because its result changed: every server's statements are
+    /// prepared afresh when next used.
+    pub fn doom_all(&mut self) {
+        self.source.fetch_add(1, Ordering::Relaxed);
+        self.catch_up();
+    }
+
+    /// Dooms what this server has if another server's statements were doomed since.
+    fn catch_up(&mut self) {
+        let now = self.source.load(Ordering::Relaxed);
+        if self.epoch != now {
+            self.epoch = now;
+            self.doomed.extend(self.entries.keys());
+            self.entries.clear();
+        }
+    }
+
+    /// Whether the server may still have `id` in a form that fails: then it must be closed
+    /// before it is prepared again (once).
+    pub fn take_doomed(&mut self, id: u64) -> bool {
+        self.doomed.remove(&id)
     }
 
     /// A Sync went out: what follows is a new batch.
@@ -91,6 +147,27 @@ impl PreparedCache {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn doomed_statements_are_prepared_afresh_once_on_every_server() {
+        static COUNT: AtomicU64 = AtomicU64::new(0);
+        let (mut a, mut b) = (
+            PreparedCache::counting(&COUNT),
+            PreparedCache::counting(&COUNT),
+        );
+        for c in [&mut a, &mut b] {
+            c.insert(1, 10);
+            c.confirm(1);
+        }
+        a.doom_all();
+        for c in [&mut a, &mut b] {
+            assert!(!c.touch(1), "must be prepared again");
+            assert!(c.take_doomed(1));
+            assert!(!c.take_doomed(1), "closed once");
+            c.insert(1, 10);
+            assert!(c.touch(1));
+        }
+    }
 
     #[test]
     fn evicts_the_least_recently_used_confirmed_statement() {
