@@ -1,0 +1,125 @@
+//! Real drivers through pgsluice in transaction mode, with two replicas and many more clients
+//! than server connections: the programs under `tests/drivers/`, each with asserted results
+//! over a bounded workload and the session-state scenarios (SET, advisory locks, LISTEN). The
+//! drivers are installed here on first use (a venv under `target/` from PyPI); a driver that
+//! cannot be installed fails its test.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+use support::{Pooler, Replicated};
+
+const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+
+/// One install at a time, for the tests of this file that run side by side.
+static INSTALL: Mutex<()> = Mutex::new(());
+
+fn run(cmd: &mut Command, what: &str) {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{what}: {e}"));
+    assert!(
+        out.status.success(),
+        "{what} failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The venv with the Python drivers of tests/drivers/python/requirements.txt, made or
+/// brought up to date when the requirements changed.
+fn python() -> PathBuf {
+    let _one = INSTALL.lock().unwrap_or_else(|e| e.into_inner());
+    let venv = Path::new(ROOT).join("target/drivers/venv");
+    let requirements = Path::new(ROOT).join("tests/drivers/python/requirements.txt");
+    let wanted = std::fs::read_to_string(&requirements).expect("requirements.txt");
+    let stamp = venv.join("installed.txt");
+    let bin = venv.join("bin/python");
+    if std::fs::read_to_string(&stamp).ok().as_deref() != Some(wanted.as_str()) || !bin.exists() {
+        run(
+            Command::new("python3")
+                .args(["-m", "venv", "--clear"])
+                .arg(&venv),
+            "python3 -m venv",
+        );
+        run(
+            Command::new(venv.join("bin/pip"))
+                .args(["install", "-q", "--disable-pip-version-check", "-r"])
+                .arg(&requirements),
+            "pip install of the Python drivers",
+        );
+        std::fs::write(&stamp, wanted).unwrap();
+    }
+    bin
+}
+
+/// A primary with two replicas, tables for each driver, and pgsluice in front of them with
+/// a pool of 4 servers per node.
+fn cluster() -> (Replicated, Pooler) {
+    let cluster = Replicated::start();
+    cluster
+        .primary
+        .psql_in(
+            "app",
+            "CREATE TABLE drv_psycopg (id int PRIMARY KEY, v text); \
+             CREATE TABLE drv_asyncpg (id int PRIMARY KEY, v text); \
+             ALTER TABLE drv_psycopg OWNER TO app; ALTER TABLE drv_asyncpg OWNER TO app",
+        )
+        .unwrap();
+    let pooler = cluster.pooler("default_pool_size = 4\nmax_client_conn = 300", "");
+    (cluster, pooler)
+}
+
+fn url(pooler: &Pooler) -> String {
+    let password = support::APP_PASSWORD.replace(' ', "%20");
+    format!(
+        "postgresql://app:{password}@127.0.0.1:{}/app",
+        pooler.port()
+    )
+}
+
+/// Runs a driver program to its end (at most 3 minutes) and checks it said "ok".
+fn check(mut cmd: Command, name: &str) {
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{name}: {e}"));
+    let deadline = Instant::now() + Duration::from_secs(180);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.trim_end().ends_with("ok"),
+        "{name} failed ({}):\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn psycopg3() {
+    let python = python();
+    let (_cluster, pooler) = cluster();
+    let mut cmd = Command::new(python);
+    cmd.arg(Path::new(ROOT).join("tests/drivers/python/psycopg_check.py"))
+        .arg(url(&pooler));
+    check(cmd, "psycopg");
+}
+
+#[test]
+fn asyncpg() {
+    let python = python();
+    let (_cluster, pooler) = cluster();
+    let mut cmd = Command::new(python);
+    cmd.arg(Path::new(ROOT).join("tests/drivers/python/asyncpg_check.py"))
+        .arg(url(&pooler));
+    check(cmd, "asyncpg");
+}
