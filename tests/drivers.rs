@@ -54,6 +54,57 @@ fn python() -> PathBuf {
     bin
 }
 
+/// node-postgres from tests/drivers/node's lockfile (`npm ci`), in target/; the directory
+/// to give as NODE_PATH.
+fn node_modules() -> PathBuf {
+    let _one = INSTALL.lock().unwrap_or_else(|e| e.into_inner());
+    let source = Path::new(ROOT).join("tests/drivers/node");
+    let dir = Path::new(ROOT).join("target/drivers/node");
+    let lock = std::fs::read_to_string(source.join("package-lock.json")).expect("lockfile");
+    let stamp = dir.join("installed.json");
+    if std::fs::read_to_string(&stamp).ok().as_deref() != Some(lock.as_str()) {
+        std::fs::create_dir_all(&dir).unwrap();
+        for f in ["package.json", "package-lock.json"] {
+            std::fs::copy(source.join(f), dir.join(f)).unwrap();
+        }
+        run(
+            Command::new("npm")
+                .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])
+                .current_dir(&dir),
+            "npm ci of node-postgres",
+        );
+        std::fs::write(&stamp, lock).unwrap();
+    }
+    dir.join("node_modules")
+}
+
+/// PgJDBC from Debian's libpostgresql-jdbc-java (installed if missing), and
+/// tests/drivers/jdbc/Check.java compiled against it into target/: the class path.
+fn jdbc() -> String {
+    let _one = INSTALL.lock().unwrap_or_else(|e| e.into_inner());
+    let jar = Path::new("/usr/share/java/postgresql.jar");
+    if !jar.exists() {
+        run(
+            Command::new("apt-get")
+                .args(["install", "-y", "-q", "libpostgresql-jdbc-java"])
+                .env("DEBIAN_FRONTEND", "noninteractive"),
+            "apt-get install libpostgresql-jdbc-java",
+        );
+    }
+    let classes = Path::new(ROOT).join("target/drivers/jdbc");
+    std::fs::create_dir_all(&classes).unwrap();
+    run(
+        Command::new("javac")
+            .arg("-cp")
+            .arg(jar)
+            .arg("-d")
+            .arg(&classes)
+            .arg(Path::new(ROOT).join("tests/drivers/jdbc/Check.java")),
+        "javac Check.java",
+    );
+    format!("{}:{}", classes.display(), jar.display())
+}
+
 /// A primary with two replicas, tables for each driver, and pgsluice in front of them with
 /// a pool of 4 servers per node.
 fn cluster() -> (Replicated, Pooler) {
@@ -64,7 +115,10 @@ fn cluster() -> (Replicated, Pooler) {
             "app",
             "CREATE TABLE drv_psycopg (id int PRIMARY KEY, v text); \
              CREATE TABLE drv_asyncpg (id int PRIMARY KEY, v text); \
-             ALTER TABLE drv_psycopg OWNER TO app; ALTER TABLE drv_asyncpg OWNER TO app",
+             CREATE TABLE drv_node (id int PRIMARY KEY, v text); \
+             CREATE TABLE drv_jdbc (id int PRIMARY KEY, v text); \
+             ALTER TABLE drv_psycopg OWNER TO app; ALTER TABLE drv_asyncpg OWNER TO app; \
+             ALTER TABLE drv_node OWNER TO app; ALTER TABLE drv_jdbc OWNER TO app",
         )
         .unwrap();
     let pooler = cluster.pooler("default_pool_size = 4\nmax_client_conn = 300", "");
@@ -122,4 +176,26 @@ fn asyncpg() {
     cmd.arg(Path::new(ROOT).join("tests/drivers/python/asyncpg_check.py"))
         .arg(url(&pooler));
     check(cmd, "asyncpg");
+}
+
+#[test]
+fn node_postgres() {
+    let modules = node_modules();
+    let (_cluster, pooler) = cluster();
+    let mut cmd = Command::new("node");
+    cmd.arg(Path::new(ROOT).join("tests/drivers/node/check.js"))
+        .arg(url(&pooler))
+        .env("NODE_PATH", modules);
+    check(cmd, "node-postgres");
+}
+
+#[test]
+fn pgjdbc() {
+    let classpath = jdbc();
+    let (_cluster, pooler) = cluster();
+    let mut cmd = Command::new("java");
+    cmd.args(["-cp", &classpath, "Check"])
+        .arg(format!("jdbc:postgresql://127.0.0.1:{}/app", pooler.port()))
+        .args(["app", support::APP_PASSWORD]);
+    check(cmd, "PgJDBC");
 }
