@@ -199,3 +199,106 @@ fn pgjdbc() {
         .args(["app", support::APP_PASSWORD]);
     check(cmd, "PgJDBC");
 }
+
+/// sqlx (its own pool, and the statement cache each of its connections keeps), in process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlx_with_its_statement_cache() {
+    use sqlx::{Connection, Row};
+    let (_cluster, pooler) = cluster();
+    let url = url(&pooler);
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(16)
+        .connect(&url)
+        .await
+        .expect("sqlx pool");
+    let mut tasks = Vec::new();
+    for i in 0..16i32 {
+        let pool = pool.clone();
+        tasks.push(tokio::spawn(async move {
+            for r in 0..25i32 {
+                let key = i * 1000 + r;
+                // Persistent (cached, server-side) statements: sqlx's default.
+                let n: i32 = sqlx::query_scalar("SELECT $1::int + 1")
+                    .bind(key)
+                    .fetch_one(&pool)
+                    .await
+                    .unwrap();
+                assert_eq!(n, key + 1);
+                let mut tx = pool.begin().await.unwrap();
+                sqlx::query("INSERT INTO drv_jdbc (id, v) VALUES ($1, $2)")
+                    .bind(500_000 + key)
+                    .bind(format!("sqlx {key}"))
+                    .execute(&mut *tx)
+                    .await
+                    .unwrap();
+                let v: String = sqlx::query_scalar("SELECT v FROM drv_jdbc WHERE id = $1")
+                    .bind(500_000 + key)
+                    .fetch_one(&mut *tx)
+                    .await
+                    .unwrap();
+                assert_eq!(v, format!("sqlx {key}"));
+                tx.commit().await.unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("sqlx client");
+    }
+    pool.close().await;
+
+    // Session state on one connection, seen by no other.
+    let mut a = sqlx::PgConnection::connect(&url).await.unwrap();
+    let mut b = sqlx::PgConnection::connect(&url).await.unwrap();
+    sqlx::query("SET search_path TO tenant_sqlx, public")
+        .execute(&mut a)
+        .await
+        .unwrap();
+    for _ in 0..10 {
+        let own: String = sqlx::query("SHOW search_path")
+            .fetch_one(&mut a)
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(own, "tenant_sqlx, public");
+        let other: String = sqlx::query("SHOW search_path")
+            .fetch_one(&mut b)
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(other, "\"$user\", public");
+    }
+    sqlx::query("SELECT pg_advisory_lock(4646)")
+        .execute(&mut a)
+        .await
+        .unwrap();
+    for n in 0..5i32 {
+        let mut tx = a.begin().await.unwrap();
+        sqlx::query("SELECT $1::int")
+            .bind(n)
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+    }
+    let held: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock(4646)")
+        .fetch_one(&mut b)
+        .await
+        .unwrap();
+    assert!(!held, "the lock moved to another server");
+    let unlocked: bool = sqlx::query_scalar("SELECT pg_advisory_unlock(4646)")
+        .fetch_one(&mut a)
+        .await
+        .unwrap();
+    assert!(unlocked);
+    let mut listener = sqlx::postgres::PgListener::connect(&url).await.unwrap();
+    listener.listen("drv_sqlx").await.unwrap();
+    sqlx::query("NOTIFY drv_sqlx, 'hello'")
+        .execute(&mut b)
+        .await
+        .unwrap();
+    let note = tokio::time::timeout(Duration::from_secs(5), listener.recv())
+        .await
+        .expect("notification within 5 s")
+        .unwrap();
+    assert_eq!(note.payload(), "hello");
+}
