@@ -1,0 +1,138 @@
+#!/usr/bin/env bash
+# PostgreSQL's own regression suite (parallel_schedule of the installed server's version),
+# run with pg_regress --use-existing three times against one throwaway primary: directly,
+# through pgsluice in session mode, and through pgsluice in transaction mode. Prints how many
+# of the tests failed each way, and which ones fail through pgsluice but not directly.
+#
+#   bench/pg_regress.sh                 # KEEP=1 keeps the work directory (diffs, logs)
+#
+# The SQL files come from Debian's source tarball of the installed server version
+# (deb.debian.org), downloaded once into target/pg_regress/; regress.so is built from
+# regress.c (and contrib/spi's autoinc.c and refint.c, which the triggers test loads) with
+# `pg_config --includedir-server` (postgresql-server-dev, installed if missing). pg_regress is the one Debian ships with the
+# server. Everything listens on 127.0.0.1 only and is removed at exit.
+set -euo pipefail
+
+root=$(cd "$(dirname "$0")/.." && pwd)
+# shellcheck source=bench/common.sh
+. "$root/bench/common.sh"
+
+version=$("$bindir/postgres" --version | awk '{print $3}')
+major=${version%%.*}
+pg_regress=$(pg_config --pkglibdir)/pgxs/src/test/regress/pg_regress
+[ -x "$pg_regress" ] || { echo "no pg_regress at $pg_regress (package postgresql-$major)" >&2; exit 1; }
+
+cache="$root/target/pg_regress/$version"
+src="$cache/postgresql-$version/src/test/regress"
+spi="$cache/postgresql-$version/contrib/spi"
+if [ ! -f "$src/parallel_schedule" ] || [ ! -f "$spi/refint.c" ]; then
+    mkdir -p "$cache"
+    tarball="postgresql-${major}_$version.orig.tar.bz2"
+    echo "downloading $tarball ..." >&2
+    curl -fsS -o "$cache/$tarball" "http://deb.debian.org/debian/pool/main/p/postgresql-$major/$tarball"
+    tar -xjf "$cache/$tarball" -C "$cache" "postgresql-$version/src/test/regress" \
+        "postgresql-$version/contrib/spi"
+fi
+
+work=$(mktemp -d /tmp/pgsluice-regress.XXXXXX)
+chmod 755 "$work"
+pids=()
+cleanup() {
+    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+    [ -d "$work/data" ] && as_pg "$bindir/pg_ctl" -D "$work/data" -m immediate stop >/dev/null 2>&1 || true
+    if [ -n "${KEEP:-}" ]; then echo "kept $work" >&2; else rm -rf "$work"; fi
+}
+trap cleanup EXIT
+
+if [ ! -f "$(pg_config --includedir-server)/postgres.h" ]; then
+    echo "installing postgresql-server-dev-$major (for regress.so) ..." >&2
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q "postgresql-server-dev-$major" >/dev/null
+fi
+# The tests write their results next to a copy of the sources; the server reads regress.so.
+cp -r "$src" "$work/regress"
+# The triggers test loads autoinc.so and refint.so from contrib/spi, as `make check` builds them.
+# (refint with REFINT_VERBOSE, as contrib/spi's Makefile has it: the expected output holds its
+# notices).
+for c in "$work/regress/regress.c" "$spi/autoinc.c" "$spi/refint.c"; do
+    gcc -O2 -fPIC -shared -DREFINT_VERBOSE -I"$(pg_config --includedir-server)" \
+        -o "$work/regress/$(basename "$c" .c).so" "$c"
+done
+[ "$(id -u)" = 0 ] && chown -R postgres "$work"
+
+echo "building pgsluice (release) ..." >&2
+(cd "$root" && cargo build --release -q)
+
+pg_port=$(free_port)
+as_pg "$bindir/initdb" -D "$work/data" -U postgres -A trust --no-sync >/dev/null
+cat >>"$work/data/postgresql.conf" <<CONF
+listen_addresses = '127.0.0.1'
+unix_socket_directories = '$work'
+max_connections = 300
+max_prepared_transactions = 10
+fsync = off
+CONF
+as_pg "$bindir/pg_ctl" -D "$work/data" -l "$work/pg.log" -o "-p $pg_port" -w start >/dev/null
+
+# One pgsluice per pool mode, on the same primary, for databases regression and postgres.
+start_sluice() {
+    local mode=$1 port
+    port=$(free_port)
+    cat >"$work/$mode.toml" <<TOML
+listen_port = $port
+http_listen = ""
+auth_type = "trust"
+pool_mode = "$mode"
+default_pool_size = 60
+max_client_conn = 500
+[databases.regression]
+port = $pg_port
+[databases.postgres]
+port = $pg_port
+[users.postgres]
+TOML
+    RUST_LOG=warn "$root/target/release/pgsluice" --config "$work/$mode.toml" >"$work/$mode.log" 2>&1 &
+    pids+=($!)
+    for _ in $(seq 100); do
+        "$bindir/psql" -X -h 127.0.0.1 -p "$port" -U postgres -d postgres -Atc 'SELECT 1' >/dev/null 2>&1 && break
+        sleep 0.1
+    done
+    echo "$port"
+}
+
+# run NAME PORT: the whole schedule against a fresh database `regression`; prints the failed
+# tests, one per line, into $work/NAME.failed.
+run() {
+    local name=$1 port=$2 out="$work/out-$1"
+    # What an earlier run left: prepared transactions hold the database.
+    "$bindir/psql" -X -h 127.0.0.1 -p "$pg_port" -U postgres -d postgres -Atc \
+        "SELECT database || ' ' || gid FROM pg_prepared_xacts" | while read -r db gid; do
+        "$bindir/psql" -X -h 127.0.0.1 -p "$pg_port" -U postgres -d "$db" -qc "ROLLBACK PREPARED '$gid'"
+    done
+    "$bindir/psql" -X -h 127.0.0.1 -p "$pg_port" -U postgres -d postgres -q \
+        -c 'DROP DATABASE IF EXISTS regression WITH (FORCE)' -c 'CREATE DATABASE regression' >/dev/null 2>&1
+    mkdir -p "$out"
+    [ "$(id -u)" = 0 ] && chown postgres "$out"
+    (cd "$work/regress" && as_pg "$pg_regress" --use-existing --host=127.0.0.1 --port="$port" \
+        --user=postgres --dbname=regression --inputdir=. --outputdir="$out" --dlpath=. \
+        --bindir="$bindir" --schedule=parallel_schedule >"$out/summary.txt" 2>&1) || true
+    grep -E '^(not ok|test .* FAILED|     .* FAILED| .*\.\.\. FAILED)' "$out/summary.txt" |
+        sed -E 's/^not ok [0-9]+ +[-+]? *//; s/^ *(test )?//; s/ +\.\.\..*//; s/ +[0-9]+ ms$//' |
+        awk '{print $1}' | sort -u >"$work/$name.failed"
+    total=$(grep -cE '^(ok|not ok) |\.\.\. (ok|FAILED)' "$out/summary.txt" || true)
+    echo "$total" >"$work/$name.total"
+}
+
+session_port=$(start_sluice session)
+transaction_port=$(start_sluice transaction)
+run direct "$pg_port"
+run session "$session_port"
+run transaction "$transaction_port"
+
+printf '%-12s %7s %7s\n' target tests failed
+for name in direct session transaction; do
+    printf '%-12s %7s %7s\n' "$name" "$(cat "$work/$name.total")" "$(wc -l <"$work/$name.failed")"
+done
+for name in session transaction; do
+    extra=$(comm -13 "$work/direct.failed" "$work/$name.failed" | tr '\n' ' ')
+    echo "$name fails, direct does not: ${extra:-none}"
+done
