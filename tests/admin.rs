@@ -10,27 +10,7 @@ const ADMIN: &str = "admin_users = [\"app\"]\nstats_users = [\"md5user\"]";
 
 /// psql's header line and rows for one admin command, as `app`.
 fn show(pooler: &Pooler, db: &str, command: &str) -> (Vec<String>, Vec<String>) {
-    let out = pooler.psql_as(
-        "app",
-        APP_PASSWORD,
-        db,
-        &["-P", "tuples_only=off", "-F", "|", "-c", command],
-    );
-    assert!(
-        out.status.success(),
-        "{command}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let mut lines = text
-        .lines()
-        .filter(|l| !l.starts_with('('))
-        .map(str::to_owned);
-    let header = lines.next().unwrap_or_default();
-    (
-        header.split('|').map(str::to_owned).collect(),
-        lines.collect(),
-    )
+    pooler.admin_table(db, command)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

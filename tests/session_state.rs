@@ -346,6 +346,22 @@ async fn listening_client(pooler: &Pooler) -> (Client, Notes) {
     (client, rx)
 }
 
+/// `a`, listening on `jobs`, runs 5 transactions; then `b` notifies `jobs`, and `a` hears it
+/// within a second.
+async fn notified_after_transactions(a: &Client, notes: &mut Notes, b: &Client) {
+    for i in 0..5 {
+        a.batch_execute(&format!("BEGIN; SELECT {i}; COMMIT"))
+            .await
+            .unwrap();
+    }
+    b.batch_execute("NOTIFY jobs, 'first'").await.unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(1), notes.recv()).await;
+    assert_eq!(
+        got.expect("notification within 1 s"),
+        Some(("jobs".to_owned(), "first".to_owned()))
+    );
+}
+
 /// Backends of the primary that last ran a LISTEN: the listening connections.
 fn listening_backends(cluster: &Replicated) -> usize {
     cluster
@@ -365,18 +381,8 @@ async fn shared_listen_carries_every_client_on_one_connection() {
     );
     let (a, mut a_notes) = listening_client(&pooler).await;
     a.batch_execute("LISTEN jobs").await.unwrap();
-    for i in 0..5 {
-        a.batch_execute(&format!("BEGIN; SELECT {i}; COMMIT"))
-            .await
-            .unwrap();
-    }
     let b = connect(&pooler, "app", APP_PASSWORD).await;
-    b.batch_execute("NOTIFY jobs, 'first'").await.unwrap();
-    let got = tokio::time::timeout(Duration::from_secs(1), a_notes.recv()).await;
-    assert_eq!(
-        got.expect("notification within 1 s"),
-        Some(("jobs".to_owned(), "first".to_owned()))
-    );
+    notified_after_transactions(&a, &mut a_notes, &b).await;
     // Not pinned: the shared connection listens for it.
     let pinned = pooler.admin_column("SHOW CLIENTS", "pinned");
     assert!(pinned.iter().all(|p| p.is_empty()), "{pinned:?}");
@@ -445,18 +451,8 @@ async fn listen_pins_in_pin_mode_and_notifications_arrive() {
     a.batch_execute("LISTEN jobs").await.unwrap();
     let pinned = pooler.admin_column("SHOW CLIENTS", "pinned");
     assert!(pinned.contains(&"listen".to_owned()), "{pinned:?}");
-    for i in 0..5 {
-        a.batch_execute(&format!("BEGIN; SELECT {i}; COMMIT"))
-            .await
-            .unwrap();
-    }
     let b = connect(&pooler, "app", APP_PASSWORD).await;
-    b.batch_execute("NOTIFY jobs, 'first'").await.unwrap();
-    let got = tokio::time::timeout(Duration::from_secs(1), rx.recv()).await;
-    assert_eq!(
-        got.expect("notification within 1 s"),
-        Some(("jobs".to_owned(), "first".to_owned()))
-    );
+    notified_after_transactions(&a, &mut rx, &b).await;
     a.batch_execute("UNLISTEN *").await.unwrap();
     let unpinned = pooler.admin_column("SHOW CLIENTS", "pinned");
     assert!(unpinned.iter().all(|p| p.is_empty()), "{unpinned:?}");

@@ -65,14 +65,16 @@ const WRITE_FUNCTION_PREFIXES: &[&str] = &[
     "lo_",
 ];
 
-fn word(t: &[Token], i: usize) -> Option<&str> {
+/// The word at `i`, if a word is there.
+pub(super) fn word(t: &[Token], i: usize) -> Option<&str> {
     match t.get(i) {
         Some(Token::Word(w)) => Some(w),
         _ => None,
     }
 }
 
-fn has_words(t: &[Token], pair: [&str; 2]) -> bool {
+/// Whether the two words follow each other somewhere in `t`.
+pub(super) fn has_words(t: &[Token], pair: [&str; 2]) -> bool {
     t.windows(2).any(|w| matches!((&w[0], &w[1]), (Token::Word(a), Token::Word(b)) if a == pair[0] && b == pair[1]))
 }
 

@@ -8,6 +8,7 @@
 //! taken for more than it is. Text that mentions none of the words involved is passed over
 //! with one scan of its bytes, the cost every other statement pays.
 
+use super::classify::{has_words, word};
 use super::lexer::{tokens, Token};
 
 /// A session-only feature: while a session has one, it needs the same server connection.
@@ -300,17 +301,6 @@ pub fn of(sql: &[u8]) -> Effects {
     }
     set_config_names(&text, &mut fx);
     fx
-}
-
-fn word(t: &[Token], i: usize) -> Option<&str> {
-    match t.get(i) {
-        Some(Token::Word(w)) => Some(w),
-        _ => None,
-    }
-}
-
-fn has_words(t: &[Token], pair: [&str; 2]) -> bool {
-    t.windows(2).any(|w| matches!((&w[0], &w[1]), (Token::Word(a), Token::Word(b)) if a == pair[0] && b == pair[1]))
 }
 
 fn one(t: &[Token], fx: &mut Effects) {

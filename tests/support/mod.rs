@@ -184,13 +184,13 @@ impl Pooler {
         body
     }
 
-    /// One column of an admin console command's rows, through psql as `app` (which the
-    /// configuration must list in admin_users).
-    pub fn admin_column(&self, command: &str, column: &str) -> Vec<String> {
+    /// An admin console command's header and rows (`|`-separated), through psql as `app` on
+    /// database `db` (pgsluice or pgbouncer); the configuration must list app in admin_users.
+    pub fn admin_table(&self, db: &str, command: &str) -> (Vec<String>, Vec<String>) {
         let out = self.psql_as(
             "app",
             APP_PASSWORD,
-            "pgsluice",
+            db,
             &["-P", "tuples_only=off", "-F", "|", "-c", command],
         );
         assert!(
@@ -199,13 +199,25 @@ impl Pooler {
             String::from_utf8_lossy(&out.stderr)
         );
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        let mut lines = text.lines().filter(|l| !l.starts_with('('));
-        let header: Vec<&str> = lines.next().unwrap_or_default().split('|').collect();
+        let mut lines = text
+            .lines()
+            .filter(|l| !l.starts_with('('))
+            .map(str::to_owned);
+        let header = lines.next().unwrap_or_default();
+        (
+            header.split('|').map(str::to_owned).collect(),
+            lines.collect(),
+        )
+    }
+
+    /// One column of an admin console command's rows.
+    pub fn admin_column(&self, command: &str, column: &str) -> Vec<String> {
+        let (header, rows) = self.admin_table("pgsluice", command);
         let at = header
             .iter()
-            .position(|h| *h == column)
+            .position(|h| h == column)
             .unwrap_or_else(|| panic!("{command} has no column {column}: {header:?}"));
-        lines
+        rows.iter()
             .map(|l| l.split('|').nth(at).unwrap_or("").to_owned())
             .collect()
     }
