@@ -29,7 +29,7 @@ pub struct Slot {
     /// that waiting on it locks nothing other clients use.
     pub wake: tokio::sync::Notify,
     /// The session-only features that pin the client to its server now
-    /// (`router::effects::Features` bits).
+    /// (`router::features::Features` bits).
     pub pinned: AtomicU8,
 }
 
