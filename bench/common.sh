@@ -20,3 +20,14 @@ CONF
     as_pg "$bindir/pg_ctl" -D "$dir/data" -l "$dir/pg.log" -o "-p $port" -w start >/dev/null
     "$bindir/pgbench" -h 127.0.0.1 -p "$port" -U postgres -i -q -s "$scale" postgres >/dev/null 2>&1
 }
+
+# wait_port PORT: until psql gets an answer on 127.0.0.1:PORT (at most a minute; then the script
+# ends with an error).
+wait_port() {
+    for _ in $(seq 600); do
+        "$bindir/psql" -X -h 127.0.0.1 -p "$1" -U postgres -d postgres -Atc 'SELECT 1' >/dev/null 2>&1 && return
+        sleep 0.1
+    done
+    echo "nothing answers on port $1" >&2
+    exit 1
+}

@@ -94,10 +94,7 @@ port = $pg_port
 TOML
     RUST_LOG=warn "$root/target/release/pgsluice" --config "$work/$mode.toml" >"$work/$mode.log" 2>&1 &
     pids+=($!)
-    for _ in $(seq 100); do
-        "$bindir/psql" -X -h 127.0.0.1 -p "$port" -U postgres -d postgres -Atc 'SELECT 1' >/dev/null 2>&1 && break
-        sleep 0.1
-    done
+    wait_port "$port"
     sluice_port=$port
 }
 

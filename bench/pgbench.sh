@@ -102,10 +102,7 @@ start_sluice
 
 wait_ready() {
     for port in "$bouncer_port" "$sluice_port"; do
-        for _ in $(seq 100); do
-            "$bindir/psql" -X -h 127.0.0.1 -p "$port" -U postgres -d postgres -Atc 'SELECT 1' >/dev/null 2>&1 && break
-            sleep 0.1
-        done
+        wait_port "$port"
     done
     bouncer_pid=$(pgrep -f "^$pgbouncer_bin $work/pgbouncer.ini" | head -1)
 }
@@ -246,10 +243,7 @@ sed -e "s/^listen_port = .*/listen_port = $routed_port/" \
     "$work/pgsluice.toml" >"$work/routed.toml"
 RUST_LOG=warn "$root/target/release/pgsluice" --config "$work/routed.toml" >"$work/routed.log" 2>&1 &
 pids+=($!)
-for _ in $(seq 100); do
-    "$bindir/psql" -X -h 127.0.0.1 -p "$routed_port" -U postgres -d postgres -Atc 'SELECT 1' >/dev/null 2>&1 && break
-    sleep 0.1
-done
+wait_port "$routed_port"
 
 echo
 printf '%-8s %7s | %12s %8s | %12s %8s | %9s\n' \

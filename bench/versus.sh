@@ -77,14 +77,6 @@ port = $pg_port
 [users.postgres]
 TOML
 }
-wait_port() {
-    for _ in $(seq 600); do
-        "$bindir/psql" -X -h 127.0.0.1 -p "$1" -U postgres -d postgres -Atc 'SELECT 1' >/dev/null 2>&1 && return
-        sleep 0.1
-    done
-    echo "nothing answers on port $1" >&2
-    exit 1
-}
 
 old_port=$(free_port)
 new_port=$(free_port)
