@@ -53,7 +53,7 @@ struct Probe {
 /// features that may have started or ended (`features`).
 fn probe(fix_up: &[(&str, &str)], features: Features, names: &[&str], fx: &Effects) -> Probe {
     let mut sql = String::new();
-    let features = Features::from_bits(features.bits() & !feature_bit(Feature::Load));
+    let features = features.without(Features::one(Feature::Load));
     if !features.is_empty() {
         let checks: Vec<String> = features
             .iter()
@@ -110,12 +110,6 @@ fn probe(fix_up: &[(&str, &str)], features: Features, names: &[&str], fx: &Effec
     }
 }
 
-fn feature_bit(f: Feature) -> u8 {
-    let mut one = Features::NONE;
-    one.insert(f);
-    one.bits()
-}
-
 impl Session<'_> {
     /// Runs the probe the link's work calls for, if it is due. An Err ends the session: the
     /// server did not answer, and what the client's session has is no longer known.
@@ -169,7 +163,7 @@ impl Session<'_> {
             }
         }
         if load {
-            self.pin(Features::NONE, feature_set(Feature::Load));
+            self.pin(Features::NONE, Features::one(Feature::Load));
         }
         if learn {
             link.touched = Effects::default();
@@ -243,8 +237,7 @@ impl Session<'_> {
     /// for as long as it holds any.
     pub(super) fn pin(&mut self, probed: Features, held: Features) {
         let before = self.pinned;
-        let kept = Features::from_bits(before.bits() & !probed.bits());
-        let now = kept.union(held);
+        let now = before.without(probed).union(held);
         if now == before {
             return;
         }
@@ -269,10 +262,6 @@ impl Session<'_> {
         self.pinned = now;
         self.reg.slot.pinned.store(now.bits(), Ordering::Relaxed);
     }
-}
-
-fn feature_set(f: Feature) -> Features {
-    Features::from_bits(feature_bit(f))
 }
 
 #[cfg(test)]
@@ -300,6 +289,6 @@ mod tests {
             .starts_with("SELECT 'p', 'advisory_lock', NULL WHERE EXISTS"));
         assert!(p.sql.contains("(VALUES (E'datestyle', E'Postgres, MDY'))"));
         assert!(!p.learns);
-        assert_eq!(p.features, feature_set(Feature::AdvisoryLock));
+        assert_eq!(p.features, Features::one(Feature::AdvisoryLock));
     }
 }

@@ -51,6 +51,16 @@ impl Features {
         Features(bits)
     }
 
+    /// The set of `f` alone.
+    pub fn one(f: Feature) -> Features {
+        Features(f.bit())
+    }
+
+    /// These, but none of `other`.
+    pub fn without(self, other: Features) -> Features {
+        Features(self.0 & !other.0)
+    }
+
     pub fn bits(self) -> u8 {
         self.0
     }
