@@ -2,8 +2,9 @@
 # End-to-end benchmark: pgbench -S through pgsluice and PgBouncer (same pool size, transaction
 # mode) against a throwaway local PostgreSQL, plus direct connections as the ceiling. Prints one
 # table of TPS and latency with pgsluice/PgBouncer ratios, then what following clients' settings
-# costs, then the RSS of each pooler holding many idle clients, then the routing case: pgbench -S through pgsluice with two streaming
-# replicas against pgsluice with the primary only.
+# costs, then the RSS of each pooler holding many idle clients, then the routing case: pgbench -S
+# through pgsluice with two streaming replicas against pgsluice with the primary only, then what
+# read_your_writes costs there (TPC-B and -S, on against off).
 #
 #   bench/pgbench.sh                      # defaults below
 #   CLIENTS="16 64" DURATION=10 ROUNDS=5 POOL_SIZE=20 IDLE_CLIENTS=2000 bench/pgbench.sh
@@ -108,11 +109,13 @@ wait_ready() {
 }
 wait_ready
 
-# One pgbench run: prints "tps latency_ms".
+# One pgbench run: prints "tps latency_ms". The fourth argument picks the script: -S (the
+# default, select-only) or "-b tpcb-like" (TPC-B, writes).
 run() {
-    local port=$1 mode=$2 clients=$3
+    local port=$1 mode=$2 clients=$3 script=${4:--S}
     local jobs=$((clients < 2 ? 1 : 2))
-    "$bindir/pgbench" -h 127.0.0.1 -p "$port" -U postgres -n -S -M "$mode" -c "$clients" -j "$jobs" \
+    # shellcheck disable=SC2086
+    "$bindir/pgbench" -h 127.0.0.1 -p "$port" -U postgres -n $script -M "$mode" -c "$clients" -j "$jobs" \
         -T "$DURATION" postgres 2>&1 |
         awk '/^latency average/ {lat=$4} /^tps/ {tps=$3} END {printf "%.0f %.3f\n", tps, lat}'
 }
@@ -244,6 +247,13 @@ sed -e "s/^listen_port = .*/listen_port = $routed_port/" \
 RUST_LOG=warn "$root/target/release/pgsluice" --config "$work/routed.toml" >"$work/routed.log" 2>&1 &
 pids+=($!)
 wait_port "$routed_port"
+# The same with read_your_writes off: what learning each write's WAL position costs.
+ryw_off_port=$(free_port)
+sed -e "s/^listen_port = .*/listen_port = $ryw_off_port\nread_your_writes = \"off\"/" \
+    "$work/routed.toml" >"$work/ryw_off.toml"
+RUST_LOG=warn "$root/target/release/pgsluice" --config "$work/ryw_off.toml" >"$work/ryw_off.log" 2>&1 &
+pids+=($!)
+wait_port "$ryw_off_port"
 
 echo
 printf '%-8s %7s | %12s %8s | %12s %8s | %9s\n' \
@@ -258,4 +268,24 @@ for c in $REPLICA_CLIENTS; do
     read -r r_tps r_lat < <(median <"$work/routed")
     printf '%-8s %7s | %12s %8s | %12s %8s | %9s\n' simple "$c" "$p_tps" "$p_lat" "$r_tps" "$r_lat" \
         "$(awk -v r="$r_tps" -v p="$p_tps" 'BEGIN {printf "%.2fx", r / p}')"
+done
+
+# Read-your-writes: TPC-B (every transaction writes, so each is followed by a query for the
+# primary's WAL position) and -S (reads with no write before them) through the routed pgsluice,
+# with read_your_writes on (the default) against off.
+echo
+printf '%-8s %7s | %12s %8s | %12s %8s | %9s\n' \
+    script clients ryw_off_tps lat_ms ryw_on_tps lat_ms "on_vs_off"
+for c in $REPLICA_CLIENTS; do
+    for script in tpcb-like select-only; do
+        : >"$work/ryw_off" >"$work/ryw_on"
+        for _ in $(seq "$ROUNDS"); do
+            run "$ryw_off_port" simple "$c" "-b $script" >>"$work/ryw_off"
+            run "$routed_port" simple "$c" "-b $script" >>"$work/ryw_on"
+        done
+        read -r f_tps f_lat < <(median <"$work/ryw_off")
+        read -r o_tps o_lat < <(median <"$work/ryw_on")
+        printf '%-8s %7s | %12s %8s | %12s %8s | %9s\n' "$script" "$c" "$f_tps" "$f_lat" "$o_tps" "$o_lat" \
+            "$(awk -v o="$o_tps" -v f="$f_tps" 'BEGIN {printf "%.2fx", o / f}')"
+    done
 done

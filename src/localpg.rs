@@ -150,7 +150,7 @@ impl LocalPostgres {
         std::fs::write(data.join("pg_hba.conf"), HBA)?;
         let conf = format!(
             "listen_addresses = '127.0.0.1'\nunix_socket_directories = '{}'\nmax_connections = 300\n\
-             fsync = off\nsynchronous_commit = off\nfull_page_writes = off\nwal_level = replica\n\
+             fsync = off\nfull_page_writes = off\nwal_level = replica\n\
              max_wal_senders = 8\nhot_standby = on\nshared_buffers = 64MB\n",
             dir.0.display()
         );

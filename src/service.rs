@@ -3,6 +3,7 @@
 
 use crate::client::{self, login::Login};
 use crate::cluster::health::Checker;
+use crate::cluster::replay::Follower;
 use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::context::{Context, Phase};
@@ -181,11 +182,27 @@ async fn supervise(ctx: Arc<Context>) {
         });
         for cluster in current {
             if !watchers.iter().any(|(c, _)| Arc::ptr_eq(c, &cluster)) {
-                let task = tokio::spawn(watch(ctx.clone(), cluster.clone()));
+                let (c, n) = (ctx.clone(), cluster.clone());
+                let task = tokio::spawn(async move {
+                    tokio::join!(watch(c.clone(), n.clone()), follow(c, n));
+                });
                 watchers.push((cluster, task));
             }
         }
         ctx.topology_changed.notified().await;
+    }
+}
+
+/// Polls a cluster's replicas' replay positions, for as long as it is configured.
+async fn follow(ctx: Arc<Context>, cluster: Arc<Cluster>) {
+    if !cluster.has_replicas() {
+        return;
+    }
+    let mut follower = Follower::default();
+    loop {
+        let config = ctx.config.load_full();
+        follower.poll(&cluster, &config.general).await;
+        follower.wait(&cluster, &config.general).await;
     }
 }
 

@@ -59,12 +59,26 @@ pub struct PoolFamilies {
     transaction_seconds: HistogramVec,
     pins: IntCounterVec,
     pinned: IntGaugeVec,
+    floor_waits: HistogramVec,
 }
 
 impl PoolFamilies {
     pub fn new(r: &Registry, instance: &str) -> PoolFamilies {
         let l = POOL_LABELS;
+        let floor_waits = HistogramVec::new(
+            HistogramOpts::new(
+                "pgsluice_read_your_writes_wait_seconds",
+                "Reads that waited for a replica to replay their client's writes, by where they \
+                 went then (replica, or primary when none caught up in read_your_writes_wait).",
+            )
+            .buckets(TIME_BUCKETS.to_vec()),
+            &["database", "user", "outcome", "instance"],
+        )
+        .expect("valid metric");
+        r.register(Box::new(floor_waits.clone()))
+            .expect("unique metric");
         PoolFamilies {
+            floor_waits,
             instance: instance.to_owned(),
             transactions: counter(
                 r,
@@ -168,6 +182,18 @@ impl PoolFamilies {
         }
     }
 
+    /// The handles of one (database, user)'s waits for replay, resolved once.
+    pub fn for_floor(&self, database: &str, user: &str) -> FloorMetrics {
+        let waited = |outcome: &str| {
+            self.floor_waits
+                .with_label_values(&[database, user, outcome, self.instance.as_str()])
+        };
+        FloorMetrics {
+            to_replica: waited("replica"),
+            to_primary: waited("primary"),
+        }
+    }
+
     /// The handles one pool updates, resolved once.
     pub fn for_pool(&self, database: &str, user: &str, node: &str) -> PoolMetrics {
         let l = [database, user, node, self.instance.as_str()];
@@ -221,4 +247,11 @@ impl PinMetrics {
             .with_label_values(&[db, user, feature, instance])
             .inc();
     }
+}
+
+/// Reads of one (database, user) that waited for a replica to replay their client's writes.
+#[derive(Clone)]
+pub struct FloorMetrics {
+    pub to_replica: Histogram,
+    pub to_primary: Histogram,
 }

@@ -3,7 +3,7 @@
 //! the link must end. Which way it ends is an [`Unlink`]; the session acts on it.
 
 use super::end::End;
-use super::link::{Link, Pace};
+use super::link::{FloorDue, Link, Pace};
 use super::listen::next_note;
 use super::params::SessionParams;
 use super::rewrite::Names;
@@ -186,6 +186,9 @@ impl Session<'_> {
                 _ => ex.to_server.extend_from_slice(bytes),
             }
             taken += original.len();
+            if let FloorDue::Writes { owed } = &mut link.floor {
+                *owed = true;
+            }
             drop(refused);
             self.inbox.pop();
             ex.tracker.sent(tag);
@@ -216,6 +219,16 @@ impl Session<'_> {
                 && !link.ex.tracker.unsynced()
             {
                 if let Err(end) = self.settle(link).await {
+                    return Unlink::End(end);
+                }
+            }
+            // Its writes' position, before the client's next work is placed (read_your_writes).
+            if progress == Progress::Forwarded
+                && link.floor == (FloorDue::Writes { owed: true })
+                && link.ex.settled()
+                && link.ex.tracker.idle()
+            {
+                if let Err(end) = self.learn_floor(link).await {
                     return Unlink::End(end);
                 }
             }

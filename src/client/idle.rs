@@ -88,8 +88,10 @@ impl Session<'_> {
         Ok(Next::Link)
     }
 
-    /// Answers `SET`/`SHOW pgsluice.route` without a server.
+    /// Answers the pooler's own settings (`pgsluice.route`, `pgsluice.min_lsn`,
+    /// `pgsluice.lsn`) without a server.
     fn route_command(&mut self, cmd: Result<RouteCommand, command::BadValue>) {
+        let floor = self.floor().to_string();
         let out = &mut self.to_client;
         match cmd {
             Ok(RouteCommand::Set(mode)) => {
@@ -99,6 +101,16 @@ impl Session<'_> {
             Ok(RouteCommand::Show) => {
                 backend::row_description(out, &["pgsluice.route"]);
                 backend::data_row(out, &[Some(self.route.name())]);
+                backend::command_complete(out, "SHOW");
+            }
+            Ok(RouteCommand::MinLsn(lsn)) => {
+                let own = &mut self.floor;
+                *own = (*own).max(lsn.unwrap_or_default());
+                backend::command_complete(out, "SET");
+            }
+            Ok(RouteCommand::ShowLsn) => {
+                backend::row_description(out, &["pgsluice.lsn"]);
+                backend::data_row(out, &[Some(floor.as_str())]);
                 backend::command_complete(out, "SHOW");
             }
             Err(e) => backend::error_response(

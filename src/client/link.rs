@@ -7,11 +7,12 @@ use super::end::End;
 use super::idle::client_gone;
 use super::session::Session;
 use crate::cluster::InFlight;
+use crate::config::{PoolMode, ReadYourWrites};
 use crate::pool::{Checkout, ClientState, PoolError};
 use crate::protocol::backend::{self, TxStatus};
 use crate::protocol::sqlstate;
 use crate::router::effects::Effects;
-use crate::router::policy::{self, Failure, Flow, Retry};
+use crate::router::policy::{self, Failure, Flow, Retry, Unplaced};
 use crate::router::work::Work;
 use crate::server::exchange::Exchange;
 use bytes::BytesMut;
@@ -36,6 +37,17 @@ pub(super) struct Link {
     pub touched: Effects,
     /// The error a refused Parse's stand-in will be answered with, until it is.
     pub refusal: Option<&'static [u8]>,
+    /// What the link owes the client's floor (read_your_writes).
+    pub floor: FloorDue,
+}
+
+/// Whether a link must learn the primary's WAL position for its client's floor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum FloorDue {
+    /// Its work writes nothing a replica read must wait for.
+    Never,
+    /// Its work may write: each time the client sends more, the position is owed again.
+    Writes { owed: bool },
 }
 
 /// How the link takes the client's work: the router's `Flow`, and for a retryable unit
@@ -86,6 +98,7 @@ impl Session<'_> {
         // The cluster is borrowed afresh where it is needed, never cloned: a refcount shared
         // by every client of the database would cost a cache line bouncing between cores on
         // every transaction.
+        self.await_pool_floor().await;
         let (decision, checkout) = loop {
             let facts = self.facts();
             let wf = &self.config.general.write_functions;
@@ -96,6 +109,10 @@ impl Session<'_> {
             let cluster = &*self.members.cluster;
             let decision = match policy::decide(cluster, &self.routes, &facts, work) {
                 Ok(d) => d,
+                Err(Unplaced::Behind) => {
+                    self.wait_for_replay().await;
+                    continue;
+                }
                 Err(e) => {
                     self.reject_unit(sqlstate::CONNECTION_FAILURE, &e.to_string());
                     return Ok(None);
@@ -118,6 +135,15 @@ impl Session<'_> {
             }
         };
         let node = decision.node;
+        self.waited_for_replay(node);
+        let floor = if decision.writes
+            && self.mode == PoolMode::Transaction
+            && self.config.general.read_your_writes != ReadYourWrites::Off
+        {
+            FloorDue::Writes { owed: false }
+        } else {
+            FloorDue::Never
+        };
         let tracker = std::mem::take(&mut self.spare.tracker);
         let to_server = std::mem::take(&mut self.spare.to_server);
         let mut link = Box::new(Link {
@@ -137,6 +163,7 @@ impl Session<'_> {
             xact_start: None,
             touched: Effects::default(),
             refusal: None,
+            floor,
         });
         self.reg.slot.set(Some(link.ex.conn.cancel_key.clone()));
         let timeout = self.config.general.server_connect_timeout.0;

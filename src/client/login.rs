@@ -3,6 +3,7 @@
 
 use crate::auth::scram::{self, ServerExchange};
 use crate::auth::{md5, Secret};
+use crate::cluster::Lsn;
 use crate::config::{AuthType, Config};
 use crate::context::clients::Registration;
 use crate::context::Context;
@@ -11,6 +12,7 @@ use crate::protocol::backend::{self, TxStatus};
 use crate::protocol::sqlstate;
 use crate::protocol::startup::{self, Startup, StartupPacket};
 use crate::protocol::{frontend, ProtocolError};
+use crate::router::command;
 use crate::router::policy::RouteMode;
 use crate::stream::Stream;
 use bytes::{Buf, BytesMut};
@@ -23,6 +25,8 @@ pub struct LoggedIn {
     pub members: Arc<Members>,
     /// Where the client asked its work to go (`options=-c pgsluice.route=...`).
     pub route: RouteMode,
+    /// The read-your-writes floor it starts with (`options=-c pgsluice.min_lsn=...`).
+    pub floor: Lsn,
     /// The session parameters this client wants, lowercase names: the pool's server defaults
     /// for the tracked ones, overridden by the startup packet and its `options`.
     pub params: Vec<(String, String)>,
@@ -136,10 +140,22 @@ pub async fn login(
     let mut route = RouteMode::Auto;
     if let Some(i) = wanted.iter().position(|(k, _)| k == "pgsluice.route") {
         let (_, value) = wanted.remove(i);
-        match RouteMode::parse(&value) {
-            Some(r) => route = r,
-            None => {
-                let e = crate::router::command::BadValue(value);
+        match command::route(&value) {
+            Ok(r) => route = r,
+            Err(e) => {
+                stream
+                    .fatal(&[], sqlstate::INVALID_PARAMETER_VALUE, &e.to_string())
+                    .await;
+                return None;
+            }
+        }
+    }
+    let mut floor = Lsn(0);
+    if let Some(i) = wanted.iter().position(|(k, _)| k == "pgsluice.min_lsn") {
+        let (_, value) = wanted.remove(i);
+        match command::min_lsn(&value) {
+            Ok(lsn) => floor = lsn,
+            Err(e) => {
                 stream
                     .fatal(&[], sqlstate::INVALID_PARAMETER_VALUE, &e.to_string())
                     .await;
@@ -164,6 +180,7 @@ pub async fn login(
         user,
         database,
         route,
+        floor,
         wanted,
     };
     pool_login(ctx, config, stream, buf, out, asked, reg).await
@@ -174,6 +191,7 @@ struct Asked {
     user: String,
     database: String,
     route: RouteMode,
+    floor: Lsn,
     /// Its session parameters, `options` expanded.
     wanted: Vec<(String, String)>,
 }
@@ -268,6 +286,7 @@ async fn pool_login(
         user,
         database,
         route,
+        floor,
         wanted,
     } = asked;
     if !config.databases.contains_key(&database) {
@@ -332,6 +351,7 @@ async fn pool_login(
         database,
         members,
         route,
+        floor,
         params,
         buf,
     }))

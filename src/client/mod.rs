@@ -7,6 +7,7 @@
 //! holds a session-only feature to its server. LISTEN is shared (`listen`).
 
 mod end;
+mod floor;
 mod forward;
 mod idle;
 mod inbox;

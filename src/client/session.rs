@@ -15,7 +15,7 @@ use super::link::Link;
 use super::login::LoggedIn;
 use super::params::SessionParams;
 use super::rewrite::ClientStatements;
-use crate::cluster::BanTimes;
+use crate::cluster::{BanTimes, Lsn};
 use crate::config::{Config, PoolMode};
 use crate::context::clients::Registration;
 use crate::context::{Context, Phase};
@@ -28,6 +28,7 @@ use crate::server::tracker::Tracker;
 use crate::stream::Stream;
 use bytes::BytesMut;
 use std::sync::Arc;
+use std::time::Instant;
 
 enum State {
     Idle,
@@ -66,6 +67,15 @@ pub(super) struct Session<'a> {
     pub retries: usize,
     /// The current unit turned out to write: it runs on the primary.
     pub wrote: bool,
+    /// The WAL position this client's reads must see: its writes' (read_your_writes) and
+    /// what it asked for (`SET pgsluice.min_lsn`).
+    pub floor: Lsn,
+    /// Since when the current read has waited for a replica to reach the floor, and whether
+    /// that wait is over.
+    pub waiting: Option<Instant>,
+    pub waited: bool,
+    /// Another client's commit position was still being learnt when the wait ran out.
+    pub unknown_floor: bool,
     pub client: &'a mut Stream,
     pub inbox: Inbox,
     pub to_client: BytesMut,
@@ -100,6 +110,10 @@ pub async fn run(
         avoid: None,
         retries: 0,
         wrote: false,
+        floor: login.floor,
+        waiting: None,
+        waited: false,
+        unknown_floor: false,
         client,
         inbox: Inbox::new(login.buf),
         to_client: BytesMut::new(),
@@ -181,6 +195,9 @@ impl Session<'_> {
         self.avoid = None;
         self.retries = 0;
         self.wrote = false;
+        self.waiting = None;
+        self.waited = false;
+        self.unknown_floor = false;
     }
 
     /// The session ends while linked: tell the client why, then make the server safe for
@@ -247,6 +264,8 @@ impl Session<'_> {
             avoid: self.avoid,
             retries: self.retries,
             wrote: self.wrote,
+            floor: self.floor(),
+            waited: self.waited,
         }
     }
 }

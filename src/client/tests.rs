@@ -126,6 +126,7 @@ impl Setup {
             database: "postgres".into(),
             members: self.members.clone(),
             route: RouteMode::Auto,
+            floor: crate::cluster::Lsn(0),
             params: Vec::new(),
             buf: BytesMut::new(),
         };

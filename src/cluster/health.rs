@@ -1,7 +1,7 @@
 //! The control plane's view of each node: one connection of the pooler's own per node, a
 //! cheap query on a timer that also reads WAL positions, and from them bans, unbans and lag.
 
-use super::{Cluster, Role};
+use super::{Cluster, Lsn, Role};
 use crate::config::General;
 use crate::server::query::{self, Row};
 use crate::server::{ServerConn, Target};
@@ -22,16 +22,13 @@ const PROBE: &str = "SELECT pg_is_in_recovery(), \
      CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END, \
      COALESCE(extract(epoch FROM now() - pg_last_xact_replay_timestamp()), 0)";
 
-/// `16/B374D848` → a byte position.
-fn parse_lsn(text: &str) -> Option<u64> {
-    let (hi, lo) = text.split_once('/')?;
-    Some((u64::from_str_radix(hi, 16).ok()? << 32) | u64::from_str_radix(lo, 16).ok()?)
-}
-
 fn parse_probe(rows: &[Row]) -> Option<Probe> {
     let row = rows.first()?;
     let in_recovery = row.first()?.as_deref()? == "t";
-    let lsn = row.get(1)?.as_deref().map_or(Some(0), parse_lsn)?;
+    let lsn = match row.get(1)?.as_deref() {
+        Some(text) => Lsn::parse(text)?.0,
+        None => 0,
+    };
     let age: f64 = row.get(2)?.as_deref()?.parse().ok()?;
     Some(Probe {
         in_recovery,
@@ -178,10 +175,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn lsn_text_to_bytes() {
-        assert_eq!(parse_lsn("0/3000148"), Some(0x3000148));
-        assert_eq!(parse_lsn("16/B374D848"), Some((0x16 << 32) | 0xB374D848));
-        assert_eq!(parse_lsn("x"), None);
+    fn probe_rows_to_positions() {
         let row = |a: &str, b: Option<&str>, c: &str| {
             vec![vec![
                 Some(a.to_owned()),

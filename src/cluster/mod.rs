@@ -6,8 +6,11 @@
 //! on a timer, measures lag, and lifts a ban only once a check passes.
 
 pub mod health;
+mod lsn;
 mod node;
+pub mod replay;
 
+pub use lsn::Lsn;
 pub use node::{BanTimes, Health, Node, Reachability, Role, Usable};
 
 use crate::config::{Config, LoadBalance, ReadFromPrimary};
@@ -75,6 +78,11 @@ pub struct Cluster {
     /// Rounds of health checks completed, so that a watcher can wait for a round that
     /// began after something it did.
     rounds: AtomicU64,
+    /// Told after each poll of the replicas' replay positions, for reads that wait for one
+    /// to catch up with their client's writes.
+    replayed: tokio::sync::Notify,
+    /// Asks the replay poller for a poll now rather than at its next tick.
+    poll_now: tokio::sync::Notify,
 }
 
 impl Cluster {
@@ -109,6 +117,8 @@ impl Cluster {
             resumed: tokio::sync::Notify::new(),
             disabled: AtomicBool::new(false),
             rounds: AtomicU64::new(0),
+            replayed: tokio::sync::Notify::new(),
+            poll_now: tokio::sync::Notify::new(),
         })
     }
 
@@ -205,6 +215,8 @@ impl Cluster {
             return false;
         };
         let was = n.update(|h| h.banned(now + ban.as_millis() as u64));
+        // Unknown until polled again: it may come back having replayed less.
+        n.replayed.store(0, Ordering::Relaxed);
         let was_up = !matches!(was, Health::Banned { .. });
         tracing::warn!(db = %self.database, node = %n.addr, reason = why, ?ban, "node banned from reads");
         was_up
@@ -253,6 +265,22 @@ impl Cluster {
         if was != lagging {
             tracing::warn!(db = %self.database, node = %n.addr, lag_bytes = bytes, lag = ?time, lagging, "replica lag limit crossed");
         }
+    }
+
+    /// A replica's replay position, as polled. It may go back: a replica restarted after a
+    /// crash replays again from its last restart point.
+    pub(crate) fn set_replayed(&self, node: usize, lsn: Lsn) {
+        self.nodes[node].replayed.store(lsn.0, Ordering::Relaxed);
+    }
+
+    /// Waits until the replay positions have been polled again (asking for a poll now), or
+    /// until `deadline`. False when the deadline came first.
+    pub async fn replay_polled(&self, deadline: tokio::time::Instant) -> bool {
+        let polled = self.replayed.notified();
+        tokio::pin!(polled);
+        polled.as_mut().enable();
+        self.poll_now.notify_one();
+        tokio::time::timeout_at(deadline, polled).await.is_ok()
     }
 
     /// Counts a client link to `node` for as long as the guard lives.

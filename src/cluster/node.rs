@@ -140,6 +140,8 @@ pub struct Node {
     pub(super) health: AtomicU64,
     pub(super) lag_bytes: AtomicU64,
     pub(super) lag_ms: AtomicU64,
+    /// A replica's replay position as last polled (read_your_writes), a byte offset.
+    pub(super) replayed: AtomicU64,
     /// Client links to this node right now (least_outstanding counts these).
     pub(super) outstanding: AtomicUsize,
     /// Its bans so far; touched only when it fails or comes back.
@@ -215,6 +217,7 @@ impl Node {
             health: AtomicU64::new(Health::Up.encode()),
             lag_bytes: AtomicU64::new(0),
             lag_ms: AtomicU64::new(0),
+            replayed: AtomicU64::new(0),
             outstanding: AtomicUsize::new(0),
             strikes: Mutex::default(),
         }
@@ -241,6 +244,11 @@ impl Node {
 
     pub fn outstanding(&self) -> usize {
         self.outstanding.load(Ordering::Relaxed)
+    }
+
+    /// How far a replica had replayed the WAL when last polled.
+    pub fn replayed(&self) -> super::Lsn {
+        super::Lsn(self.replayed.load(Ordering::Relaxed))
     }
 
     /// Replication lag as last measured: bytes of WAL and time behind the primary.

@@ -34,6 +34,18 @@ pub enum ListenMode {
     Pin,
 }
 
+/// Whose writes a read must see when it goes to a replica.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReadYourWrites {
+    /// A client's reads see its own writes.
+    Connection,
+    /// Every client of a (database, user) sees the writes of all of them.
+    Pool,
+    /// Reads go to any usable replica.
+    Off,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum AuthType {
     #[serde(rename = "trust")]
@@ -80,6 +92,9 @@ pub struct General {
     pub ban_time: Seconds,
     pub max_replica_lag: Seconds,
     pub max_replica_lag_bytes: u64,
+    pub read_your_writes: ReadYourWrites,
+    pub replica_lsn_poll_interval: Seconds,
+    pub read_your_writes_wait: Seconds,
     pub write_functions: Vec<String>,
     pub http_listen: String,
     pub instance_name: String,
@@ -129,6 +144,9 @@ impl Default for General {
             ban_time: Seconds::secs(60),
             max_replica_lag: Seconds::secs(0),
             max_replica_lag_bytes: 0,
+            read_your_writes: ReadYourWrites::Connection,
+            replica_lsn_poll_interval: Seconds(std::time::Duration::from_millis(20)),
+            read_your_writes_wait: Seconds(std::time::Duration::from_millis(10)),
             write_functions: Vec::new(),
             http_listen: "127.0.0.1:9930".into(),
             instance_name: String::new(),

@@ -59,6 +59,9 @@ impl Config {
         if g.stats_period.0.is_zero() {
             return bad("stats_period", "must be more than 0".into());
         }
+        if g.replica_lsn_poll_interval.0.is_zero() {
+            return bad("replica_lsn_poll_interval", "must be more than 0".into());
+        }
         if g.health_check_interval.0.is_zero() {
             return bad("health_check_interval", "must be more than 0".into());
         }

@@ -6,9 +6,9 @@ use crate::auth::Secret;
 use crate::cluster::{Cluster, Clusters};
 use crate::config::Config;
 use crate::server::{Credentials, Target};
-use crate::stats::{PinMetrics, PoolFamilies};
+use crate::stats::{FloorMetrics, PinMetrics, PoolFamilies};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -20,6 +20,14 @@ pub struct Members {
     /// The clients of this (database, user) by state.
     pub clients: ClientStates,
     pub pins: PinMetrics,
+    /// The WAL position every client's reads must see (read_your_writes = "pool"), a byte
+    /// offset; and the reads that waited for a replica to reach a floor.
+    pub floor: AtomicU64,
+    /// Clients whose commit's position is being learnt: until it is, a read of another
+    /// client cannot know the floor. Told when one is learnt.
+    pub floor_pending: AtomicUsize,
+    pub floor_learnt: tokio::sync::Notify,
+    pub floor_waits: FloorMetrics,
     /// The shared LISTEN connection of this (database, user).
     pub listener: Arc<super::listener::Listener>,
 }
@@ -221,6 +229,10 @@ impl Pools {
             pools,
             clients: ClientStates::default(),
             pins: self.families.for_pins(database, user),
+            floor: AtomicU64::new(0),
+            floor_pending: AtomicUsize::new(0),
+            floor_learnt: tokio::sync::Notify::new(),
+            floor_waits: self.families.for_floor(database, user),
             listener: super::listener::Listener::new(),
         });
         map.insert(key, members.clone());

@@ -1,21 +1,47 @@
-//! `SET pgsluice.route TO primary | replica | auto`, `RESET pgsluice.route` and
-//! `SHOW pgsluice.route`: answered by the pooler, never sent to a server. Also `LISTEN` and
-//! `UNLISTEN`, which the pooler answers when one connection carries every client's channels.
+//! The pooler's own settings, answered by the pooler and never sent to a server:
+//! `SET pgsluice.route TO primary | replica | auto`, `RESET pgsluice.route`,
+//! `SHOW pgsluice.route`; `SET pgsluice.min_lsn = 'X/Y'` and `SHOW pgsluice.lsn` (the
+//! client's read-your-writes floor). Also `LISTEN` and `UNLISTEN`, which the pooler answers
+//! when one connection carries every client's channels.
 
 use super::policy::RouteMode;
+use crate::cluster::Lsn;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RouteCommand {
     Set(RouteMode),
     Show,
+    /// Raise the client's floor to this position (it never goes down: RESET and DEFAULT
+    /// leave it as it is).
+    MinLsn(Option<Lsn>),
+    /// The client's floor.
+    ShowLsn,
 }
 
-/// Why a `SET pgsluice.route` was refused.
+/// Why a pooler setting's new value was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid value for parameter \"pgsluice.route\": \"{0}\" (use primary, replica or auto)")]
-pub struct BadValue(pub String);
+pub enum BadValue {
+    #[error(
+        "invalid value for parameter \"pgsluice.route\": \"{0}\" (use primary, replica or auto)"
+    )]
+    Route(String),
+    #[error("invalid value for parameter \"pgsluice.min_lsn\": \"{0}\" (use a WAL position such as 16/B374D848)")]
+    Lsn(String),
+}
 
-const NAME: &str = "pgsluice.route";
+const ROUTE: &str = "pgsluice.route";
+const MIN_LSN: &str = "pgsluice.min_lsn";
+const LSN: &str = "pgsluice.lsn";
+
+/// A route's value as the startup option or SET gives it.
+pub fn route(value: &str) -> Result<RouteMode, BadValue> {
+    RouteMode::parse(value).ok_or_else(|| BadValue::Route(value.to_owned()))
+}
+
+/// A floor's value as the startup option or SET gives it.
+pub fn min_lsn(value: &str) -> Result<Lsn, BadValue> {
+    Lsn::parse(value).ok_or_else(|| BadValue::Lsn(value.to_owned()))
+}
 
 /// Recognises the command in a simple Query's text. `None` for anything else, cheaply.
 pub fn parse(sql: &str) -> Option<Result<RouteCommand, BadValue>> {
@@ -25,24 +51,28 @@ pub fn parse(sql: &str) -> Option<Result<RouteCommand, BadValue>> {
         return None;
     }
     let lower = text.to_ascii_lowercase();
-    if !lower.contains(NAME) {
+    if !lower.contains("pgsluice.") {
         return None;
     }
     let spaced = lower.replace('=', " = ");
     let words: Vec<&str> = spaced.split_whitespace().collect();
-    match words.as_slice() {
-        ["show", NAME] => Some(Ok(RouteCommand::Show)),
-        ["reset", NAME] | ["set", NAME, "to" | "=", "default"] => {
-            Some(Ok(RouteCommand::Set(RouteMode::Auto)))
+    let (name, value) = match words.as_slice() {
+        ["show", LSN | MIN_LSN] => return Some(Ok(RouteCommand::ShowLsn)),
+        ["show", ROUTE] => return Some(Ok(RouteCommand::Show)),
+        ["reset", name] => (*name, None),
+        ["set", name, "to" | "=", value] | ["set", "session", name, "to" | "=", value] => {
+            (*name, Some(value.trim_matches(|c| c == '\'' || c == '"')))
         }
-        ["set", NAME, "to" | "=", value] | ["set", "session", NAME, "to" | "=", value] => {
-            let value = value.trim_matches(|c| c == '\'' || c == '"');
-            Some(
-                RouteMode::parse(value)
-                    .map(RouteCommand::Set)
-                    .ok_or_else(|| BadValue(value.to_owned())),
-            )
-        }
+        _ => return None,
+    };
+    let value = value.filter(|v| *v != "default");
+    match name {
+        ROUTE => Some(
+            value
+                .map_or(Ok(RouteMode::Auto), route)
+                .map(RouteCommand::Set),
+        ),
+        MIN_LSN => Some(value.map(min_lsn).transpose().map(RouteCommand::MinLsn)),
         _ => None,
     }
 }
@@ -188,8 +218,22 @@ mod tests {
         assert_eq!(parse("SHOW pgsluice.route"), Some(Ok(RouteCommand::Show)));
         assert_eq!(
             parse("SET pgsluice.route TO sometimes"),
-            Some(Err(BadValue("sometimes".into())))
+            Some(Err(BadValue::Route("sometimes".into())))
         );
+        assert_eq!(
+            parse("SET pgsluice.min_lsn = '16/B374D848'"),
+            Some(Ok(RouteCommand::MinLsn(Lsn::parse("16/B374D848"))))
+        );
+        assert_eq!(
+            parse("set pgsluice.min_lsn to default"),
+            Some(Ok(RouteCommand::MinLsn(None)))
+        );
+        assert_eq!(
+            parse("SET pgsluice.min_lsn = 'soon'"),
+            Some(Err(BadValue::Lsn("soon".into())))
+        );
+        assert_eq!(parse("SHOW pgsluice.lsn;"), Some(Ok(RouteCommand::ShowLsn)));
+        assert_eq!(parse("SHOW pgsluice.other"), None);
         assert_eq!(parse("SET LOCAL pgsluice.route TO replica"), None);
         assert_eq!(parse("SELECT 'set pgsluice.route to replica'"), None);
         assert_eq!(parse("SET search_path TO x"), None);

@@ -7,7 +7,7 @@
 use super::classify::{Class, Hint, WriteReason};
 use super::reason::{RouteCounters, RouteReason};
 use super::work::Work;
-use crate::cluster::{Cluster, Role, Usable};
+use crate::cluster::{Cluster, Lsn, Role, Usable};
 use crate::config::{LoadBalance, PoolMode, ReadFromPrimary};
 use crate::protocol::sqlstate;
 use std::sync::atomic::Ordering;
@@ -52,6 +52,11 @@ pub struct Session {
     pub retries: usize,
     /// The unit turned out to write (a replica refused it with 25006): it runs on the primary.
     pub wrote: bool,
+    /// How far a replica must have replayed for this client's reads (read_your_writes); zero
+    /// for any.
+    pub floor: Lsn,
+    /// The read has waited for a replica to reach the floor already: no more waiting.
+    pub waited: bool,
 }
 
 /// How a link takes the client's work.
@@ -73,6 +78,9 @@ pub struct Decision {
     pub node: usize,
     pub reason: RouteReason,
     pub flow: Flow,
+    /// The work may write on the primary: once it commits, its WAL position becomes the
+    /// client's floor (read_your_writes).
+    pub writes: bool,
 }
 
 /// Why a unit of work could not finish on its node.
@@ -95,10 +103,16 @@ pub struct Retry {
     pub wrote: bool,
 }
 
-/// Why work could not be placed.
+/// Why work could not be placed now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("no replica is available for reads (read_from_primary = never)")]
-pub struct NoReplica;
+pub enum Unplaced {
+    #[error("no replica is available for reads (read_from_primary = never)")]
+    NoReplica,
+    /// A read whose floor no usable replica has reached yet: wait for one (once), then ask
+    /// again.
+    #[error("no replica has replayed this client's writes yet")]
+    Behind,
+}
 
 const PRIMARY: usize = 0;
 
@@ -110,7 +124,7 @@ pub fn decide(
     counters: &RouteCounters,
     session: &Session,
     work: impl FnOnce() -> Work,
-) -> Result<Decision, NoReplica> {
+) -> Result<Decision, Unplaced> {
     let d = if cluster.has_replicas() || session.route != RouteMode::Auto {
         let d = place(cluster, &work(), session)?;
         tracing::debug!(db = %cluster.database, node = %cluster.nodes[d.node].addr, reason = d.reason.name(), "route");
@@ -120,6 +134,7 @@ pub fn decide(
             node: PRIMARY,
             reason: RouteReason::NoReplicas,
             flow: Flow::Stream,
+            writes: false,
         }
     };
     counters.bump(d.reason);
@@ -198,20 +213,22 @@ pub fn retryable_error(code: &[u8]) -> Option<Retry> {
     }
 }
 
-/// How a link on `node` takes the client's work.
-fn flow(node: usize, retryable: bool) -> Flow {
-    match (node, retryable) {
-        (_, true) => Flow::Retryable,
-        (PRIMARY, false) => Flow::Stream,
-        _ => Flow::OneUnit,
+/// How a link takes a read: one unit at a time wherever it runs, so that work after it is
+/// placed on its own (and, on the primary, a write after it is known to be one).
+fn read_flow(retryable: bool) -> Flow {
+    if retryable {
+        Flow::Retryable
+    } else {
+        Flow::OneUnit
     }
 }
 
-fn place(cluster: &Cluster, work: &Work, session: &Session) -> Result<Decision, NoReplica> {
+fn place(cluster: &Cluster, work: &Work, session: &Session) -> Result<Decision, Unplaced> {
     let on_primary = |reason| Decision {
         node: PRIMARY,
         reason,
         flow: Flow::Stream,
+        writes: true,
     };
     let transaction_mode = session.pool_mode == PoolMode::Transaction;
     // Each node at most once per unit of work.
@@ -228,14 +245,24 @@ fn place(cluster: &Cluster, work: &Work, session: &Session) -> Result<Decision, 
         None => session.route,
     };
     match wanted {
-        RouteMode::Primary => return Ok(on_primary(RouteReason::Hint)),
+        RouteMode::Primary => {
+            // A plain read writes nothing a later read must wait for.
+            let writes = work.class != Class::Read;
+            return Ok(Decision {
+                writes,
+                ..on_primary(RouteReason::Hint)
+            });
+        }
         RouteMode::Replica if cluster.has_replicas() => {
-            return Ok(read(cluster, session.avoid, RouteReason::Hint, retryable)?.or(on_primary));
+            return Ok(read(cluster, session, RouteReason::Hint, retryable)?.or(read_on_primary));
         }
         _ => {}
     }
     if !cluster.has_replicas() {
-        return Ok(on_primary(reason_of(work.class)));
+        return Ok(Decision {
+            writes: false,
+            ..on_primary(reason_of(work.class))
+        });
     }
     if !transaction_mode {
         // A session keeps its server from login to logout: it needs the primary unless it
@@ -250,7 +277,17 @@ fn place(cluster: &Cluster, work: &Work, session: &Session) -> Result<Decision, 
     if !replica_ok {
         return Ok(on_primary(reason_of(work.class)));
     }
-    Ok(read(cluster, session.avoid, RouteReason::Read, retryable)?.or(on_primary))
+    Ok(read(cluster, session, RouteReason::Read, retryable)?.or(read_on_primary))
+}
+
+/// A read that falls back to the primary: one unit, writing nothing.
+fn read_on_primary(reason: RouteReason) -> Decision {
+    Decision {
+        node: PRIMARY,
+        reason,
+        flow: Flow::OneUnit,
+        writes: false,
+    }
 }
 
 fn reason_of(class: Class) -> RouteReason {
@@ -284,14 +321,30 @@ impl Pick {
 }
 
 /// Picks a member of the read rotation, or says why none is usable and the read
-/// falls back to the primary, for that reason.
+/// falls back to the primary, for that reason. A replica must have replayed up to the
+/// client's floor; when only that keeps every usable one out, the read waits for one first,
+/// once.
 fn read(
     cluster: &Cluster,
-    avoid: Option<usize>,
+    session: &Session,
     reason: RouteReason,
     retryable: bool,
-) -> Result<Pick, NoReplica> {
-    let ok = |i: usize| Some(i) != avoid && cluster.nodes[i].usable() == Usable::Yes;
+) -> Result<Pick, Unplaced> {
+    let avoid = session.avoid;
+    let usable = |i: usize| Some(i) != avoid && cluster.nodes[i].usable() == Usable::Yes;
+    let floor = session.floor;
+    let caught_up = |i: usize| i == PRIMARY || cluster.nodes[i].replayed() >= floor;
+    let behind = floor > Lsn(0) && {
+        let schedule = cluster.schedule(cluster.read_from_primary == ReadFromPrimary::Always);
+        let any_usable = schedule.iter().any(|&i| usable(i));
+        any_usable && !schedule.iter().any(|&i| usable(i) && caught_up(i))
+    };
+    if behind && !session.waited {
+        return Err(Unplaced::Behind);
+    }
+    // With read_from_primary = never, a replica behind still beats no read at all.
+    let floor_applies = !(behind && cluster.read_from_primary == ReadFromPrimary::Never);
+    let ok = |i: usize| usable(i) && (!floor_applies || caught_up(i));
     // The primary is a member of the rotation only when asked to be.
     let schedule = cluster.schedule(cluster.read_from_primary == ReadFromPrimary::Always);
     let start = cluster.next.fetch_add(1, Ordering::Relaxed) % schedule.len().max(1);
@@ -313,8 +366,12 @@ fn read(
         return Ok(Pick::Node(Decision {
             node,
             reason,
-            flow: flow(node, retryable),
+            flow: read_flow(retryable),
+            writes: false,
         }));
+    }
+    if behind {
+        return Ok(Pick::Fallback(RouteReason::ReadYourWrites));
     }
     let replicas = cluster
         .nodes
@@ -330,7 +387,7 @@ fn read(
         RouteReason::ReplicaBanned
     };
     if cluster.read_from_primary == ReadFromPrimary::Never {
-        return Err(NoReplica);
+        return Err(Unplaced::NoReplica);
     }
     Ok(Pick::Fallback(why))
 }
@@ -370,10 +427,12 @@ mod tests {
         avoid: None,
         retries: 0,
         wrote: false,
+        floor: Lsn(0),
+        waited: false,
     };
 
     /// Decides with counters of its own.
-    fn decide(c: &Cluster, w: &Work, s: &Session) -> Result<Decision, NoReplica> {
+    fn decide(c: &Cluster, w: &Work, s: &Session) -> Result<Decision, Unplaced> {
         super::decide(c, &RouteCounters::default(), s, || *w)
     }
 
@@ -535,8 +594,67 @@ mod tests {
         let never = cluster("read_from_primary = \"never\"\n");
         never.ban(1, LONG_BAN, "test");
         never.ban(2, LONG_BAN, "test");
-        assert_eq!(decide(&never, &work("SELECT 1"), &TX), Err(NoReplica));
+        assert_eq!(
+            decide(&never, &work("SELECT 1"), &TX),
+            Err(Unplaced::NoReplica)
+        );
         assert_eq!(node(&never, "INSERT INTO t VALUES (1)", &TX), 0);
+    }
+
+    #[test]
+    fn a_read_waits_once_for_a_replica_at_its_floor_then_takes_the_primary() {
+        let c = cluster("");
+        let floor = Session {
+            floor: Lsn(100),
+            ..TX
+        };
+        assert_eq!(decide(&c, &work("SELECT 1"), &floor), Err(Unplaced::Behind));
+        c.set_replayed(2, Lsn(100));
+        for _ in 0..4 {
+            let d = decide(&c, &work("SELECT 1"), &floor).unwrap();
+            assert_eq!((d.node, d.reason, d.writes), (2, RouteReason::Read, false));
+        }
+        let waited = Session {
+            floor: Lsn(101),
+            waited: true,
+            ..TX
+        };
+        let d = decide(&c, &work("SELECT 1"), &waited).unwrap();
+        assert_eq!((d.node, d.reason), (0, RouteReason::ReadYourWrites));
+        assert_eq!(
+            d.flow,
+            Flow::OneUnit,
+            "a read on the primary, placed unit by unit"
+        );
+        assert!(!d.writes);
+        c.ban(1, LONG_BAN, "test");
+        c.ban(2, LONG_BAN, "test");
+        let d = decide(&c, &work("SELECT 1"), &floor).unwrap();
+        assert_eq!(
+            d.reason,
+            RouteReason::ReplicaBanned,
+            "no replica to wait for"
+        );
+
+        let never = cluster("read_from_primary = \"never\"\n");
+        let d = decide(&never, &work("SELECT 1"), &waited).unwrap();
+        assert_ne!(d.node, 0, "a replica behind beats no read at all");
+    }
+
+    #[test]
+    fn only_work_that_may_write_on_the_primary_moves_the_floor() {
+        let c = cluster("");
+        let writes = |sql: &str, s: &Session| decide(&c, &work(sql), s).unwrap().writes;
+        assert!(writes("INSERT INTO t VALUES (1)", &TX));
+        assert!(writes("BEGIN", &TX));
+        assert!(writes("SELECT nextval('s')", &TX));
+        assert!(!writes("SELECT 1", &TX));
+        assert!(!writes("/* pgsluice: primary */ SELECT 1", &TX));
+        assert!(writes("/* pgsluice: primary */ UPDATE t SET x = 1", &TX));
+        let text = "[databases.app]\nport = 5433\n";
+        let alone = Cluster::new(&Config::parse(text, "t").unwrap(), "app").unwrap();
+        let d = decide(&alone, &work("INSERT INTO t VALUES (1)"), &TX).unwrap();
+        assert!(!d.writes, "no replica to read from: nothing to learn");
     }
 
     #[test]

@@ -29,6 +29,9 @@ pub enum RouteReason {
     ReplicaBanned,
     /// A read sent to the primary because every usable replica lags too far behind.
     Lag,
+    /// A read sent to the primary because no usable replica had replayed the client's
+    /// writes in time (read_your_writes).
+    ReadYourWrites,
     /// A read retried on another node after its replica failed before answering.
     Retry,
     /// The database has no replicas: everything goes to the primary unlooked at.
@@ -36,7 +39,7 @@ pub enum RouteReason {
 }
 
 impl RouteReason {
-    pub const ALL: [RouteReason; 11] = [
+    pub const ALL: [RouteReason; 12] = [
         RouteReason::Read,
         RouteReason::Write,
         RouteReason::Locking,
@@ -46,6 +49,7 @@ impl RouteReason {
         RouteReason::Hint,
         RouteReason::ReplicaBanned,
         RouteReason::Lag,
+        RouteReason::ReadYourWrites,
         RouteReason::Retry,
         RouteReason::NoReplicas,
     ];
@@ -62,6 +66,7 @@ impl RouteReason {
             RouteReason::Hint => "hint",
             RouteReason::ReplicaBanned => "replica_banned",
             RouteReason::Lag => "lag",
+            RouteReason::ReadYourWrites => "read_your_writes",
             RouteReason::Retry => "retry",
             RouteReason::NoReplicas => "no_replicas",
         }
