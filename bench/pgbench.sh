@@ -279,9 +279,15 @@ printf '%-8s %7s | %12s %8s | %12s %8s | %9s\n' \
 for c in $REPLICA_CLIENTS; do
     for script in tpcb-like select-only; do
         : >"$work/ryw_off" >"$work/ryw_on"
-        for _ in $(seq "$ROUNDS"); do
-            run "$ryw_off_port" simple "$c" "-b $script" >>"$work/ryw_off"
-            run "$routed_port" simple "$c" "-b $script" >>"$work/ryw_on"
+        for r in $(seq "$ROUNDS"); do
+            # Each goes first in every other round: neither gains from the order.
+            if [ $((r % 2)) = 1 ]; then
+                run "$ryw_off_port" simple "$c" "-b $script" >>"$work/ryw_off"
+                run "$routed_port" simple "$c" "-b $script" >>"$work/ryw_on"
+            else
+                run "$routed_port" simple "$c" "-b $script" >>"$work/ryw_on"
+                run "$ryw_off_port" simple "$c" "-b $script" >>"$work/ryw_off"
+            fi
         done
         read -r f_tps f_lat < <(median <"$work/ryw_off")
         read -r o_tps o_lat < <(median <"$work/ryw_on")

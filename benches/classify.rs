@@ -3,6 +3,7 @@
 
 use divan::counter::ItemsCount;
 use pgsluice::router::classify::classify;
+use pgsluice::router::WriteFunctions;
 
 fn main() {
     divan::main();
@@ -21,11 +22,26 @@ const STATEMENTS: &[&str] = &[
 
 #[divan::bench]
 fn uncached(bencher: divan::Bencher) {
+    let none = WriteFunctions::default();
     bencher
         .counter(ItemsCount::new(STATEMENTS.len()))
         .bench(|| {
             for s in STATEMENTS {
-                divan::black_box(classify(divan::black_box(s), &[]));
+                divan::black_box(classify(divan::black_box(s), &none));
+            }
+        });
+}
+
+/// With 1,000 VOLATILE user functions read from the catalog, as a large schema has.
+#[divan::bench]
+fn uncached_with_catalog(bencher: divan::Bencher) {
+    let names: Vec<String> = (0..1000).map(|i| format!("app_function_{i}")).collect();
+    let catalog = WriteFunctions::new(names.iter().map(String::as_str));
+    bencher
+        .counter(ItemsCount::new(STATEMENTS.len()))
+        .bench(|| {
+            for s in STATEMENTS {
+                divan::black_box(classify(divan::black_box(s), &catalog));
             }
         });
 }
@@ -42,13 +58,14 @@ fn cached(bencher: divan::Bencher) {
     // Held, as clients hold the statements they prepared.
     let held: Vec<_> = defs.iter().map(|d| registry.get(d)).collect();
     for s in &held {
-        s.class(&[]);
+        s.class(&WriteFunctions::default());
     }
     bencher
         .counter(ItemsCount::new(STATEMENTS.len()))
         .bench(|| {
+            let none = WriteFunctions::default();
             for d in &defs {
-                divan::black_box(registry.get(divan::black_box(d)).class(&[]));
+                divan::black_box(registry.get(divan::black_box(d)).class(&none));
             }
         });
 }

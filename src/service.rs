@@ -2,12 +2,14 @@
 //! becomes: a pooled client session or an admin console.
 
 use crate::client::{self, login::Login};
+use crate::cluster::catalog;
 use crate::cluster::health::Checker;
 use crate::cluster::replay::Follower;
 use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::context::{Context, Phase};
 use crate::protocol::sqlstate;
+use crate::router::WriteFunctions;
 use crate::stream::Stream;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -184,7 +186,11 @@ async fn supervise(ctx: Arc<Context>) {
             if !watchers.iter().any(|(c, _)| Arc::ptr_eq(c, &cluster)) {
                 let (c, n) = (ctx.clone(), cluster.clone());
                 let task = tokio::spawn(async move {
-                    tokio::join!(watch(c.clone(), n.clone()), follow(c, n));
+                    tokio::join!(
+                        watch(c.clone(), n.clone()),
+                        follow(c.clone(), n.clone()),
+                        read_catalog(c, n)
+                    );
                 });
                 watchers.push((cluster, task));
             }
@@ -203,6 +209,58 @@ async fn follow(ctx: Arc<Context>, cluster: Arc<Cluster>) {
         let config = ctx.config.load_full();
         follower.poll(&cluster, &config.general).await;
         follower.wait(&cluster, &config.general).await;
+    }
+}
+
+/// Reads which user functions write from the primary's catalog: at start, after each reload
+/// and every catalog_refresh_interval, for as long as the cluster is configured. Until a read
+/// succeeds, it is tried again every health_check_interval.
+async fn read_catalog(ctx: Arc<Context>, cluster: Arc<Cluster>) {
+    if !cluster.has_replicas() {
+        return;
+    }
+    let catalog = ctx.catalogs.of(&cluster.database);
+    let mut reader = catalog::Reader::default();
+    loop {
+        let reloaded = ctx.reloaded.notified();
+        tokio::pin!(reloaded);
+        reloaded.as_mut().enable();
+        let known = cluster.credentials_known.notified();
+        tokio::pin!(known);
+        known.as_mut().enable();
+        let config = ctx.config.load_full();
+        let general = &config.general;
+        let read = reader.volatile_functions(&cluster, general).await;
+        let wait = match &read {
+            Some(names) => {
+                let configured = general.write_functions.iter().map(String::as_str);
+                let functions =
+                    WriteFunctions::new(configured.chain(names.iter().map(String::as_str)));
+                tracing::debug!(db = %cluster.database, functions = functions.len(), "write functions read from the catalog");
+                catalog.set_functions(functions);
+                general.catalog_refresh_interval.enabled()
+            }
+            None => {
+                // The configured ones count meanwhile.
+                if catalog.functions().is_empty() {
+                    let configured = general.write_functions.iter().map(String::as_str);
+                    catalog.set_functions(WriteFunctions::new(configured));
+                }
+                // Again soon, or as soon as a client's login makes one possible.
+                let wait = general.health_check_interval.0;
+                let _ = tokio::time::timeout(wait, async {
+                    tokio::select! { _ = reloaded => {}, _ = known => {} }
+                })
+                .await;
+                continue;
+            }
+        };
+        match wait {
+            Some(wait) => {
+                let _ = tokio::time::timeout(wait, reloaded).await;
+            }
+            None => reloaded.await,
+        }
     }
 }
 

@@ -121,7 +121,10 @@ fn cluster() -> (Replicated, Pooler) {
              ALTER TABLE drv_node OWNER TO app; ALTER TABLE drv_jdbc OWNER TO app",
         )
         .unwrap();
-    let pooler = cluster.pooler("default_pool_size = 4\nmax_client_conn = 300", "");
+    let pooler = cluster.pooler(
+        "default_pool_size = 4\nmax_client_conn = 300\nread_your_writes = \"pool\"",
+        "",
+    );
     (cluster, pooler)
 }
 

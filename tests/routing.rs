@@ -346,62 +346,123 @@ async fn a_session_is_pinned_to_the_primary_unless_it_asks_for_a_replica() {
     assert_eq!(port_of(&reader, "SELECT inet_server_port()").await, port);
 }
 
-/// A read that turns out to write (a function that INSERTs, which the classifier cannot
-/// know) is refused by the replica with 25006 before anything of its answer reached the
-/// client: it runs again on the primary, and the client sees only the result.
+/// The row count of `audit`, and of its distinct values: each call wrote once.
+fn audited(pg: &Replicated) -> String {
+    pg.primary
+        .psql_in("app", "SELECT count(*), count(DISTINCT n) FROM audit")
+        .unwrap()
+}
+
+async fn value_of(client: &tokio_postgres::Client, sql: &str) -> Option<String> {
+    let rows = client
+        .simple_query(sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    rows.iter().find_map(|m| match m {
+        SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
+        _ => None,
+    })
+}
+
+/// A read calling a user function that writes: the catalog says which are VOLATILE, and those
+/// go to the primary (STABLE ones still read on replicas). One created since the catalog was
+/// read is refused by the replica with 25006 before anything of its answer reached the client:
+/// it runs again on the primary, the client sees only the result, and its text or prepared
+/// statement goes to the primary from then on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_read_that_writes_runs_on_the_primary_unseen() {
+async fn functions_that_write_run_on_the_primary() {
     let pg = Replicated::start();
+    let note = |name: &str| {
+        format!(
+            "CREATE FUNCTION {name}(n int) RETURNS int LANGUAGE sql VOLATILE \
+             AS $$ INSERT INTO audit VALUES (n) RETURNING n $$; \
+             ALTER FUNCTION {name}(int) OWNER TO app"
+        )
+    };
     pg.primary
         .psql_in(
             "app",
-            "CREATE TABLE audit (n int); ALTER TABLE audit OWNER TO app; \
-             CREATE FUNCTION note(n int) RETURNS int LANGUAGE sql VOLATILE \
-             AS $$ INSERT INTO audit VALUES (n) RETURNING n $$; \
-             ALTER FUNCTION note(int) OWNER TO app",
+            &format!(
+                "CREATE TABLE audit (n int); ALTER TABLE audit OWNER TO app; {}; \
+                 CREATE FUNCTION tally() RETURNS bigint LANGUAGE sql STABLE \
+                 AS $$ SELECT count(*) FROM audit $$",
+                note("note")
+            ),
         )
         .unwrap();
-    for r in &pg.replicas {
-        assert!(support::wait_for(
-            std::time::Duration::from_secs(15),
-            || {
-                r.psql_in("app", "SELECT to_regproc('note') IS NOT NULL")
-                    .is_ok_and(|t| t == "t")
-            }
-        ));
-    }
-    let pooler = pg.pooler("", "");
+    let on_replicas = |function: &str| {
+        for r in &pg.replicas {
+            let sql = format!("SELECT to_regproc('{function}') IS NOT NULL");
+            assert!(support::wait_for(
+                std::time::Duration::from_secs(15),
+                || r.psql_in("app", &sql).is_ok_and(|t| t == "t")
+            ));
+        }
+    };
+    on_replicas("note");
+    let pooler = pg.pooler("catalog_refresh_interval = 3600", "");
     let client = connect(&pooler, "app", APP_PASSWORD).await;
-    let retries = counter(&pooler, RouteReason::Retry);
-    for n in 0..20 {
-        let rows = client
-            .simple_query(&format!("SELECT note({n})"))
-            .await
-            .unwrap_or_else(|e| panic!("SELECT note({n}): {e}"));
-        let value = rows.iter().find_map(|m| match m {
-            SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
-            _ => None,
-        });
-        assert_eq!(value, Some(n.to_string()));
-    }
-    // The extended protocol too: the unit is held back and replayed whole.
-    let row = client
-        .query_one("SELECT note($1)", &[&20i32])
-        .await
-        .unwrap();
-    assert_eq!(row.get::<_, i32>(0), 20);
-    assert_eq!(
-        pg.primary
-            .psql_in("app", "SELECT count(*), count(DISTINCT n) FROM audit")
-            .unwrap(),
-        "21|21",
-        "each call wrote once"
-    );
+    let catalog = pooler.ctx.catalogs.of("app");
     assert!(
-        counter(&pooler, RouteReason::Retry) >= retries + 21,
-        "each went to a replica first and was retried"
+        support::wait_for(std::time::Duration::from_secs(15), || catalog
+            .functions()
+            .contains("note")),
+        "the catalog was read once a client's login was known"
     );
-    // Reads that do not write still go to replicas.
+    assert!(!catalog.functions().contains("tally"), "STABLE");
+
+    let retries = counter(&pooler, RouteReason::Retry);
+    let by_function = counter(&pooler, RouteReason::WriteFunction);
+    for n in 0..20 {
+        assert_eq!(
+            value_of(&client, &format!("SELECT note({n})")).await,
+            Some(n.to_string())
+        );
+    }
+    assert_eq!(audited(&pg), "20|20", "each call wrote once");
+    assert_eq!(
+        counter(&pooler, RouteReason::Retry),
+        retries,
+        "no replica was tried"
+    );
+    assert_eq!(
+        counter(&pooler, RouteReason::WriteFunction),
+        by_function + 20
+    );
+    // Another client (this one's reads wait for its writes to be replayed).
+    let reader = connect(&pooler, "app", APP_PASSWORD).await;
     let primary = pg.primary.port;
-    assert_ne!(port_of(&client, "SELECT inet_server_port()").await, primary);
+    let sql = "SELECT tally(), inet_server_port()";
+    assert_ne!(
+        port_of(&reader, sql).await,
+        primary,
+        "a STABLE function reads on a replica"
+    );
+
+    // Created after the catalog was read.
+    pg.primary.psql_in("app", &note("late_note")).unwrap();
+    on_replicas("late_note");
+    let retries = counter(&pooler, RouteReason::Retry);
+    for n in 20..25 {
+        assert_eq!(
+            value_of(&client, "SELECT late_note(20)").await.as_deref(),
+            Some("20"),
+            "call {n}"
+        );
+    }
+    assert_eq!(
+        counter(&pooler, RouteReason::Retry),
+        retries + 1,
+        "the first call was refused by a replica and run again; its text is remembered"
+    );
+    // A prepared statement: its first Bind is retried, later ones go to the primary.
+    let statement = client.prepare("SELECT late_note($1)").await.unwrap();
+    for n in 25..30 {
+        let row = client.query_one(&statement, &[&n]).await.unwrap();
+        assert_eq!(row.get::<_, i32>(0), n);
+    }
+    assert_eq!(counter(&pooler, RouteReason::Retry), retries + 2);
+    assert_eq!(audited(&pg), "30|26", "each call wrote once");
+    // Reads that do not write still go to replicas.
+    assert_ne!(port_of(&reader, "SELECT inet_server_port()").await, primary);
 }

@@ -10,6 +10,7 @@ use crate::cluster::InFlight;
 use crate::config::{PoolMode, ReadYourWrites};
 use crate::pool::{Checkout, ClientState, PoolError};
 use crate::protocol::backend::{self, TxStatus};
+use crate::protocol::frontend::Message;
 use crate::protocol::sqlstate;
 use crate::router::effects::Effects;
 use crate::router::policy::{self, Failure, Flow, Retry, Unplaced};
@@ -101,10 +102,11 @@ impl Session<'_> {
         self.await_pool_floor().await;
         let (decision, checkout) = loop {
             let facts = self.facts();
-            let wf = &self.config.general.write_functions;
             let work = || {
-                let statement = |name: &[u8]| self.statements.get(name).map(|s| s.class(wf));
-                Work::of(self.inbox.messages(), statement, wf)
+                let catalog = &*self.catalog;
+                let wf = catalog.functions();
+                let statement = |name: &[u8]| self.statements.get(name).map(|s| s.class(&wf));
+                Work::of(self.inbox.messages(), statement, catalog)
             };
             let cluster = &*self.members.cluster;
             let decision = match policy::decide(cluster, &self.routes, &facts, work) {
@@ -238,8 +240,32 @@ impl Session<'_> {
             self.to_client.truncate(mark);
             let max = self.config.general.max_packet_size;
             self.inbox.put_back(link.replay, max);
+            if retry.wrote {
+                self.remember_write();
+            }
         }
         self.failed_on(node, retry);
+    }
+
+    /// The unit at the front of the inbox was refused by a replica as a write: its texts and
+    /// named statements go to the primary from now on, for every client of the database.
+    fn remember_write(&mut self) {
+        for msg in self.inbox.messages() {
+            match msg {
+                Message::Query(sql) => {
+                    self.catalog.remember_write(sql);
+                    break;
+                }
+                Message::Parse { query, .. } => self.catalog.remember_write(query),
+                Message::Bind { statement, .. } if !statement.is_empty() => {
+                    if let Some(s) = self.statements.get(statement) {
+                        s.mark_wrote();
+                    }
+                }
+                Message::Sync => break,
+                _ => {}
+            }
+        }
     }
 
     /// Work failed on `node`: ban it if the router says so, and avoid it next time.

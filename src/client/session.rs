@@ -22,7 +22,7 @@ use crate::context::{Context, Phase};
 use crate::pool::{ClientState, Members};
 use crate::router::effects::{Feature, Features};
 use crate::router::policy::{self, RouteMode};
-use crate::router::RouteCounters;
+use crate::router::{Catalog, RouteCounters};
 use crate::server::exchange::Exchange;
 use crate::server::tracker::Tracker;
 use crate::stream::Stream;
@@ -59,6 +59,8 @@ pub(super) struct Session<'a> {
     pub ctx: &'a Context,
     pub members: Arc<Members>,
     pub routes: Arc<RouteCounters>,
+    /// The database's functions and statements that write.
+    pub catalog: Arc<Catalog>,
     pub mode: PoolMode,
     /// `SET pgsluice.route` or the startup option.
     pub route: RouteMode,
@@ -104,6 +106,7 @@ pub async fn run(
         config,
         ctx,
         routes: ctx.routes.of(&login.database),
+        catalog: ctx.catalogs.of(&login.database),
         members: login.members,
         mode,
         route: login.route,

@@ -5,6 +5,7 @@
 //! without a lock. The data path bans a node the moment it fails; `health` checks every node
 //! on a timer, measures lag, and lifts a ban only once a check passes.
 
+pub mod catalog;
 pub mod health;
 mod lsn;
 mod node;
@@ -83,6 +84,8 @@ pub struct Cluster {
     replayed: tokio::sync::Notify,
     /// Asks the replay poller for a poll now rather than at its next tick.
     poll_now: tokio::sync::Notify,
+    /// Told when a login for the pooler's own connections first becomes known.
+    pub credentials_known: tokio::sync::Notify,
 }
 
 impl Cluster {
@@ -119,6 +122,7 @@ impl Cluster {
             rounds: AtomicU64::new(0),
             replayed: tokio::sync::Notify::new(),
             poll_now: tokio::sync::Notify::new(),
+            credentials_known: tokio::sync::Notify::new(),
         })
     }
 
@@ -309,6 +313,7 @@ impl Cluster {
         let mut c = self.credentials.lock().unwrap_or_else(|e| e.into_inner());
         if c.is_none() {
             *c = Some(credentials.clone());
+            self.credentials_known.notify_waiters();
         }
     }
 

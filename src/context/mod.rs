@@ -55,6 +55,10 @@ pub struct Context {
     pub statements: statements::Registry,
     /// Every database's routing decisions, by reason.
     pub routes: Routes,
+    /// Every database's functions and statements that write.
+    pub catalogs: crate::router::Catalogs,
+    /// Woken (all waiters) after each reload.
+    pub reloaded: tokio::sync::Notify,
     clients: AtomicUsize,
     /// Seeds the mock SCRAM salt of unknown users; fixed for the life of the process.
     mock_secret: [u8; 32],
@@ -75,6 +79,8 @@ impl Context {
             config: ArcSwap::from_pointee(config),
             statements: statements::Registry::default(),
             routes: Routes::default(),
+            catalogs: crate::router::Catalogs::default(),
+            reloaded: tokio::sync::Notify::new(),
             clients: AtomicUsize::new(0),
             phase_now: std::sync::atomic::AtomicU8::new(Phase::Running as u8),
             control: tokio::sync::watch::Sender::new(Phase::Running),
@@ -152,6 +158,7 @@ impl Context {
         self.tls.store(Arc::new(acceptor(&config)));
         self.config.store(Arc::new(config));
         self.topology_changed.notify_one();
+        self.reloaded.notify_waiters();
         tracing::info!("configuration reloaded");
     }
 

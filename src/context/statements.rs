@@ -5,11 +5,11 @@
 //! (query text and parameter types), so clients that prepare the same query share one
 //! prepared statement per server.
 
-use crate::router::classify::{self, Class, Hint, WriteReason};
+use crate::router::classify::{self, Class, Hint, WriteFunctions, WriteReason};
 use crate::router::effects::{self, Effects};
 use bytes::Bytes;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 #[derive(Debug)]
@@ -23,17 +23,33 @@ pub struct Statement {
     class: OnceLock<(Class, Option<Hint>)>,
     /// What running it may do to the session; worked out once, at its first Bind.
     effects: OnceLock<Effects>,
+    /// A replica refused it as a write (25006): it goes to the primary from now on.
+    wrote: AtomicBool,
 }
 
 impl Statement {
-    pub fn class(&self, write_functions: &[String]) -> (Class, Option<Hint>) {
-        *self.class.get_or_init(|| {
+    pub fn class(&self, write_functions: &WriteFunctions) -> (Class, Option<Hint>) {
+        let (class, hint) = *self.class.get_or_init(|| {
             let text = self.definition.split(|&b| b == 0).next().unwrap_or(&[]);
             match std::str::from_utf8(text) {
                 Ok(sql) => classify::analyze(sql, write_functions),
                 Err(_) => (Class::Write(WriteReason::Unreadable), None),
             }
-        })
+        });
+        if class == Class::Read && self.wrote.load(Ordering::Relaxed) {
+            return (Class::Write(WriteReason::WriteFunction), hint);
+        }
+        (class, hint)
+    }
+
+    /// A replica refused it as a write: every client's next Bind of it goes to the primary.
+    pub fn mark_wrote(&self) {
+        self.wrote.store(true, Ordering::Relaxed);
+    }
+
+    /// Its query text.
+    pub fn text(&self) -> &[u8] {
+        self.definition.split(|&b| b == 0).next().unwrap_or(&[])
     }
 
     pub fn effects(&self) -> &Effects {
@@ -64,6 +80,7 @@ impl Registry {
             definition: definition.clone(),
             class: OnceLock::new(),
             effects: OnceLock::new(),
+            wrote: AtomicBool::new(false),
         });
         map.insert(definition, Arc::downgrade(&stmt));
         // Drop dead entries whenever the map has doubled since the last sweep.

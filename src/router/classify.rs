@@ -9,9 +9,10 @@
 //! would only be asked about statements this path already sends to the primary, and it
 //! rejects PostgreSQL syntax this path reads (FOR NO KEY UPDATE, FOR KEY SHARE, DO), which
 //! would then go to the primary as well. What neither can know, whether a user-defined function
-//! writes, is what `write_functions` is for. A prepared statement's class is worked out once
-//! and kept with the statement for its later Binds.
+//! writes, comes from the catalog and `write_functions` (`functions.rs`). A prepared statement's
+//! class is worked out once and kept with the statement for its later Binds.
 
+pub use super::functions::WriteFunctions;
 use super::lexer::{tokens, Token};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,23 +49,6 @@ pub enum WriteReason {
     Unreadable,
 }
 
-/// Functions that write or take locks although they appear in a SELECT.
-const WRITE_FUNCTIONS: &[&str] = &[
-    "nextval",
-    "setval",
-    "set_config",
-    "pg_notify",
-    "dblink_exec",
-    "txid_current",
-];
-/// Families of such functions, by prefix.
-const WRITE_FUNCTION_PREFIXES: &[&str] = &[
-    "pg_advisory_lock",
-    "pg_advisory_xact_lock",
-    "pg_try_advisory",
-    "lo_",
-];
-
 /// The word at `i`, if a word is there.
 pub(super) fn word(t: &[Token], i: usize) -> Option<&str> {
     match t.get(i) {
@@ -79,7 +63,7 @@ pub(super) fn has_words(t: &[Token], pair: [&str; 2]) -> bool {
 }
 
 /// Classifies a whole query string; `write_functions` extends the built-in list.
-pub fn classify(sql: &str, write_functions: &[String]) -> Class {
+pub fn classify(sql: &str, write_functions: &WriteFunctions) -> Class {
     analyze(sql, write_functions).0
 }
 
@@ -91,7 +75,7 @@ pub enum Hint {
 }
 
 /// Classifies a query string and finds the first routing hint in its comments.
-pub fn analyze(sql: &str, write_functions: &[String]) -> (Class, Option<Hint>) {
+pub fn analyze(sql: &str, write_functions: &WriteFunctions) -> (Class, Option<Hint>) {
     let Ok(mut toks) = tokens(sql) else {
         return (Class::Write(WriteReason::Unreadable), None);
     };
@@ -107,7 +91,7 @@ pub fn analyze(sql: &str, write_functions: &[String]) -> (Class, Option<Hint>) {
     (statements(&toks, write_functions), hint)
 }
 
-fn statements(toks: &[Token], write_functions: &[String]) -> Class {
+fn statements(toks: &[Token], write_functions: &WriteFunctions) -> Class {
     let mut statements = toks
         .split(|t| *t == Token::Punct(';'))
         .filter(|s| !s.is_empty());
@@ -129,7 +113,7 @@ fn statements(toks: &[Token], write_functions: &[String]) -> Class {
         })
 }
 
-fn statement(t: &[Token], write_functions: &[String]) -> Class {
+fn statement(t: &[Token], write_functions: &WriteFunctions) -> Class {
     // A parenthesised query: look at what starts it.
     let start = t
         .iter()
@@ -174,12 +158,12 @@ fn read_only(t: &[Token]) -> bool {
 }
 
 /// SELECT / VALUES / TABLE / WITH: a read unless something in it writes or locks.
-fn query(t: &[Token], write_functions: &[String]) -> Class {
+fn query(t: &[Token], write_functions: &WriteFunctions) -> Class {
     for (i, tok) in t.iter().enumerate() {
         let w = match tok {
             Token::Word(w) => w,
             // Quoted, the name is exact: never a keyword, but still a function.
-            Token::QuotedCall(name) if writes(name, write_functions) => {
+            Token::QuotedCall(name) if write_functions.contains(name) => {
                 return Class::Write(WriteReason::WriteFunction);
             }
             _ => continue,
@@ -192,7 +176,7 @@ fn query(t: &[Token], write_functions: &[String]) -> Class {
             "into" | "insert" | "update" | "delete" | "merge" | "truncate" => {
                 return Class::Write(WriteReason::Statement);
             }
-            name if t.get(i + 1) == Some(&Token::Punct('(')) && writes(name, write_functions) => {
+            name if t.get(i + 1) == Some(&Token::Punct('(')) && write_functions.contains(name) => {
                 return Class::Write(WriteReason::WriteFunction);
             }
             _ => {}
@@ -201,16 +185,8 @@ fn query(t: &[Token], write_functions: &[String]) -> Class {
     Class::Read
 }
 
-fn writes(function: &str, extra: &[String]) -> bool {
-    WRITE_FUNCTIONS.contains(&function)
-        || WRITE_FUNCTION_PREFIXES
-            .iter()
-            .any(|p| function.starts_with(p))
-        || extra.iter().any(|e| e.eq_ignore_ascii_case(function))
-}
-
 /// EXPLAIN runs its statement only with ANALYZE: then it is what that statement is.
-fn explain(t: &[Token], write_functions: &[String]) -> Class {
+fn explain(t: &[Token], write_functions: &WriteFunctions) -> Class {
     let mut i = 0;
     let mut analyze = false;
     if t.first() == Some(&Token::Punct('(')) {
@@ -386,13 +362,13 @@ mod tests {
     fn classifies_real_world_statements() {
         assert!(CASES.len() >= 100, "{} cases", CASES.len());
         for (sql, want) in CASES {
-            assert_eq!(classify(sql, &[]), *want, "{sql}");
+            assert_eq!(classify(sql, &WriteFunctions::default()), *want, "{sql}");
         }
     }
 
     #[test]
     fn configured_write_functions_count() {
-        let extra = vec!["audit_log".to_owned()];
+        let extra = WriteFunctions::new(["audit_log"]);
         assert_eq!(classify("SELECT audit_log('x')", &extra), FUNC);
         assert_eq!(classify("SELECT AUDIT_LOG('x')", &extra), FUNC);
         assert_eq!(classify("SELECT audit_log_count()", &extra), Read);
@@ -401,12 +377,12 @@ mod tests {
     proptest::proptest! {
         #[test]
         fn arbitrary_text_never_panics(sql in "\\PC{0,80}") {
-            let _ = classify(&sql, &[]);
+            let _ = classify(&sql, &WriteFunctions::default());
         }
 
         #[test]
         fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..120)) {
-            let _ = classify(&String::from_utf8_lossy(&bytes), &[]);
+            let _ = classify(&String::from_utf8_lossy(&bytes), &WriteFunctions::default());
         }
 
         /// A writing keyword inside a string literal, quoted identifier, dollar quote or
@@ -425,7 +401,7 @@ mod tests {
                 _ => format!("1 -- {keyword}\n"),
             };
             let sql = format!("SELECT {hidden} AS x FROM t");
-            proptest::prop_assert_eq!(classify(&sql, &[]), Read, "{}", sql);
+            proptest::prop_assert_eq!(classify(&sql, &WriteFunctions::default()), Read, "{}", sql);
         }
     }
 }

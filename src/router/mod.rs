@@ -8,9 +8,11 @@ pub mod classify;
 pub mod command;
 pub mod effects;
 pub mod features;
+pub mod functions;
 mod lexer;
 pub mod policy;
 pub mod reason;
 pub mod work;
 
+pub use functions::{Catalog, Catalogs, WriteFunctions};
 pub use reason::{RouteCounters, RouteReason, Routes};

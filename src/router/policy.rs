@@ -413,7 +413,7 @@ mod tests {
     }
 
     fn work(sql: &str) -> Work {
-        let (class, hint) = super::super::classify::analyze(sql, &[]);
+        let (class, hint) = super::super::classify::analyze(sql, &Default::default());
         Work {
             class,
             hint,

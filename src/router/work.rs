@@ -1,7 +1,8 @@
 //! What a unit of work is, for routing: built from the client's frames of one implicit
 //! transaction (a Query, or extended-protocol messages up to Sync), as far as they have come.
 
-use super::classify::{self, Class, Hint, WriteReason};
+use super::classify::{self, Class, Hint, WriteFunctions, WriteReason};
+use super::functions::Catalog;
 use crate::protocol::frontend::Message;
 
 /// What the client wants run: the statements up to the end of its first implicit
@@ -20,12 +21,14 @@ const UNKNOWN: Class = Class::Write(WriteReason::Statement);
 
 impl Work {
     /// The unit at the front of `frames`. `statement` gives the class of a named prepared
-    /// statement the client made earlier (None if the client has no such name).
+    /// statement the client made earlier (None if the client has no such name); `catalog`
+    /// which functions and texts write.
     pub fn of<'a>(
         frames: impl Iterator<Item = Message<'a>>,
         statement: impl Fn(&[u8]) -> Option<(Class, Option<Hint>)>,
-        write_functions: &[String],
+        catalog: &Catalog,
     ) -> Work {
+        let write_functions = &*catalog.functions();
         let mut work: Option<Work> = None;
         let mut add = |class: Class, hint: Option<Hint>| {
             work = Some(match work {
@@ -43,13 +46,13 @@ impl Work {
         for msg in frames {
             match msg {
                 Message::Query(sql) => {
-                    let (class, hint) = text(sql, write_functions);
+                    let (class, hint) = text(sql, write_functions, catalog);
                     add(class, hint);
                     complete = true;
                     break;
                 }
                 Message::Parse { name, query, .. } => {
-                    let (class, hint) = text(query, write_functions);
+                    let (class, hint) = text(query, write_functions, catalog);
                     add(class, hint);
                     parsed.push(name);
                 }
@@ -104,9 +107,13 @@ impl Work {
     }
 }
 
-fn text(sql: &[u8], write_functions: &[String]) -> (Class, Option<Hint>) {
+fn text(sql: &[u8], write_functions: &WriteFunctions, catalog: &Catalog) -> (Class, Option<Hint>) {
     // Keywords are ASCII: text in another encoding classifies the same after a lossy decode.
-    classify::analyze(&String::from_utf8_lossy(sql), write_functions)
+    let (class, hint) = classify::analyze(&String::from_utf8_lossy(sql), write_functions);
+    if class == Class::Read && catalog.known_write(sql) {
+        return (Class::Write(WriteReason::WriteFunction), hint);
+    }
+    (class, hint)
 }
 
 #[cfg(test)]
@@ -114,7 +121,7 @@ mod tests {
     use super::*;
 
     fn query(sql: &str) -> Work {
-        let (class, hint) = classify::analyze(sql, &[]);
+        let (class, hint) = classify::analyze(sql, &WriteFunctions::default());
         Work {
             class,
             hint,
@@ -161,9 +168,13 @@ mod tests {
             statement: b"",
             params: b"",
         };
-        let partial = Work::of([parse, bind].into_iter(), none, &[]);
+        let partial = Work::of([parse, bind].into_iter(), none, &Catalog::default());
         assert_eq!((partial.class, partial.complete), (Class::Read, false));
-        let whole = Work::of([parse, bind, Message::Sync].into_iter(), none, &[]);
+        let whole = Work::of(
+            [parse, bind, Message::Sync].into_iter(),
+            none,
+            &Catalog::default(),
+        );
         assert_eq!((whole.class, whole.complete), (Class::Read, true));
     }
 
@@ -176,11 +187,19 @@ mod tests {
         };
         let known =
             |name: &[u8]| (name == b"w").then_some((Class::Write(WriteReason::Statement), None));
-        let w = Work::of([bind(b"w"), Message::Sync].into_iter(), known, &[]);
+        let w = Work::of(
+            [bind(b"w"), Message::Sync].into_iter(),
+            known,
+            &Catalog::default(),
+        );
         assert_eq!(w.class, Class::Write(WriteReason::Statement));
-        let unknown = Work::of([bind(b"x"), Message::Sync].into_iter(), known, &[]);
+        let unknown = Work::of(
+            [bind(b"x"), Message::Sync].into_iter(),
+            known,
+            &Catalog::default(),
+        );
         assert_eq!(unknown.class, UNKNOWN, "an unknown name is not a read");
-        let copy = Work::of([Message::CopyData].into_iter(), known, &[]);
+        let copy = Work::of([Message::CopyData].into_iter(), known, &Catalog::default());
         assert_eq!((copy.class, copy.complete), (UNKNOWN, false));
     }
 }

@@ -50,6 +50,11 @@ public class Check {
                 check(rs.next() && rs.getInt(1) == 50, "own batch in the transaction");
             }
             c.commit();
+            c.setAutoCommit(true);
+            // Outside the transaction the read may go to a replica, once it has the batch.
+            try (ResultSet rs = count.executeQuery()) {
+                check(rs.next() && rs.getInt(1) == 50, "own batch after commit");
+            }
         }
     }
 

@@ -34,6 +34,9 @@ async function withPool() {
           } finally {
             c.release();
           }
+          // Through any connection of the Pool: read_your_writes = "pool" sees the commit.
+          const later = await pool.query({ name: 'by-id', text: 'SELECT v FROM drv_node WHERE id = $1', values: [key] });
+          check(later.rows.length === 1 && later.rows[0].v === `v${key}`, `committed insert ${JSON.stringify(later.rows)}`);
         }
       }),
     );

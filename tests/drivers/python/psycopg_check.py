@@ -31,6 +31,9 @@ def worker(i, errors):
                     tx.execute("INSERT INTO drv_psycopg (id, v) VALUES (%s, %s)", (key, f"v{key}"))
                     got = tx.execute("SELECT v FROM drv_psycopg WHERE id = %s", (key,)).fetchone()
                     check(got == (f"v{key}",), f"read own insert {got}")
+                # Another connection of the same user (read_your_writes = "pool"), prepared.
+                got = prep.execute("SELECT v FROM drv_psycopg WHERE id = %s", (key,)).fetchone()
+                check(got == (f"v{key}",), f"committed insert from another connection {got}")
                 got = prep.execute("SELECT count(*) FROM generate_series(1, %s)", (r + 1,)).fetchone()
                 check(got == (r + 1,), f"prepared {got}")
     except BaseException as e:  # noqa: BLE001 - reported to the main thread
