@@ -96,6 +96,12 @@ async fn pairs(
     (misses, at)
 }
 
+/// `16/B374D848` as a number.
+fn position(lsn: &str) -> u64 {
+    let (hi, lo) = lsn.split_once('/').unwrap();
+    (u64::from_str_radix(hi, 16).unwrap() << 32) | u64::from_str_radix(lo, 16).unwrap()
+}
+
 /// The sum of the samples of `name` whose labels include each of `labels`.
 fn metric_sum(pooler: &Pooler, name: &str, labels: &[&str]) -> f64 {
     pooler
@@ -144,6 +150,7 @@ async fn a_connection_reads_its_own_writes_and_carries_its_position() {
         m => panic!("{m:?}"),
     };
     assert_ne!(lsn, "0/0");
+    let mut last = position(&lsn);
     let mut carried = 0;
     for id in 1000..1050 {
         write(&mut client, id).await;
@@ -152,6 +159,10 @@ async fn a_connection_reads_its_own_writes_and_carries_its_position() {
             panic!()
         };
         let lsn = r.get(0).unwrap().to_owned();
+        // Each way of writing moves the floor: behind a simple Query (pipelined), or after
+        // an extended-protocol unit.
+        assert!(position(&lsn) > last, "write {id}: {lsn}");
+        last = position(&lsn);
         let other = if id % 2 == 0 {
             let c = connect(&pooler, "app", APP_PASSWORD).await;
             c.simple_query(&format!("SET pgsluice.min_lsn = '{lsn}'"))

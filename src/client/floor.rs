@@ -17,7 +17,8 @@ use tokio::io::AsyncWriteExt;
 /// for its flush; under synchronous_commit = off, where it does not, every record inserted
 /// so far. (Not the insert position always: records of the server's own that nobody flushes
 /// yet would keep every replica short of it for up to wal_writer_delay.)
-const POSITION: &str = "SELECT CASE WHEN pg_catalog.current_setting('synchronous_commit') = 'off' \
+pub(super) const POSITION: &str =
+    "SELECT CASE WHEN pg_catalog.current_setting('synchronous_commit') = 'off' \
      THEN pg_catalog.pg_current_wal_insert_lsn() ELSE pg_catalog.pg_current_wal_flush_lsn() END";
 
 impl Session<'_> {
@@ -37,7 +38,7 @@ impl Session<'_> {
     }
 
     /// Work of this client's that may have written is over, by `lsn` on the primary.
-    fn wrote_by(&mut self, lsn: Lsn) {
+    pub(super) fn wrote_by(&mut self, lsn: Lsn) {
         match self.config.general.read_your_writes {
             ReadYourWrites::Off => return,
             ReadYourWrites::Pool => {
@@ -171,4 +172,10 @@ impl Drop for Pending<'_> {
         self.0.floor_pending.fetch_sub(1, Ordering::SeqCst);
         self.0.floor_learnt.notify_waiters();
     }
+}
+
+/// Whether the position query may go right behind this Query: not when it may start a COPY
+/// FROM STDIN, during which the server takes no Query.
+pub(super) fn may_follow(sql: &[u8]) -> bool {
+    !sql.windows(4).any(|w| w.eq_ignore_ascii_case(b"copy"))
 }

@@ -3,16 +3,18 @@
 //! the link must end. Which way it ends is an [`Unlink`]; the session acts on it.
 
 use super::end::End;
+use super::floor;
 use super::link::{FloorDue, Link, Pace};
 use super::listen::next_note;
 use super::params::SessionParams;
 use super::rewrite::Names;
 use super::session::Session;
 use crate::cluster::Cluster;
+use crate::cluster::Lsn;
 use crate::config::PoolMode;
 use crate::context::Phase;
 use crate::protocol::backend::{self, Action, TxStatus};
-use crate::protocol::frontend::Message;
+use crate::protocol::frontend::{self, Message};
 use crate::protocol::sqlstate;
 use crate::protocol::ProtocolError;
 use crate::router::effects::{self, Feature, Features};
@@ -60,6 +62,12 @@ struct Listening<'a> {
     /// Set while the answer is held back.
     held: Option<Placing<'a>>,
     retry: Option<Retry>,
+    /// The answer to the position query behind the client's: the value read, the highest
+    /// position of a finished transaction, and whether one ended inside a transaction (the
+    /// position is owed again).
+    own_value: Option<Lsn>,
+    learnt: Option<Lsn>,
+    owed: bool,
 }
 
 /// What the router needs to decide a retry.
@@ -73,6 +81,21 @@ struct Placing<'a> {
 impl Replies for Listening<'_> {
     fn parameter(&mut self, name: &str, value: &str) {
         self.params.reported(name, value);
+    }
+
+    fn own_value(&mut self, value: Option<&[u8]>) {
+        self.own_value = value
+            .and_then(|v| std::str::from_utf8(v).ok())
+            .and_then(Lsn::parse);
+    }
+
+    fn own_answered(&mut self, status: TxStatus) {
+        let value = self.own_value.take();
+        if status == TxStatus::Idle {
+            self.learnt = self.learnt.max(value);
+        } else {
+            self.owed = true;
+        }
     }
 
     fn error(&mut self, code: &[u8], _message: &[u8]) -> Action {
@@ -186,12 +209,22 @@ impl Session<'_> {
                 _ => ex.to_server.extend_from_slice(bytes),
             }
             taken += original.len();
+            ex.tracker.sent(tag);
             if let FloorDue::Writes { owed } = &mut link.floor {
-                *owed = true;
+                // Behind a Query, the position is asked for at once (its answer comes with
+                // the client's); otherwise once the server is idle (`learn_floor`), also after
+                // work whose session state is probed first, before the client hears back.
+                *owed = match msg {
+                    Message::Query(sql) if link.touched.is_empty() && floor::may_follow(sql) => {
+                        frontend::encode_query(&mut ex.to_server, floor::POSITION);
+                        ex.tracker.own_sent();
+                        false
+                    }
+                    _ => true,
+                };
             }
             drop(refused);
             self.inbox.pop();
-            ex.tracker.sent(tag);
             if matches!(tag, b'Q' | b'E') {
                 metrics.queries.inc();
             }
@@ -243,8 +276,11 @@ impl Session<'_> {
             {
                 return Unlink::Release;
             }
-            // One unit at a time: the next is taken once this one is answered.
-            let unit_pending = link.pace.one_unit() && link.ex.tracker.busy();
+            // One unit at a time: the next is taken once this one is answered. And once the
+            // client's work is all answered, the position query behind it is waited for: the
+            // next work is then placed afresh (and knows its floor), or answered by the pooler.
+            let unit_pending =
+                (link.pace.one_unit() && link.ex.tracker.busy()) || link.ex.tracker.owns_next();
             if progress != Progress::Terminating && !unit_pending {
                 let before = link.ex.to_server.len();
                 let was_busy = link.ex.tracker.busy();
@@ -386,10 +422,20 @@ impl Session<'_> {
                 node: link.node,
             }),
             retry: None,
+            own_value: None,
+            learnt: None,
+            owed: false,
         };
         let taken = link.ex.absorb(Some(&mut self.to_client), &mut listening);
+        let (learnt, owed) = (listening.learnt, listening.owed);
         if let Some(r) = listening.retry {
             return Some(Unlink::Retry(r));
+        }
+        if let Some(lsn) = learnt {
+            self.wrote_by(lsn);
+        }
+        if let (true, FloorDue::Writes { owed }) = (owed, &mut link.floor) {
+            *owed = true;
         }
         if taken.is_err() {
             return Some(self.lost(link));

@@ -2,7 +2,8 @@
 //!
 //! The scanner lets the pooler forward a server's bytes as they arrive, DataRow floods included,
 //! while it still sees the few messages that change a session's state (ReadyForQuery,
-//! ParameterStatus, CopyInResponse, ErrorResponse). Only those are held back until complete.
+//! ParameterStatus, CopyInResponse, ErrorResponse). Only those are held back until complete;
+//! the reply to a query of the pooler's own is inspected whole (`Scanner::inspect_all`).
 
 use super::{take_cstr, ProtocolError};
 use bytes::{BufMut, BytesMut};
@@ -53,6 +54,12 @@ pub enum Event<'a> {
     CloseComplete,
     /// CommandComplete with its tag, e.g. `SELECT 1` or `DISCARD ALL`.
     CommandComplete(&'a [u8]),
+    /// Any other message, seen only while the scanner inspects everything (the reply to a
+    /// query of the pooler's own).
+    Other {
+        tag: u8,
+        body: &'a [u8],
+    },
 }
 
 /// What to do with an inspected message.
@@ -79,11 +86,23 @@ pub const PARSE_COMPLETE: &[u8] = b"1\0\0\0\x04";
 /// CloseComplete, for a Close the pooler answers itself.
 pub const CLOSE_COMPLETE: &[u8] = b"3\0\0\0\x04";
 
+/// ReadyForQuery, by status, for a reply the pooler stops a scan at.
+pub fn ready_for_query_bytes(status: TxStatus) -> &'static [u8] {
+    match status {
+        TxStatus::Idle => b"Z\0\0\0\x05I",
+        TxStatus::InTransaction => b"Z\0\0\0\x05T",
+        TxStatus::Failed => b"Z\0\0\0\x05E",
+    }
+}
+
 /// Finds frame boundaries in the server → client byte stream across reads.
 #[derive(Debug, Default)]
 pub struct Scanner {
     /// Bytes of an uninspected frame that have not been seen yet.
     remaining: usize,
+    /// Every message is inspected, as an event: set while the reply to a query of the
+    /// pooler's own is next, whose every message the client must not see.
+    pub inspect_all: bool,
 }
 
 fn inspected(tag: u8) -> bool {
@@ -125,7 +144,7 @@ impl Scanner {
                 return Err(ProtocolError::BadLength(len.into()));
             }
             let total = len as usize + 1;
-            if !inspected(tag) {
+            if !self.inspect_all && !inspected(tag) {
                 self.remaining = total;
                 continue;
             }
@@ -168,11 +187,12 @@ fn inspect(tag: u8, body: &[u8]) -> Result<Event<'_>, ProtocolError> {
         b'C' => Ok(Event::CommandComplete(
             take_cstr(body).map_or(body, |(tag, _)| tag),
         )),
-        _ => Ok(Event::Error {
+        b'E' => Ok(Event::Error {
             code: error_field(body, b'C').unwrap_or(b""),
             message: error_field(body, b'M').unwrap_or(b""),
             routine: error_field(body, b'R').unwrap_or(b""),
         }),
+        tag => Ok(Event::Other { tag, body }),
     }
 }
 
@@ -383,6 +403,38 @@ mod tests {
             }
         );
         assert_eq!(seen, vec![b"42P01".to_vec(), b"TimeZoneUTC".to_vec()]);
+    }
+
+    #[test]
+    fn inspects_everything_when_asked() {
+        let mut b = BytesMut::new();
+        row_description(&mut b, &["lsn"]);
+        data_row(&mut b, &[Some("0/10")]);
+        command_complete(&mut b, "SELECT 1");
+        ready_for_query(&mut b, TxStatus::Idle);
+        let mut s = Scanner {
+            inspect_all: true,
+            ..Scanner::default()
+        };
+        let mut tags = Vec::new();
+        let mut at = 0;
+        while at < b.len() {
+            let scanned = s
+                .scan(&b[at..], |e| {
+                    tags.push(match e {
+                        Event::Other { tag, .. } => tag,
+                        Event::CommandComplete(_) => b'C',
+                        Event::ReadyForQuery(_) => b'Z',
+                        _ => b'?',
+                    });
+                    Action::Drop
+                })
+                .unwrap();
+            assert_eq!(scanned.forward, 0, "nothing reaches the client");
+            at += scanned.edit.unwrap().0;
+        }
+        assert_eq!(tags, b"TDCZ");
+        assert_eq!(ready_for_query_bytes(TxStatus::Failed), b"Z\0\0\0\x05E");
     }
 
     #[test]

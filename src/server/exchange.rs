@@ -4,7 +4,7 @@
 
 use super::tracker::{Reply, Tracker};
 use super::ServerConn;
-use crate::protocol::backend::{self, Action, Event, Scanner};
+use crate::protocol::backend::{self, Action, Event, Scanner, TxStatus};
 use crate::protocol::ProtocolError;
 use bytes::{Buf, BytesMut};
 use std::time::Instant;
@@ -29,6 +29,10 @@ pub trait Replies {
     fn error(&mut self, _code: &[u8], _message: &[u8]) -> Action {
         Action::Forward
     }
+    /// The first column of a row answering the pooler's own query (`Tracker::own_sent`), and
+    /// the status its ReadyForQuery ended with.
+    fn own_value(&mut self, _value: Option<&[u8]>) {}
+    fn own_answered(&mut self, _status: TxStatus) {}
 }
 
 /// Hears of nothing.
@@ -73,9 +77,27 @@ impl Exchange {
                 session,
                 ..
             } = &mut **conn;
+            // The reply to the pooler's own query is next: every message of it is seen, and
+            // none reaches the client.
+            let own = tracker.owns_next();
+            scanner.inspect_all = own;
             let scanned = scanner.scan(buf, |ev| match ev {
+                Event::ReadyForQuery(status) if own => {
+                    tracker.ready_for_query(status, |id| prepared.forget(id));
+                    replies.own_answered(status);
+                    Action::Drop
+                }
+                Event::Other { tag: b'D', body } if own => {
+                    replies.own_value(first_column(body));
+                    Action::Drop
+                }
+                _ if own => Action::Drop,
                 Event::ReadyForQuery(status) => {
                     tracker.ready_for_query(status, |id| prepared.forget(id));
+                    if tracker.owns_next() {
+                        // Stop here: what follows is the pooler's, scanned another way.
+                        return Action::Replace(backend::ready_for_query_bytes(status));
+                    }
                     Action::Forward
                 }
                 Event::CopyIn => {
@@ -122,6 +144,7 @@ impl Exchange {
                     }
                     Action::Forward
                 }
+                Event::Other { .. } => Action::Forward,
             })?;
             if let Some(out) = out.as_deref_mut() {
                 out.extend_from_slice(&buf[..scanned.forward]);
@@ -162,6 +185,13 @@ impl Exchange {
             Ok(Some(()))
         ) && self.conn.buf.is_empty()
     }
+}
+
+/// The first column of a DataRow's body; None for NULL or a malformed row.
+fn first_column(body: &[u8]) -> Option<&[u8]> {
+    let len = i32::from_be_bytes(body.get(2..6)?.try_into().ok()?);
+    let len = usize::try_from(len).ok()?;
+    body.get(6..6 + len)
 }
 
 /// A reported parameter a session can change (the others describe the server).

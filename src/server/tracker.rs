@@ -13,6 +13,9 @@ enum Pending {
     /// A Query or FunctionCall: answered by its own ReadyForQuery.
     Query,
     Sync,
+    /// A Query of the pooler's own, sent behind the client's: its whole reply is the
+    /// pooler's.
+    Own,
     /// A Parse, answered by ParseComplete unless an earlier error skips it. `statement` is the
     /// pooler's statement id when it names one; `reply` says what the client gets.
     Parse {
@@ -129,7 +132,7 @@ impl Tracker {
     pub fn ready_for_query(&mut self, status: TxStatus, mut skipped: impl FnMut(u64)) {
         while let Some(p) = self.pending.pop_front() {
             match p {
-                Pending::Query | Pending::Sync => break,
+                Pending::Query | Pending::Sync | Pending::Own => break,
                 Pending::Parse {
                     statement: Some(id),
                     ..
@@ -138,6 +141,16 @@ impl Tracker {
             }
         }
         self.status = status;
+    }
+
+    /// A Query of the pooler's own went after the client's messages.
+    pub fn own_sent(&mut self) {
+        self.pending.push_back(Pending::Own);
+    }
+
+    /// The server's next reply is to the pooler's own query.
+    pub fn owns_next(&self) -> bool {
+        self.pending.front() == Some(&Pending::Own)
     }
 
     /// CopyInResponse: Syncs the client already sent behind the COPY are swallowed by the
