@@ -162,3 +162,48 @@ async fn a_statement_broken_by_ddl_is_prepared_afresh_everywhere() {
         }
     }
 }
+
+/// A client's statement, described before `ALTER TABLE … ADD COLUMN`, bound on a server that
+/// never prepared it: the server would describe it afresh, with the new column, and give rows
+/// the client's description does not match. pgsluice describes it there first and answers
+/// the Bind with PostgreSQL's "cached plan must not change result type" (0A000); prepared
+/// again, it works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_result_is_caught_on_a_server_that_prepares_it_afresh() {
+    let pg = primary();
+    let pooler = Pooler::start(&pg, "default_pool_size = 2\nadmin_users = [\"app\"]");
+    let client = connect(&pooler, "app", APP_PASSWORD).await;
+    client
+        .batch_execute("CREATE TABLE reshaped (a int); INSERT INTO reshaped VALUES (1)")
+        .await
+        .unwrap();
+    let old = client.prepare("SELECT * FROM reshaped").await.unwrap();
+    assert_eq!(client.query_one(&old, &[]).await.unwrap().len(), 1);
+    let unchanged = client.prepare("SELECT a FROM reshaped").await.unwrap();
+    pg.psql_in("app", "ALTER TABLE reshaped ADD COLUMN b int DEFAULT 2")
+        .unwrap();
+    // Every server the client had is closed: the next ones prepare the statement afresh.
+    pooler.admin_table("pgsluice", "RECONNECT app");
+    let e = client.query_one(&old, &[]).await.unwrap_err();
+    assert_eq!(e.code().map(|c| c.code()), Some("0A000"), "{e}");
+    let message = e.as_db_error().map(|d| d.message().to_owned());
+    assert_eq!(
+        message.as_deref(),
+        Some("cached plan must not change result type")
+    );
+    let again = client.query_one(&old, &[]).await.unwrap_err();
+    assert_eq!(
+        again.code().map(|c| c.code()),
+        Some("0A000"),
+        "until prepared again"
+    );
+    let new = client.prepare("SELECT * FROM reshaped").await.unwrap();
+    let row = client.query_one(&new, &[]).await.unwrap();
+    assert_eq!((row.len(), row.get::<_, Option<i32>>(1)), (2, Some(2)));
+    // A statement whose result did not change goes on working.
+    assert_eq!(client.query(&unchanged, &[]).await.unwrap().len(), 1);
+    // Another client that prepares it now gets the new columns at once.
+    let other = connect(&pooler, "app", APP_PASSWORD).await;
+    let s = other.prepare("SELECT * FROM reshaped").await.unwrap();
+    assert_eq!(other.query_one(&s, &[]).await.unwrap().len(), 2);
+}

@@ -4,10 +4,10 @@
 
 use super::end::End;
 use super::floor;
-use super::link::{FloorDue, Link, Pace};
+use super::link::{FloorDue, Link, Pace, Verify};
 use super::listen::next_note;
 use super::params::SessionParams;
-use super::rewrite::Names;
+use super::rewrite::{self, ClientStatements, Describing, Names, Rewritten, Target};
 use super::session::Session;
 use crate::cluster::Cluster;
 use crate::cluster::Lsn;
@@ -68,6 +68,12 @@ struct Listening<'a> {
     own_value: Option<Lsn>,
     learnt: Option<Lsn>,
     owed: bool,
+    /// What the pooler is describing on the server, and the client's statements.
+    describing: &'a mut Describing,
+    statements: &'a mut ClientStatements,
+    /// A description, or an error, arrived.
+    described_any: bool,
+    error_seen: bool,
 }
 
 /// What the router needs to decide a retry.
@@ -89,6 +95,11 @@ impl Replies for Listening<'_> {
             .and_then(Lsn::parse);
     }
 
+    fn described(&mut self, statement: u64, shape: u64) {
+        rewrite::described(self.describing, self.statements, statement, shape);
+        self.described_any = true;
+    }
+
     fn own_answered(&mut self, status: TxStatus) {
         let value = self.own_value.take();
         if status == TxStatus::Idle {
@@ -99,6 +110,7 @@ impl Replies for Listening<'_> {
     }
 
     fn error(&mut self, code: &[u8], _message: &[u8]) -> Action {
+        self.error_seen = true;
         if code == sqlstate::FEATURE_NOT_SUPPORTED.as_bytes() {
             // The stand-in for a refused Parse failed as it must: the client gets why.
             if let Some(bytes) = self.refusal.take() {
@@ -141,6 +153,9 @@ impl Session<'_> {
             capacity,
         };
         let mut taken = 0;
+        if link.verify == Verify::Failed {
+            link.verify = Verify::No;
+        }
         let terminated = loop {
             let Some(frame) = self.inbox.front() else {
                 if let Some(e) = self.inbox.fault() {
@@ -149,6 +164,7 @@ impl Session<'_> {
                 break false;
             };
             let (tag, original) = (frame.tag, frame.bytes);
+            let replay_mark = link.replay.len();
             if link.pace.held() {
                 link.replay.extend_from_slice(original);
             }
@@ -187,13 +203,29 @@ impl Session<'_> {
                     (frame.msg, original)
                 }
             };
+            let rewritten = if capacity > 0 {
+                let to = Target {
+                    ex: &mut link.ex,
+                    describing: &mut link.describing,
+                    refusal: &mut link.refusal,
+                };
+                names.rewrite(msg, bytes, to)
+            } else {
+                Rewritten::AsIs
+            };
+            if rewritten == Rewritten::Hold {
+                // Taken again once the server has answered.
+                link.replay.truncate(replay_mark);
+                link.verify = Verify::Waiting;
+                break false;
+            }
             let ex = &mut link.ex;
             match msg {
                 Message::Terminate => {
                     self.inbox.pop();
                     break true;
                 }
-                msg if capacity > 0 && names.rewrite(msg, bytes, ex) => {}
+                _ if rewritten == Rewritten::Sent => {}
                 Message::Parse { .. } => {
                     ex.tracker.parse_sent(None, Reply::Forward);
                     ex.to_server.extend_from_slice(bytes);
@@ -279,8 +311,13 @@ impl Session<'_> {
             // One unit at a time: the next is taken once this one is answered. And once the
             // client's work is all answered, the position query behind it is waited for: the
             // next work is then placed afresh (and knows its floor), or answered by the pooler.
-            let unit_pending =
-                (link.pace.one_unit() && link.ex.tracker.busy()) || link.ex.tracker.owns_next();
+            let unit_pending = match link.verify {
+                Verify::Waiting => true,
+                Verify::Failed => false,
+                Verify::No => {
+                    (link.pace.one_unit() && link.ex.tracker.busy()) || link.ex.tracker.owns_next()
+                }
+            };
             if progress != Progress::Terminating && !unit_pending {
                 let before = link.ex.to_server.len();
                 let was_busy = link.ex.tracker.busy();
@@ -292,7 +329,8 @@ impl Session<'_> {
                 if progress == Progress::Fresh && link.ex.to_server.len() > before {
                     progress = Progress::Forwarded;
                 }
-                if !was_busy && link.ex.tracker.busy() {
+                // (A statement described before the client's Bind is not the client's work.)
+                if !was_busy && link.ex.tracker.busy() && link.verify != Verify::Waiting {
                     let now = Instant::now();
                     link.unit_start = Some(now);
                     link.xact_start.get_or_insert(now);
@@ -425,9 +463,20 @@ impl Session<'_> {
             own_value: None,
             learnt: None,
             owed: false,
+            describing: &mut link.describing,
+            statements: &mut self.statements,
+            described_any: false,
+            error_seen: false,
         };
         let taken = link.ex.absorb(Some(&mut self.to_client), &mut listening);
         let (learnt, owed) = (listening.learnt, listening.owed);
+        if link.verify == Verify::Waiting {
+            if listening.described_any {
+                link.verify = Verify::No;
+            } else if listening.error_seen {
+                link.verify = Verify::Failed;
+            }
+        }
         if let Some(r) = listening.retry {
             return Some(Unlink::Retry(r));
         }
@@ -442,6 +491,8 @@ impl Session<'_> {
         }
         let ex = &link.ex;
         if !ex.tracker.busy() {
+            // Describes skipped after an error are answered by nothing.
+            link.describing.clear();
             // Answered: a stand-in skipped after an earlier error has nothing left to replace.
             link.refusal = None;
             if let Some(start) = link.unit_start.take() {
@@ -456,8 +507,10 @@ impl Session<'_> {
             }
         }
         if let Pace::Held { mark } = link.pace {
-            // Answered, or answering at length: it reaches the client now.
-            if !ex.tracker.busy() || self.to_client.len() - mark > HOLD_LIMIT {
+            // Answered, or answering at length: it reaches the client now. (Nothing of the
+            // client's sent yet: what was answered is the pooler's own Describe.)
+            let answered = !ex.tracker.busy() && !link.replay.is_empty();
+            if answered || self.to_client.len() - mark > HOLD_LIMIT {
                 link.pace = Pace::OneUnit;
                 link.replay.clear();
             }

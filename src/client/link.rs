@@ -40,6 +40,22 @@ pub(super) struct Link {
     pub refusal: Option<&'static [u8]>,
     /// What the link owes the client's floor (read_your_writes).
     pub floor: FloorDue,
+    /// Statements the pooler is describing on this server.
+    pub describing: super::rewrite::Describing,
+    /// Whether a client's Bind waits for its statement to be described here first.
+    pub verify: Verify,
+}
+
+/// A Bind held back while its statement is prepared and described on the server
+/// (`rewrite::Rewritten::Hold`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Verify {
+    No,
+    /// No frame of the client's is taken until the description arrives.
+    Waiting,
+    /// The Parse failed instead: the server skips the client's batch up to its Sync, which
+    /// must be taken however busy the server looks.
+    Failed,
 }
 
 /// Whether a link must learn the primary's WAL position for its client's floor.
@@ -166,6 +182,8 @@ impl Session<'_> {
             touched: Effects::default(),
             refusal: None,
             floor,
+            describing: Default::default(),
+            verify: Verify::No,
         });
         self.reg.slot.set(Some(link.ex.conn.cancel_key.clone()));
         let timeout = self.config.general.server_connect_timeout.0;

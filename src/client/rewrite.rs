@@ -4,6 +4,14 @@
 //!
 //! The client never sees the difference: the replies to what the pooler sends on its own are
 //! dropped, and a Parse of a statement the server already has is answered as if it ran.
+//!
+//! Nor does a schema change under a statement go unnoticed where the statement is prepared
+//! afresh: each time the pooler prepares one it also describes it, and a description that
+//! differs from the last starts a new epoch of the statement. A client that described it in
+//! an earlier epoch gets "cached plan must not change result type" (0A000) at its next Bind,
+//! as from its own server, and prepares it again. Where that Bind starts a unit on a server
+//! without the statement, the statement is prepared and described there first, before the
+//! Bind goes.
 
 use crate::context::statements::{Registry, Statement};
 use crate::protocol::frontend::{self, Message};
@@ -16,24 +24,73 @@ use std::sync::Arc;
 /// A name no statement of ours ever has: closing it is a no-op the server still answers.
 const NO_STATEMENT: &[u8] = b"pgsluice_none";
 
-/// One client's names for its statements.
+/// One client's names for its statements, each with the epoch of the description the
+/// client was given.
 #[derive(Default)]
 pub struct ClientStatements {
-    by_name: HashMap<Box<[u8]>, Arc<Statement>>,
+    by_name: HashMap<Box<[u8]>, (Arc<Statement>, u64)>,
 }
 
 impl ClientStatements {
     pub fn get(&self, name: &[u8]) -> Option<&Arc<Statement>> {
-        self.by_name.get(name)
+        self.by_name.get(name).map(|(s, _)| s)
     }
 
     pub fn insert(&mut self, name: &[u8], stmt: Arc<Statement>) {
-        self.by_name.insert(name.into(), stmt);
+        let epoch = stmt.epoch();
+        self.by_name.insert(name.into(), (stmt, epoch));
     }
 
     pub fn remove(&mut self, name: &[u8]) {
         self.by_name.remove(name);
     }
+
+    /// Whether the client's description of `name` predates a change of its result.
+    fn stale(&self, name: &[u8]) -> bool {
+        self.by_name
+            .get(name)
+            .is_some_and(|(s, epoch)| *epoch < s.epoch())
+    }
+
+    /// The client has just been given the current description of `stmt`.
+    pub fn renew(&mut self, stmt: &Arc<Statement>) {
+        for (s, epoch) in self.by_name.values_mut() {
+            if Arc::ptr_eq(s, stmt) {
+                *epoch = s.epoch();
+            }
+        }
+    }
+}
+
+/// Statements the pooler described on a server, in order, until the descriptions arrive:
+/// whether the client hears the description too (it asked, so it knows the current one).
+pub type Describing = std::collections::VecDeque<(Arc<Statement>, bool)>;
+
+/// What became of a client frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rewritten {
+    /// Sent under the pooler's names.
+    Sent,
+    /// Not about a named statement: it goes as it is.
+    AsIs,
+    /// Not yet: the statement is being prepared and described on this server first; the
+    /// frame is taken again once that is answered.
+    Hold,
+}
+
+/// The ErrorResponse PostgreSQL gives a prepared statement whose result changed.
+fn result_changed() -> &'static [u8] {
+    static ERROR: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    ERROR.get_or_init(|| {
+        let mut e = bytes::BytesMut::new();
+        crate::protocol::backend::error_response(
+            &mut e,
+            "ERROR",
+            crate::protocol::sqlstate::FEATURE_NOT_SUPPORTED,
+            "cached plan must not change result type",
+        );
+        e.to_vec()
+    })
 }
 
 /// What a rewrite needs besides the frame: the client's names, the registry, the server's
@@ -45,10 +102,22 @@ pub struct Names<'a> {
     pub capacity: usize,
 }
 
+/// The link's side of a rewrite: the server, what the pooler is describing there, and the
+/// error a refused Bind's stand-in is answered with.
+pub struct Target<'a> {
+    pub ex: &'a mut Exchange,
+    pub describing: &'a mut Describing,
+    pub refusal: &'a mut Option<&'static [u8]>,
+}
+
 impl Names<'_> {
-    /// Writes `msg` (whose bytes are `frame`) to the server under the pooler's names. False
-    /// when the frame is not about a named statement and goes as it is.
-    pub fn rewrite(&mut self, msg: Message<'_>, frame: &[u8], ex: &mut Exchange) -> bool {
+    /// Writes `msg` (whose bytes are `frame`) to the server under the pooler's names.
+    pub fn rewrite(&mut self, msg: Message<'_>, frame: &[u8], to: Target<'_>) -> Rewritten {
+        let Target {
+            ex,
+            describing,
+            refusal,
+        } = to;
         match msg {
             Message::Parse {
                 name, definition, ..
@@ -62,25 +131,51 @@ impl Names<'_> {
                     frontend::encode_target(&mut ex.to_server, b'C', b'S', NO_STATEMENT);
                     ex.tracker.close_sent(Reply::AsParseComplete);
                 } else {
-                    self.prepare(ex, &stmt, Reply::Forward);
+                    self.prepare(ex, describing, &stmt, Reply::Forward, true);
                 }
             }
             Message::Bind {
                 portal,
                 statement,
                 params,
-            } if !statement.is_empty() => match self.statements.get(statement) {
+            } if !statement.is_empty() => match self.statements.get(statement).cloned() {
                 Some(stmt) => {
-                    self.ensure_prepared(ex, stmt);
+                    let there = ex.conn.prepared.touch(stmt.id);
+                    if !there && stmt.shape_known() && !ex.tracker.busy() && !ex.tracker.unsynced()
+                    {
+                        // Described here before the Bind goes: the description may have
+                        // changed since the client had it.
+                        self.prepare(ex, describing, &stmt, Reply::Drop, false);
+                        frontend::encode_flush(&mut ex.to_server);
+                        ex.tracker.sent(b'H');
+                        return Rewritten::Hold;
+                    }
+                    if self.statements.stale(statement) {
+                        // A stand-in fails at Parse, so that the rest of the batch is skipped
+                        // as after any error; the client gets PostgreSQL's error instead.
+                        frontend::encode_parse(&mut ex.to_server, b"", STAND_IN);
+                        ex.tracker.parse_sent(None, Reply::Forward);
+                        *refusal = Some(result_changed());
+                        return Rewritten::Sent;
+                    }
+                    if there {
+                        self.metrics.prepared_hits.inc();
+                    } else {
+                        self.prepare(ex, describing, &stmt, Reply::Drop, false);
+                    }
                     frontend::encode_bind(&mut ex.to_server, portal, &stmt.name, params);
                 }
                 // Unknown to us: the server answers with PostgreSQL's own error.
                 None => ex.to_server.extend_from_slice(frame),
             },
             Message::Describe { kind: b'S', name } if !name.is_empty() => {
-                match self.statements.get(name) {
+                match self.statements.get(name).cloned() {
                     Some(stmt) => {
-                        self.ensure_prepared(ex, stmt);
+                        if ex.conn.prepared.touch(stmt.id) {
+                            self.metrics.prepared_hits.inc();
+                        } else {
+                            self.prepare(ex, describing, &stmt, Reply::Drop, true);
+                        }
                         frontend::encode_target(&mut ex.to_server, b'D', b'S', &stmt.name);
                     }
                     None => ex.to_server.extend_from_slice(frame),
@@ -92,14 +187,22 @@ impl Names<'_> {
                 frontend::encode_target(&mut ex.to_server, b'C', b'S', NO_STATEMENT);
                 ex.tracker.close_sent(Reply::Forward);
             }
-            _ => return false,
+            _ => return Rewritten::AsIs,
         }
-        true
+        Rewritten::Sent
     }
 
     /// Sends a Parse of the pooler's statement, closing the least recently used one first
-    /// when the server's cache is full.
-    fn prepare(&self, ex: &mut Exchange, stmt: &Statement, reply: Reply) {
+    /// when the server's cache is full, and a Describe of it whose reply is the pooler's.
+    /// `told`: the client hears the description too (it sent the Parse or a Describe).
+    fn prepare(
+        &self,
+        ex: &mut Exchange,
+        describing: &mut Describing,
+        stmt: &Arc<Statement>,
+        reply: Reply,
+        told: bool,
+    ) {
         self.metrics.prepared_misses.inc();
         if ex.conn.prepared.take_doomed(stmt.id) {
             frontend::encode_target(&mut ex.to_server, b'C', b'S', &stmt.name);
@@ -113,15 +216,31 @@ impl Names<'_> {
         }
         frontend::encode_parse(&mut ex.to_server, &stmt.name, &stmt.definition);
         ex.tracker.parse_sent(Some(stmt.id), reply);
+        frontend::encode_target(&mut ex.to_server, b'D', b'S', &stmt.name);
+        ex.tracker.own_describe_sent(stmt.id);
+        describing.push_back((stmt.clone(), told));
     }
+}
 
-    /// Before a Bind or Describe of a statement: prepare it on this server if it is not
-    /// there.
-    fn ensure_prepared(&self, ex: &mut Exchange, stmt: &Statement) {
-        if ex.conn.prepared.touch(stmt.id) {
-            self.metrics.prepared_hits.inc();
-        } else {
-            self.prepare(ex, stmt, Reply::Drop);
+/// A statement that fails at Parse (0A000), in place of a Bind that must fail.
+const STAND_IN: &[u8] = b"SELECT 'pgsluice'::pg_catalog.pg_node_tree\0\0\0";
+
+/// A description of `statement` arrived (`shape`, a hash): the statement's epoch moves on if
+/// it changed, and a client that was told it is current again. Entries before it were
+/// skipped by the server after an error.
+pub fn described(
+    describing: &mut Describing,
+    statements: &mut ClientStatements,
+    statement: u64,
+    shape: u64,
+) {
+    while let Some((stmt, told)) = describing.pop_front() {
+        if stmt.id == statement {
+            stmt.described(shape);
+            if told {
+                statements.renew(&stmt);
+            }
+            return;
         }
     }
 }

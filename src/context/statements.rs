@@ -25,9 +25,35 @@ pub struct Statement {
     effects: OnceLock<Effects>,
     /// A replica refused it as a write (25006): it goes to the primary from now on.
     wrote: AtomicBool,
+    /// A hash of the result description servers last gave it (0: none seen yet), and how many
+    /// times that description has changed (a schema change under it): a client that
+    /// described it before the last change must prepare it again, as on PostgreSQL.
+    shape: AtomicU64,
+    epoch: AtomicU64,
 }
 
 impl Statement {
+    /// How many times its result description has changed.
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Relaxed)
+    }
+
+    /// Whether a server's description of it has been seen.
+    pub fn shape_known(&self) -> bool {
+        self.shape.load(Ordering::Relaxed) != 0
+    }
+
+    /// A server described its result as `shape` (a hash): returns the epoch that description
+    /// belongs to, a new one if it differs from the last.
+    pub fn described(&self, shape: u64) -> u64 {
+        let shape = shape.max(1);
+        let was = self.shape.swap(shape, Ordering::Relaxed);
+        if was != 0 && was != shape {
+            return self.epoch.fetch_add(1, Ordering::Relaxed) + 1;
+        }
+        self.epoch()
+    }
+
     pub fn class(&self, write_functions: &WriteFunctions) -> (Class, Option<Hint>) {
         let (class, hint) = *self.class.get_or_init(|| {
             let text = self.definition.split(|&b| b == 0).next().unwrap_or(&[]);
@@ -81,6 +107,8 @@ impl Registry {
             class: OnceLock::new(),
             effects: OnceLock::new(),
             wrote: AtomicBool::new(false),
+            shape: AtomicU64::new(0),
+            epoch: AtomicU64::new(0),
         });
         map.insert(definition, Arc::downgrade(&stmt));
         // Drop dead entries whenever the map has doubled since the last sweep.
@@ -107,5 +135,15 @@ mod tests {
         let id = a.id;
         drop((a, b));
         assert_ne!(r.get(b"select 1\0\0\0").id, id);
+    }
+
+    #[test]
+    fn a_changed_description_starts_a_new_epoch() {
+        let s = Registry::default().get(b"select * from t\0\0\0");
+        assert!(!s.shape_known());
+        assert_eq!(s.described(7), 0, "the first description");
+        assert_eq!(s.described(7), 0, "the same again");
+        assert_eq!(s.described(8), 1, "a column was added");
+        assert_eq!(s.epoch(), 1);
     }
 }

@@ -273,6 +273,10 @@ pub fn encode_query(buf: &mut BytesMut, sql: &str) {
     frame(buf, b'Q', &[sql.as_bytes(), b"\0"]);
 }
 
+pub fn encode_flush(buf: &mut BytesMut) {
+    frame(buf, b'H', &[]);
+}
+
 pub fn encode_sync(buf: &mut BytesMut) {
     frame(buf, b'S', &[]);
 }

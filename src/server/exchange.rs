@@ -33,6 +33,9 @@ pub trait Replies {
     /// the status its ReadyForQuery ended with.
     fn own_value(&mut self, _value: Option<&[u8]>) {}
     fn own_answered(&mut self, _status: TxStatus) {}
+    /// The pooler's own Describe of statement `statement` was answered: a hash of the result
+    /// description (`Tracker::own_describe_sent`).
+    fn described(&mut self, _statement: u64, _shape: u64) {}
 }
 
 /// Hears of nothing.
@@ -80,71 +83,101 @@ impl Exchange {
             // The reply to the pooler's own query is next: every message of it is seen, and
             // none reaches the client.
             let own = tracker.owns_next();
-            scanner.inspect_all = own;
-            let scanned = scanner.scan(buf, |ev| match ev {
-                Event::ReadyForQuery(status) if own => {
-                    tracker.ready_for_query(status, |id| prepared.forget(id));
-                    replies.own_answered(status);
-                    Action::Drop
-                }
-                Event::Other { tag: b'D', body } if own => {
-                    replies.own_value(first_column(body));
-                    Action::Drop
-                }
-                _ if own => Action::Drop,
-                Event::ReadyForQuery(status) => {
-                    tracker.ready_for_query(status, |id| prepared.forget(id));
-                    if tracker.owns_next() {
-                        // Stop here: what follows is the pooler's, scanned another way.
-                        return Action::Replace(backend::ready_for_query_bytes(status));
+            scanner.inspect_all = own || tracker.describes_next();
+            let scanned = scanner.scan(buf, |ev| {
+                // The reply to the pooler's own Describe: its description is heard, and
+                // dropped; other messages in between (a notification) go as they are.
+                if !own && tracker.describes_next() {
+                    match ev {
+                        Event::Other { tag: b't', .. } => return Action::Drop,
+                        Event::Other {
+                            tag: tag @ (b'T' | b'n'),
+                            body,
+                        } => {
+                            if let Some(id) = tracker.described() {
+                                replies.described(id, shape_of(tag, body));
+                            }
+                            return Action::Drop;
+                        }
+                        Event::Error { .. } => {
+                            // Not after a Parse that succeeded; the batch is skipped anyway.
+                            tracker.described();
+                            return Action::Drop;
+                        }
+                        _ => {}
                     }
-                    Action::Forward
                 }
-                Event::CopyIn => {
-                    tracker.copy_in();
-                    Action::Forward
-                }
-                Event::ParameterStatus { name, value } => {
-                    let name = String::from_utf8_lossy(name).to_ascii_lowercase();
-                    let value = String::from_utf8_lossy(value).into_owned();
-                    replies.parameter(&name, &value);
-                    if settable(&name) {
-                        session.set(&name, &value);
+                match ev {
+                    Event::ReadyForQuery(status) if own => {
+                        tracker.ready_for_query(status, |id| prepared.forget(id));
+                        replies.own_answered(status);
+                        Action::Drop
                     }
-                    params.insert(name, value);
-                    Action::Forward
-                }
-                Event::Error {
-                    code,
-                    message,
-                    routine,
-                } => {
-                    if routine == b"RevalidateCachedQuery" {
-                        // A statement's result changed under it (ALTER TABLE … ADD COLUMN
-                        // with SELECT *): every statement here is prepared afresh when next
-                        // used, or the error would repeat for every client sharing it.
-                        prepared.doom_all();
+                    Event::Other { tag: b'D', body } if own => {
+                        replies.own_value(first_column(body));
+                        Action::Drop
                     }
-                    replies.error(code, message)
-                }
-                Event::ParseComplete => {
-                    let (statement, reply) = tracker.parse_complete();
-                    if let Some(id) = statement {
-                        prepared.confirm(id);
+                    _ if own => Action::Drop,
+                    Event::ReadyForQuery(status) => {
+                        tracker.ready_for_query(status, |id| prepared.forget(id));
+                        if tracker.owns_next() {
+                            // Stop here: what follows is the pooler's, scanned another way.
+                            return Action::Replace(backend::ready_for_query_bytes(status));
+                        }
+                        Action::Forward
                     }
-                    reply_action(reply)
-                }
-                Event::CloseComplete => reply_action(tracker.close_complete()),
-                Event::CommandComplete(tag) => {
-                    if tag == b"DISCARD ALL" {
-                        session.clear();
+                    Event::CopyIn => {
+                        tracker.copy_in();
+                        Action::Forward
                     }
-                    if tag == b"DISCARD ALL" || tag == b"DEALLOCATE ALL" {
-                        prepared.clear();
+                    Event::ParameterStatus { name, value } => {
+                        let name = String::from_utf8_lossy(name).to_ascii_lowercase();
+                        let value = String::from_utf8_lossy(value).into_owned();
+                        replies.parameter(&name, &value);
+                        if settable(&name) {
+                            session.set(&name, &value);
+                        }
+                        params.insert(name, value);
+                        Action::Forward
                     }
-                    Action::Forward
+                    Event::Error {
+                        code,
+                        message,
+                        routine,
+                    } => {
+                        if routine == b"RevalidateCachedQuery" {
+                            // A statement's result changed under it (ALTER TABLE … ADD COLUMN
+                            // with SELECT *): every statement here is prepared afresh when next
+                            // used, or the error would repeat for every client sharing it.
+                            prepared.doom_all();
+                        }
+                        replies.error(code, message)
+                    }
+                    Event::ParseComplete => {
+                        let (statement, reply) = tracker.parse_complete();
+                        if let Some(id) = statement {
+                            prepared.confirm(id);
+                        }
+                        match reply_action(reply) {
+                            // Stop here: the pooler's Describe is next, scanned another way.
+                            Action::Forward if tracker.describes_next() => {
+                                Action::Replace(backend::PARSE_COMPLETE)
+                            }
+                            action => action,
+                        }
+                    }
+                    Event::CloseComplete => reply_action(tracker.close_complete()),
+                    Event::CommandComplete(tag) => {
+                        if tag == b"DISCARD ALL" {
+                            session.clear();
+                        }
+                        if tag == b"DISCARD ALL" || tag == b"DEALLOCATE ALL" {
+                            prepared.clear();
+                        }
+                        Action::Forward
+                    }
+                    Event::Other { .. } => Action::Forward,
                 }
-                Event::Other { .. } => Action::Forward,
             })?;
             if let Some(out) = out.as_deref_mut() {
                 out.extend_from_slice(&buf[..scanned.forward]);
@@ -185,6 +218,15 @@ impl Exchange {
             Ok(Some(()))
         ) && self.conn.buf.is_empty()
     }
+}
+
+/// What a statement's description says of its result, as a hash: its RowDescription, or
+/// NoData.
+fn shape_of(tag: u8, body: &[u8]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (tag, body).hash(&mut h);
+    h.finish()
 }
 
 /// The first column of a DataRow's body; None for NULL or a malformed row.

@@ -16,6 +16,11 @@ enum Pending {
     /// A Query of the pooler's own, sent behind the client's: its whole reply is the
     /// pooler's.
     Own,
+    /// A Describe of a statement the pooler prepared, its reply the pooler's: the result
+    /// description, to compare with what clients were told. Skipped after an error.
+    OwnDescribe {
+        statement: u64,
+    },
     /// A Parse, answered by ParseComplete unless an earlier error skips it. `statement` is the
     /// pooler's statement id when it names one; `reply` says what the client gets.
     Parse {
@@ -151,6 +156,27 @@ impl Tracker {
     /// The server's next reply is to the pooler's own query.
     pub fn owns_next(&self) -> bool {
         self.pending.front() == Some(&Pending::Own)
+    }
+
+    /// A Describe of the pooler's own, of statement `statement`, went to the server.
+    pub fn own_describe_sent(&mut self, statement: u64) {
+        self.pending.push_back(Pending::OwnDescribe { statement });
+    }
+
+    /// The server's next reply is to the pooler's own Describe.
+    pub fn describes_next(&self) -> bool {
+        matches!(self.pending.front(), Some(Pending::OwnDescribe { .. }))
+    }
+
+    /// The pooler's own Describe was answered (RowDescription or NoData): of which statement.
+    pub fn described(&mut self) -> Option<u64> {
+        match self.pending.front() {
+            Some(&Pending::OwnDescribe { statement }) => {
+                self.pending.pop_front();
+                Some(statement)
+            }
+            _ => None,
+        }
     }
 
     /// CopyInResponse: Syncs the client already sent behind the COPY are swallowed by the
