@@ -7,9 +7,12 @@ use super::link::{FloorDue, Link};
 use super::session::Session;
 use crate::cluster::Lsn;
 use crate::config::ReadYourWrites;
+use crate::pool::Members;
+use crate::protocol::backend::TxStatus;
 use crate::server::query::{self, QueryError};
 use bytes::Buf;
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Instant;
 use tokio::io::AsyncWriteExt;
 
@@ -53,7 +56,9 @@ impl Session<'_> {
     /// position, and raises the floor to it. What the client is owed goes to it meanwhile. An
     /// Err ends the session: the server did not answer.
     pub(super) async fn learn_floor(&mut self, link: &mut Link) -> Result<(), End> {
-        link.floor = FloorDue::Writes { owed: false };
+        if let FloorDue::Writes { owed, .. } = &mut link.floor {
+            *owed = false;
+        }
         // Under "pool", other clients' reads wait for this position from the moment this
         // client may see its ReadyForQuery (and tell the application it wrote).
         let pool = (self.config.general.read_your_writes == ReadYourWrites::Pool)
@@ -157,11 +162,45 @@ impl Session<'_> {
     }
 }
 
+/// Position queries of a link still unanswered under read_your_writes = "pool", counted in
+/// the (database, user) so that other clients' reads wait for them; uncounted when answered,
+/// or when the link ends whatever way.
+#[derive(Default)]
+pub(super) struct PoolPending {
+    members: Option<Arc<Members>>,
+    count: usize,
+}
+
+impl PoolPending {
+    pub fn add(&mut self, members: &Arc<Members>) {
+        let m = self.members.get_or_insert_with(|| members.clone());
+        m.floor_pending.fetch_add(1, Ordering::SeqCst);
+        self.count += 1;
+    }
+
+    /// One was answered (its position, if any, already taken).
+    pub fn done(&mut self) {
+        if let (Some(m), true) = (&self.members, self.count > 0) {
+            self.count -= 1;
+            m.floor_pending.fetch_sub(1, Ordering::SeqCst);
+            m.floor_learnt.notify_waiters();
+        }
+    }
+}
+
+impl Drop for PoolPending {
+    fn drop(&mut self) {
+        while self.count > 0 {
+            self.done();
+        }
+    }
+}
+
 /// A commit position being learnt, counted in its (database, user) while it is.
-struct Pending<'a>(&'a crate::pool::Members);
+struct Pending<'a>(&'a Members);
 
 impl<'a> Pending<'a> {
-    fn new(members: &'a crate::pool::Members) -> Pending<'a> {
+    fn new(members: &'a Members) -> Pending<'a> {
         members.floor_pending.fetch_add(1, Ordering::SeqCst);
         Pending(members)
     }
@@ -174,8 +213,84 @@ impl Drop for Pending<'_> {
     }
 }
 
-/// Whether the position query may go right behind this Query: not when it may start a COPY
-/// FROM STDIN, during which the server takes no Query.
-pub(super) fn may_follow(sql: &[u8]) -> bool {
-    !sql.windows(4).any(|w| w.eq_ignore_ascii_case(b"copy"))
+/// The statements of one unit (a Query, or extended-protocol messages up to Sync), as far as
+/// the position query behind it cares: whether the unit may end its transaction with a
+/// commit, and whether it may start a COPY FROM STDIN (during which the server takes no
+/// Query).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Unit {
+    started: bool,
+    /// Its first statement is BEGIN or START.
+    begins: bool,
+    /// A statement of it is COMMIT or END.
+    commits: bool,
+    copy: bool,
+}
+
+impl Unit {
+    /// Notes one statement's text.
+    pub fn statement(&mut self, sql: &[u8]) {
+        let start = sql
+            .iter()
+            .position(|b| !b.is_ascii_whitespace())
+            .unwrap_or(sql.len());
+        let rest = &sql[start..];
+        let len = rest.iter().take_while(|b| b.is_ascii_alphabetic()).count();
+        let word = &rest[..len];
+        let is = |w: &[u8]| word.eq_ignore_ascii_case(w);
+        if !self.started {
+            self.started = true;
+            self.begins = is(b"begin") || is(b"start");
+        }
+        self.commits |= is(b"commit") || is(b"end");
+        self.copy |= sql.windows(4).any(|w| w.eq_ignore_ascii_case(b"copy"));
+    }
+
+    /// Whether the position query may go right behind the unit, sent with the transaction in
+    /// `status`: it may commit (outside a transaction, anything but BEGIN or START; inside
+    /// one, COMMIT or END), and it starts no COPY. Only then is the position worth asking at
+    /// once; a guess that misses is caught once the server is idle.
+    pub fn may_end(&self, status: TxStatus) -> bool {
+        let commits = match status {
+            TxStatus::Idle => !self.begins,
+            _ => self.commits,
+        };
+        commits && !self.copy
+    }
+
+    /// The unit of one Query.
+    pub fn of(sql: &[u8]) -> Unit {
+        let mut u = Unit::default();
+        u.statement(sql);
+        u
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_position_is_asked_behind_work_that_may_commit() {
+        let ends = |sql: &[u8], status| Unit::of(sql).may_end(status);
+        assert!(ends(b"INSERT INTO t VALUES (1)", TxStatus::Idle));
+        assert!(!ends(b"  BEGIN", TxStatus::Idle));
+        assert!(!ends(b"start transaction", TxStatus::Idle));
+        assert!(!ends(b"UPDATE t SET x = 1", TxStatus::InTransaction));
+        assert!(ends(b"COMMIT", TxStatus::InTransaction));
+        assert!(ends(b"end;", TxStatus::Failed));
+        assert!(!ends(b"BEGIN; COPY t FROM STDIN", TxStatus::Idle));
+        assert!(
+            !ends(b"copy t from stdin", TxStatus::Idle),
+            "no Query during COPY"
+        );
+        // Extended protocol: BEGIN and a statement in one batch, then COMMIT in the next.
+        let mut batch = Unit::default();
+        batch.statement(b"BEGIN");
+        batch.statement(b"INSERT INTO t VALUES ($1)");
+        assert!(!batch.may_end(TxStatus::Idle));
+        let mut batch = Unit::default();
+        batch.statement(b"COMMIT");
+        assert!(batch.may_end(TxStatus::InTransaction));
+    }
 }

@@ -11,7 +11,7 @@ use super::rewrite::{self, ClientStatements, Describing, Names, Rewritten, Targe
 use super::session::Session;
 use crate::cluster::Cluster;
 use crate::cluster::Lsn;
-use crate::config::PoolMode;
+use crate::config::{PoolMode, ReadYourWrites};
 use crate::context::Phase;
 use crate::protocol::backend::{self, Action, TxStatus};
 use crate::protocol::frontend::{self, Message};
@@ -68,6 +68,8 @@ struct Listening<'a> {
     own_value: Option<Lsn>,
     learnt: Option<Lsn>,
     owed: bool,
+    /// Position queries answered.
+    answered: usize,
     /// What the pooler is describing on the server, and the client's statements.
     describing: &'a mut Describing,
     statements: &'a mut ClientStatements,
@@ -101,6 +103,7 @@ impl Replies for Listening<'_> {
     }
 
     fn own_answered(&mut self, status: TxStatus) {
+        self.answered += 1;
         let value = self.own_value.take();
         if status == TxStatus::Idle {
             self.learnt = self.learnt.max(value);
@@ -153,6 +156,7 @@ impl Session<'_> {
             capacity,
         };
         let mut taken = 0;
+        let pool_floor = self.config.general.read_your_writes == ReadYourWrites::Pool;
         if link.verify == Verify::Failed {
             link.verify = Verify::No;
         }
@@ -242,14 +246,39 @@ impl Session<'_> {
             }
             taken += original.len();
             ex.tracker.sent(tag);
-            if let FloorDue::Writes { owed } = &mut link.floor {
-                // Behind a Query, the position is asked for at once (its answer comes with
-                // the client's); otherwise once the server is idle (`learn_floor`), also after
-                // work whose session state is probed first, before the client hears back.
-                *owed = match msg {
-                    Message::Query(sql) if link.touched.is_empty() && floor::may_follow(sql) => {
+            if let FloorDue::Writes { owed, unit } = &mut link.floor {
+                // Behind a unit that may end its transaction, the position is asked for at
+                // once (its answer comes with the client's); otherwise once the server is idle
+                // (`learn_floor`), also after work whose session state is probed first,
+                // before the client hears back.
+                let status = ex.tracker.status;
+                let ended = match msg {
+                    Message::Query(sql) => Some(floor::Unit::of(sql)),
+                    Message::Sync => Some(std::mem::take(unit)),
+                    Message::Parse { query, .. } => {
+                        unit.statement(query);
+                        None
+                    }
+                    Message::Bind { statement, .. } => {
+                        if let Some(s) = names.statements.get(statement) {
+                            unit.statement(s.text());
+                        }
+                        None
+                    }
+                    _ => None,
+                };
+                *owed = match ended {
+                    Some(u)
+                        if link.touched.is_empty()
+                            && u.may_end(status)
+                            && !ex.tracker.in_copy_in() =>
+                    {
                         frontend::encode_query(&mut ex.to_server, floor::POSITION);
                         ex.tracker.own_sent();
+                        if pool_floor {
+                            // Counted before the client can see its ReadyForQuery.
+                            link.pool_pending.add(&self.members);
+                        }
                         false
                     }
                     _ => true,
@@ -289,7 +318,7 @@ impl Session<'_> {
             }
             // Its writes' position, before the client's next work is placed (read_your_writes).
             if progress == Progress::Forwarded
-                && link.floor == (FloorDue::Writes { owed: true })
+                && matches!(link.floor, FloorDue::Writes { owed: true, .. })
                 && link.ex.settled()
                 && link.ex.tracker.idle()
             {
@@ -463,13 +492,14 @@ impl Session<'_> {
             own_value: None,
             learnt: None,
             owed: false,
+            answered: 0,
             describing: &mut link.describing,
             statements: &mut self.statements,
             described_any: false,
             error_seen: false,
         };
         let taken = link.ex.absorb(Some(&mut self.to_client), &mut listening);
-        let (learnt, owed) = (listening.learnt, listening.owed);
+        let (learnt, owed, answered) = (listening.learnt, listening.owed, listening.answered);
         if link.verify == Verify::Waiting {
             if listening.described_any {
                 link.verify = Verify::No;
@@ -483,7 +513,11 @@ impl Session<'_> {
         if let Some(lsn) = learnt {
             self.wrote_by(lsn);
         }
-        if let (true, FloorDue::Writes { owed }) = (owed, &mut link.floor) {
+        // Raised first, then uncounted: a read waiting for it sees the new floor.
+        for _ in 0..answered {
+            link.pool_pending.done();
+        }
+        if let (true, FloorDue::Writes { owed, .. }) = (owed, &mut link.floor) {
             *owed = true;
         }
         if taken.is_err() {

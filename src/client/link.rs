@@ -44,6 +44,8 @@ pub(super) struct Link {
     pub describing: super::rewrite::Describing,
     /// Whether a client's Bind waits for its statement to be described here first.
     pub verify: Verify,
+    /// Its position queries other clients' reads wait for (read_your_writes = "pool").
+    pub pool_pending: super::floor::PoolPending,
 }
 
 /// A Bind held back while its statement is prepared and described on the server
@@ -64,7 +66,11 @@ pub(super) enum FloorDue {
     /// Its work writes nothing a replica read must wait for.
     Never,
     /// Its work may write: each time the client sends more, the position is owed again.
-    Writes { owed: bool },
+    /// `unit` is what the extended-protocol unit being sent holds so far.
+    Writes {
+        owed: bool,
+        unit: super::floor::Unit,
+    },
 }
 
 /// How the link takes the client's work: the router's `Flow`, and for a retryable unit
@@ -158,7 +164,10 @@ impl Session<'_> {
             && self.mode == PoolMode::Transaction
             && self.config.general.read_your_writes != ReadYourWrites::Off
         {
-            FloorDue::Writes { owed: false }
+            FloorDue::Writes {
+                owed: false,
+                unit: super::floor::Unit::default(),
+            }
         } else {
             FloorDue::Never
         };
@@ -184,6 +193,7 @@ impl Session<'_> {
             floor,
             describing: Default::default(),
             verify: Verify::No,
+            pool_pending: Default::default(),
         });
         self.reg.slot.set(Some(link.ex.conn.cancel_key.clone()));
         let timeout = self.config.general.server_connect_timeout.0;
