@@ -274,24 +274,25 @@ done
 # primary's WAL position) and -S (reads with no write before them) through the routed pgsluice,
 # with read_your_writes on (the default) against off.
 echo
-printf '%-8s %7s | %12s %8s | %12s %8s | %9s\n' \
+printf '%-22s %7s | %12s %8s | %12s %8s | %9s\n' \
     script clients ryw_off_tps lat_ms ryw_on_tps lat_ms "on_vs_off"
 for c in $REPLICA_CLIENTS; do
-    for script in tpcb-like select-only; do
+    for spec in "simple tpcb-like" "simple select-only"; do
+        read -r mode script <<<"$spec"
         : >"$work/ryw_off" >"$work/ryw_on"
         for r in $(seq "$ROUNDS"); do
             # Each goes first in every other round: neither gains from the order.
             if [ $((r % 2)) = 1 ]; then
-                run "$ryw_off_port" simple "$c" "-b $script" >>"$work/ryw_off"
-                run "$routed_port" simple "$c" "-b $script" >>"$work/ryw_on"
+                run "$ryw_off_port" "$mode" "$c" "-b $script" >>"$work/ryw_off"
+                run "$routed_port" "$mode" "$c" "-b $script" >>"$work/ryw_on"
             else
-                run "$routed_port" simple "$c" "-b $script" >>"$work/ryw_on"
-                run "$ryw_off_port" simple "$c" "-b $script" >>"$work/ryw_off"
+                run "$routed_port" "$mode" "$c" "-b $script" >>"$work/ryw_on"
+                run "$ryw_off_port" "$mode" "$c" "-b $script" >>"$work/ryw_off"
             fi
         done
         read -r f_tps f_lat < <(median <"$work/ryw_off")
         read -r o_tps o_lat < <(median <"$work/ryw_on")
-        printf '%-8s %7s | %12s %8s | %12s %8s | %9s\n' "$script" "$c" "$f_tps" "$f_lat" "$o_tps" "$o_lat" \
+        printf '%-22s %7s | %12s %8s | %12s %8s | %9s\n' "$script -M $mode" "$c" "$f_tps" "$f_lat" "$o_tps" "$o_lat" \
             "$(awk -v o="$o_tps" -v f="$f_tps" 'BEGIN {printf "%.2fx", o / f}')"
     done
 done
