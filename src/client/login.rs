@@ -136,33 +136,27 @@ pub async fn login(
             return None;
         }
     };
-    // The pooler's own setting: it picks the route and never reaches a server.
-    let mut route = RouteMode::Auto;
-    if let Some(i) = wanted.iter().position(|(k, _)| k == "pgsluice.route") {
-        let (_, value) = wanted.remove(i);
-        match command::route(&value) {
-            Ok(r) => route = r,
-            Err(e) => {
-                stream
-                    .fatal(&[], sqlstate::INVALID_PARAMETER_VALUE, &e.to_string())
-                    .await;
-                return None;
-            }
+    // The pooler's own settings: they pick the route and the read-your-writes floor, and
+    // never reach a server.
+    let mut take = |name: &str| {
+        let i = wanted.iter().position(|(k, _)| k == name)?;
+        Some(wanted.remove(i).1)
+    };
+    let route = take("pgsluice.route")
+        .map(|v| command::route(&v))
+        .transpose();
+    let floor = take("pgsluice.min_lsn")
+        .map(|v| command::min_lsn(&v))
+        .transpose();
+    let (route, floor) = match (route, floor) {
+        (Ok(route), Ok(floor)) => (route.unwrap_or_default(), floor.unwrap_or_default()),
+        (Err(e), _) | (_, Err(e)) => {
+            stream
+                .fatal(&[], sqlstate::INVALID_PARAMETER_VALUE, &e.to_string())
+                .await;
+            return None;
         }
-    }
-    let mut floor = Lsn(0);
-    if let Some(i) = wanted.iter().position(|(k, _)| k == "pgsluice.min_lsn") {
-        let (_, value) = wanted.remove(i);
-        match command::min_lsn(&value) {
-            Ok(lsn) => floor = lsn,
-            Err(e) => {
-                stream
-                    .fatal(&[], sqlstate::INVALID_PARAMETER_VALUE, &e.to_string())
-                    .await;
-                return None;
-            }
-        }
-    }
+    };
     let mut out = BytesMut::new();
     let unsupported: Vec<&str> = startup
         .params

@@ -5,7 +5,7 @@
 use super::Cluster;
 use crate::config::General;
 use crate::server::query;
-use crate::server::{ServerConn, Target};
+use crate::server::ServerConn;
 
 /// Plain functions outside the system schemas that may write. Procedures cannot be called
 /// in a SELECT, and aggregates rarely write.
@@ -28,16 +28,7 @@ impl Reader {
         cluster: &Cluster,
         general: &General,
     ) -> Option<Vec<String>> {
-        let credentials = cluster.credentials()?;
-        let primary = &cluster.nodes[0];
-        let target = Target {
-            host: primary.host.clone(),
-            port: primary.port,
-            dbname: cluster.dbname.clone(),
-            credentials,
-            tls_mode: general.server_tls_sslmode,
-            tls_ca_file: general.server_tls_ca_file.clone(),
-        };
+        let target = cluster.target(0, &cluster.credentials()?, general);
         let timeout = general.server_connect_timeout.0;
         let conn = self.conn.take();
         let work = async {

@@ -62,20 +62,13 @@ impl Checker {
         };
         self.conns.resize_with(cluster.nodes.len(), || None);
         let mut checks = tokio::task::JoinSet::new();
-        for (i, node) in cluster.nodes.iter().enumerate() {
+        for i in 0..cluster.nodes.len() {
             // The primary is always checked: readiness depends on it.
             if i > 0 && cluster.in_ban_time(i) {
                 self.conns[i] = None;
                 continue;
             }
-            let target = Target {
-                host: node.host.clone(),
-                port: node.port,
-                dbname: cluster.dbname.clone(),
-                credentials: credentials.clone(),
-                tls_mode: general.server_tls_sslmode,
-                tls_ca_file: general.server_tls_ca_file.clone(),
-            };
+            let target = cluster.target(i, &credentials, general);
             let conn = self.conns[i].take();
             checks.spawn(async move {
                 let (conn, result) = probe(conn, &target, timeout).await;

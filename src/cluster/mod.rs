@@ -14,8 +14,9 @@ pub mod replay;
 pub use lsn::Lsn;
 pub use node::{BanTimes, Health, Node, Reachability, Role, Usable};
 
+use crate::config::General;
 use crate::config::{Config, LoadBalance, ReadFromPrimary};
-use crate::server::Credentials;
+use crate::server::{Credentials, Target};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -314,6 +315,19 @@ impl Cluster {
         if c.is_none() {
             *c = Some(credentials.clone());
             self.credentials_known.notify_waiters();
+        }
+    }
+
+    /// Where the pooler's own connection to `node` goes, logged in as `credentials`.
+    fn target(&self, node: usize, credentials: &Credentials, general: &General) -> Target {
+        let n = &self.nodes[node];
+        Target {
+            host: n.host.clone(),
+            port: n.port,
+            dbname: self.dbname.clone(),
+            credentials: credentials.clone(),
+            tls_mode: general.server_tls_sslmode,
+            tls_ca_file: general.server_tls_ca_file.clone(),
         }
     }
 

@@ -43,14 +43,7 @@ impl Follower {
                 self.conns[i] = None;
                 continue;
             }
-            let target = Target {
-                host: node.host.clone(),
-                port: node.port,
-                dbname: cluster.dbname.clone(),
-                credentials: credentials.clone(),
-                tls_mode: general.server_tls_sslmode,
-                tls_ca_file: general.server_tls_ca_file.clone(),
-            };
+            let target = cluster.target(i, &credentials, general);
             let conn = self.conns[i].take();
             polls.spawn(async move { (i, replayed(conn, &target, timeout).await) });
         }
