@@ -7,17 +7,18 @@ use super::floor;
 use super::link::{FloorDue, Link, Pace, Verify};
 use super::listen::next_note;
 use super::params::SessionParams;
+use super::refusal::refusal;
 use super::rewrite::{self, ClientStatements, Describing, Names, Rewritten, Target};
 use super::session::Session;
 use crate::cluster::Cluster;
 use crate::cluster::Lsn;
 use crate::config::{PoolMode, ReadYourWrites};
 use crate::context::Phase;
-use crate::protocol::backend::{self, Action, TxStatus};
+use crate::protocol::backend::{Action, TxStatus};
 use crate::protocol::frontend::{self, Message};
 use crate::protocol::sqlstate;
 use crate::protocol::ProtocolError;
-use crate::router::effects::{self, Feature, Features};
+use crate::router::effects;
 use crate::router::policy::{self, Failure, Retry};
 use crate::router::RouteCounters;
 use crate::server::exchange::{Replies, READ_CHUNK};
@@ -550,97 +551,6 @@ impl Session<'_> {
             }
         }
         None
-    }
-}
-
-/// A statement refused because it would pin the client (pin_session_features = false): in
-/// its place the server runs one that fails with 0A000, so that the client's transaction
-/// fails as it would for any error.
-struct Refusal {
-    frame: bytes::BytesMut,
-    /// For a Parse: its name and the stand-in's definition.
-    parse: Option<(Vec<u8>, Vec<u8>)>,
-    /// For a Parse: the error the client gets in place of the stand-in's.
-    error: Option<&'static [u8]>,
-}
-
-impl Refusal {
-    fn message(&self) -> Message<'_> {
-        match &self.parse {
-            Some((name, definition)) => Message::Parse {
-                name,
-                query: definition.split(|&b| b == 0).next().unwrap_or(&[]),
-                definition,
-            },
-            None => Message::Query(&self.frame[5..self.frame.len() - 1]),
-        }
-    }
-}
-
-/// Why a statement that would pin is refused.
-fn refusal_message(f: Feature) -> String {
-    let what = match f {
-        Feature::AdvisoryLock => "session advisory locks",
-        Feature::Listen => "LISTEN",
-        Feature::TempTable => "temporary tables",
-        Feature::HoldCursor => "WITH HOLD cursors",
-        Feature::Prepare => "SQL PREPARE",
-        Feature::Load => "LOAD",
-    };
-    format!(
-        "{what} ({}) need a server connection of their own, and pin_session_features is off",
-        f.name()
-    )
-}
-
-/// The ErrorResponse of `refusal_message`, built once per feature.
-fn refusal_error(f: Feature) -> &'static [u8] {
-    static ERRORS: std::sync::OnceLock<Vec<Vec<u8>>> = std::sync::OnceLock::new();
-    let all = ERRORS.get_or_init(|| {
-        Feature::ALL
-            .iter()
-            .map(|f| {
-                let mut e = bytes::BytesMut::new();
-                let message = refusal_message(*f);
-                backend::error_response(&mut e, "ERROR", sqlstate::FEATURE_NOT_SUPPORTED, &message);
-                e.to_vec()
-            })
-            .collect()
-    });
-    let at = Feature::ALL.iter().position(|x| *x == f).unwrap_or(0);
-    &all[at]
-}
-
-fn refusal(msg: Message<'_>, features: Features) -> Option<Refusal> {
-    let f = features.iter().next()?;
-    let message = refusal_message(f);
-    let sql = format!(
-        "DO $pgsluice$BEGIN RAISE EXCEPTION USING ERRCODE = '0A000', MESSAGE = {}; END$pgsluice$",
-        super::params::quote_literal(&message)
-    );
-    let mut frame = bytes::BytesMut::new();
-    match msg {
-        Message::Query(_) => {
-            crate::protocol::frontend::encode_query(&mut frame, &sql);
-            Some(Refusal {
-                frame,
-                parse: None,
-                error: None,
-            })
-        }
-        Message::Parse { name, .. } => {
-            // A DO block would fail only at Execute, after the driver has described it; this
-            // fails at Parse, with 0A000, and the client gets the message above instead.
-            let mut def = b"SELECT 'pgsluice'::pg_catalog.pg_node_tree".to_vec();
-            def.extend_from_slice(&[0, 0, 0]);
-            crate::protocol::frontend::encode_parse(&mut frame, name, &def);
-            Some(Refusal {
-                frame,
-                parse: Some((name.to_vec(), def)),
-                error: Some(refusal_error(f)),
-            })
-        }
-        _ => None,
     }
 }
 

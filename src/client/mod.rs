@@ -16,6 +16,7 @@ mod listen;
 pub mod login;
 mod params;
 mod probe;
+mod refusal;
 mod rewrite;
 pub mod session;
 

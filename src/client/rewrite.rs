@@ -81,16 +81,7 @@ pub enum Rewritten {
 /// The ErrorResponse PostgreSQL gives a prepared statement whose result changed.
 fn result_changed() -> &'static [u8] {
     static ERROR: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
-    ERROR.get_or_init(|| {
-        let mut e = bytes::BytesMut::new();
-        crate::protocol::backend::error_response(
-            &mut e,
-            "ERROR",
-            crate::protocol::sqlstate::FEATURE_NOT_SUPPORTED,
-            "cached plan must not change result type",
-        );
-        e.to_vec()
-    })
+    ERROR.get_or_init(|| super::refusal::feature_error("cached plan must not change result type"))
 }
 
 /// What a rewrite needs besides the frame: the client's names, the registry, the server's
@@ -153,7 +144,7 @@ impl Names<'_> {
                     if self.statements.stale(statement) {
                         // A stand-in fails at Parse, so that the rest of the batch is skipped
                         // as after any error; the client gets PostgreSQL's error instead.
-                        frontend::encode_parse(&mut ex.to_server, b"", STAND_IN);
+                        frontend::encode_parse(&mut ex.to_server, b"", super::refusal::STAND_IN);
                         ex.tracker.parse_sent(None, Reply::Forward);
                         *refusal = Some(result_changed());
                         return Rewritten::Sent;
@@ -221,9 +212,6 @@ impl Names<'_> {
         describing.push_back((stmt.clone(), told));
     }
 }
-
-/// A statement that fails at Parse (0A000), in place of a Bind that must fail.
-const STAND_IN: &[u8] = b"SELECT 'pgsluice'::pg_catalog.pg_node_tree\0\0\0";
 
 /// A description of `statement` arrived (`shape`, a hash): the statement's epoch moves on if
 /// it changed, and a client that was told it is current again. Entries before it were

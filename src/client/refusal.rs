@@ -1,0 +1,106 @@
+//! What a statement pgsluice refuses becomes on the server: a stand-in that fails with
+//! 0A000, so that the client's transaction and batch fail as for any error, and the
+//! ErrorResponse the client gets in the stand-in's place. For statements that would pin the
+//! client while pin_session_features is off, and for the Bind of a prepared statement whose
+//! result changed (`rewrite.rs`).
+
+use crate::protocol::backend;
+use crate::protocol::frontend::Message;
+use crate::protocol::sqlstate;
+use crate::router::effects::{Feature, Features};
+
+/// The definition of a statement that fails at Parse (0A000): a Parse fails before a driver
+/// has described anything, where a DO block would fail only at Execute.
+pub(super) const STAND_IN: &[u8] = b"SELECT 'pgsluice'::pg_catalog.pg_node_tree\0\0\0";
+
+/// An ErrorResponse with SQLSTATE 0A000 and `message`, as bytes.
+pub(super) fn feature_error(message: &str) -> Vec<u8> {
+    let mut e = bytes::BytesMut::new();
+    backend::error_response(&mut e, "ERROR", sqlstate::FEATURE_NOT_SUPPORTED, message);
+    e.to_vec()
+}
+
+/// A statement refused because it would pin the client (pin_session_features = false): in
+/// its place the server runs one that fails with 0A000, so that the client's transaction
+/// fails as it would for any error.
+pub(super) struct Refusal {
+    pub frame: bytes::BytesMut,
+    /// For a Parse: its name and the stand-in's definition.
+    parse: Option<(Vec<u8>, Vec<u8>)>,
+    /// For a Parse: the error the client gets in place of the stand-in's.
+    pub error: Option<&'static [u8]>,
+}
+
+impl Refusal {
+    pub fn message(&self) -> Message<'_> {
+        match &self.parse {
+            Some((name, definition)) => Message::Parse {
+                name,
+                query: definition.split(|&b| b == 0).next().unwrap_or(&[]),
+                definition,
+            },
+            None => Message::Query(&self.frame[5..self.frame.len() - 1]),
+        }
+    }
+}
+
+/// Why a statement that would pin is refused.
+fn refusal_message(f: Feature) -> String {
+    let what = match f {
+        Feature::AdvisoryLock => "session advisory locks",
+        Feature::Listen => "LISTEN",
+        Feature::TempTable => "temporary tables",
+        Feature::HoldCursor => "WITH HOLD cursors",
+        Feature::Prepare => "SQL PREPARE",
+        Feature::Load => "LOAD",
+    };
+    format!(
+        "{what} ({}) need a server connection of their own, and pin_session_features is off",
+        f.name()
+    )
+}
+
+/// The ErrorResponse of `refusal_message`, built once per feature.
+fn refusal_error(f: Feature) -> &'static [u8] {
+    static ERRORS: std::sync::OnceLock<Vec<Vec<u8>>> = std::sync::OnceLock::new();
+    let all = ERRORS.get_or_init(|| {
+        Feature::ALL
+            .iter()
+            .map(|f| feature_error(&refusal_message(*f)))
+            .collect()
+    });
+    let at = Feature::ALL.iter().position(|x| *x == f).unwrap_or(0);
+    &all[at]
+}
+
+pub(super) fn refusal(msg: Message<'_>, features: Features) -> Option<Refusal> {
+    let f = features.iter().next()?;
+    let message = refusal_message(f);
+    let sql = format!(
+        "DO $pgsluice$BEGIN RAISE EXCEPTION USING ERRCODE = '0A000', MESSAGE = {}; END$pgsluice$",
+        super::params::quote_literal(&message)
+    );
+    let mut frame = bytes::BytesMut::new();
+    match msg {
+        Message::Query(_) => {
+            crate::protocol::frontend::encode_query(&mut frame, &sql);
+            Some(Refusal {
+                frame,
+                parse: None,
+                error: None,
+            })
+        }
+        Message::Parse { name, .. } => {
+            // A DO block would fail only at Execute, after the driver has described it; this
+            // fails at Parse, with 0A000, and the client gets the message above instead.
+            let def = STAND_IN.to_vec();
+            crate::protocol::frontend::encode_parse(&mut frame, name, &def);
+            Some(Refusal {
+                frame,
+                parse: Some((name.to_vec(), def)),
+                error: Some(refusal_error(f)),
+            })
+        }
+        _ => None,
+    }
+}
