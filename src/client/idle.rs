@@ -6,6 +6,7 @@
 use super::end::End;
 use super::listen::next_note;
 use super::session::{Next, Session, Spare};
+use crate::config::PoolMode;
 use crate::protocol::backend::{self, TxStatus};
 use crate::protocol::frontend::Message;
 use crate::protocol::sqlstate;
@@ -49,6 +50,14 @@ impl Session<'_> {
         if maybe_listen && self.answer_listen().await {
             return Ok(Next::Stay);
         }
+        let map = self.config.general.max_prepared_statements > 0;
+        let lone_prepare = map
+            && self.mode == PoolMode::Transaction
+            && matches!(self.inbox.front().map(|f| f.msg),
+                Some(Message::Parse { name, .. }) if !name.is_empty());
+        if lone_prepare && self.answer_prepare() {
+            return Ok(Next::Stay);
+        }
         let Some(frame) = self.inbox.front() else {
             if let Some(e) = self.inbox.fault() {
                 return Err(End::Violation(e));
@@ -56,7 +65,6 @@ impl Session<'_> {
             self.read_idle().await?;
             return Ok(Next::Stay);
         };
-        let map = self.config.general.max_prepared_statements > 0;
         match frame.msg {
             Message::Query(sql) => {
                 if let Some(cmd) = std::str::from_utf8(sql).ok().and_then(command::parse) {
@@ -86,6 +94,44 @@ impl Session<'_> {
             _ => {}
         }
         Ok(Next::Link)
+    }
+
+    /// A prepare on its own (named Parses, then Sync: what libpq's `PQprepare` sends) of
+    /// statements a server of this client's pool has parsed and described already, is
+    /// answered without a server: each server prepares them when the client first uses them.
+    /// Asking for a server here would make a client that prepares synchronously while its
+    /// own other connections hold every server in a transaction (pgbench `-M prepared` with
+    /// more clients than servers) wait on itself. A statement the pooler has not seen parse
+    /// in this pool, or that may change the session, still goes to a server, so its error
+    /// comes where PostgreSQL gives it.
+    fn answer_prepare(&mut self) -> bool {
+        let scope = super::rewrite::parsed_scope(self.statements.scope);
+        let mut known = Vec::new();
+        for msg in self.inbox.messages() {
+            match msg {
+                Message::Parse {
+                    name, definition, ..
+                } if !name.is_empty() => match self.ctx.statements.find(definition) {
+                    Some(s) if s.valid_in(scope) && s.effects().is_empty() => {
+                        known.push((Box::<[u8]>::from(name), s))
+                    }
+                    _ => return false,
+                },
+                Message::Sync if !known.is_empty() => break,
+                _ => return false,
+            }
+        }
+        if self.inbox.messages().nth(known.len()).is_none() {
+            return false; // no Sync yet: the client may send more with these
+        }
+        for (name, stmt) in known {
+            self.statements.insert(&name, stmt);
+            self.inbox.pop();
+            self.to_client.extend_from_slice(backend::PARSE_COMPLETE);
+        }
+        self.inbox.pop();
+        backend::ready_for_query(&mut self.to_client, TxStatus::Idle);
+        true
     }
 
     /// Answers the pooler's own settings (`pgsluice.route`, `pgsluice.min_lsn`,

@@ -29,9 +29,34 @@ const NO_STATEMENT: &[u8] = b"pgsluice_none";
 #[derive(Default)]
 pub struct ClientStatements {
     by_name: HashMap<Box<[u8]>, (Arc<Statement>, u64)>,
+    /// The client's pool, a hash of its database and user (`scope`).
+    pub scope: u64,
+}
+
+/// The hash that names a (database, user) pool in `Statement::parsed_in`; never 0.
+pub fn scope(database: &str, user: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (database, user).hash(&mut h);
+    h.finish().max(1)
+}
+
+/// `scope` as of now: a statement parsed before the last change of a statement's result
+/// (`prepared::reprepared`) is not taken as valid without a server.
+pub fn parsed_scope(scope: u64) -> u64 {
+    let generation = crate::server::prepared::reprepared();
+    (scope ^ generation.wrapping_mul(0x9e37_79b9_7f4a_7c15)).max(1)
 }
 
 impl ClientStatements {
+    /// No names yet, for a client of the pool `scope` names.
+    pub fn new(scope: u64) -> ClientStatements {
+        ClientStatements {
+            by_name: HashMap::new(),
+            scope,
+        }
+    }
+
     pub fn get(&self, name: &[u8]) -> Option<&Arc<Statement>> {
         self.by_name.get(name).map(|(s, _)| s)
     }
@@ -225,6 +250,7 @@ pub fn described(
     while let Some((stmt, told)) = describing.pop_front() {
         if stmt.id == statement {
             stmt.described(shape);
+            stmt.parsed_in(parsed_scope(statements.scope));
             if told {
                 statements.renew(&stmt);
             }

@@ -122,7 +122,7 @@ pub async fn run(
         to_client: BytesMut::new(),
         params: SessionParams::new(login.params),
         reg,
-        statements: ClientStatements::default(),
+        statements: ClientStatements::new(super::rewrite::scope(&login.database, &login.user)),
         spare: Spare::default(),
         pinned: Features::NONE,
         warned: Features::NONE,

@@ -30,6 +30,9 @@ pub struct Statement {
     /// described it before the last change must prepare it again, as on PostgreSQL.
     shape: AtomicU64,
     epoch: AtomicU64,
+    /// The pool (a hash of its database and user) where a server last parsed it, so that a
+    /// client of that pool preparing it again needs no server to hear it is valid.
+    parsed_in: AtomicU64,
 }
 
 impl Statement {
@@ -68,6 +71,16 @@ impl Statement {
         (class, hint)
     }
 
+    /// A server of pool `scope` parsed and described it.
+    pub fn parsed_in(&self, scope: u64) {
+        self.parsed_in.store(scope, Ordering::Relaxed);
+    }
+
+    /// Whether a server of pool `scope` was the last to parse it.
+    pub fn valid_in(&self, scope: u64) -> bool {
+        scope != 0 && self.parsed_in.load(Ordering::Relaxed) == scope
+    }
+
     /// A replica refused it as a write: every client's next Bind of it goes to the primary.
     pub fn mark_wrote(&self) {
         self.wrote.store(true, Ordering::Relaxed);
@@ -93,6 +106,12 @@ pub struct Registry {
 }
 
 impl Registry {
+    /// The statement of `definition`, if some client has it now.
+    pub fn find(&self, definition: &[u8]) -> Option<Arc<Statement>> {
+        let map = self.by_definition.lock().unwrap_or_else(|e| e.into_inner());
+        map.get(definition).and_then(Weak::upgrade)
+    }
+
     pub fn get(&self, definition: &[u8]) -> Arc<Statement> {
         let mut map = self.by_definition.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(s) = map.get(definition).and_then(Weak::upgrade) {
@@ -109,6 +128,7 @@ impl Registry {
             wrote: AtomicBool::new(false),
             shape: AtomicU64::new(0),
             epoch: AtomicU64::new(0),
+            parsed_in: AtomicU64::new(0),
         });
         map.insert(definition, Arc::downgrade(&stmt));
         // Drop dead entries whenever the map has doubled since the last sweep.
@@ -134,6 +154,7 @@ mod tests {
         assert_ne!(r.get(b"select 2\0\0\0").id, a.id);
         let id = a.id;
         drop((a, b));
+        assert!(r.find(b"select 1\0\0\0").is_none(), "gone with its clients");
         assert_ne!(r.get(b"select 1\0\0\0").id, id);
     }
 

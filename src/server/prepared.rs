@@ -32,6 +32,11 @@ impl Default for PreparedCache {
 /// statement and server.
 static REPREPARE: AtomicU64 = AtomicU64::new(0);
 
+/// How many times statements have been doomed process-wide.
+pub fn reprepared() -> u64 {
+    REPREPARE.load(Ordering::Relaxed)
+}
+
 #[derive(Debug, Clone, Copy)]
 struct Entry {
     used: u64,
