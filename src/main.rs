@@ -1,5 +1,5 @@
 //! The command line: `pgsluice [run] --config FILE`, `pgsluice check --config FILE`,
-//! `pgsluice demo`.
+//! `pgsluice convert FILE`, `pgsluice demo`.
 
 use pgsluice::config::Config;
 use std::path::PathBuf;
@@ -9,11 +9,14 @@ use tokio::signal::unix::{signal, SignalKind};
 const USAGE: &str = "usage:
   pgsluice [run] --config FILE    run the pooler
   pgsluice check --config FILE    validate FILE and exit (status 2 when invalid)
+  pgsluice convert FILE           print a PgBouncer INI FILE as pgsluice TOML
+FILE may be pgsluice's TOML or PgBouncer's pgbouncer.ini as it is.
   pgsluice demo                   throwaway primary + replica with pgsluice in front";
 
 enum Command {
     Run(PathBuf),
     Check(PathBuf),
+    Convert(PathBuf),
     Demo,
 }
 
@@ -21,6 +24,7 @@ fn parse_args() -> Result<Command, lexopt::Error> {
     use lexopt::prelude::*;
     let mut parser = lexopt::Parser::from_env();
     let mut sub: Option<String> = None;
+    let mut file: Option<PathBuf> = None;
     let mut config: Option<PathBuf> = None;
     while let Some(arg) = parser.next()? {
         match arg {
@@ -30,6 +34,9 @@ fn parse_args() -> Result<Command, lexopt::Error> {
                 std::process::exit(0);
             }
             Value(v) if sub.is_none() => sub = Some(v.string()?),
+            Value(v) if sub.as_deref() == Some("convert") && file.is_none() => {
+                file = Some(v.into())
+            }
             _ => return Err(arg.unexpected()),
         }
     }
@@ -41,6 +48,11 @@ fn parse_args() -> Result<Command, lexopt::Error> {
     match sub.as_deref() {
         None | Some("run") => Ok(Command::Run(need_config()?)),
         Some("check") => Ok(Command::Check(need_config()?)),
+        Some("convert") => {
+            Ok(Command::Convert(file.or(config).ok_or_else(|| {
+                lexopt::Error::from("convert needs the INI FILE")
+            })?))
+        }
         Some("demo") => Ok(Command::Demo),
         Some(other) => Err(format!("unknown command \"{other}\"").into()),
     }
@@ -52,6 +64,7 @@ fn init_logging() {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false)
+        .with_writer(std::io::stderr)
         .init();
 }
 
@@ -60,6 +73,32 @@ fn runtime() -> tokio::runtime::Runtime {
         .enable_all()
         .build()
         .expect("tokio runtime")
+}
+
+/// `pgsluice convert FILE`: the TOML of a PgBouncer file, checked, on stdout.
+fn convert(path: &std::path::Path) -> ExitCode {
+    use pgsluice::config::ini;
+    let file = path.display().to_string();
+    let converted = std::fs::read_to_string(path)
+        .map_err(|source| pgsluice::config::ConfigError::Read {
+            file: file.clone(),
+            source,
+        })
+        .and_then(|text| ini::convert(&text, &file))
+        .and_then(|c| match Config::from_table(c.table.clone(), &file) {
+            Ok(_) => Ok(c),
+            Err(e) => Err(c.locate(e)),
+        });
+    match converted {
+        Ok(c) => {
+            print!("{}", c.to_toml(&file));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("pgsluice: {e}");
+            ExitCode::from(2)
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -71,8 +110,11 @@ fn main() -> ExitCode {
         }
     };
     match command {
-        Command::Check(path) => match Config::load(&path) {
-            Ok(c) => {
+        Command::Check(path) => match Config::read(&path) {
+            Ok((c, skipped)) => {
+                for (at, why) in skipped {
+                    eprintln!("warning: {at}: not carried over: {why}");
+                }
                 println!(
                     "{}: ok ({} databases, {} users)",
                     path.display(),
@@ -86,8 +128,9 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+        Command::Convert(path) => convert(&path),
         Command::Run(path) => {
-            let config = match Config::load(&path) {
+            let (config, skipped) = match Config::read(&path) {
                 Ok(c) => c,
                 Err(e) => {
                     eprintln!("pgsluice: {e}");
@@ -95,6 +138,9 @@ fn main() -> ExitCode {
                 }
             };
             init_logging();
+            for (at, why) in skipped {
+                tracing::warn!("{at}: not carried over: {why}");
+            }
             runtime().block_on(async {
                 let service = match pgsluice::service::Service::bind(config).await {
                     Ok(s) => s,

@@ -6,7 +6,9 @@
 
 mod console;
 mod duration;
+pub mod ini;
 mod reload;
+mod userlist;
 mod validate;
 
 pub use console::{Access, CONSOLE_DATABASES};
@@ -65,6 +67,7 @@ pub struct General {
     pub listen_port: u16,
     pub pool_mode: PoolMode,
     pub auth_type: AuthType,
+    pub auth_file: String,
     pub max_client_conn: usize,
     pub default_pool_size: usize,
     pub min_pool_size: usize,
@@ -118,6 +121,7 @@ impl Default for General {
             listen_port: 6432,
             pool_mode: PoolMode::Transaction,
             auth_type: AuthType::Md5,
+            auth_file: String::new(),
             max_client_conn: 100,
             default_pool_size: 20,
             min_pool_size: 0,
@@ -335,22 +339,44 @@ impl Database {
 }
 
 impl Config {
+    /// Loads a pgsluice TOML file or a PgBouncer INI file (`ini::is_ini`); what an INI file
+    /// has that pgsluice does not carry over is logged, one warning per setting.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let (config, skipped) = Config::read(path)?;
+        for (at, why) in skipped {
+            tracing::warn!("{at}: not carried over: {why}");
+        }
+        Ok(config)
+    }
+
+    /// `load`, with the INI settings not carried over returned (where, why) rather than logged.
+    pub fn read(path: &Path) -> Result<(Config, Vec<(String, String)>), ConfigError> {
         let file = path.display().to_string();
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             file: file.clone(),
             source,
         })?;
-        Config::parse(&text, &file)
+        if !ini::is_ini(path, &text) {
+            return Ok((Config::parse(&text, &file)?, Vec::new()));
+        }
+        let converted = ini::convert(&text, &file)?;
+        let config =
+            Config::from_table(converted.table.clone(), &file).map_err(|e| converted.locate(e))?;
+        Ok((config, converted.skipped))
     }
 
     pub fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
-        let mut table: toml::Table =
+        let table: toml::Table =
             text.parse()
                 .map_err(|e: toml::de::Error| ConfigError::Syntax {
                     file: file.into(),
                     message: e.to_string().trim_end().to_owned(),
                 })?;
+        Config::from_table(table, file)
+    }
+
+    /// A configuration from the table of a TOML file (or of a converted INI file).
+    pub fn from_table(mut table: toml::Table, file: &str) -> Result<Config, ConfigError> {
         let databases = table
             .remove("databases")
             .unwrap_or_else(|| toml::Table::new().into());
@@ -375,11 +401,18 @@ impl Config {
             serde_path_to_error::deserialize(databases).map_err(|e| key_err("databases", e))?;
         let users: BTreeMap<String, User> =
             serde_path_to_error::deserialize(users).map_err(|e| key_err("users", e))?;
-        let config = Config {
+        let mut config = Config {
             general,
             databases,
             users,
         };
+        config
+            .read_auth_file()
+            .map_err(|message| ConfigError::Key {
+                file: file.into(),
+                key: "auth_file".into(),
+                message,
+            })?;
         config
             .validate()
             .map_err(|(key, message)| ConfigError::Key {
@@ -388,6 +421,27 @@ impl Config {
                 message,
             })?;
         Ok(config)
+    }
+
+    /// Adds the users of `auth_file` (PgBouncer's userlist.txt): a user also in `[users]`
+    /// keeps its settings there and takes the file's secret when it has none of its own.
+    fn read_auth_file(&mut self) -> Result<(), String> {
+        let path = &self.general.auth_file;
+        if path.is_empty() {
+            return Ok(());
+        }
+        let text = std::fs::read_to_string(path).map_err(|e| format!("{path}: {e}"))?;
+        let users = userlist::parse(&text).map_err(|(n, why)| format!("{path}:{n}: {why}"))?;
+        for (name, secret) in users {
+            let user = self.users.entry(name).or_insert(User {
+                password: None,
+                pool_size: None,
+                pool_mode: None,
+                max_user_connections: None,
+            });
+            user.password.get_or_insert(secret);
+        }
+        Ok(())
     }
 
     /// Server connections allowed for a database across all its pools (0 = no limit).

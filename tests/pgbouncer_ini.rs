@@ -1,0 +1,190 @@
+//! PgBouncer's files as they are: a guide-style pgbouncer.ini with md5 and a userlist.txt
+//! serves psql and pgbench, settings pgsluice lacks are warned about by name, `convert` gives
+//! a TOML file that `check` passes and that runs with the same SHOW CONFIG, and a reload
+//! re-reads the userlist.
+
+mod support;
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+use support::{pgbench, primary, wait_for, APP_PASSWORD};
+
+fn pgsluice(args: &[&str], config: &Path) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_pgsluice"))
+        .args(args)
+        .arg(config)
+        .output()
+        .unwrap()
+}
+
+/// Runs pgsluice on `config`, its log into `log`.
+fn run(config: &Path, log: &Path) -> Child {
+    let file = std::fs::File::create(log).unwrap();
+    Command::new(env!("CARGO_BIN_EXE_pgsluice"))
+        .args(["run", "--config"])
+        .arg(config)
+        .stdout(file.try_clone().unwrap())
+        .stderr(Stdio::from(file))
+        .spawn()
+        .unwrap()
+}
+
+fn psql(port: u16, user: &str, password: &str, db: &str, sql: &str) -> std::process::Output {
+    Command::new(pgsluice::localpg::pg_bindir().join("psql"))
+        .args(["-X", "-h", "127.0.0.1", "-p", &port.to_string(), "-U", user])
+        .args(["-d", db, "-Atc", sql])
+        .env("PGPASSWORD", password)
+        .output()
+        .unwrap()
+}
+
+fn answers(port: u16) -> bool {
+    wait_for(Duration::from_secs(10), || {
+        psql(port, "app", APP_PASSWORD, "app", "SELECT 1")
+            .status
+            .success()
+    })
+}
+
+fn show_config(port: u16) -> String {
+    let out = psql(port, "app", APP_PASSWORD, "pgsluice", "SHOW CONFIG");
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn a_pgbouncer_ini_and_userlist_run_as_they_are() {
+    let pg = primary();
+    let md5_hash = pg
+        .psql("SELECT rolpassword FROM pg_authid WHERE rolname = 'md5user'")
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let userlist = dir.path().join("userlist.txt");
+    std::fs::write(
+        &userlist,
+        format!(";; written by hand\n\"app\" \"{APP_PASSWORD}\"\n\"md5user\" \"{md5_hash}\"\n"),
+    )
+    .unwrap();
+    let (port, http) = (
+        pgsluice::localpg::free_port(),
+        pgsluice::localpg::free_port(),
+    );
+    // As the guides write it, inline comments included (PgBouncer itself refuses those).
+    let ini = dir.path().join("pgbouncer.ini");
+    std::fs::write(
+        &ini,
+        format!(
+            "# /etc/pgbouncer/pgbouncer.ini\n[databases]\n\
+             app = host=127.0.0.1 port={pg_port} dbname=app\n\n\
+             [pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = {port}\n\
+             auth_type = md5\nauth_file = {userlist}\n\
+             logfile = /var/log/pgbouncer/pgbouncer.log\nunix_socket_dir = /tmp\n\n\
+             # Pool sizing\npool_mode = transaction\n\
+             max_client_conn = 300  # Total from all app instances\n\
+             default_pool_size = 25 # Actual DB connections\nreserve_pool_size = 5\n\
+             admin_users = app\nhttp_listen = 127.0.0.1:{http}\n",
+            pg_port = pg.port,
+            userlist = userlist.display(),
+        ),
+    )
+    .unwrap();
+
+    let check = pgsluice(&["check", "--config"], &ini);
+    let warnings = String::from_utf8_lossy(&check.stderr);
+    assert!(check.status.success(), "{warnings}");
+    for key in ["[pgbouncer] logfile", "[pgbouncer] unix_socket_dir"] {
+        assert!(warnings.contains(key), "no warning names {key}: {warnings}");
+    }
+
+    let log = dir.path().join("ini.log");
+    let mut child = run(&ini, &log);
+    assert!(answers(port), "{}", std::fs::read_to_string(&log).unwrap());
+    let logged = std::fs::read_to_string(&log).unwrap();
+    assert!(logged.contains("[pgbouncer] logfile"), "{logged}");
+    // md5user logs in with the md5 hash from the userlist, to pgsluice and to the server.
+    let out = psql(port, "md5user", "md5 pw", "app", "SELECT current_user");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "md5user");
+    let out = psql(port, "md5user", "wrong", "app", "SELECT 1");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("password authentication failed"));
+    pgbench(port, &["-i", "-s", "1", "-q"]);
+    let text = pgbench(port, &["-n", "-c", "8", "-j", "2", "-t", "50"]);
+    assert!(
+        text.contains("number of transactions actually processed: 400/400"),
+        "{text}"
+    );
+    let from_ini = show_config(port);
+
+    // A user added to the userlist can log in after a reload, without a restart.
+    pg.psql("CREATE ROLE late LOGIN PASSWORD 'late pw'; GRANT ALL ON DATABASE app TO late")
+        .unwrap();
+    assert!(!psql(port, "late", "late pw", "app", "SELECT 1")
+        .status
+        .success());
+    let mut list = std::fs::read_to_string(&userlist).unwrap();
+    list.push_str("\"late\" \"late pw\"\n");
+    std::fs::write(&userlist, list).unwrap();
+    Command::new("kill")
+        .args(["-HUP", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(wait_for(Duration::from_secs(10), || {
+        psql(port, "late", "late pw", "app", "SELECT 1")
+            .status
+            .success()
+    }));
+    std::fs::write(
+        &userlist,
+        format!("\"app\" \"{APP_PASSWORD}\"\n\"md5user\" \"{md5_hash}\"\n"),
+    )
+    .unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+
+    // convert: a TOML file that check passes, and that runs with the same SHOW CONFIG.
+    let converted = pgsluice(&["convert"], &ini);
+    assert!(converted.status.success(), "{converted:?}");
+    let text = String::from_utf8(converted.stdout).unwrap();
+    assert!(
+        text.contains("# not carried over:") && text.contains("[pgbouncer] logfile"),
+        "{text}"
+    );
+    let toml = dir.path().join("converted.toml");
+    std::fs::write(&toml, &text).unwrap();
+    let check = pgsluice(&["check", "--config"], &toml);
+    assert!(check.status.success(), "{check:?}\n{text}");
+    let mut child = run(&toml, &dir.path().join("toml.log"));
+    assert!(answers(port));
+    assert_eq!(show_config(port), from_ini);
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+#[test]
+fn a_bad_value_names_file_section_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let ini = dir.path().join("pgbouncer.ini");
+    for (text, place) in [
+        (
+            "[databases]\napp = host=127.0.0.1 port=5432\n[pgbouncer]\ndefault_pool_size = lots\n",
+            "[pgbouncer] default_pool_size",
+        ),
+        (
+            "[databases]\napp = host=127.0.0.1 port=none\n[pgbouncer]\n",
+            "[databases] app",
+        ),
+        (
+            "[databases]\napp = port=5432\n[pgbouncer]\nauth_type = pam\n",
+            "[pgbouncer] auth_type",
+        ),
+    ] {
+        std::fs::write(&ini, text).unwrap();
+        let out = pgsluice(&["check", "--config"], &ini);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{text}: {err}");
+        assert!(
+            err.contains("pgbouncer.ini") && err.contains(place),
+            "{text}: {err}"
+        );
+    }
+}
