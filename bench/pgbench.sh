@@ -277,7 +277,7 @@ echo
 printf '%-22s %7s | %12s %8s | %12s %8s | %9s\n' \
     script clients ryw_off_tps lat_ms ryw_on_tps lat_ms "on_vs_off"
 for c in $REPLICA_CLIENTS; do
-    for spec in "simple tpcb-like" "simple select-only"; do
+    for spec in "simple tpcb-like" "prepared tpcb-like" "simple select-only"; do
         read -r mode script <<<"$spec"
         : >"$work/ryw_off" >"$work/ryw_on"
         for r in $(seq "$ROUNDS"); do

@@ -108,8 +108,9 @@ impl Service {
 /// Serves one client from accept to close.
 async fn handle(ctx: Arc<Context>, stream: TcpStream, peer: SocketAddr) {
     let _ = stream.set_nodelay(true);
-    let mut stream = Stream::Plain(stream);
     let config = ctx.config.load_full();
+    crate::stream::tune(&stream, &crate::server::tcp_tuning(&config.general));
+    let mut stream = Stream::Plain(stream);
     let Some(_admitted) = ctx.admit() else {
         tracing::warn!(%peer, "client refused: max_client_conn reached");
         let message = "no more connections allowed (max_client_conn)";

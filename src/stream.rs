@@ -8,6 +8,44 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsStream;
 
+/// TCP keepalive and `TCP_USER_TIMEOUT` for a socket (PgBouncer's `tcp_*` settings): how a
+/// peer that went silent without closing (a cut network path, a stopped host) is noticed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct TcpTuning {
+    pub keepalive: bool,
+    /// Seconds idle before the first probe, between probes, and probes lost before the
+    /// connection is dropped; 0 keeps the system's value.
+    pub idle: u64,
+    pub interval: u64,
+    pub count: u32,
+    /// Milliseconds sent data may stay unacknowledged; 0 keeps the system's value.
+    pub user_timeout_ms: u64,
+}
+
+/// Applies `t` to `tcp`; an option the system refuses is left as it was.
+pub fn tune(tcp: &TcpStream, t: &TcpTuning) {
+    let sock = socket2::SockRef::from(tcp);
+    if t.keepalive {
+        let mut ka = socket2::TcpKeepalive::new();
+        if t.idle > 0 {
+            ka = ka.with_time(std::time::Duration::from_secs(t.idle));
+        }
+        if t.interval > 0 {
+            ka = ka.with_interval(std::time::Duration::from_secs(t.interval));
+        }
+        if t.count > 0 {
+            ka = ka.with_retries(t.count);
+        }
+        let _ = sock.set_tcp_keepalive(&ka);
+    } else {
+        let _ = sock.set_keepalive(false);
+    }
+    if t.user_timeout_ms > 0 {
+        let timeout = std::time::Duration::from_millis(t.user_timeout_ms);
+        let _ = sock.set_tcp_user_timeout(Some(timeout));
+    }
+}
+
 pub enum Stream {
     Plain(TcpStream),
     Tls(Box<TlsStream<TcpStream>>),

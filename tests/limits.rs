@@ -239,3 +239,93 @@ async fn idle_clients_and_idle_transactions_time_out() {
         .await
         .unwrap();
 }
+
+/// The pid of the primary's backend running a query that contains `marker`, once it runs.
+fn backend_running(pg: &pgsluice::localpg::LocalPostgres, marker: &str) -> Option<String> {
+    let sql = format!(
+        "SELECT pid FROM pg_stat_activity WHERE query LIKE '%{marker}%' \
+         AND pid <> pg_backend_pid() AND state = 'active'"
+    );
+    let mut pid = None;
+    support::wait_for(Duration::from_secs(10), || {
+        pid = pg.psql(&sql).ok().filter(|p| !p.is_empty());
+        pid.is_some()
+    });
+    pid
+}
+
+fn signal(pid: &str, name: &str) {
+    let ok = std::process::Command::new("kill")
+        .args([&format!("-{name}"), pid])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill -{name} {pid}");
+}
+
+/// A server that stops answering mid-query (its backend stopped with SIGSTOP, as a network
+/// partition would leave it): the client gets "query timeout" within query_timeout (+1 s),
+/// the others are served meanwhile, and so is the next client after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_stops_answering_is_bounded_by_query_timeout() {
+    let pg = primary();
+    let pooler = Pooler::start(&pg, "query_timeout = 2\ndefault_pool_size = 3");
+    let stuck = connect(&pooler, "app", APP_PASSWORD).await;
+    let query = tokio::spawn(async move {
+        let start = Instant::now();
+        let r = stuck.simple_query("SELECT 'stop-me', pg_sleep(0.5)").await;
+        (r, start.elapsed())
+    });
+    let pid = backend_running(&pg, "stop-me").expect("the query runs");
+    signal(&pid, "STOP");
+    let other = connect(&pooler, "app", APP_PASSWORD).await;
+    for _ in 0..20 {
+        other.simple_query("SELECT 1").await.unwrap();
+    }
+    let waited = tokio::time::timeout(Duration::from_secs(10), query).await;
+    signal(&pid, "CONT");
+    let (r, took) = waited.expect("no answer within 10 s").unwrap();
+    let err = r.expect_err("a stopped server gives no answer");
+    let db = err.as_db_error().expect("an error from pgsluice");
+    assert_eq!(db.code().code(), "08P01");
+    assert_eq!(db.message(), "query timeout");
+    assert!(took < Duration::from_secs(3), "took {took:?}");
+    let next = connect(&pooler, "app", APP_PASSWORD).await;
+    next.simple_query("SELECT 1").await.unwrap();
+}
+
+/// A transaction open longer than transaction_timeout, busy or not, ends with "transaction
+/// timeout", and its work is rolled back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_transaction_is_bounded_by_transaction_timeout() {
+    let pg = primary();
+    let pooler = Pooler::start(&pg, "transaction_timeout = 1");
+    let c = connect(&pooler, "app", APP_PASSWORD).await;
+    c.batch_execute("CREATE TABLE tt (x int)").await.unwrap();
+    let start = Instant::now();
+    let err = c
+        .batch_execute("BEGIN; INSERT INTO tt VALUES (1); SELECT pg_sleep(10)")
+        .await
+        .expect_err("cut off");
+    assert_eq!(
+        err.as_db_error().map(|e| e.message()),
+        Some("transaction timeout")
+    );
+    assert!(
+        start.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        start.elapsed()
+    );
+    let next = connect(&pooler, "app", APP_PASSWORD).await;
+    let wait = || async {
+        let rows = next.simple_query("SELECT count(*) FROM tt").await.unwrap();
+        rows.iter().any(
+            |m| matches!(m, tokio_postgres::SimpleQueryMessage::Row(r) if r.get(0) == Some("0")),
+        )
+    };
+    assert!(wait().await, "the insert was rolled back");
+    // Short transactions are not affected.
+    next.batch_execute("BEGIN; INSERT INTO tt VALUES (2); COMMIT")
+        .await
+        .unwrap();
+}

@@ -39,6 +39,12 @@ pub enum End {
     IdleTimeout,
     #[error("idle_transaction_timeout")]
     IdleTransactionTimeout,
+    /// A unit of work had no complete answer within query_timeout.
+    #[error("query_timeout")]
+    QueryTimeout,
+    /// A transaction stayed open longer than transaction_timeout.
+    #[error("transaction_timeout")]
+    TransactionTimeout,
     /// The server's connection broke under work that could not run elsewhere.
     #[error("server connection lost")]
     ServerGone,
@@ -62,8 +68,9 @@ impl End {
             | End::LeftPaused
             | End::Violation(_)
             | End::IdleTimeout
-            | End::IdleTransactionTimeout => Side::Client,
-            End::ServerGone | End::NoServer(_) | End::Params(_) => Side::Server,
+            | End::IdleTransactionTimeout
+            | End::TransactionTimeout => Side::Client,
+            End::ServerGone | End::NoServer(_) | End::Params(_) | End::QueryTimeout => Side::Server,
             End::Shutdown => Side::Pooler,
         }
     }
@@ -77,6 +84,8 @@ impl End {
             End::Violation(e) => violation(&e.to_string()),
             End::IdleTimeout => violation("client_idle_timeout"),
             End::IdleTransactionTimeout => violation("idle transaction timeout"),
+            End::QueryTimeout => violation("query timeout"),
+            End::TransactionTimeout => violation("transaction timeout"),
             End::ServerGone => Some((sqlstate::CONNECTION_FAILURE, "server conn crashed?".into())),
             End::NoServer(e @ PoolError::Connect(_)) => {
                 Some((sqlstate::CONNECTION_FAILURE, e.to_string()))

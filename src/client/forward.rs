@@ -303,7 +303,12 @@ impl Session<'_> {
     /// Forwards both ways until the link must end.
     pub(super) async fn pump(&mut self, link: &mut Link) -> Unlink {
         let mut progress = Progress::Fresh;
-        let idle_tx = self.config.general.idle_transaction_timeout.enabled();
+        let g = &self.config.general;
+        let limits = Limits {
+            idle_transaction: g.idle_transaction_timeout.enabled(),
+            query: g.query_timeout.enabled(),
+            transaction: g.transaction_timeout.enabled(),
+        };
         loop {
             // What the work did to the session is learnt before the client's next work goes
             // to the server, and before anyone else may have it.
@@ -383,12 +388,8 @@ impl Session<'_> {
             if killed || phase == Phase::Closing || (phase == Phase::Draining && between) {
                 return Unlink::End(End::Shutdown);
             }
-            let waiting_in_tx = idle_tx.filter(|_| {
-                link.ex.tracker.status != TxStatus::Idle
-                    && !link.ex.tracker.busy()
-                    && link.ex.to_server.is_empty()
-            });
-            if let Some(how) = self.step(link, terminating, waiting_in_tx).await {
+            let deadline = limits.next(link);
+            if let Some(how) = self.step(link, terminating, deadline).await {
                 return how;
             }
         }
@@ -400,7 +401,7 @@ impl Session<'_> {
         &mut self,
         link: &mut Link,
         terminating: bool,
-        waiting_in_tx: Option<Duration>,
+        deadline: Option<(Instant, End)>,
     ) -> Option<Unlink> {
         let held = link.pace.held();
         let between = link.ex.tracker.idle() && link.ex.settled();
@@ -444,8 +445,9 @@ impl Session<'_> {
                 Ok(n) if n > 0 => return None,
                 _ => return Some(Unlink::End(End::ClientGone)),
             },
-            _ = sleep_or_never(waiting_in_tx) => {
-                return Some(Unlink::End(End::IdleTransactionTimeout))
+            _ = sleep_until_or_never(deadline.as_ref().map(|d| d.0)) => {
+                let why = deadline.map_or(End::IdleTransactionTimeout, |d| d.1);
+                return Some(Unlink::End(why))
             }
             // Between transactions, as PostgreSQL delivers them.
             note = next_note(&mut self.notes), if between => {
@@ -554,9 +556,43 @@ impl Session<'_> {
     }
 }
 
-async fn sleep_or_never(d: Option<Duration>) {
-    match d {
-        Some(d) => tokio::time::sleep(d).await,
+async fn sleep_until_or_never(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
         None => std::future::pending().await,
+    }
+}
+
+/// The timeouts that bound a link (None: off): a client idle in a transaction, a unit of
+/// work without its whole answer (a server that stopped answering), a transaction open too
+/// long.
+struct Limits {
+    idle_transaction: Option<Duration>,
+    query: Option<Duration>,
+    transaction: Option<Duration>,
+}
+
+impl Limits {
+    /// The first of them to run out from here, and how the session then ends.
+    fn next(&self, link: &Link) -> Option<(Instant, End)> {
+        let t = &link.ex.tracker;
+        let idle_in_tx = t.status != TxStatus::Idle && !t.busy() && link.ex.to_server.is_empty();
+        let idle = self
+            .idle_transaction
+            .filter(|_| idle_in_tx)
+            .map(|d| (Instant::now() + d, End::IdleTransactionTimeout));
+        let query = self
+            .query
+            .filter(|_| t.busy())
+            .zip(link.unit_start)
+            .map(|(d, start)| (start + d, End::QueryTimeout));
+        let transaction = self
+            .transaction
+            .zip(link.xact_start)
+            .map(|(d, start)| (start + d, End::TransactionTimeout));
+        [idle, query, transaction]
+            .into_iter()
+            .flatten()
+            .min_by_key(|(at, _)| *at)
     }
 }

@@ -207,6 +207,16 @@ impl Session<'_> {
     /// someone else, or close it.
     async fn leave(&mut self, mut link: Box<Link>, end: End) -> End {
         let end = self.tell(end).await;
+        if let End::QueryTimeout | End::TransactionTimeout = end {
+            // The server may not answer at all (that is what these limits are for): it is
+            // closed, and asked to stop its work from the side.
+            let key = link.ex.conn.cancel_key.clone();
+            tokio::spawn(async move {
+                let _ = crate::server::cancel(&key).await;
+            });
+            self.members.pools[link.node].release(link.ex.conn, false);
+            return end;
+        }
         if let End::ServerGone = end {
             let node = link.node;
             self.members.pools[node].release(link.ex.conn, false);

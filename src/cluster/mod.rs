@@ -328,6 +328,7 @@ impl Cluster {
             credentials: credentials.clone(),
             tls_mode: general.server_tls_sslmode,
             tls_ca_file: general.server_tls_ca_file.clone(),
+            tcp: crate::server::tcp_tuning(general),
         }
     }
 

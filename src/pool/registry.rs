@@ -163,6 +163,7 @@ fn target(config: &Config, cluster: &Cluster, node: usize, credentials: &Credent
         credentials: credentials.clone(),
         tls_mode: config.general.server_tls_sslmode,
         tls_ca_file: config.general.server_tls_ca_file.clone(),
+        tcp: crate::server::tcp_tuning(&config.general),
     }
 }
 

@@ -23,6 +23,7 @@ fn pool(pg: &LocalPostgres, extra: &str, limits: Limits) -> Arc<Pool> {
         },
         tls_mode: ServerMode::Disable,
         tls_ca_file: String::new(),
+        tcp: Default::default(),
     };
     let metrics = PoolFamilies::new(&prometheus::Registry::new(), "test")
         .for_pool("postgres", "postgres", "node");

@@ -134,6 +134,7 @@ async fn secure(mut tcp: TcpStream, target: &Target) -> Result<Stream, LoginErro
 pub(super) async fn connect(target: &Target) -> Result<Box<ServerConn>, LoginError> {
     let tcp = TcpStream::connect((target.host.as_str(), target.port)).await?;
     tcp.set_nodelay(true)?;
+    crate::stream::tune(&tcp, &target.tcp);
     let mut stream = secure(tcp, target).await?;
     let creds = &target.credentials;
     let mut out = BytesMut::with_capacity(256);

@@ -30,6 +30,18 @@ pub struct Target {
     pub credentials: Credentials,
     pub tls_mode: crate::tls::ServerMode,
     pub tls_ca_file: String,
+    pub tcp: crate::stream::TcpTuning,
+}
+
+/// The `tcp_*` settings, for server and client sockets alike.
+pub fn tcp_tuning(g: &crate::config::General) -> crate::stream::TcpTuning {
+    crate::stream::TcpTuning {
+        keepalive: g.tcp_keepalive,
+        idle: g.tcp_keepidle,
+        interval: g.tcp_keepintvl,
+        count: g.tcp_keepcnt,
+        user_timeout_ms: g.tcp_user_timeout,
+    }
 }
 
 impl Target {
