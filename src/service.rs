@@ -29,11 +29,17 @@ impl Service {
             "*" => "0.0.0.0",
             a => a,
         };
-        let listener = TcpListener::bind((host, config.general.listen_port)).await?;
+        let reuse = config.general.so_reuseport;
+        let port = config.general.listen_port;
+        let addr = match host.contains(':') {
+            true => format!("[{host}]:{port}"),
+            false => format!("{host}:{port}"),
+        };
+        let listener = listen(&addr, reuse).await?;
         let http =
             match config.general.http_listen.as_str() {
                 "" => None,
-                addr => Some(TcpListener::bind(addr).await.map_err(|e| {
+                addr => Some(listen(addr, reuse).await.map_err(|e| {
                     std::io::Error::new(e.kind(), format!("http_listen {addr}: {e}"))
                 })?),
             };
@@ -84,6 +90,15 @@ impl Service {
                 }
             }
         }
+        if self.ctx.phase() == Phase::HandingOver {
+            // Connections already queued on this socket are this process's to serve: closing
+            // it would reset them. The other process takes every later one.
+            while let Ok(Ok((stream, peer))) =
+                tokio::time::timeout(Duration::ZERO, self.listener.accept()).await
+            {
+                tokio::spawn(handle(self.ctx.clone(), stream, peer));
+            }
+        }
         // New clients are refused from here on; /ready already says 503.
         drop(self.listener);
         let timeout = self.ctx.config.load().general.shutdown_timeout.0;
@@ -103,6 +118,32 @@ impl Service {
         let _ = tokio::time::timeout(Duration::from_secs(15), wait_until(&self.ctx, gone)).await;
         tracing::info!("shut down");
     }
+}
+
+/// A listening socket on `addr` ("host:port", the host perhaps an IPv6 address in brackets);
+/// with `reuse_port`, one that another process may bind too (SO_REUSEPORT), so a new
+/// pgsluice can take over the port while this one drains.
+async fn listen(addr: &str, reuse_port: bool) -> std::io::Result<TcpListener> {
+    if !reuse_port {
+        return TcpListener::bind(addr).await;
+    }
+    let addr = tokio::net::lookup_host(addr).await?.next().ok_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("{addr}: no address"),
+        )
+    })?;
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        None,
+    )?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    TcpListener::from_std(socket.into())
 }
 
 /// Serves one client from accept to close.

@@ -63,3 +63,144 @@ async fn two_instances_serve_clients_side_by_side() {
         "each instance keeps to its pool of 3: {servers} server connections"
     );
 }
+
+/// A cancel request that a balancer sends to the other instance is sent on to the one that
+/// gave out the key (`peers`), and cancels the query within a second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_sent_to_another_instance_reaches_its_query() {
+    let pg = primary();
+    let dir = tempfile::tempdir().unwrap();
+    let free = pgsluice::localpg::free_port;
+    let (one, two) = ((free(), free()), (free(), free()));
+    let general = |id: u16, other: u16, port: u16| {
+        format!("peer_id = {id}\npeers = {{ {other} = \"127.0.0.1:{port}\" }}")
+    };
+    let first = Process::start_on(pg.port, dir.path(), "one", &general(1, 2, two.0), one);
+    let second = Process::start_on(pg.port, dir.path(), "two", &general(2, 1, one.0), two);
+    let (c, conn) = tokio_postgres::connect(&first.conn_str(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let token = c.cancel_token();
+    let query = tokio::spawn(async move {
+        let start = std::time::Instant::now();
+        let r = c.simple_query("SELECT pg_sleep(20)").await;
+        (r, start.elapsed())
+    });
+    assert!(support::wait_for(
+        std::time::Duration::from_secs(10),
+        || { support::running(&pg, "pg_sleep(20)") }
+    ));
+    let sent = std::time::Instant::now();
+    let to_other = tokio::net::TcpStream::connect(("127.0.0.1", second.port))
+        .await
+        .unwrap();
+    token
+        .cancel_query_raw(to_other, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    let (r, _) = tokio::time::timeout(std::time::Duration::from_secs(10), query)
+        .await
+        .expect("the query was not cancelled")
+        .unwrap();
+    let err = r.expect_err("cancelled");
+    assert_eq!(
+        err.code(),
+        Some(&tokio_postgres::error::SqlState::QUERY_CANCELED)
+    );
+    assert!(
+        sent.elapsed() < std::time::Duration::from_secs(1),
+        "{:?}",
+        sent.elapsed()
+    );
+}
+
+/// With so_reuseport a second process takes over the port while the first drains after
+/// SIGTERM: a connect-query-disconnect loop all along loses no connection attempt.
+#[test]
+fn a_new_process_takes_over_the_port_without_a_refused_connection() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let pg = primary();
+    let dir = tempfile::tempdir().unwrap();
+    let port = pgsluice::localpg::free_port();
+    let free = pgsluice::localpg::free_port;
+    let mut old = Process::start_on(
+        pg.port,
+        dir.path(),
+        "old",
+        "so_reuseport = true",
+        (port, free()),
+    );
+    let dsn = old.conn_str();
+    let (stop, ok, failed) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicUsize::new(0)),
+        Arc::new(std::sync::Mutex::new(Vec::new())),
+    );
+    let looping = {
+        let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+            rt.block_on(async {
+                while !stop.load(Ordering::Relaxed) && std::time::Instant::now() < deadline {
+                    let once = async {
+                        let (c, conn) =
+                            tokio_postgres::connect(&dsn, tokio_postgres::NoTls).await?;
+                        let conn = tokio::spawn(conn);
+                        c.simple_query("SELECT 1").await?;
+                        drop(c);
+                        let _ = conn.await;
+                        Ok::<_, tokio_postgres::Error>(())
+                    };
+                    match once.await {
+                        Ok(()) => ok.fetch_add(1, Ordering::Relaxed),
+                        Err(e) => {
+                            failed.lock().unwrap().push(format!("{e:?}"));
+                            0
+                        }
+                    };
+                }
+            })
+        })
+    };
+    let served = |n: usize| {
+        let ok = ok.clone();
+        move || ok.load(Ordering::Relaxed) >= n
+    };
+    assert!(support::wait_for(
+        std::time::Duration::from_secs(20),
+        served(50)
+    ));
+    let _new = Process::start_on(
+        pg.port,
+        dir.path(),
+        "new",
+        "so_reuseport = true",
+        (port, free()),
+    );
+    old.signal("TERM");
+    let status = old
+        .exit(std::time::Duration::from_secs(30))
+        .expect("the old one drains and exits");
+    assert!(status.success());
+    let after = ok.load(Ordering::Relaxed);
+    assert!(support::wait_for(
+        std::time::Duration::from_secs(20),
+        served(after + 50)
+    ));
+    stop.store(true, Ordering::Relaxed);
+    looping.join().unwrap();
+    let failed = failed.lock().unwrap();
+    assert!(
+        failed.is_empty(),
+        "{} of {} failed: {:?}",
+        failed.len(),
+        ok.load(Ordering::Relaxed),
+        &failed[..failed.len().min(5)]
+    );
+}

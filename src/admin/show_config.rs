@@ -6,7 +6,13 @@ use crate::config::General;
 use crate::context::Context;
 
 /// Settings a reload cannot change: sockets and keys already handed out.
-const NEEDS_RESTART: &[&str] = &["listen_addr", "listen_port", "http_listen", "peer_id"];
+const NEEDS_RESTART: &[&str] = &[
+    "listen_addr",
+    "listen_port",
+    "http_listen",
+    "peer_id",
+    "so_reuseport",
+];
 
 fn text(v: &toml::Value) -> String {
     match v {

@@ -190,6 +190,25 @@ struct Asked {
     wanted: Vec<(String, String)>,
 }
 
+/// A cancel request whose key another instance gave out (a load balancer sent it here) goes
+/// on to that instance, as PgBouncer's peers do; it is dropped when that peer is unknown.
+async fn to_peer(general: &crate::config::General, process_id: i32, secret_key: i32) {
+    let peer = crate::context::clients::Cancels::issuer(process_id);
+    let Some(addr) = general.peers.get(&peer.to_string()) else {
+        tracing::info!(peer, "cancel request for an unknown peer dropped");
+        return;
+    };
+    tracing::info!(peer, %addr, "cancel request sent on to its peer");
+    let key = crate::server::CancelKey {
+        addr: addr.clone(),
+        process_id,
+        secret_key,
+    };
+    if let Err(e) = crate::server::cancel(&key).await {
+        tracing::warn!(peer, error = %e, "cancel request to peer failed");
+    }
+}
+
 /// Reads the startup packet, answering SSL and GSS requests and forwarding a cancel request
 /// on the way. `None` when the connection ended.
 async fn read_startup(
@@ -243,6 +262,8 @@ async fn read_startup(
                     if let Err(e) = crate::server::cancel(&key).await {
                         tracing::warn!(error = %e, "cancel request to server failed");
                     }
+                } else if !ctx.cancels.ours(process_id) {
+                    to_peer(&config.general, process_id, secret_key).await;
                 }
                 return None;
             }

@@ -252,7 +252,7 @@ impl Session<'_> {
 
     /// The process is shutting down, or an admin asked this client to go.
     pub(super) fn must_go(&self) -> bool {
-        self.ctx.phase() != Phase::Running
+        self.ctx.phase() >= Phase::Draining
             || self
                 .reg
                 .slot

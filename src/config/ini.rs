@@ -130,6 +130,7 @@ fn read(
             "pgbouncer" => setting(general, key, value, at, out)?,
             "databases" => database(key, value, at, out)?,
             "users" => user(key, value, at, out)?,
+            "peers" => peer(key, value, at, out)?,
             _ => out.skip(at, "pgsluice has no such section"),
         }
     }
@@ -348,6 +349,34 @@ fn database(name: &str, value: &str, at: String, out: &mut Converted) -> Result<
     Ok(())
 }
 
+/// `[peers]`: `ID = host=… port=…`, as `peers.ID = "host:port"`.
+fn peer(id: &str, value: &str, at: String, out: &mut Converted) -> Result<(), ConfigError> {
+    let (mut host, mut port) = (None, None);
+    for (key, v) in pairs(value).map_err(|m| key_error(&at, m))? {
+        match key.as_str() {
+            "host" => host = Some(v),
+            "port" => port = Some(v),
+            _ => out.skip(
+                format!("{at} ({key})"),
+                "pgsluice needs only host and port of a peer",
+            ),
+        }
+    }
+    let host = host.ok_or_else(|| key_error(&at, "a peer needs host=".into()))?;
+    let port = port.unwrap_or_else(|| "6432".into());
+    let addr = match host.contains(':') {
+        true => format!("[{host}]:{port}"),
+        false => format!("{host}:{port}"),
+    };
+    out.origins.push((format!("peers.{id}"), at));
+    out.table
+        .entry("peers")
+        .or_insert_with(|| toml::Table::new().into())
+        .as_table_mut()
+        .map(|t| t.insert(id.to_owned(), addr.into()));
+    Ok(())
+}
+
 fn database_without(key: &str) -> &'static str {
     match key {
         "auth_user" | "auth_dbname" | "auth_query" => "auth_query is not supported yet",
@@ -397,7 +426,8 @@ mod tests {
         ; Pool sizing\npool_mode = transaction\n\
         max_client_conn = 300  # Total from all app instances\n\
         default_pool_size = 25 ; Actual DB connections\nreserve_pool_size = 5\n\
-        query_wait_timeout = 0.5\nadmin_users = alice, bob\npin_session_features = 0\n";
+        query_wait_timeout = 0.5\nadmin_users = alice, bob\npin_session_features = 0\n\
+        [peers]\n1 = host=10.0.0.1 port=6432\n2 = host=::1\n";
 
     fn config(text: &str) -> Result<(Config, Converted), ConfigError> {
         let c = convert(text, "pgb.ini")?;
@@ -422,6 +452,8 @@ mod tests {
         assert_eq!(odd.password.as_deref(), Some("it's"));
         assert_eq!(odd.pool_size, Some(5));
         assert_eq!(c.users["report"].max_user_connections, Some(3));
+        assert_eq!(c.general.peers["1"], "10.0.0.1:6432");
+        assert_eq!(c.general.peers["2"], "[::1]:6432");
         let skipped: Vec<&str> = conv.skipped.iter().map(|(at, _)| at.as_str()).collect();
         assert_eq!(
             skipped,

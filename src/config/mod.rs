@@ -96,6 +96,10 @@ pub struct General {
     pub max_packet_size: usize,
     pub max_prepared_statements: usize,
     pub peer_id: u16,
+    /// Where the other instances are, by peer_id: a cancel request with a key another
+    /// instance gave out is sent on to it.
+    pub peers: BTreeMap<String, String>,
+    pub so_reuseport: bool,
     pub server_check_delay: Seconds,
     pub server_check_query: String,
     pub health_check_interval: Seconds,
@@ -157,6 +161,8 @@ impl Default for General {
             max_packet_size: 1_073_741_823,
             max_prepared_statements: 200,
             peer_id: 0,
+            peers: BTreeMap::new(),
+            so_reuseport: false,
             server_check_delay: Seconds::secs(30),
             server_check_query: "select 1".into(),
             health_check_interval: Seconds::secs(5),

@@ -13,6 +13,7 @@ impl Config {
             ("listen_port", o.listen_port != n.listen_port),
             ("http_listen", o.http_listen != n.http_listen),
             ("peer_id", o.peer_id != n.peer_id),
+            ("so_reuseport", o.so_reuseport != n.so_reuseport),
         ]
         .into_iter()
         .filter_map(|(key, changed)| changed.then_some(key))
@@ -21,6 +22,7 @@ impl Config {
         n.listen_port = o.listen_port;
         n.http_listen.clone_from(&o.http_listen);
         n.peer_id = o.peer_id;
+        n.so_reuseport = o.so_reuseport;
         changed
     }
 }

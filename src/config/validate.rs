@@ -34,6 +34,18 @@ impl Config {
         if g.peer_id > 16383 {
             return bad("peer_id", "must be between 0 and 16383".into());
         }
+        for (id, addr) in &g.peers {
+            let key = format!("peers.{id}");
+            if !matches!(id.parse::<u16>(), Ok(1..=16383)) {
+                return bad(&key, "a peer_id between 1 and 16383".into());
+            }
+            let port = addr
+                .rsplit_once(':')
+                .and_then(|(h, p)| (!h.is_empty()).then_some(p));
+            if port.and_then(|p| p.parse::<u16>().ok()).is_none() {
+                return bad(&key, format!("\"{addr}\" is not host:port"));
+            }
+        }
         if g.max_packet_size < 1024 {
             return bad("max_packet_size", "must be at least 1024".into());
         }

@@ -1,8 +1,9 @@
 //! Cancel keys handed to clients, and which server each client's query is running on; also
 //! what the admin console shows of each client, and a flag that asks a client to go.
 //!
-//! The process id we give a client carries this instance's peer_id in its top bits, so a
-//! later peer-forwarding step can tell which instance issued a key. The secret is random.
+//! The process id we give a client carries this instance's peer_id in its top bits, so an
+//! instance that receives a cancel request can tell which instance issued the key (and send
+//! it on to that peer). The secret is random.
 
 use crate::server::CancelKey;
 use std::collections::HashMap;
@@ -88,6 +89,16 @@ impl Cancels {
             next: AtomicU32::new(0),
             slots: Mutex::default(),
         }
+    }
+
+    /// The peer_id of the instance that gave out `process_id`.
+    pub fn issuer(process_id: i32) -> u16 {
+        ((process_id as u32) >> SEQ_BITS) as u16
+    }
+
+    /// Whether this instance gave out `process_id`.
+    pub fn ours(&self, process_id: i32) -> bool {
+        u32::from(Cancels::issuer(process_id)) == self.peer_id
     }
 
     pub fn register(&self, peer: SocketAddr) -> Registration<'_> {

@@ -25,6 +25,9 @@ pub type StatsSample = crate::metrics::report::ByDatabase;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Phase {
     Running = 0,
+    /// Another process has the port too (so_reuseport) and takes the new clients: this one
+    /// accepts none, and its clients go on as before until they leave.
+    HandingOver,
     /// No new clients; transactions in flight may finish, then each client is closed.
     Draining,
     /// Every client is closed now; open transactions are rolled back.
@@ -93,13 +96,21 @@ impl Context {
     }
 
     /// Begins shutting down: `fast` closes clients at once instead of letting their
-    /// transactions finish. A later call may only hurry it on.
+    /// transactions finish; otherwise, with so_reuseport, the process hands over to the one
+    /// that shares its port. A later call may only hurry it on.
     pub fn shutdown(&self, fast: bool) {
         let to = if fast {
             Phase::Closing
+        } else if self.config.load().general.so_reuseport {
+            Phase::HandingOver
         } else {
             Phase::Draining
         };
+        self.enter(to);
+    }
+
+    /// Moves on to phase `to`, if it is later than the current one.
+    pub fn enter(&self, to: Phase) {
         let changed = self.control.send_if_modified(|p| {
             let later = to > *p;
             if later {
@@ -125,7 +136,8 @@ impl Context {
     pub fn phase(&self) -> Phase {
         match self.phase_now.load(Ordering::Relaxed) {
             0 => Phase::Running,
-            1 => Phase::Draining,
+            1 => Phase::HandingOver,
+            2 => Phase::Draining,
             _ => Phase::Closing,
         }
     }

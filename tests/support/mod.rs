@@ -351,10 +351,21 @@ impl Process {
     /// Starts it with `general` settings in front of a database `app` on `pg_port`, and waits
     /// until /ready says 200.
     pub fn start(pg_port: u16, dir: &std::path::Path, name: &str, general: &str) -> Process {
-        let (port, http) = (
+        let ports = (
             pgsluice::localpg::free_port(),
             pgsluice::localpg::free_port(),
         );
+        Process::start_on(pg_port, dir, name, general, ports)
+    }
+
+    /// `start`, listening on `port` with /ready on `http`.
+    pub fn start_on(
+        pg_port: u16,
+        dir: &std::path::Path,
+        name: &str,
+        general: &str,
+        (port, http): (u16, u16),
+    ) -> Process {
         let path = dir.join(format!("{name}.toml"));
         std::fs::write(
             &path,
