@@ -236,6 +236,13 @@ impl LocalPostgres {
         Ok(())
     }
 
+    /// Promotes a replica to primary, waiting until it accepts writes.
+    pub fn promote(&self) -> std::io::Result<()> {
+        let data = self.data.to_string_lossy().into_owned();
+        pg_tool(&self.bindir, "pg_ctl", &["-D", &data, "-w", "promote"])?;
+        Ok(())
+    }
+
     /// Runs SQL as the superuser in database `postgres` and returns psql's unaligned output.
     pub fn psql(&self, sql: &str) -> std::io::Result<String> {
         self.psql_in("postgres", sql)

@@ -1,5 +1,6 @@
 //! A replica dies under load and comes back: reads outside transactions never see an error,
-//! and the replica gets reads again once it passes a health check.
+//! and the replica gets reads again once it passes a health check. With `role = "auto"`, a
+//! promoted replica takes the writes once the primary is gone.
 
 mod support;
 
@@ -219,4 +220,133 @@ async fn a_restarted_replica_gets_reads_within_ten_seconds_of_its_restart() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     eprintln!("reads back {:?} after the restart", restarted.elapsed());
+}
+
+/// The port a write ran on, or the error it got.
+async fn write(client: &tokio_postgres::Client) -> Result<u16, tokio_postgres::Error> {
+    port_of(
+        client,
+        "INSERT INTO items (v) VALUES (-1) RETURNING inet_server_port()",
+    )
+    .await
+}
+
+/// `role = "auto"`: the primary stops, replica 1 is promoted, and writes in a bounded loop go
+/// to it within two health check intervals of the promotion, with no restart or reload.
+/// Every failed write meanwhile is a clean error, and SHOW NODES shows the new roles.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_follow_a_promoted_replica() {
+    let pg = Arc::new(Replicated::start());
+    let interval = Duration::from_secs(1);
+    let pooler = pg.pooler(
+        "health_check_interval = 1\nadmin_users = [\"app\"]",
+        "role = \"auto\"",
+    );
+    let cluster = pooler.ctx.clusters.get("app").unwrap();
+    let mut client = connect(&pooler, "app", APP_PASSWORD).await;
+    assert_eq!(write(&client).await.unwrap(), pg.primary.port);
+    let pg2 = pg.clone();
+    tokio::task::spawn_blocking(move || pg2.primary.stop(false))
+        .await
+        .unwrap()
+        .expect("stop the primary");
+    let pg2 = pg.clone();
+    tokio::task::spawn_blocking(move || pg2.replicas[0].promote())
+        .await
+        .unwrap()
+        .expect("promote replica 1");
+    let promoted = Instant::now();
+    let mut failures = Vec::new();
+    let new_primary = pg.replicas[0].port;
+    loop {
+        match write(&client).await {
+            Ok(port) => {
+                assert_eq!(port, new_primary, "a write went to a replica");
+                break;
+            }
+            Err(e) => {
+                let code = e.code().map(|c| c.code().to_owned());
+                let clean = ["08006", "57P01", "57P02", "57P03", "08P01"];
+                assert!(
+                    code.as_deref().is_some_and(|c| clean.contains(&c)),
+                    "not a clean error: {e:?}"
+                );
+                failures.push(code.unwrap_or_default());
+                // A FATAL error ends the session: the application connects again.
+                client = connect(&pooler, "app", APP_PASSWORD).await;
+            }
+        }
+        assert!(
+            promoted.elapsed() < 2 * interval + Duration::from_millis(500),
+            "writes did not reach the new primary within two health check intervals: {failures:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eprintln!(
+        "writes on the new primary {:?} after the promotion, {} failed meanwhile: {failures:?}",
+        promoted.elapsed(),
+        failures.len()
+    );
+    assert_eq!(cluster.primary(), 1);
+    let (_, rows) = pooler.admin_table("pgsluice", "SHOW NODES");
+    let roles: Vec<&str> = rows
+        .iter()
+        .map(|r| r.split('|').nth(2).unwrap_or(""))
+        .collect();
+    assert_eq!(roles, ["replica", "primary", "replica"], "{rows:?}");
+    // Reads still work, and more writes land on the new primary.
+    for _ in 0..5 {
+        assert_eq!(write(&client).await.unwrap(), new_primary);
+        port_of(&client, "SELECT inet_server_port()").await.unwrap();
+    }
+}
+
+/// `role = "auto"`: a replica promoted while the primary still runs makes two primaries:
+/// writes are refused with a clear error and /ready says 503, until the old one stops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_primaries_refuse_writes_until_one_remains() {
+    let pg = Arc::new(Replicated::start());
+    let pooler = pg.pooler("health_check_interval = 1", "role = \"auto\"");
+    let cluster = pooler.ctx.clusters.get("app").unwrap();
+    let client = connect(&pooler, "app", APP_PASSWORD).await;
+    assert_eq!(write(&client).await.unwrap(), pg.primary.port);
+    assert!(support::wait_for(Duration::from_secs(10), || pooler
+        .http_get("/ready")
+        .0
+        == 200));
+    let pg2 = pg.clone();
+    tokio::task::spawn_blocking(move || pg2.replicas[0].promote())
+        .await
+        .unwrap()
+        .expect("promote replica 1");
+    let contested = || cluster.leader() == pgsluice::cluster::Leader::Contested;
+    assert!(support::wait_for(Duration::from_secs(5), contested));
+    let err = write(&client)
+        .await
+        .expect_err("a write with two primaries");
+    let db = err.as_db_error().expect("an error from pgsluice");
+    assert_eq!(db.code().code(), "08006");
+    assert!(
+        db.message()
+            .contains("more than one node claims to be the primary"),
+        "{db:?}"
+    );
+    let (status, body) = pooler.http_get("/ready");
+    assert_eq!(status, 503, "{body}");
+    // Reads go on, to the replica that is still one.
+    assert_eq!(
+        port_of(&client, "SELECT inet_server_port()").await.unwrap(),
+        pg.replicas[1].port
+    );
+    let pg2 = pg.clone();
+    tokio::task::spawn_blocking(move || pg2.primary.stop(false))
+        .await
+        .unwrap()
+        .expect("stop the old primary");
+    assert!(support::wait_for(Duration::from_secs(5), || !contested()));
+    assert_eq!(write(&client).await.unwrap(), pg.replicas[0].port);
+    assert!(support::wait_for(Duration::from_secs(5), || pooler
+        .http_get("/ready")
+        .0
+        == 200));
 }

@@ -27,7 +27,8 @@ pub fn table(ctx: &Context) -> Table {
                 .filter_map(|m| m.pools.get(i))
                 .map(|p| p.stats().active)
                 .sum();
-            let health = match (node.role, node.usable()) {
+            let role = cluster.role(i);
+            let health = match (role, node.usable()) {
                 (Role::Primary, _) if cluster.primary_reachable() == Reachability::Unreachable => {
                     "unreachable"
                 }
@@ -39,7 +40,7 @@ pub fn table(ctx: &Context) -> Table {
             t.row(vec![
                 Cell::from(&cluster.database),
                 Cell::from(&node.addr),
-                Cell::from(match node.role {
+                Cell::from(match role {
                     Role::Primary => "primary",
                     Role::Replica => "replica",
                 }),

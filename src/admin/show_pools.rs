@@ -29,7 +29,11 @@ pub fn table(ctx: &Context) -> Table {
         let stats = m.pool_stats();
         let clients = m.client_counts(&stats);
         for (pool, s) in m.pools.iter().zip(stats) {
-            let idle_clients = if pool.node == 0 { clients.idle } else { 0 };
+            let idle_clients = if pool.node == m.cluster.primary() {
+                clients.idle
+            } else {
+                0
+            };
             let mode = match pool.setup().settings.pool_mode {
                 crate::config::PoolMode::Session => "session",
                 crate::config::PoolMode::Transaction => "transaction",

@@ -152,7 +152,7 @@ impl Session<'_> {
     pub(super) fn waited_for_replay(&mut self, node: usize) {
         if let Some(since) = self.waiting.take() {
             let waits = &self.members.floor_waits;
-            let to = if node == 0 {
+            let to = if node == self.members.cluster.primary() {
                 &waits.to_primary
             } else {
                 &waits.to_replica

@@ -220,7 +220,7 @@ impl Session<'_> {
         if let End::ServerGone = end {
             let node = link.node;
             self.members.pools[node].release(link.ex.conn, false);
-            if policy::may_ban(node) {
+            if policy::may_ban(&self.members.cluster, node) {
                 self.ban(node, "server connection lost");
             }
             return end;

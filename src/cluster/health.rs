@@ -1,7 +1,7 @@
 //! The control plane's view of each node: one connection of the pooler's own per node, a
 //! cheap query on a timer that also reads WAL positions, and from them bans, unbans and lag.
 
-use super::{Cluster, Lsn, Role};
+use super::{Cluster, Leader, Lsn, Role};
 use crate::config::General;
 use crate::server::query::{self, Row};
 use crate::server::{ServerConn, Target};
@@ -54,7 +54,7 @@ impl Checker {
             // Nothing to route between, or nobody to log in as until a client has connected:
             // only whether the primary answers, without a login of our own.
             _ => {
-                let p = &cluster.nodes[0];
+                let p = &cluster.nodes[cluster.primary()];
                 cluster.set_primary_reachable(answers(&p.host, p.port, timeout).await);
                 cluster.round_done();
                 return Vec::new();
@@ -64,7 +64,7 @@ impl Checker {
         let mut checks = tokio::task::JoinSet::new();
         for i in 0..cluster.nodes.len() {
             // The primary is always checked: readiness depends on it.
-            if i > 0 && cluster.in_ban_time(i) {
+            if i != cluster.primary() && cluster.in_ban_time(i) {
                 self.conns[i] = None;
                 continue;
             }
@@ -84,8 +84,8 @@ impl Checker {
             self.conns[i] = conn;
             match result {
                 Ok(p) => {
-                    let expected = cluster.nodes[i].role == Role::Replica;
-                    if p.in_recovery != expected {
+                    let expected = cluster.role(i) == Role::Replica;
+                    if !cluster.auto && p.in_recovery != expected {
                         tracing::warn!(db = %cluster.database, node = %cluster.nodes[i].addr, in_recovery = p.in_recovery, "node's role differs from the configuration");
                     }
                     if cluster.check_passed(i) {
@@ -100,10 +100,28 @@ impl Checker {
                 }
             }
         }
-        cluster.set_primary_reachable(probes[0].is_some());
-        if let Some(primary) = &probes[0] {
-            for (i, p) in probes.iter().enumerate().skip(1) {
-                let Some(p) = p else { continue };
+        if cluster.auto {
+            let was = cluster.primary();
+            if let Some(leader) = leader_of(&probes) {
+                let claims = probes
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, p)| p.as_ref().is_some_and(|p| !p.in_recovery))
+                    .fold(0u64, |bits, (i, _)| bits | 1 << i.min(63));
+                if cluster.set_leader(leader, claims) {
+                    // Its idle connections lead to a node that is gone or no longer primary.
+                    changed.push(was);
+                }
+            }
+        }
+        let primary = cluster.primary();
+        cluster.set_primary_reachable(probes[primary].is_some());
+        if let Some(primary_probe) = &probes[primary] {
+            for (i, p) in probes.iter().enumerate() {
+                let Some(p) = p.as_ref().filter(|_| i != primary) else {
+                    continue;
+                };
+                let primary = primary_probe;
                 let bytes = primary.lsn.saturating_sub(p.lsn);
                 // Caught up means no lag, however long ago the last transaction was.
                 let time = if bytes == 0 {
@@ -123,6 +141,22 @@ impl Checker {
         cluster.round_done();
         changed
     }
+}
+
+/// Which node is the primary after a round of probes (`role = "auto"`): the one node out of
+/// recovery, or contested when more than one is; None when no node answered as primary (the
+/// last one found stays, and its writes fail until one answers).
+fn leader_of(probes: &[Option<Probe>]) -> Option<Leader> {
+    let mut primaries = probes
+        .iter()
+        .enumerate()
+        .filter(|(_, p)| p.as_ref().is_some_and(|p| !p.in_recovery))
+        .map(|(i, _)| i);
+    let first = primaries.next()?;
+    Some(match primaries.next() {
+        None => Leader::Node(first),
+        Some(_) => Leader::Contested,
+    })
 }
 
 /// Whether a PostgreSQL server listens at host:port: an SSLRequest gets a one-byte answer

@@ -15,7 +15,7 @@ pub use lsn::Lsn;
 pub use node::{BanTimes, Health, Node, Reachability, Role, Usable};
 
 use crate::config::General;
-use crate::config::{Config, LoadBalance, ReadFromPrimary};
+use crate::config::{Config, LoadBalance, ReadFromPrimary, Roles};
 use crate::server::{Credentials, Target};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
@@ -30,6 +30,7 @@ struct Topology {
     dbname: String,
     read_from_primary: ReadFromPrimary,
     load_balance: LoadBalance,
+    roles: Roles,
 }
 
 impl Topology {
@@ -46,11 +47,38 @@ impl Topology {
             dbname: db.dbname.clone().unwrap_or_else(|| database.to_owned()),
             read_from_primary: db.read_from_primary,
             load_balance: db.load_balance,
+            roles: db.role,
         })
     }
 }
 
-/// One database's nodes; `nodes[0]` is the primary.
+/// Which node is the primary now, as the health checks found it (`role = "auto"`), in one
+/// word: an index, or that more than one node claims to be primary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Leader {
+    Node(usize),
+    /// Two or more nodes are out of recovery at once: writes are refused until one remains.
+    Contested,
+}
+
+impl Leader {
+    fn encode(self) -> usize {
+        match self {
+            Leader::Node(i) => i,
+            Leader::Contested => usize::MAX,
+        }
+    }
+
+    fn decode(word: usize) -> Leader {
+        match word {
+            usize::MAX => Leader::Contested,
+            i => Leader::Node(i),
+        }
+    }
+}
+
+/// One database's nodes: `nodes[0]` is the configured `host`, and the primary unless
+/// `role = "auto"` finds another one.
 #[derive(Debug)]
 pub struct Cluster {
     pub database: String,
@@ -60,12 +88,20 @@ pub struct Cluster {
     pub nodes: Vec<Node>,
     pub read_from_primary: ReadFromPrimary,
     pub load_balance: LoadBalance,
-    /// Replica indices in weighted round-robin order, and the same with the primary as a
-    /// member (the router decides which applies).
-    replicas_schedule: Vec<usize>,
+    /// The nodes' roles are found by the health checks (`role = "auto"`).
+    pub auto: bool,
+    /// A [`Leader`], encoded.
+    leader: AtomicUsize,
+    /// For each node that may be primary, the other nodes in weighted round-robin order; and
+    /// every node so (the router decides which applies).
+    replicas_schedule: Vec<Vec<usize>>,
     all_schedule: Vec<usize>,
     /// Position in a schedule of the next round-robin read.
     pub next: AtomicUsize,
+    /// The last node found to be the only primary, and the nodes out of recovery at the last
+    /// check (a bit per node).
+    last_primary: AtomicUsize,
+    claims: AtomicU64,
     /// Who the health checks log in as: the database's server user, or else the first
     /// client pool's login.
     credentials: Mutex<Option<Credentials>>,
@@ -95,25 +131,33 @@ impl Cluster {
         let nodes: Vec<Node> = topology
             .nodes
             .iter()
-            .enumerate()
-            .map(|(i, (host, port, weight))| {
-                let role = if i == 0 { Role::Primary } else { Role::Replica };
-                Node::new(role, host, *port, *weight)
-            })
+            .map(|(host, port, weight)| Node::new(host, *port, *weight))
             .collect();
         let all: Vec<usize> = (0..nodes.len()).collect();
         let weight = |i: usize| nodes[i].weight;
+        let auto = topology.roles == Roles::Auto;
+        let candidates = if auto { nodes.len() } else { 1 };
+        let replicas_schedule = (0..candidates)
+            .map(|p| {
+                let others: Vec<usize> = all.iter().copied().filter(|&i| i != p).collect();
+                interleave(&others, weight)
+            })
+            .collect();
         let credentials = Cluster::configured_credentials(config, database);
         Some(Cluster {
             database: database.to_owned(),
             dbname: topology.dbname.clone(),
-            replicas_schedule: interleave(&all[1..], weight),
+            auto,
+            leader: AtomicUsize::new(0),
+            replicas_schedule,
             all_schedule: interleave(&all, weight),
             nodes,
             read_from_primary: topology.read_from_primary,
             load_balance: topology.load_balance,
             topology,
             next: AtomicUsize::new(0),
+            last_primary: AtomicUsize::new(0),
+            claims: AtomicU64::new(1),
             credentials: Mutex::new(credentials),
             epoch: Instant::now(),
             primary_state: AtomicU8::new(Reachability::NotChecked as u8),
@@ -183,9 +227,9 @@ impl Cluster {
         let was = Reachability::from_u8(self.primary_state.swap(now as u8, Ordering::Relaxed));
         if was != Reachability::NotChecked && was != now {
             if ok {
-                tracing::info!(db = %self.database, node = %self.nodes[0].addr, "primary reachable again");
+                tracing::info!(db = %self.database, node = %self.nodes[self.primary()].addr, "primary reachable again");
             } else {
-                tracing::warn!(db = %self.database, node = %self.nodes[0].addr, "primary unreachable");
+                tracing::warn!(db = %self.database, node = %self.nodes[self.primary()].addr, "primary unreachable");
             }
         }
     }
@@ -194,13 +238,59 @@ impl Cluster {
         self.nodes.len() > 1
     }
 
+    /// Which node is the primary now.
+    pub fn leader(&self) -> Leader {
+        Leader::decode(self.leader.load(Ordering::Relaxed))
+    }
+
+    /// The node writes go to: the primary, or while two nodes claim to be, the last one
+    /// found alone (writes are refused then; see `leader`).
+    pub fn primary(&self) -> usize {
+        match self.leader() {
+            Leader::Node(i) => i,
+            Leader::Contested => self.last_primary.load(Ordering::Relaxed),
+        }
+    }
+
+    pub fn role(&self, node: usize) -> Role {
+        match self.leader() {
+            Leader::Node(i) if i == node => Role::Primary,
+            Leader::Contested if self.claims.load(Ordering::Relaxed) & (1 << node.min(63)) != 0 => {
+                Role::Primary
+            }
+            _ => Role::Replica,
+        }
+    }
+
+    /// The health checks found `leader`, with `claims` the bit set of nodes out of
+    /// recovery. True when the primary moved to another node.
+    pub(crate) fn set_leader(&self, leader: Leader, claims: u64) -> bool {
+        self.claims.store(claims, Ordering::Relaxed);
+        let was = Leader::decode(self.leader.swap(leader.encode(), Ordering::Relaxed));
+        if was == leader {
+            return false;
+        }
+        match leader {
+            Leader::Node(i) => {
+                let before = self.last_primary.swap(i, Ordering::Relaxed);
+                tracing::warn!(db = %self.database, node = %self.nodes[i].addr, "primary is now this node");
+                before != i
+            }
+            Leader::Contested => {
+                tracing::error!(db = %self.database, claims, "more than one node claims to be primary: writes refused until one remains");
+                false
+            }
+        }
+    }
+
     /// The weighted round-robin order of reads: over the replicas, or with the primary as a
     /// member too.
     pub fn schedule(&self, with_primary: bool) -> &[usize] {
         if with_primary {
             &self.all_schedule
         } else {
-            &self.replicas_schedule
+            let p = self.primary().min(self.replicas_schedule.len() - 1);
+            &self.replicas_schedule[p]
         }
     }
 

@@ -130,7 +130,6 @@ impl Reachability {
 
 #[derive(Debug)]
 pub struct Node {
-    pub role: Role,
     pub host: String,
     pub port: u16,
     pub weight: u32,
@@ -203,9 +202,8 @@ impl Strikes {
 }
 
 impl Node {
-    pub(super) fn new(role: Role, host: &str, port: u16, weight: u32) -> Node {
+    pub(super) fn new(host: &str, port: u16, weight: u32) -> Node {
         Node {
-            role,
             host: host.to_owned(),
             port,
             weight,

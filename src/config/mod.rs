@@ -215,6 +215,21 @@ pub struct Database {
     pub read_from_primary: ReadFromPrimary,
     #[serde(default)]
     pub load_balance: LoadBalance,
+    /// Which node is the primary: `host`, or whichever the health checks find.
+    #[serde(default)]
+    pub role: Roles,
+}
+
+/// How the nodes of a database get their roles.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Roles {
+    /// `host` is the primary, `replicas` are replicas.
+    #[default]
+    Primary,
+    /// `host` and `replicas` are all candidates: the one that is not in recovery
+    /// (`pg_is_in_recovery()`) is the primary, so a promotion is followed.
+    Auto,
 }
 
 /// One entry of `replicas`: `"host:port"`, or a table with a weight.

@@ -256,18 +256,26 @@ impl crate::metrics::http::Status for Context {
             return Err(format!("database {} is paused", c.database));
         }
         for cluster in self.clusters.all() {
+            if cluster.leader() == crate::cluster::Leader::Contested {
+                return Err(format!(
+                    "database {}: more than one node claims to be primary",
+                    cluster.database
+                ));
+            }
             match cluster.primary_reachable() {
                 Reachability::Reachable => {}
                 Reachability::Unreachable => {
                     return Err(format!(
                         "database {}: primary {} unreachable",
-                        cluster.database, cluster.nodes[0].addr
+                        cluster.database,
+                        cluster.nodes[cluster.primary()].addr
                     ))
                 }
                 Reachability::NotChecked => {
                     return Err(format!(
                         "database {}: primary {} not checked yet",
-                        cluster.database, cluster.nodes[0].addr
+                        cluster.database,
+                        cluster.nodes[cluster.primary()].addr
                     ))
                 }
             }

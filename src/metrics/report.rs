@@ -143,15 +143,17 @@ impl Metrics {
         }
         for cluster in clusters.all() {
             let db = cluster.database.as_str();
-            for node in &cluster.nodes {
-                let role = match node.role {
-                    Role::Primary => "primary",
-                    Role::Replica => "replica",
+            for (i, node) in cluster.nodes.iter().enumerate() {
+                let (role, was) = match cluster.role(i) {
+                    Role::Primary => ("primary", "replica"),
+                    Role::Replica => ("replica", "primary"),
                 };
+                // A node whose role changed (role = "auto") is shown under its new one only.
+                let _ = g.banned.remove_label_values(&[db, &node.addr, was, inst]);
                 g.banned
                     .with_label_values(&[db, &node.addr, role, inst])
                     .set((node.usable() == Usable::Banned) as i64);
-                if node.role == Role::Replica {
+                if role == "replica" {
                     let (bytes, time) = node.lag();
                     g.lag_bytes
                         .with_label_values(&[db, &node.addr, inst])

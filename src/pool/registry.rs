@@ -111,7 +111,7 @@ impl Drop for InState {
 
 impl Members {
     pub fn primary(&self) -> &Arc<Pool> {
-        &self.pools[0]
+        &self.pools[self.cluster.primary()]
     }
 }
 

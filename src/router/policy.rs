@@ -7,7 +7,7 @@
 use super::classify::{Class, Hint, WriteReason};
 use super::reason::{RouteCounters, RouteReason};
 use super::work::Work;
-use crate::cluster::{Cluster, Lsn, Role, Usable};
+use crate::cluster::{Cluster, Leader, Lsn, Role, Usable};
 use crate::config::{LoadBalance, PoolMode, ReadFromPrimary};
 use crate::protocol::sqlstate;
 use std::sync::atomic::Ordering;
@@ -112,9 +112,11 @@ pub enum Unplaced {
     /// again.
     #[error("no replica has replayed this client's writes yet")]
     Behind,
+    /// More than one node claims to be primary (role = "auto"): a write could land on
+    /// either, so none goes until one remains.
+    #[error("more than one node claims to be the primary: writes are refused until one remains")]
+    Contested,
 }
-
-const PRIMARY: usize = 0;
 
 /// Decides where the client's next unit of work runs, and counts the decision. `work` is only
 /// asked for when there is a choice to make: a database without replicas sends everything to
@@ -127,11 +129,14 @@ pub fn decide(
 ) -> Result<Decision, Unplaced> {
     let d = if cluster.has_replicas() || session.route != RouteMode::Auto {
         let d = place(cluster, &work(), session)?;
+        if d.node == cluster.primary() && cluster.leader() == Leader::Contested {
+            return Err(Unplaced::Contested);
+        }
         tracing::debug!(db = %cluster.database, node = %cluster.nodes[d.node].addr, reason = d.reason.name(), "route");
         d
     } else {
         Decision {
-            node: PRIMARY,
+            node: cluster.primary(),
             reason: RouteReason::NoReplicas,
             flow: Flow::Stream,
             writes: false,
@@ -157,7 +162,7 @@ pub fn retry(
         return None;
     }
     let retry = match failure {
-        Failure::Checkout { .. } if node == PRIMARY => return None,
+        Failure::Checkout { .. } if node == cluster.primary() => return None,
         Failure::Checkout { connect } => Retry {
             ban: connect,
             why: "connection failed",
@@ -172,7 +177,7 @@ pub fn retry(
     };
     counters.bump(RouteReason::Retry);
     Some(Retry {
-        ban: retry.ban && may_ban(node),
+        ban: retry.ban && may_ban(cluster, node),
         ..retry
     })
 }
@@ -180,8 +185,8 @@ pub fn retry(
 /// Whether the data path may ban `node` after a failure (a retried unit's, or a server that
 /// broke under work that cannot be retried): only replicas. The primary keeps its writes
 /// whatever happens, and its health is the checker's to judge.
-pub fn may_ban(node: usize) -> bool {
-    node != PRIMARY
+pub fn may_ban(cluster: &Cluster, node: usize) -> bool {
+    node != cluster.primary()
 }
 
 /// Server errors a held-back read may be retried after elsewhere, and whether its node is
@@ -224,12 +229,14 @@ fn read_flow(retryable: bool) -> Flow {
 }
 
 fn place(cluster: &Cluster, work: &Work, session: &Session) -> Result<Decision, Unplaced> {
+    let primary = cluster.primary();
     let on_primary = |reason| Decision {
-        node: PRIMARY,
+        node: primary,
         reason,
         flow: Flow::Stream,
         writes: true,
     };
+    let read_on_primary = |reason| read_on(primary, reason);
     let transaction_mode = session.pool_mode == PoolMode::Transaction;
     // Each node at most once per unit of work.
     let retryable = transaction_mode
@@ -280,10 +287,10 @@ fn place(cluster: &Cluster, work: &Work, session: &Session) -> Result<Decision, 
     Ok(read(cluster, session, RouteReason::Read, retryable)?.or(read_on_primary))
 }
 
-/// A read that falls back to the primary: one unit, writing nothing.
-fn read_on_primary(reason: RouteReason) -> Decision {
+/// A read that falls back to the primary (`node`): one unit, writing nothing.
+fn read_on(node: usize, reason: RouteReason) -> Decision {
     Decision {
-        node: PRIMARY,
+        node,
         reason,
         flow: Flow::OneUnit,
         writes: false,
@@ -331,9 +338,16 @@ fn read(
     retryable: bool,
 ) -> Result<Pick, Unplaced> {
     let avoid = session.avoid;
-    let usable = |i: usize| Some(i) != avoid && cluster.nodes[i].usable() == Usable::Yes;
+    // While two nodes claim to be primary, neither is read from: one of them is diverging.
+    let contested = cluster.leader() == Leader::Contested;
+    let usable = |i: usize| {
+        Some(i) != avoid
+            && cluster.nodes[i].usable() == Usable::Yes
+            && !(contested && cluster.role(i) == Role::Primary)
+    };
     let floor = session.floor;
-    let caught_up = |i: usize| i == PRIMARY || cluster.nodes[i].replayed() >= floor;
+    let primary = cluster.primary();
+    let caught_up = |i: usize| i == primary || cluster.nodes[i].replayed() >= floor;
     let behind = floor > Lsn(0) && {
         let schedule = cluster.schedule(cluster.read_from_primary == ReadFromPrimary::Always);
         let any_usable = schedule.iter().any(|&i| usable(i));
@@ -377,7 +391,7 @@ fn read(
         .nodes
         .iter()
         .enumerate()
-        .filter(|(_, n)| n.role == Role::Replica);
+        .filter(|(i, _)| cluster.role(*i) == Role::Replica);
     let why = if replicas
         .clone()
         .any(|(i, n)| Some(i) != avoid && n.usable() == Usable::Lagging)

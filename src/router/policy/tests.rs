@@ -148,7 +148,35 @@ fn retries_go_elsewhere_once_per_node_and_ban_only_replicas() {
     let again = Session { wrote: true, ..TX };
     let d = decide(&c, &work("SELECT f()"), &again).unwrap();
     assert_eq!((d.node, d.reason), (0, RouteReason::WriteFunction));
-    assert!(may_ban(1) && !may_ban(0));
+    assert!(may_ban(&c, 1) && !may_ban(&c, 0));
+}
+
+#[test]
+fn with_auto_roles_the_found_primary_takes_writes_and_a_contest_refuses_them() {
+    let c = cluster("role = \"auto\"");
+    assert_eq!(
+        decide(&c, &work("INSERT INTO t VALUES (1)"), &TX)
+            .unwrap()
+            .node,
+        0
+    );
+    // Node 1 was promoted (the checks found it alone out of recovery).
+    c.set_leader(crate::cluster::Leader::Node(1), 0b010);
+    assert_eq!(c.primary(), 1);
+    assert_eq!(c.role(1), Role::Primary);
+    assert_eq!(c.role(0), Role::Replica);
+    let write = decide(&c, &work("INSERT INTO t VALUES (1)"), &TX).unwrap();
+    assert_eq!(write.node, 1);
+    for _ in 0..6 {
+        let read = decide(&c, &work("SELECT 1"), &TX).unwrap();
+        assert_ne!(read.node, 1, "reads go to the others");
+    }
+    assert!(!may_ban(&c, 1) && may_ban(&c, 0));
+    // Two nodes out of recovery: no write goes anywhere, reads still go to a replica.
+    c.set_leader(crate::cluster::Leader::Contested, 0b011);
+    let refused = decide(&c, &work("INSERT INTO t VALUES (1)"), &TX);
+    assert_eq!(refused.unwrap_err(), Unplaced::Contested);
+    assert_eq!(decide(&c, &work("SELECT 1"), &TX).unwrap().node, 2);
 }
 
 #[test]
