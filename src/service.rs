@@ -237,7 +237,10 @@ async fn supervise(ctx: Arc<Context>) {
                 watchers.push((cluster, task));
             }
         }
-        ctx.topology_changed.notified().await;
+        tokio::select! {
+            _ = ctx.topology_changed.notified() => {}
+            _ = ctx.clusters.added.notified() => {}
+        }
     }
 }
 

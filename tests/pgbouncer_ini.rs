@@ -188,3 +188,50 @@ fn a_bad_value_names_file_section_and_key() {
         );
     }
 }
+
+/// PgBouncer's fallback database `*`: a client of any database not listed gets a pool for it,
+/// with that name on the server, and SHOW DATABASES lists it once used.
+#[test]
+fn the_fallback_database_serves_any_name() {
+    let pg = primary();
+    let dir = tempfile::tempdir().unwrap();
+    let userlist = dir.path().join("userlist.txt");
+    std::fs::write(&userlist, format!("\"app\" \"{APP_PASSWORD}\"\n")).unwrap();
+    let (port, http) = (
+        pgsluice::localpg::free_port(),
+        pgsluice::localpg::free_port(),
+    );
+    let ini = dir.path().join("pgbouncer.ini");
+    std::fs::write(
+        &ini,
+        format!(
+            "[databases]\n* = host=127.0.0.1 port={pg_port}\n[pgbouncer]\n\
+             listen_addr = 127.0.0.1\nlisten_port = {port}\nauth_type = md5\n\
+             auth_file = {userlist}\nadmin_users = app\nhttp_listen = 127.0.0.1:{http}\n",
+            pg_port = pg.port,
+            userlist = userlist.display(),
+        ),
+    )
+    .unwrap();
+    let mut child = run(&ini, &dir.path().join("ini.log"));
+    assert!(answers(port));
+    for db in ["app", "postgres"] {
+        let out = psql(port, "app", APP_PASSWORD, db, "SELECT current_database()");
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), db, "{out:?}");
+    }
+    let out = psql(port, "app", APP_PASSWORD, "nosuch", "SELECT 1");
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("does not exist"),
+        "{out:?}"
+    );
+    let listed = psql(port, "app", APP_PASSWORD, "pgsluice", "SHOW DATABASES");
+    let listed = String::from_utf8_lossy(&listed.stdout).into_owned();
+    let names: Vec<&str> = listed.lines().filter_map(|l| l.split('|').next()).collect();
+    assert!(
+        names.contains(&"app") && names.contains(&"postgres"),
+        "{listed}"
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+}

@@ -25,7 +25,7 @@ pub fn table(ctx: &Context) -> Table {
     ]);
     let config = ctx.config.load();
     let totals = crate::metrics::report::totals(&ctx.pools);
-    for (name, db) in &config.databases {
+    for (name, db) in &ctx.clusters.served(&config) {
         let cluster = ctx.clusters.get(name);
         let mode = match db.pool_mode.unwrap_or(config.general.pool_mode) {
             PoolMode::Session => "session",

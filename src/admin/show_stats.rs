@@ -62,7 +62,13 @@ pub fn table(ctx: &Context, which: Which) -> Table {
         ),
         None => averages(&empty, &empty, 0.0),
     };
-    let mut names: Vec<String> = ctx.config.load().databases.keys().cloned().collect();
+    let config = ctx.config.load();
+    let mut names: Vec<String> = ctx
+        .clusters
+        .served(&config)
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
     names.extend(totals.keys().cloned());
     names.sort();
     names.dedup();

@@ -304,7 +304,7 @@ async fn pool_login(
         floor,
         wanted,
     } = asked;
-    if !config.databases.contains_key(&database) {
+    if config.database(&database).is_none() {
         stream
             .fatal(
                 &out,

@@ -35,7 +35,7 @@ struct Topology {
 
 impl Topology {
     fn of(config: &Config, database: &str) -> Option<Topology> {
-        let db = config.databases.get(database)?;
+        let db = config.database(database)?;
         let mut nodes = vec![(db.host.clone(), db.port, 1)];
         nodes.extend(
             db.replica_list()
@@ -389,7 +389,7 @@ impl Cluster {
 
     /// The database's own server login, when the configuration names one.
     pub fn configured_credentials(config: &Config, database: &str) -> Option<Credentials> {
-        let db = config.databases.get(database)?;
+        let db = config.database(database)?;
         db.user.as_ref().map(|u| Credentials {
             user: u.clone(),
             secret: db
@@ -468,6 +468,9 @@ fn interleave(members: &[usize], weight: impl Fn(usize) -> u32) -> Vec<usize> {
 #[derive(Debug, Default)]
 pub struct Clusters {
     map: Mutex<BTreeMap<String, Arc<Cluster>>>,
+    /// Told when a client's first login to a database served by the fallback `*` section
+    /// made a cluster for it.
+    pub added: tokio::sync::Notify,
 }
 
 impl Clusters {
@@ -475,11 +478,30 @@ impl Clusters {
         let map = config
             .databases
             .keys()
+            .filter(|name| *name != crate::config::FALLBACK)
             .filter_map(|name| Some((name.clone(), Arc::new(Cluster::new(config, name)?))))
             .collect();
         Clusters {
             map: Mutex::new(map),
+            added: tokio::sync::Notify::new(),
         }
+    }
+
+    /// The cluster of `database`, made on first use when the fallback `*` section serves it.
+    pub fn get_or_add(&self, config: &Config, database: &str) -> Option<Arc<Cluster>> {
+        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(c) = map.get(database) {
+            return Some(c.clone());
+        }
+        if config.databases.contains_key(database) {
+            return None;
+        }
+        let cluster = Arc::new(Cluster::new(config, database)?);
+        map.insert(database.to_owned(), cluster.clone());
+        drop(map);
+        tracing::info!(db = %database, "database served by the fallback \"*\" section");
+        self.added.notify_one();
+        Some(cluster)
     }
 
     /// Applies a reloaded configuration: a database whose topology is unchanged keeps its
@@ -488,7 +510,20 @@ impl Clusters {
     pub fn reload(&self, config: &Config) {
         let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
         let mut next = BTreeMap::new();
-        for name in config.databases.keys() {
+        let listed = config
+            .databases
+            .keys()
+            .filter(|n| *n != crate::config::FALLBACK);
+        // Databases the fallback served stay while it does (and they are not listed now).
+        let served: Vec<String> = match config.databases.contains_key(crate::config::FALLBACK) {
+            true => map
+                .keys()
+                .filter(|n| !config.databases.contains_key(*n))
+                .cloned()
+                .collect(),
+            false => Vec::new(),
+        };
+        for name in listed.chain(served.iter()) {
             let old = map.remove(name);
             let kept = old
                 .clone()
@@ -523,6 +558,24 @@ impl Clusters {
             .unwrap_or_else(|e| e.into_inner())
             .get(database)
             .cloned()
+    }
+
+    /// The databases clients may use by name: those listed (but the fallback `*`) and those
+    /// the fallback has served so far, sorted, each with its settings.
+    pub fn served<'c>(&self, config: &'c Config) -> Vec<(String, &'c crate::config::Database)> {
+        let map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        let mut names: Vec<&String> = config
+            .databases
+            .keys()
+            .filter(|n| *n != crate::config::FALLBACK)
+            .chain(map.keys())
+            .collect();
+        names.sort();
+        names.dedup();
+        names
+            .into_iter()
+            .filter_map(|n| Some((n.clone(), config.database(n)?)))
+            .collect()
     }
 
     pub fn all(&self) -> Vec<Arc<Cluster>> {

@@ -313,13 +313,6 @@ fn database_key(key: &str) -> Option<fn(&str) -> toml::Value> {
 }
 
 fn database(name: &str, value: &str, at: String, out: &mut Converted) -> Result<(), ConfigError> {
-    if name == "*" {
-        out.skip(
-            at,
-            "a fallback database is not supported yet: clients must name a listed database",
-        );
-        return Ok(());
-    }
     let mut entry = toml::Table::new();
     for (key, v) in pairs(value).map_err(|m| key_error(&at, m))? {
         if key == "host" && (v.contains(',') || v.starts_with('/')) {

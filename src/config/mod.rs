@@ -330,6 +330,9 @@ pub struct User {
     pub max_user_connections: Option<usize>,
 }
 
+/// The name of the fallback database section: it serves clients of any database not listed.
+pub const FALLBACK: &str = "*";
+
 /// A loaded and validated configuration.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
@@ -479,12 +482,20 @@ impl Config {
         Ok(())
     }
 
+    /// The settings of `database`: its own section, or else the fallback `[databases."*"]`
+    /// (PgBouncer's `*`), which serves any name with that name on the server.
+    pub fn database(&self, database: &str) -> Option<&Database> {
+        if database == FALLBACK {
+            return None;
+        }
+        self.databases
+            .get(database)
+            .or_else(|| self.databases.get(FALLBACK))
+    }
+
     /// Server connections allowed for a database across all its pools (0 = no limit).
     pub fn max_db_connections(&self, database: &str) -> usize {
-        let db = self
-            .databases
-            .get(database)
-            .and_then(|d| d.max_db_connections);
+        let db = self.database(database).and_then(|d| d.max_db_connections);
         db.unwrap_or(self.general.max_db_connections)
     }
 
@@ -497,7 +508,7 @@ impl Config {
     /// Resolves one pool's settings: the database's value wins over the user's, which wins over
     /// the global default (PgBouncer's order for pool_size and pool_mode).
     pub fn pool_settings(&self, database: &str, user: &str) -> Option<PoolSettings> {
-        let db = self.databases.get(database)?;
+        let db = self.database(database)?;
         let u = self.users.get(user);
         let g = &self.general;
         Some(PoolSettings {

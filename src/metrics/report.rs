@@ -366,7 +366,7 @@ fn compat_databases(out: &mut String, totals: &ByDatabase, clusters: &Clusters, 
     ];
     for (name, help, get) in columns {
         let mut f = Family::new(out, name, "gauge", help);
-        for (db_name, db) in &config.databases {
+        for (db_name, db) in &clusters.served(config) {
             let row = DbRow {
                 db,
                 config,

@@ -141,7 +141,7 @@ fn shared_limit(
 
 /// Who a pool of (database, user) logs in to servers as.
 fn credentials(config: &Config, database: &str, user: &str) -> Option<Credentials> {
-    config.databases.get(database)?;
+    config.database(database)?;
     Some(
         Cluster::configured_credentials(config, database).unwrap_or_else(|| Credentials {
             user: user.to_owned(),
@@ -192,7 +192,7 @@ impl Pools {
             return Some(m.clone());
         }
         let settings = config.pool_settings(database, user)?;
-        let cluster = clusters.get(database)?;
+        let cluster = clusters.get_or_add(config, database)?;
         let credentials = credentials(config, database, user)?;
         cluster.offer_credentials(&credentials);
         let mut pools = Vec::with_capacity(cluster.nodes.len());
