@@ -122,6 +122,7 @@ impl Session<'_> {
         // by every client of the database would cost a cache line bouncing between cores on
         // every transaction.
         self.await_pool_floor().await;
+        let since = std::time::Instant::now();
         let (decision, checkout) = loop {
             let facts = self.facts();
             let work = || {
@@ -147,13 +148,17 @@ impl Session<'_> {
                 Waited::Server(c) => break (decision, c),
                 Waited::Failed(e) => {
                     let connect = matches!(e, PoolError::Connect(_));
-                    let failure = Failure::Checkout { connect };
+                    let recovering = connect && self.members.pools[node].login_recovering(since);
+                    let failure = Failure::Checkout {
+                        connect,
+                        recovering,
+                    };
                     let cluster = &*self.members.cluster;
                     let Some(retry) = policy::retry(cluster, &self.routes, &facts, node, failure)
                     else {
                         return Err(End::NoServer(e));
                     };
-                    tracing::warn!(db = %cluster.database, node = %cluster.nodes[node].addr, error = %e, "replica unavailable, placing the work again");
+                    tracing::warn!(db = %cluster.database, node = %cluster.nodes[node].addr, error = %e, reason = retry.why, "placing the work again");
                     self.failed_on(node, retry);
                 }
             }

@@ -115,6 +115,25 @@ impl Pool {
         ) && conn.buf.is_empty()
     }
 
+    /// Whether a client whose server login failed, waiting since `since`, may try again: the
+    /// next try waits a little (doubling with each failure in a row, from 100 ms), so a server
+    /// restart of a second costs clients nothing. Not once the server is known to be down
+    /// (the wait has grown to server_login_retry), nor past query_wait_timeout.
+    pub fn login_recovering(&self, since: Instant) -> bool {
+        let setup = self.setup();
+        let retry = setup.timeouts.login_retry;
+        let down = self
+            .lock()
+            .last_failure
+            .as_ref()
+            .is_some_and(|f| f.known_down(retry));
+        !down
+            && setup
+                .timeouts
+                .query_wait
+                .is_none_or(|t| since.elapsed() < t)
+    }
+
     /// Takes an idle connection, or a slot to open one, or a place in the wait queue.
     async fn take(&self, start: Instant, settings: Option<u64>) -> Result<Checkout, PoolError> {
         let ticket = match self.take_now(settings)? {
@@ -167,7 +186,10 @@ impl Pool {
             while let Some(conn) = inner.idle.pop() {
                 if self.expired(&conn, now) {
                     inner.total -= 1;
-                    expired.push(conn);
+                    expired.push((conn, "server_lifetime"));
+                } else if conn.closed_while_idle() {
+                    inner.total -= 1;
+                    expired.push((conn, "closed by the server while idle"));
                 } else {
                     found = Some(conn);
                     break;
@@ -187,8 +209,8 @@ impl Pool {
                 }
             }
         };
-        for conn in expired {
-            tokio::spawn(conn.close("server_lifetime"));
+        for (conn, why) in expired {
+            tokio::spawn(conn.close(why));
         }
         Ok(taken)
     }
@@ -271,15 +293,29 @@ impl Pool {
         self.slot_freed(inner);
     }
 
+    /// Whether a login may be tried now or after a short wait (`login_wait`); not while the
+    /// server is known to be down and server_login_retry has not passed since the last try.
     pub(super) fn may_connect(&self, inner: &Inner, now: Instant) -> Result<(), PoolError> {
+        let retry = self.setup().timeouts.login_retry;
         match &inner.last_failure {
-            Some((at, why)) if now.duration_since(*at) < self.setup().timeouts.login_retry => {
+            Some(f) if f.known_down(retry) && now.duration_since(f.at) < retry => {
                 Err(PoolError::LoginFailing {
-                    detail: why.clone(),
+                    detail: f.why.clone(),
                 })
             }
             _ => Ok(()),
         }
+    }
+
+    /// How long until the next login may be tried after the failures so far.
+    fn login_wait(&self, now: Instant) -> Duration {
+        let retry = self.setup().timeouts.login_retry;
+        self.lock()
+            .last_failure
+            .as_ref()
+            .map_or(Duration::ZERO, |f| {
+                (f.at + f.window(retry)).saturating_duration_since(now)
+            })
     }
 
     /// Opens a connection whose slot has already been counted in `total`, once the database
@@ -304,6 +340,10 @@ impl Pool {
         mut opening: Opening<'_>,
         permits: Vec<tokio::sync::OwnedSemaphorePermit>,
     ) -> Result<Box<ServerConn>, PoolError> {
+        let wait = self.login_wait(Instant::now());
+        if !wait.is_zero() {
+            tokio::time::sleep(wait).await;
+        }
         self.lock().opening += 1;
         let setup = self.setup.load_full();
         let connected = ServerConn::connect(&setup.target, setup.timeouts.connect).await;
@@ -341,10 +381,18 @@ impl Pool {
                 let why: Arc<str> = e.to_string().into();
                 tracing::warn!(db = %self.database, user = %self.user, node = %self.setup().target.addr(), error = %why, "server login failed");
                 let mut inner = self.lock();
-                inner.last_failure = Some((Instant::now(), why.clone()));
-                if inner.total == 1 {
-                    // This was the only connection, and none can come back to the waiters:
-                    // tell them now instead of letting them run into query_wait_timeout.
+                let in_a_row = inner.last_failure.as_ref().map_or(0, |f| f.in_a_row) + 1;
+                let failure = super::LoginFailure {
+                    at: Instant::now(),
+                    why: why.clone(),
+                    in_a_row,
+                };
+                let down = failure.known_down(setup.timeouts.login_retry);
+                inner.last_failure = Some(failure);
+                if down && inner.total == 1 {
+                    // This was the only connection, the server is down, and none can come
+                    // back to the waiters: tell them now instead of letting them run into
+                    // query_wait_timeout.
                     for (_, w) in inner.waiters.drain(..) {
                         let _ = w.send(Grant::Failed(PoolError::LoginFailing {
                             detail: why.clone(),

@@ -75,9 +75,35 @@ struct Inner {
     /// Connections that exist or are being opened: idle + checked out + connecting.
     total: usize,
     waiters: VecDeque<(Instant, oneshot::Sender<Grant>)>,
-    last_failure: Option<(Instant, Arc<str>)>,
+    last_failure: Option<LoginFailure>,
     /// Connections being opened and logged in (counted in `total`).
     opening: usize,
+}
+
+/// Server logins that failed in a row, the last one's time and error.
+#[derive(Debug, Clone)]
+pub(super) struct LoginFailure {
+    pub(super) at: Instant,
+    pub(super) why: Arc<str>,
+    pub(super) in_a_row: u32,
+}
+
+/// The first wait before a server login is tried again after a failure; it doubles with each
+/// failure in a row, up to server_login_retry.
+const FIRST_LOGIN_RETRY: Duration = Duration::from_millis(100);
+
+impl LoginFailure {
+    /// How long after this failure the next login may be tried.
+    pub(super) fn window(&self, login_retry: Duration) -> Duration {
+        let factor = 1u32 << self.in_a_row.saturating_sub(1).min(16);
+        FIRST_LOGIN_RETRY.saturating_mul(factor).min(login_retry)
+    }
+
+    /// The failures have gone on long enough for the wait to reach server_login_retry: the
+    /// server is taken to be down, and clients are told at once instead of waiting.
+    pub(super) fn known_down(&self, login_retry: Duration) -> bool {
+        self.window(login_retry) >= login_retry
+    }
 }
 
 /// A pool's connections by state, as SHOW POOLS and the metrics report them.

@@ -86,8 +86,9 @@ pub struct Decision {
 /// Why a unit of work could not finish on its node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Failure {
-    /// No server could be checked out; `connect` when opening one failed.
-    Checkout { connect: bool },
+    /// No server could be checked out; `connect` when opening one failed, `recovering` when
+    /// its pool will try the login again soon (`Pool::login_recovering`).
+    Checkout { connect: bool, recovering: bool },
     /// The server sent an error while the unit's answer was held back.
     Error(Retry),
     /// The server's connection broke.
@@ -158,12 +159,28 @@ pub fn retry(
     node: usize,
     failure: Failure,
 ) -> Option<Retry> {
+    if let Failure::Checkout {
+        connect: true,
+        recovering: true,
+    } = failure
+    {
+        if node == cluster.primary() {
+            // Nowhere else to go: the same node again, once its pool's short wait is over
+            // (a restart of the primary), bounded by the pool (server down, query_wait_timeout).
+            counters.bump(RouteReason::Retry);
+            return Some(Retry {
+                ban: false,
+                why: "server login failed, trying again",
+                wrote: false,
+            });
+        }
+    }
     if session.retries >= cluster.nodes.len() {
         return None;
     }
     let retry = match failure {
         Failure::Checkout { .. } if node == cluster.primary() => return None,
-        Failure::Checkout { connect } => Retry {
+        Failure::Checkout { connect, .. } => Retry {
             ban: connect,
             why: "connection failed",
             wrote: false,

@@ -158,6 +158,20 @@ impl ServerConn {
         now.saturating_duration_since(self.last_used)
     }
 
+    /// Whether the server closed this idle connection, or sent something on it unasked (the
+    /// FATAL of pg_terminate_backend, idle_session_timeout or a shutdown): then no client
+    /// may have it. Costs no system call unless the socket has shown activity since its last
+    /// read.
+    pub fn closed_while_idle(&self) -> bool {
+        let Some(tcp) = self.stream.tcp() else {
+            return true;
+        };
+        let mut byte = [0u8; 1];
+        let mut buf = tokio::io::ReadBuf::new(&mut byte);
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        !matches!(tcp.poll_peek(&mut cx, &mut buf), std::task::Poll::Pending)
+    }
+
     /// Says goodbye politely, so the server logs no "unexpected EOF".
     pub async fn close(mut self: Box<Self>, why: &str) {
         let mut buf = BytesMut::new();

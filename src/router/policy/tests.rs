@@ -124,14 +124,33 @@ fn retries_go_elsewhere_once_per_node_and_ban_only_replicas() {
     assert!(lost.ban);
     let on_primary = retry(&c, &counters, &TX, 0, Failure::Lost).unwrap();
     assert!(!on_primary.ban, "the primary is the checker's to ban");
-    let refused = Failure::Checkout { connect: true };
+    let refused = Failure::Checkout {
+        connect: true,
+        recovering: false,
+    };
     assert!(retry(&c, &counters, &TX, 1, refused).unwrap().ban);
     assert_eq!(retry(&c, &counters, &TX, 0, refused), None);
-    let waited = Failure::Checkout { connect: false };
+    // The primary's login failed but its pool tries again soon: the same node, unbanned,
+    // however many retries came before.
+    let recovering = Failure::Checkout {
+        connect: true,
+        recovering: true,
+    };
+    let spent = Session { retries: 3, ..TX };
+    let again = retry(&c, &counters, &spent, 0, recovering).unwrap();
+    assert!(!again.ban);
+    assert!(
+        retry(&c, &counters, &TX, 1, recovering).unwrap().ban,
+        "a replica is left"
+    );
+    let waited = Failure::Checkout {
+        connect: false,
+        recovering: false,
+    };
     assert!(!retry(&c, &counters, &TX, 2, waited).unwrap().ban);
     let spent = Session { retries: 3, ..TX };
     assert_eq!(retry(&c, &counters, &spent, 1, Failure::Lost), None);
-    assert_eq!(counters.get(RouteReason::Retry), 4);
+    assert_eq!(counters.get(RouteReason::Retry), 6);
     let conflict = retryable_error(sqlstate::SERIALIZATION_FAILURE.as_bytes()).unwrap();
     assert!(!conflict.ban);
     assert!(
