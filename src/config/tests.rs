@@ -1,0 +1,127 @@
+//! The configuration's schema, defaults and validation, against small files.
+
+use super::*;
+
+const MINIMAL: &str = "[databases.app]\nport = 5433\n";
+
+#[test]
+fn minimal_file_takes_defaults() {
+    let c = Config::parse(MINIMAL, "t.toml").unwrap();
+    assert_eq!(c.general, General::default());
+    assert_eq!(c.databases["app"].host, "127.0.0.1");
+}
+
+fn key_of(text: &str) -> String {
+    match Config::parse(text, "t.toml") {
+        Err(ConfigError::Key { key, file, .. }) => {
+            assert_eq!(file, "t.toml");
+            key
+        }
+        other => panic!("expected a key error, got {other:?}"),
+    }
+}
+
+#[test]
+fn errors_name_the_key() {
+    assert_eq!(
+        key_of(&format!("listen_prot = 1\n{MINIMAL}")),
+        "listen_prot"
+    );
+    assert_eq!(
+        key_of(&format!("listen_port = \"x\"\n{MINIMAL}")),
+        "listen_port"
+    );
+    assert_eq!(
+        key_of(&format!("query_wait_timeout = \"5 weeks\"\n{MINIMAL}")),
+        "query_wait_timeout"
+    );
+    assert_eq!(
+        key_of(&format!("listen_addr = \"localhost:1\"\n{MINIMAL}")),
+        "listen_addr"
+    );
+    assert_eq!(
+        key_of(&format!("pool_mode = \"statement\"\n{MINIMAL}")),
+        "pool_mode"
+    );
+    assert_eq!(key_of("[databases.app]\nport = -1\n"), "databases.app.port");
+    assert_eq!(
+        key_of("[databases.app]\nhots = \"x\"\n"),
+        "databases.app.hots"
+    );
+    assert_eq!(
+        key_of(&format!(
+            "{MINIMAL}[users.bob]\npassword = \"SCRAM-SHA-256$x\"\n"
+        )),
+        "users.bob.password"
+    );
+    assert_eq!(key_of(""), "databases");
+}
+
+#[test]
+fn syntax_errors_name_the_file() {
+    let e = Config::parse("listen_port = ", "t.toml").unwrap_err();
+    assert!(e.to_string().starts_with("t.toml: "), "{e}");
+}
+
+#[test]
+fn pool_settings_prefer_database_then_user() {
+    let text = "default_pool_size = 7\n[databases.a]\npool_size = 3\n[databases.b]\n\
+                [users.u]\npool_size = 5\npool_mode = \"session\"\n";
+    let c = Config::parse(text, "t").unwrap();
+    assert_eq!(c.pool_settings("a", "u").unwrap().pool_size, 3);
+    assert_eq!(c.pool_settings("b", "u").unwrap().pool_size, 5);
+    assert_eq!(c.pool_settings("b", "x").unwrap().pool_size, 7);
+    assert_eq!(
+        c.pool_settings("b", "u").unwrap().pool_mode,
+        PoolMode::Session
+    );
+    assert!(c.pool_settings("zz", "u").is_none());
+}
+
+#[test]
+fn replicas_in_both_forms() {
+    let text = "[databases.app]\nport = 5433\nload_balance = \"least_outstanding\"\n\
+                replicas = [\"10.0.0.2:5434\", { host = \"::1\", port = 5435, weight = 3 }, \"[::1]:5436\"]\n";
+    let c = Config::parse(text, "t").unwrap();
+    let db = &c.databases["app"];
+    assert_eq!(db.load_balance, LoadBalance::LeastOutstanding);
+    assert_eq!(db.read_from_primary, ReadFromPrimary::Fallback);
+    let r = db.replica_list();
+    assert_eq!(
+        (r[0].host.as_str(), r[0].port, r[0].weight),
+        ("10.0.0.2", 5434, 1)
+    );
+    assert_eq!(
+        (r[1].host.as_str(), r[1].port, r[1].weight),
+        ("::1", 5435, 3)
+    );
+    assert_eq!((r[2].host.as_str(), r[2].port), ("::1", 5436));
+    assert_eq!(
+        key_of("[databases.app]\nreplicas = [\"10.0.0.2\"]\n"),
+        "databases.app.replicas[0]"
+    );
+    assert_eq!(
+        key_of("[databases.app]\nreplicas = [{ host = \"h\", weight = 0 }]\n"),
+        "databases.app.replicas[0].weight"
+    );
+    assert_eq!(
+        key_of("[databases.app]\nread_from_primary = \"sometimes\"\n"),
+        "databases.app.read_from_primary"
+    );
+    assert_eq!(
+        key_of(&format!("health_check_interval = 0\n{MINIMAL}")),
+        "health_check_interval"
+    );
+}
+
+/// The documented file must list every general key with exactly the code's default.
+#[test]
+fn documented_defaults_match_code() {
+    let text = include_str!("../../config/pgsluice.toml");
+    let mut documented: toml::Table = text.parse().unwrap();
+    documented.remove("databases");
+    documented.remove("users");
+    let code = toml::Table::try_from(General::default()).unwrap();
+    assert_eq!(documented, code);
+    Config::parse(text, "config/pgsluice.toml").unwrap();
+}
