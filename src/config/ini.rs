@@ -78,6 +78,17 @@ impl Converted {
         text
     }
 
+    /// Sets `key` of the table `section` (`databases`, `users`, `peers`) to `value`.
+    fn set(&mut self, section: &str, key: &str, value: toml::Value) {
+        let table = self
+            .table
+            .entry(section)
+            .or_insert_with(|| toml::Table::new().into());
+        if let Some(t) = table.as_table_mut() {
+            t.insert(key.to_owned(), value);
+        }
+    }
+
     fn skip(&mut self, at: String, why: &str) {
         self.skipped.push((at, why.to_owned()));
     }
@@ -267,29 +278,12 @@ fn pairs(s: &str) -> Result<Vec<(String, String)>, String> {
             .ok_or_else(|| format!("\"{rest}\" is not key=value"))?;
         let key = rest[..eq].trim().to_owned();
         let after = rest[eq + 1..].trim_start();
-        let (value, tail) = match after.strip_prefix('\'') {
-            Some(q) => {
-                let mut v = String::new();
-                let mut chars = q.char_indices().peekable();
-                let mut end = None;
-                while let Some((i, c)) = chars.next() {
-                    if c != '\'' {
-                        v.push(c);
-                    } else if chars.peek().is_some_and(|&(_, n)| n == '\'') {
-                        v.push('\'');
-                        chars.next();
-                    } else {
-                        end = Some(i + 1);
-                        break;
-                    }
-                }
-                let end = end.ok_or_else(|| format!("{key}: the quote is not closed"))?;
-                (v, &q[end..])
-            }
-            None => {
-                let end = after.find([' ', '\t']).unwrap_or(after.len());
-                (after[..end].to_owned(), &after[end..])
-            }
+        let (value, tail) = if after.starts_with('\'') {
+            super::userlist::quoted(after, '\'')
+                .ok_or_else(|| format!("{key}: the quote is not closed"))?
+        } else {
+            let end = after.find([' ', '\t']).unwrap_or(after.len());
+            (after[..end].to_owned(), &after[end..])
         };
         if key.is_empty() || value.is_empty() {
             return Err(format!("\"{}\" has an empty key or value", rest.trim()));
@@ -334,11 +328,7 @@ fn database(name: &str, value: &str, at: String, out: &mut Converted) -> Result<
         }
     }
     out.origins.push((format!("databases.{name}"), at));
-    out.table
-        .entry("databases")
-        .or_insert_with(|| toml::Table::new().into())
-        .as_table_mut()
-        .map(|t| t.insert(name.to_owned(), entry.into()));
+    out.set("databases", name, entry.into());
     Ok(())
 }
 
@@ -362,11 +352,7 @@ fn peer(id: &str, value: &str, at: String, out: &mut Converted) -> Result<(), Co
         false => format!("{host}:{port}"),
     };
     out.origins.push((format!("peers.{id}"), at));
-    out.table
-        .entry("peers")
-        .or_insert_with(|| toml::Table::new().into())
-        .as_table_mut()
-        .map(|t| t.insert(id.to_owned(), addr.into()));
+    out.set("peers", id, addr.into());
     Ok(())
 }
 
@@ -397,11 +383,7 @@ fn user(name: &str, value: &str, at: String, out: &mut Converted) -> Result<(), 
             .push((format!("users.{name}.{key}"), at.clone()));
     }
     out.origins.push((format!("users.{name}"), at));
-    out.table
-        .entry("users")
-        .or_insert_with(|| toml::Table::new().into())
-        .as_table_mut()
-        .map(|t| t.insert(name.to_owned(), entry.into()));
+    out.set("users", name, entry.into());
     Ok(())
 }
 

@@ -15,12 +15,13 @@ pub fn parse(text: &str) -> Result<Vec<(String, String)>, (usize, String)> {
         }
         let bad = |why: &str| (n + 1, why.to_owned());
         let (user, rest) =
-            quoted(line).ok_or_else(|| bad("the user name's quote is not closed"))?;
+            quoted(line, '"').ok_or_else(|| bad("the user name's quote is not closed"))?;
         let rest = rest.trim_start();
         if !rest.starts_with('"') {
             return Err(bad("expected \"user\" \"secret\""));
         }
-        let (secret, rest) = quoted(rest).ok_or_else(|| bad("the secret's quote is not closed"))?;
+        let (secret, rest) =
+            quoted(rest, '"').ok_or_else(|| bad("the secret's quote is not closed"))?;
         if !rest.trim().is_empty() {
             return Err(bad("text after the secret"));
         }
@@ -29,19 +30,21 @@ pub fn parse(text: &str) -> Result<Vec<(String, String)>, (usize, String)> {
     Ok(users)
 }
 
-/// The text between the quote `s` starts with and its closing quote (`""` inside stands for
-/// `"`), and what follows.
-fn quoted(s: &str) -> Option<(String, &str)> {
+/// The text between the `quote` that `s` starts with and its closing one (a doubled quote
+/// inside stands for one), and what follows: PgBouncer's quoting in userlist.txt (`"`) and in
+/// connection strings (`'`).
+pub(super) fn quoted(s: &str, quote: char) -> Option<(String, &str)> {
+    let body = s.strip_prefix(quote)?;
     let mut out = String::new();
-    let mut chars = s[1..].char_indices().peekable();
+    let mut chars = body.char_indices().peekable();
     while let Some((i, c)) = chars.next() {
-        if c != '"' {
+        if c != quote {
             out.push(c);
-        } else if chars.peek().is_some_and(|&(_, next)| next == '"') {
-            out.push('"');
+        } else if chars.peek().is_some_and(|&(_, next)| next == quote) {
+            out.push(quote);
             chars.next();
         } else {
-            return Some((out, &s[1 + i + 1..]));
+            return Some((out, &body[i + c.len_utf8()..]));
         }
     }
     None
