@@ -88,7 +88,8 @@ pub async fn run(
             buf.reserve(4096);
             let read = tokio::select! {
                 r = stream.read_buf(&mut buf) => Some(r),
-                _ = control.wait_for(|p| *p != Phase::Running) => None,
+                // A process handing over (so_reuseport) keeps its console sessions too.
+                _ = control.wait_for(|p| *p >= Phase::Draining) => None,
             };
             match read {
                 Some(Ok(n)) if n > 0 => continue,
