@@ -30,11 +30,7 @@ impl Service {
             a => a,
         };
         let reuse = config.general.so_reuseport;
-        let port = config.general.listen_port;
-        let addr = match host.contains(':') {
-            true => format!("[{host}]:{port}"),
-            false => format!("{host}:{port}"),
-        };
+        let addr = crate::config::host_port(host, config.general.listen_port);
         let listener = listen(&addr, reuse).await?;
         let http =
             match config.general.http_listen.as_str() {

@@ -207,11 +207,7 @@ impl Node {
             host: host.to_owned(),
             port,
             weight,
-            addr: if host.contains(':') {
-                format!("[{host}]:{port}")
-            } else {
-                format!("{host}:{port}")
-            },
+            addr: crate::config::host_port(host, port),
             health: AtomicU64::new(Health::Up.encode()),
             lag_bytes: AtomicU64::new(0),
             lag_ms: AtomicU64::new(0),

@@ -20,7 +20,21 @@ pub struct Converted {
     /// What was not carried over: where it was ("file [section] key") and why.
     pub skipped: Vec<(String, String)>,
     /// Each key path of `table` ("listen_port", "databases.app.port") and where it was set.
-    origins: Vec<(String, String)>,
+    origins: Vec<(String, At)>,
+}
+
+/// Where a setting was: its file, and "[section] key" in it (kept apart, so that a file name
+/// with a space in it stays whole).
+#[derive(Debug, Clone)]
+struct At {
+    file: String,
+    place: String,
+}
+
+impl std::fmt::Display for At {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.file, self.place)
+    }
 }
 
 /// Whether `path` holds a PgBouncer file rather than TOML: its name ends in `.ini`, or it has
@@ -55,14 +69,11 @@ impl Converted {
             .filter(|(path, _)| key == path || key.starts_with(&format!("{path}.")))
             .max_by_key(|(path, _)| path.len());
         match best {
-            Some((_, at)) => {
-                let (file, place) = at.split_once(' ').unwrap_or((at.as_str(), ""));
-                ConfigError::Key {
-                    file: file.to_owned(),
-                    key: place.to_owned(),
-                    message: message.clone(),
-                }
-            }
+            Some((_, at)) => ConfigError::Key {
+                file: at.file.clone(),
+                key: at.place.clone(),
+                message: message.clone(),
+            },
             None => e,
         }
     }
@@ -89,8 +100,8 @@ impl Converted {
         }
     }
 
-    fn skip(&mut self, at: String, why: &str) {
-        self.skipped.push((at, why.to_owned()));
+    fn skip(&mut self, at: impl std::fmt::Display, why: &str) {
+        self.skipped.push((at.to_string(), why.to_owned()));
     }
 }
 
@@ -136,7 +147,10 @@ fn read(
         }
         let (key, value) = split_key(line).ok_or_else(|| syntax("expected key = value".into()))?;
         let value = strip_comment(value);
-        let at = format!("{file} [{section}] {key}");
+        let at = At {
+            file: file.to_owned(),
+            place: format!("[{section}] {key}"),
+        };
         match section.as_str() {
             "pgbouncer" => setting(general, key, value, at, out)?,
             "databases" => database(key, value, at, out)?,
@@ -208,7 +222,7 @@ fn setting(
     general: &toml::Table,
     key: &str,
     value: &str,
-    at: String,
+    at: At,
     out: &mut Converted,
 ) -> Result<(), ConfigError> {
     let Some(like) = general.get(key) else {
@@ -258,11 +272,10 @@ fn boolean(value: &str) -> Result<bool, String> {
     }
 }
 
-fn key_error(at: &str, message: String) -> ConfigError {
-    let (file, key) = at.split_once(' ').unwrap_or((at, ""));
+fn key_error(at: &At, message: String) -> ConfigError {
     ConfigError::Key {
-        file: file.to_owned(),
-        key: key.to_owned(),
+        file: at.file.clone(),
+        key: at.place.clone(),
         message,
     }
 }
@@ -306,7 +319,7 @@ fn database_key(key: &str) -> Option<fn(&str) -> toml::Value> {
     }
 }
 
-fn database(name: &str, value: &str, at: String, out: &mut Converted) -> Result<(), ConfigError> {
+fn database(name: &str, value: &str, at: At, out: &mut Converted) -> Result<(), ConfigError> {
     let mut entry = toml::Table::new();
     for (key, v) in pairs(value).map_err(|m| key_error(&at, m))? {
         if key == "host" && (v.contains(',') || v.starts_with('/')) {
@@ -333,7 +346,7 @@ fn database(name: &str, value: &str, at: String, out: &mut Converted) -> Result<
 }
 
 /// `[peers]`: `ID = host=… port=…`, as `peers.ID = "host:port"`.
-fn peer(id: &str, value: &str, at: String, out: &mut Converted) -> Result<(), ConfigError> {
+fn peer(id: &str, value: &str, at: At, out: &mut Converted) -> Result<(), ConfigError> {
     let (mut host, mut port) = (None, None);
     for (key, v) in pairs(value).map_err(|m| key_error(&at, m))? {
         match key.as_str() {
@@ -347,9 +360,10 @@ fn peer(id: &str, value: &str, at: String, out: &mut Converted) -> Result<(), Co
     }
     let host = host.ok_or_else(|| key_error(&at, "a peer needs host=".into()))?;
     let port = port.unwrap_or_else(|| "6432".into());
-    let addr = match host.contains(':') {
-        true => format!("[{host}]:{port}"),
-        false => format!("{host}:{port}"),
+    let addr = match port.parse() {
+        Ok(port) => super::host_port(&host, port),
+        // Validation says what is wrong with it.
+        Err(_) => format!("{host}:{port}"),
     };
     out.origins.push((format!("peers.{id}"), at));
     out.set("peers", id, addr.into());
@@ -364,7 +378,7 @@ fn database_without(key: &str) -> &'static str {
     }
 }
 
-fn user(name: &str, value: &str, at: String, out: &mut Converted) -> Result<(), ConfigError> {
+fn user(name: &str, value: &str, at: At, out: &mut Converted) -> Result<(), ConfigError> {
     let mut entry = toml::Table::new();
     for (key, v) in pairs(value).map_err(|m| key_error(&at, m))? {
         let typed = match key.as_str() {
@@ -457,6 +471,19 @@ mod tests {
             e.to_string().contains("[pgbouncer] pin_session_features"),
             "{e}"
         );
+        let spaced = convert(
+            "[pgbouncer]\npin_session_features = maybe\n",
+            "my dir/pgb.ini",
+        );
+        match spaced.unwrap_err() {
+            ConfigError::Key { file, key, .. } => {
+                assert_eq!(
+                    (file.as_str(), key.as_str()),
+                    ("my dir/pgb.ini", "[pgbouncer] pin_session_features")
+                )
+            }
+            other => panic!("{other:?}"),
+        }
         let e = config("[databases]\na = host=/tmp\n").unwrap_err();
         assert!(e.to_string().contains("TCP"), "{e}");
     }

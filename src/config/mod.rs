@@ -330,6 +330,15 @@ pub struct User {
     pub max_user_connections: Option<usize>,
 }
 
+/// `host:port` as logs, metrics and socket addresses write it: an IPv6 host in brackets.
+pub fn host_port(host: &str, port: u16) -> String {
+    if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
+}
+
 /// The name of the fallback database section: it serves clients of any database not listed.
 pub const FALLBACK: &str = "*";
 
