@@ -1,51 +1,68 @@
 #!/usr/bin/env bash
-# End-to-end benchmark: pgbench -S through pgsluice and PgBouncer (same pool size, transaction
-# mode) against a throwaway local PostgreSQL, plus direct connections as the ceiling. Prints one
-# table of TPS and latency with pgsluice/PgBouncer ratios, then what following clients' settings
-# costs, then the RSS of each pooler holding many idle clients, then the routing case: pgbench -S
-# through pgsluice with two streaming replicas against pgsluice with the primary only, then what
-# read_your_writes costs there (TPC-B and -S, on against off).
+# pgsluice against PgBouncer 1.25, side by side in one run on this machine: the same pool size,
+# transaction mode, SCRAM-SHA-256 clients for both, PgBouncer with max_prepared_statements = 200.
+# Prints, for every pgbench case, each pooler's TPS and CPU time per transaction (the pooler's
+# /proc utime+stime over the run, divided by the transactions it served) with the ratios; then
+# latency p50/p99/max from pgbench --log; then each pooler's RSS holding many idle logged-in
+# clients, and again after each of them ran one query with a 64 kB result; then pgsluice's CPU
+# per transaction with two streaming replicas against the primary only.
 #
 #   bench/pgbench.sh                      # defaults below
-#   CLIENTS="16 64" DURATION=10 ROUNDS=5 POOL_SIZE=20 IDLE_CLIENTS=2000 bench/pgbench.sh
-#   REPLICA_CLIENTS=""   skips the replica case (default "64")
-#   SETTINGS_CLIENTS=""  skips the settings case (default "16": clients with no SET, the same
-#                        three settings each, or three settings of their own)
+#   DURATION=8 ROUNDS=3 POOL_SIZE=20 SCALE=10 bench/pgbench.sh
+#   CASES=$'64|-S -M simple\n64|-S -M prepared'    # "clients|pgbench options", one per line
+#   LATENCY_CLIENTS="64 1000" IDLE_CLIENTS="2000 10000" ROUTED_CLIENTS="64"  ("" skips each)
+#   PGBOUNCER=/path/to/pgbouncer          # else built by PGBOUNCER_BUILD, a script that prints
+#                                         # the binary's path (default: build-pgbouncer.sh in
+#                                         # ../shared/anchors beside this checkout)
 #
-# Every run is bounded (-T), everything listens on 127.0.0.1 only, and all of it is removed at
-# exit. PgBouncer comes from Debian's package and is installed if missing. Debian's PgBouncer
-# (1.18) cannot carry prepared statements in transaction mode, so -M prepared compares
-# pgsluice with direct connections only.
+# Rounds are interleaved, and which pooler goes first alternates, so drift hits both alike;
+# each figure is the median of ROUNDS. Every run is bounded (-T), everything listens on
+# 127.0.0.1 only, and all of it is removed at exit.
 set -euo pipefail
 
-CLIENTS=${CLIENTS:-"1 16 64 256"}
-MODES=${MODES:-"simple prepared"}
-DURATION=${DURATION:-5}
+DURATION=${DURATION:-8}
 ROUNDS=${ROUNDS:-3}
 POOL_SIZE=${POOL_SIZE:-20}
-IDLE_CLIENTS=${IDLE_CLIENTS:-2000}
-SCALE=${SCALE:-1}
-REPLICA_CLIENTS=${REPLICA_CLIENTS-64}
-SETTINGS_CLIENTS=${SETTINGS_CLIENTS-16}
+SCALE=${SCALE:-10}
+CASES=${CASES:-"1|-S -M simple
+16|-S -M simple
+64|-S -M simple
+256|-S -M simple
+64|-S -M extended
+64|-S -M prepared
+64|-b tpcb-like -M simple
+16|-S -M simple -C"}
+LATENCY_CLIENTS=${LATENCY_CLIENTS-"64 1000"}
+IDLE_CLIENTS=${IDLE_CLIENTS-"2000 10000"}
+ROUTED_CLIENTS=${ROUTED_CLIENTS-64}
+PASSWORD=bench-secret
+export PGPASSWORD=$PASSWORD
 
 root=$(cd "$(dirname "$0")/.." && pwd)
 # shellcheck source=bench/common.sh
 . "$root/bench/common.sh"
 
-if ! command -v pgbouncer >/dev/null && [ ! -x /usr/sbin/pgbouncer ]; then
-    echo "installing pgbouncer from Debian's packages ..." >&2
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q pgbouncer >/dev/null
+pgbouncer_bin=${PGBOUNCER:-}
+if [ -z "$pgbouncer_bin" ]; then
+    build=${PGBOUNCER_BUILD:-$root/../shared/anchors/build-pgbouncer.sh}
+    [ -x "$build" ] || { echo "no PgBouncer: set PGBOUNCER or PGBOUNCER_BUILD" >&2; exit 1; }
+    pgbouncer_bin=$("$build" | tail -1)
 fi
-pgbouncer_bin=$(command -v pgbouncer || echo /usr/sbin/pgbouncer)
+"$pgbouncer_bin" --version | head -1 >&2
 
-ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+ulimit -n "$(ulimit -Hn)"
+max_idle=0
+for n in $IDLE_CLIENTS $LATENCY_CLIENTS; do [ "$n" -gt "$max_idle" ] && max_idle=$n; done
+max_clients=$((max_idle + 500))
+hz=$(getconf CLK_TCK)
+
 work=$(mktemp -d /tmp/pgsluice-bench.XXXXXX)
 chmod 755 "$work"
 [ "$(id -u)" = 0 ] && chown postgres "$work"
 pids=()
 cleanup() {
-    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-    pkill -f "pgbouncer $work/pgbouncer.ini" 2>/dev/null || true
+    for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done
+    pkill -9 -f "$pgbouncer_bin $work/pgbouncer.ini" 2>/dev/null || true
     for d in "$work/data" "$work/replica1" "$work/replica2"; do
         [ -d "$d" ] && as_pg "$bindir/pg_ctl" -D "$d" -m immediate stop >/dev/null 2>&1 || true
     done
@@ -57,7 +74,7 @@ echo "building pgsluice (release) ..." >&2
 (cd "$root" && cargo build --release -q)
 
 pg_port=$(free_port)
-start_primary "$work" "$pg_port" 600 "$SCALE"
+start_primary "$work" "$pg_port" 300 "$SCALE"
 
 bouncer_port=$(free_port)
 cat >"$work/pgbouncer.ini" <<INI
@@ -67,232 +84,183 @@ postgres = host=127.0.0.1 port=$pg_port
 listen_addr = 127.0.0.1
 listen_port = $bouncer_port
 unix_socket_dir =
-auth_type = trust
+auth_type = scram-sha-256
 auth_file = $work/userlist.txt
 pool_mode = transaction
 default_pool_size = $POOL_SIZE
-max_client_conn = $((IDLE_CLIENTS + 500))
+max_client_conn = $max_clients
+max_prepared_statements = 200
 logfile = $work/pgbouncer.log
 INI
-echo '"postgres" ""' >"$work/userlist.txt"
+echo "\"postgres\" \"$PASSWORD\"" >"$work/userlist.txt"
 [ "$(id -u)" = 0 ] && chown postgres "$work"/pgbouncer.ini "$work"/userlist.txt
-start_bouncer() {
-    as_pg "$pgbouncer_bin" "$work/pgbouncer.ini" >/dev/null 2>&1 &
-    pids+=($!)
-}
-start_bouncer
 
 sluice_port=$(free_port)
 cat >"$work/pgsluice.toml" <<TOML
 listen_port = $sluice_port
 http_listen = ""
-auth_type = "trust"
+auth_type = "scram-sha-256"
 pool_mode = "transaction"
 default_pool_size = $POOL_SIZE
-max_client_conn = $((IDLE_CLIENTS + 500))
+max_client_conn = $max_clients
 [databases.postgres]
 port = $pg_port
 [users.postgres]
+password = "$PASSWORD"
 TOML
-start_sluice() {
-    RUST_LOG=warn "$root/target/release/pgsluice" --config "$work/pgsluice.toml" >"$work/pgsluice.log" 2>&1 &
-    pids+=($!)
-    sluice_pid=$!
-}
-start_sluice
 
-wait_ready() {
-    for port in "$bouncer_port" "$sluice_port"; do
-        wait_port "$port"
-    done
+# start_bouncer / start_sluice: a fresh process, its pid in bouncer_pid / sluice_pid.
+start_bouncer() {
+    as_pg "$pgbouncer_bin" "$work/pgbouncer.ini" >/dev/null 2>&1 &
+    pids+=($!)
+    disown $!
+    wait_port "$bouncer_port"
     bouncer_pid=$(pgrep -f "^$pgbouncer_bin $work/pgbouncer.ini" | head -1)
 }
-wait_ready
-
-# One pgbench run: prints "tps latency_ms". The fourth argument picks the script: -S (the
-# default, select-only) or "-b tpcb-like" (TPC-B, writes).
-run() {
-    local port=$1 mode=$2 clients=$3 script=${4:--S}
-    local jobs=$((clients < 2 ? 1 : 2))
-    # shellcheck disable=SC2086
-    "$bindir/pgbench" -h 127.0.0.1 -p "$port" -U postgres -n $script -M "$mode" -c "$clients" -j "$jobs" \
-        -T "$DURATION" postgres 2>&1 |
-        awk '/^latency average/ {lat=$4} /^tps/ {tps=$3} END {printf "%.0f %.3f\n", tps, lat}'
+start_sluice() {
+    RUST_LOG=warn "$root/target/release/pgsluice" --config "$work/$1.toml" >>"$work/$1.log" 2>&1 &
+    sluice_pid=$!
+    pids+=("$sluice_pid")
+    disown "$sluice_pid"
+    wait_port "$(awk '/^listen_port/ {print $3}' "$work/$1.toml")"
 }
+# stop PID: ends a pooler at once and waits until it is gone.
+stop() {
+    kill -9 "$1" 2>/dev/null || true
+    while kill -0 "$1" 2>/dev/null; do sleep 0.05; done
+}
+start_bouncer
+start_sluice pgsluice
 
-# Median of ROUNDS runs, rounds interleaved across targets so drift hits all alike.
+ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
 median() { sort -n | awk '{a[NR]=$0} END {print a[int((NR+1)/2)]}'; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN {if (b > 0) printf "%.2f", a / b; else print "-"}'; }
 
-printf '%-8s %7s | %10s %8s | %10s %8s | %10s %8s | %9s %9s\n' \
-    mode clients direct_tps lat_ms bouncer_tps lat_ms sluice_tps lat_ms "vs_bouncer" "vs_direct"
-for mode in $MODES; do
-    for c in $CLIENTS; do
-        : >"$work/direct" >"$work/bouncer" >"$work/sluice"
-        for _ in $(seq "$ROUNDS"); do
-            run "$pg_port" "$mode" "$c" >>"$work/direct"
-            [ "$mode" = simple ] && run "$bouncer_port" "$mode" "$c" >>"$work/bouncer"
-            run "$sluice_port" "$mode" "$c" >>"$work/sluice"
-        done
-        read -r d_tps d_lat < <(median <"$work/direct")
-        read -r s_tps s_lat < <(median <"$work/sluice")
-        if [ -s "$work/bouncer" ]; then
-            read -r b_tps b_lat < <(median <"$work/bouncer")
-            vs_b=$(awk -v s="$s_tps" -v b="$b_tps" 'BEGIN {printf "%.2fx", s / b}')
-        else
-            b_tps=-; b_lat=-; vs_b=-
-        fi
-        vs_d=$(awk -v s="$s_tps" -v d="$d_tps" 'BEGIN {printf "%.2fx", s / d}')
-        printf '%-8s %7s | %10s %8s | %10s %8s | %10s %8s | %9s %9s\n' \
-            "$mode" "$c" "$d_tps" "$d_lat" "$b_tps" "$b_lat" "$s_tps" "$s_lat" "$vs_b" "$vs_d"
-    done
-done
-
-# Settings: what following each client's settings costs. Every client runs as a pgbench process
-# of its own (-c 1), so that each can have its own startup settings; the three cases differ
-# only in those: none, the same three for every client (a server already in line costs one
-# comparison), or three of its own (a server coming from another client is brought in line
-# first, one round trip). Total TPS of all, median of ROUNDS, interleaved.
-run_each() {
-    local kind=$1 clients=$2 i opts
-    # The pgbench processes are this subshell's children: it waits for them, not for the
-    # poolers the script started.
-    (for i in $(seq "$clients"); do
-        case $kind in
-        none) opts="" ;;
-        same) opts="-c work_mem=8MB -c search_path=public -c statement_timeout=30s" ;;
-        own) opts="-c work_mem=$((i + 4))MB -c search_path=public -c statement_timeout=$((i + 30))s" ;;
-        esac
-        PGOPTIONS=$opts "$bindir/pgbench" -h 127.0.0.1 -p "$sluice_port" -U postgres -n -S -M simple \
-            -c 1 -T "$DURATION" postgres 2>&1 | awk '/^tps/ {print $3}' &
-    done
-    wait) | awk '{t += $1} END {printf "%.0f\n", t}'
+# run PORT PID CLIENTS OPTIONS [EXTRA]: one pgbench run through a pooler; prints
+# "tps cpu_us_per_txn".
+run() {
+    local port=$1 pid=$2 clients=$3 opts=$4 extra=${5:-} before after out
+    local jobs=$((clients < 2 ? 1 : 2))
+    before=$(ticks "$pid")
+    # shellcheck disable=SC2086
+    out=$("$bindir/pgbench" -h 127.0.0.1 -p "$port" -U postgres -n $opts $extra -c "$clients" -j "$jobs" \
+        -T "$DURATION" postgres 2>&1) || { echo "pgbench failed: $(echo "$out" | tail -3)" >&2; }
+    after=$(ticks "$pid")
+    echo "$out" | awk -v t=$((after - before)) -v hz="$hz" '
+        /^number of transactions actually processed/ {split($0, p, ": "); n = p[2] + 0}
+        /^tps/ {tps = $3}
+        END {if (n > 0) printf "%.0f %.1f\n", tps, t * 1e6 / hz / n; else print "0 0"}'
 }
-if [ -n "$SETTINGS_CLIENTS" ]; then
+
+echo
+printf '%-28s %7s | %11s %8s | %11s %8s | %9s %9s\n' \
+    case clients bouncer_tps cpu_us sluice_tps cpu_us tps_ratio cpu_ratio
+while IFS='|' read -r clients opts; do
+    [ -n "$clients" ] || continue
+    : >"$work/bouncer" >"$work/sluice"
+    for r in $(seq "$ROUNDS"); do
+        if [ $((r % 2)) = 1 ]; then
+            run "$bouncer_port" "$bouncer_pid" "$clients" "$opts" >>"$work/bouncer"
+            run "$sluice_port" "$sluice_pid" "$clients" "$opts" >>"$work/sluice"
+        else
+            run "$sluice_port" "$sluice_pid" "$clients" "$opts" >>"$work/sluice"
+            run "$bouncer_port" "$bouncer_pid" "$clients" "$opts" >>"$work/bouncer"
+        fi
+    done
+    b_tps=$(cut -d' ' -f1 "$work/bouncer" | median); b_cpu=$(cut -d' ' -f2 "$work/bouncer" | median)
+    s_tps=$(cut -d' ' -f1 "$work/sluice" | median); s_cpu=$(cut -d' ' -f2 "$work/sluice" | median)
+    printf '%-28s %7s | %11s %8s | %11s %8s | %9s %9s\n' "$opts" "$clients" "$b_tps" "$b_cpu" \
+        "$s_tps" "$s_cpu" "$(ratio "$s_tps" "$b_tps")" "$(ratio "$s_cpu" "$b_cpu")"
+done <<<"$CASES"
+
+# Latency of every transaction of one run (pgbench --log), per pooler.
+if [ -n "$LATENCY_CLIENTS" ]; then
     echo
-    printf '%-8s | %10s | %10s %8s | %10s %8s\n' clients no_set_tps same3_tps ratio own3_tps ratio
-    for c in $SETTINGS_CLIENTS; do
-        : >"$work/none" >"$work/same" >"$work/own"
-        for _ in $(seq "$ROUNDS"); do
-            for kind in none same own; do run_each "$kind" "$c" >>"$work/$kind"; done
+    printf '%-8s %7s | %8s %8s %8s | %8s %8s %8s | %9s %9s\n' \
+        case clients b_p50_ms p99 max s_p50_ms p99 max p99_ratio max_ratio
+    for c in $LATENCY_CLIENTS; do
+        for target in bouncer sluice; do
+            rm -f "$work"/lat.*
+            if [ $target = bouncer ]; then port=$bouncer_port pid=$bouncer_pid; else port=$sluice_port pid=$sluice_pid; fi
+            run "$port" "$pid" "$c" "-S -M simple" "--log --log-prefix=$work/lat" >/dev/null
+            cat "$work"/lat.* | awk '{print $3}' | sort -n |
+                awk '{a[NR] = $1} END {printf "%.2f %.2f %.2f\n", a[int(NR * 0.5)] / 1000, a[int(NR * 0.99)] / 1000, a[NR] / 1000}' \
+                    >"$work/lat_$target"
         done
-        n=$(median <"$work/none"); m=$(median <"$work/same"); o=$(median <"$work/own")
-        printf '%-8s | %10s | %10s %8s | %10s %8s\n' "$c" "$n" \
-            "$m" "$(awk -v a="$m" -v b="$n" 'BEGIN {printf "%.2fx", a / b}')" \
-            "$o" "$(awk -v a="$o" -v b="$n" 'BEGIN {printf "%.2fx", a / b}')"
+        read -r b50 b99 bmax <"$work/lat_bouncer"
+        read -r s50 s99 smax <"$work/lat_sluice"
+        printf '%-8s %7s | %8s %8s %8s | %8s %8s %8s | %9s %9s\n' -S "$c" "$b50" "$b99" "$bmax" \
+            "$s50" "$s99" "$smax" "$(ratio "$s99" "$b99")" "$(ratio "$smax" "$bmax")"
     done
 fi
 
-# RSS with many idle clients: log each in, then hold the connections open.
-rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
-hold_idle() {
-    python3 - "$1" "$IDLE_CLIENTS" <<'PY' &
-import socket, struct, sys, time
-port, n = int(sys.argv[1]), int(sys.argv[2])
-body = b"user\0postgres\0database\0postgres\0\0"
-startup = struct.pack("!ii", 8 + len(body), 196608) + body
-socks = []
-for _ in range(n):
-    s = socket.create_connection(("127.0.0.1", port))
-    s.sendall(startup)
-    buf = b""
-    while not buf.endswith(b"Z\0\0\0\x05I"):
-        chunk = s.recv(4096)
-        if not chunk:
-            sys.exit("closed during login")
-        buf += chunk
-    socks.append(s)
-print("ready", flush=True)
-time.sleep(30)
-PY
-}
-# Fresh processes, so that memory freed by the load above does not hide what idle clients cost.
-kill "$sluice_pid" 2>/dev/null || true
-pkill -f "pgbouncer $work/pgbouncer.ini" 2>/dev/null || true
-sleep 1
-start_bouncer
-start_sluice
-wait_ready
+# Idle clients: fresh processes, so that memory the load above left behind does not hide what
+# an idle client costs. RSS before, with all logged in, and after each ran one query with a
+# 64 kB result (buffers a burst grows must be given back when the client is idle again).
+if [ -n "$IDLE_CLIENTS" ]; then
+    echo
+    printf '%-8s %7s | %10s | %10s %8s | %10s %8s | %10s\n' \
+        pooler clients start_kib idle_kib B/client burst_kib B/client peak_kib
+    for n in $IDLE_CLIENTS; do
+        for target in bouncer sluice; do
+            if [ $target = bouncer ]; then
+                stop "$bouncer_pid"; start_bouncer; pid=$bouncer_pid port=$bouncer_port
+            else
+                stop "$sluice_pid"; start_sluice pgsluice; pid=$sluice_pid port=$sluice_port
+            fi
+            before=$(rss_kib "$pid")
+            coproc HOLD { python3 "$root/bench/hold_idle.py" "$port" "$n" "$PASSWORD" 2>&1; }
+            read -r -t 600 line <&"${HOLD[0]}" || line=timeout
+            [ "$line" = ready ] || { echo "holding $n clients on $target: $line" >&2; exit 1; }
+            idle=$(rss_kib "$pid")
+            echo go >&"${HOLD[1]}"
+            read -r -t 600 line <&"${HOLD[0]}" || line=timeout
+            [ "$line" = "idle again" ] || { echo "burst through $target: $line" >&2; exit 1; }
+            burst=$(rss_kib "$pid")
+            peak=$(awk '/^VmHWM/ {print $2}' "/proc/$pid/status")
+            echo done >&"${HOLD[1]}"
+            wait "$HOLD_PID" 2>/dev/null || true
+            printf '%-8s %7s | %10s | %10s %8s | %10s %8s | %10s\n' "$target" "$n" "$before" \
+                "$idle" $(((idle - before) * 1024 / n)) "$burst" $(((burst - before) * 1024 / n)) "$peak"
+        done
+    done
+fi
 
-echo
-printf '%-10s %12s %14s %16s\n' pooler rss_idle_kib "rss_with_${IDLE_CLIENTS}_kib" per_client_bytes
-for target in bouncer sluice; do
-    if [ "$target" = bouncer ]; then pid=$bouncer_pid; port=$bouncer_port; else pid=$sluice_pid; port=$sluice_port; fi
-    before=$(rss_kib "$pid")
-    hold_idle "$port" >"$work/hold.$target"
-    holder=$!
-    for _ in $(seq 300); do grep -q ready "$work/hold.$target" 2>/dev/null && break; sleep 0.1; done
-    sleep 1
-    after=$(rss_kib "$pid")
-    kill "$holder" 2>/dev/null || true
-    wait "$holder" 2>/dev/null || true
-    printf '%-10s %12s %14s %16s\n' "$target" "$before" "$after" $(((after - before) * 1024 / IDLE_CLIENTS))
-done
+[ -n "$ROUTED_CLIENTS" ] || exit 0
 
-[ -n "$REPLICA_CLIENTS" ] || exit 0
-
-# Routing: two streaming replicas of the same primary, all on this machine. They share its
-# cores with the primary, so this measures what routing costs and what spreading reads over
-# three servers gives on one box, not what separate replica hosts would add.
-replica_ports=()
+# Routing's cost: pgsluice with two streaming replicas of the same primary against pgsluice with
+# the primary only, CPU per -S transaction. The replicas share this machine's cores, so TPS says
+# little here; the CPU per transaction is the classifier's and the router's price.
+replicas=()
 for r in replica1 replica2; do
     port=$(free_port)
     as_pg "$bindir/pg_basebackup" -h 127.0.0.1 -p "$pg_port" -U postgres -D "$work/$r" -R -X stream -c fast
     as_pg "$bindir/pg_ctl" -D "$work/$r" -l "$work/$r.log" -o "-p $port" -w start >/dev/null
-    replica_ports+=("$port")
+    replicas+=("\"127.0.0.1:$port\"")
 done
 routed_port=$(free_port)
 sed -e "s/^listen_port = .*/listen_port = $routed_port/" \
-    -e "s/^port = $pg_port\$/port = $pg_port\nreplicas = [\"127.0.0.1:${replica_ports[0]}\", \"127.0.0.1:${replica_ports[1]}\"]/" \
+    -e "s/^port = $pg_port\$/port = $pg_port\nreplicas = [${replicas[0]}, ${replicas[1]}]/" \
     "$work/pgsluice.toml" >"$work/routed.toml"
-RUST_LOG=warn "$root/target/release/pgsluice" --config "$work/routed.toml" >"$work/routed.log" 2>&1 &
-pids+=($!)
-wait_port "$routed_port"
-# The same with read_your_writes off: what learning each write's WAL position costs.
-ryw_off_port=$(free_port)
-sed -e "s/^listen_port = .*/listen_port = $ryw_off_port\nread_your_writes = \"off\"/" \
-    "$work/routed.toml" >"$work/ryw_off.toml"
-RUST_LOG=warn "$root/target/release/pgsluice" --config "$work/ryw_off.toml" >"$work/ryw_off.log" 2>&1 &
-pids+=($!)
-wait_port "$ryw_off_port"
-
+primary_pid=$sluice_pid
+start_sluice routed
+routed_pid=$sluice_pid
 echo
-printf '%-8s %7s | %12s %8s | %12s %8s | %9s\n' \
-    mode clients primary_tps lat_ms replicas_tps lat_ms "vs_primary"
-for c in $REPLICA_CLIENTS; do
+printf '%-8s %7s | %11s %8s | %11s %8s | %9s\n' case clients primary_tps cpu_us routed_tps cpu_us cpu_ratio
+for c in $ROUTED_CLIENTS; do
     : >"$work/primary_only" >"$work/routed"
-    for _ in $(seq "$ROUNDS"); do
-        run "$sluice_port" simple "$c" >>"$work/primary_only"
-        run "$routed_port" simple "$c" >>"$work/routed"
+    for r in $(seq "$ROUNDS"); do
+        if [ $((r % 2)) = 1 ]; then
+            run "$sluice_port" "$primary_pid" "$c" "-S -M simple" >>"$work/primary_only"
+            run "$routed_port" "$routed_pid" "$c" "-S -M simple" >>"$work/routed"
+        else
+            run "$routed_port" "$routed_pid" "$c" "-S -M simple" >>"$work/routed"
+            run "$sluice_port" "$primary_pid" "$c" "-S -M simple" >>"$work/primary_only"
+        fi
     done
-    read -r p_tps p_lat < <(median <"$work/primary_only")
-    read -r r_tps r_lat < <(median <"$work/routed")
-    printf '%-8s %7s | %12s %8s | %12s %8s | %9s\n' simple "$c" "$p_tps" "$p_lat" "$r_tps" "$r_lat" \
-        "$(awk -v r="$r_tps" -v p="$p_tps" 'BEGIN {printf "%.2fx", r / p}')"
-done
-
-# Read-your-writes: TPC-B (every transaction writes, so each is followed by a query for the
-# primary's WAL position) and -S (reads with no write before them) through the routed pgsluice,
-# with read_your_writes on (the default) against off.
-echo
-printf '%-22s %7s | %12s %8s | %12s %8s | %9s\n' \
-    script clients ryw_off_tps lat_ms ryw_on_tps lat_ms "on_vs_off"
-for c in $REPLICA_CLIENTS; do
-    for spec in "simple tpcb-like" "prepared tpcb-like" "simple select-only"; do
-        read -r mode script <<<"$spec"
-        : >"$work/ryw_off" >"$work/ryw_on"
-        for r in $(seq "$ROUNDS"); do
-            # Each goes first in every other round: neither gains from the order.
-            if [ $((r % 2)) = 1 ]; then
-                run "$ryw_off_port" "$mode" "$c" "-b $script" >>"$work/ryw_off"
-                run "$routed_port" "$mode" "$c" "-b $script" >>"$work/ryw_on"
-            else
-                run "$routed_port" "$mode" "$c" "-b $script" >>"$work/ryw_on"
-                run "$ryw_off_port" "$mode" "$c" "-b $script" >>"$work/ryw_off"
-            fi
-        done
-        read -r f_tps f_lat < <(median <"$work/ryw_off")
-        read -r o_tps o_lat < <(median <"$work/ryw_on")
-        printf '%-22s %7s | %12s %8s | %12s %8s | %9s\n' "$script -M $mode" "$c" "$f_tps" "$f_lat" "$o_tps" "$o_lat" \
-            "$(awk -v o="$o_tps" -v f="$f_tps" 'BEGIN {printf "%.2fx", o / f}')"
-    done
+    p_tps=$(cut -d' ' -f1 "$work/primary_only" | median); p_cpu=$(cut -d' ' -f2 "$work/primary_only" | median)
+    r_tps=$(cut -d' ' -f1 "$work/routed" | median); r_cpu=$(cut -d' ' -f2 "$work/routed" | median)
+    printf '%-8s %7s | %11s %8s | %11s %8s | %9s\n' -S "$c" "$p_tps" "$p_cpu" "$r_tps" "$r_cpu" \
+        "$(ratio "$r_cpu" "$p_cpu")"
 done
