@@ -24,7 +24,7 @@ DURATION=${DURATION:-8}
 ROUNDS=${ROUNDS:-3}
 POOL_SIZE=${POOL_SIZE:-20}
 SCALE=${SCALE:-10}
-CASES=${CASES:-"1|-S -M simple
+CASES=${CASES-"1|-S -M simple
 16|-S -M simple
 64|-S -M simple
 256|-S -M simple
@@ -111,7 +111,10 @@ TOML
 
 # start_bouncer / start_sluice: a fresh process, its pid in bouncer_pid / sluice_pid.
 start_bouncer() {
-    as_pg "$pgbouncer_bin" "$work/pgbouncer.ini" >/dev/null 2>&1 &
+    # runuser's login session lowers the limit on open files again: raise it, or PgBouncer
+    # stops accepting at about 1,000 clients.
+    as_pg bash -c 'ulimit -n "$(ulimit -Hn)" && exec "$0" "$1"' "$pgbouncer_bin" "$work/pgbouncer.ini" \
+        >/dev/null 2>&1 &
     pids+=($!)
     disown $!
     wait_port "$bouncer_port"
@@ -144,7 +147,7 @@ run() {
     local jobs=$((clients < 2 ? 1 : 2))
     before=$(ticks "$pid")
     # shellcheck disable=SC2086
-    out=$("$bindir/pgbench" -h 127.0.0.1 -p "$port" -U postgres -n $opts $extra -c "$clients" -j "$jobs" \
+    out=$(timeout $((DURATION + 300)) "$bindir/pgbench" -h 127.0.0.1 -p "$port" -U postgres -n $opts $extra -c "$clients" -j "$jobs" \
         -T "$DURATION" postgres 2>&1) || { echo "pgbench failed: $(echo "$out" | tail -3)" >&2; }
     after=$(ticks "$pid")
     echo "$out" | awk -v t=$((after - before)) -v hz="$hz" '

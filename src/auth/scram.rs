@@ -24,7 +24,7 @@ pub struct Verifier {
     pub server_key: [u8; 32],
 }
 
-fn hmac(key: &[u8], parts: &[&[u8]]) -> [u8; 32] {
+pub(super) fn hmac(key: &[u8], parts: &[&[u8]]) -> [u8; 32] {
     let mut mac = HmacSha256::new_from_slice(key).expect("HMAC takes keys of any length");
     for p in parts {
         mac.update(p);
@@ -51,7 +51,7 @@ fn prepare(password: &str) -> Vec<u8> {
     }
 }
 
-fn key32(text: &str) -> Option<[u8; 32]> {
+pub(super) fn key32(text: &str) -> Option<[u8; 32]> {
     B64.decode(text).ok()?.try_into().ok()
 }
 
@@ -104,6 +104,15 @@ pub enum ScramError {
     Nonce,
     #[error("wrong password")]
     Proof,
+}
+
+/// A client's proof that checked out: the server-final message for it, and the ClientKey the
+/// proof revealed, with which the pooler can log in to a server that keeps the same verifier
+/// (`passthrough`).
+#[derive(Debug)]
+pub struct Proven {
+    pub server_final: String,
+    pub client_key: [u8; 32],
 }
 
 /// The server side of one exchange, between the client-first and client-final messages.
@@ -160,8 +169,8 @@ impl ServerExchange {
         Ok((exchange, server_first))
     }
 
-    /// Checks the client-final message; on success returns the server-final message.
-    pub fn finish(self, client_final: &[u8]) -> Result<String, ScramError> {
+    /// Checks the client-final message.
+    pub fn finish(self, client_final: &[u8]) -> Result<Proven, ScramError> {
         let text = std::str::from_utf8(client_final).map_err(|_| ScramError::Malformed)?;
         let (without_proof, proof) = text.rsplit_once(",p=").ok_or(ScramError::Malformed)?;
         let mut attrs = without_proof.split(',');
@@ -195,7 +204,10 @@ impl ServerExchange {
             return Err(ScramError::Proof);
         }
         let server_signature = hmac(&self.verifier.server_key, &[auth_message.as_bytes()]);
-        Ok(format!("v={}", B64.encode(server_signature)))
+        Ok(Proven {
+            server_final: format!("v={}", B64.encode(server_signature)),
+            client_key,
+        })
     }
 }
 
@@ -241,7 +253,10 @@ mod tests {
         let (ex, first) =
             ServerExchange::start(rfc_verifier(), CLIENT_FIRST.as_bytes(), SERVER_NONCE).unwrap();
         assert_eq!(first, SERVER_FIRST);
-        assert_eq!(ex.finish(CLIENT_FINAL.as_bytes()).unwrap(), SERVER_FINAL);
+        assert_eq!(
+            ex.finish(CLIENT_FINAL.as_bytes()).unwrap().server_final,
+            SERVER_FINAL
+        );
     }
 
     #[test]
@@ -249,7 +264,7 @@ mod tests {
         let (ex, _) =
             ServerExchange::start(rfc_verifier(), CLIENT_FIRST.as_bytes(), SERVER_NONCE).unwrap();
         let bad = CLIENT_FINAL.replace("p=dHzb", "p=dHzc");
-        assert_eq!(ex.finish(bad.as_bytes()), Err(ScramError::Proof));
+        assert_eq!(ex.finish(bad.as_bytes()).unwrap_err(), ScramError::Proof);
     }
 
     #[test]
@@ -277,8 +292,8 @@ mod tests {
             client.update(first.as_bytes()).unwrap();
             let result = ex.finish(client.message());
             assert_eq!(result.is_ok(), ok);
-            if let Ok(final_msg) = result {
-                client.finish(final_msg.as_bytes()).unwrap();
+            if let Ok(proven) = result {
+                client.finish(proven.server_final.as_bytes()).unwrap();
             }
         }
     }

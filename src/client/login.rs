@@ -1,21 +1,20 @@
-//! Startup and authentication of a client: SSL/GSS refusal, cancel requests, protocol version
-//! negotiation, the configured auth method, and the welcome (parameters, cancel key, ready).
+//! Startup and login of a client: SSL/GSS refusal, cancel requests, protocol version
+//! negotiation, authentication (`authenticate`), and the welcome (parameters, cancel key, ready).
 
-use crate::auth::scram::{self, ServerExchange};
-use crate::auth::{md5, Secret};
+use super::authenticate::authenticate;
 use crate::cluster::Lsn;
-use crate::config::{AuthType, Config};
+use crate::config::Config;
 use crate::context::clients::Registration;
 use crate::context::Context;
 use crate::pool::Members;
 use crate::protocol::backend::{self, TxStatus};
 use crate::protocol::sqlstate;
 use crate::protocol::startup::{self, Startup, StartupPacket};
-use crate::protocol::{frontend, ProtocolError};
+use crate::protocol::ProtocolError;
 use crate::router::command;
 use crate::router::policy::RouteMode;
 use crate::stream::Stream;
-use bytes::{Buf, BytesMut};
+use bytes::BytesMut;
 use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -34,12 +33,12 @@ pub struct LoggedIn {
     pub buf: BytesMut,
 }
 
-async fn read_more(stream: &mut Stream, buf: &mut BytesMut) -> bool {
+pub(super) async fn read_more(stream: &mut Stream, buf: &mut BytesMut) -> bool {
     buf.reserve(512);
     matches!(stream.read_buf(buf).await, Ok(n) if n > 0)
 }
 
-async fn protocol_violation(stream: &mut Stream, e: ProtocolError) {
+pub(super) async fn protocol_violation(stream: &mut Stream, e: ProtocolError) {
     stream
         .fatal(&[], sqlstate::PROTOCOL_VIOLATION, &e.to_string())
         .await;
@@ -66,7 +65,10 @@ async fn console_login(
     reg: &Registration<'_>,
 ) -> Option<Login> {
     let database = "pgsluice";
-    if !authenticate(ctx, config, stream, &mut buf, &mut out, &user).await {
+    if authenticate(ctx, config, stream, &mut buf, &mut out, None, &user)
+        .await
+        .is_none()
+    {
         ctx.metrics.auth_failed(database, &user);
         return None;
     }
@@ -314,12 +316,24 @@ async fn pool_login(
             .await;
         return None;
     }
-    if !authenticate(ctx, config, stream, &mut buf, &mut out, &user).await {
+    let Some(looked) = authenticate(
+        ctx,
+        config,
+        stream,
+        &mut buf,
+        &mut out,
+        Some(&database),
+        &user,
+    )
+    .await
+    else {
         ctx.metrics.auth_failed(&database, &user);
         return None;
-    }
+    };
     backend::authentication_ok(&mut out);
-    let members = ctx.pools.members(config, &ctx.clusters, &database, &user)?;
+    let members =
+        ctx.pools
+            .members_for(config, &ctx.clusters, &database, &user, looked.as_ref())?;
     if members.cluster.is_disabled() {
         stream
             .fatal(
@@ -404,172 +418,4 @@ fn client_params(startup: &Startup) -> Result<Vec<(String, String)>, String> {
         }
     }
     Ok(out)
-}
-
-/// Reads one PasswordMessage-type frame ('p') during authentication.
-async fn read_password_frame(stream: &mut Stream, buf: &mut BytesMut) -> Option<BytesMut> {
-    loop {
-        match frontend::header(buf, startup::MAX_STARTUP_PACKET) {
-            Ok(Some(h)) if h.tag != b'p' => {
-                stream
-                    .fatal(
-                        &[],
-                        sqlstate::PROTOCOL_VIOLATION,
-                        "expected password response",
-                    )
-                    .await;
-                return None;
-            }
-            Ok(Some(h)) if buf.len() >= h.len => {
-                let mut frame = buf.split_to(h.len);
-                frame.advance(5);
-                return Some(frame);
-            }
-            Ok(_) => {
-                if !read_more(stream, buf).await {
-                    return None;
-                }
-            }
-            Err(e) => {
-                protocol_violation(stream, e).await;
-                return None;
-            }
-        }
-    }
-}
-
-/// Runs the configured method; on failure the client has been told and closed.
-async fn authenticate(
-    ctx: &Context,
-    config: &Config,
-    stream: &mut Stream,
-    buf: &mut BytesMut,
-    out: &mut BytesMut,
-    user: &str,
-) -> bool {
-    let secret = config
-        .users
-        .get(user)
-        .and_then(|u| u.password.as_deref())
-        .and_then(|p| Secret::parse(p).ok());
-    let known = config.users.contains_key(user);
-    let ok = match (config.general.auth_type, &secret) {
-        (AuthType::Trust, _) => {
-            if !known {
-                let _ = stream.write_all(out).await;
-                stream
-                    .fatal(
-                        &[],
-                        sqlstate::INVALID_AUTHORIZATION,
-                        &format!("no such user: {user}"),
-                    )
-                    .await;
-                return false;
-            }
-            true
-        }
-        (AuthType::Md5, Some(Secret::Scram(_))) | (AuthType::ScramSha256, _) => {
-            let verifier = match &secret {
-                Some(Secret::Scram(v)) => v.clone(),
-                Some(Secret::Plain(p)) => ctx.verifier_for(user, p),
-                _ => ctx.mock_verifier(user),
-            };
-            let known = known && matches!(secret, Some(Secret::Scram(_) | Secret::Plain(_)));
-            match scram_exchange(stream, buf, out, verifier).await {
-                Some(proof_ok) => proof_ok && known,
-                None => return false,
-            }
-        }
-        (AuthType::Md5, _) => {
-            let salt: [u8; 4] = rand::random();
-            backend::authentication_md5(out, salt);
-            if stream.write_all(out).await.is_err() {
-                return false;
-            }
-            out.clear();
-            let Some(frame) = read_password_frame(stream, buf).await else {
-                return false;
-            };
-            let answer = match frontend::password(&frame) {
-                Ok(a) => a,
-                Err(e) => {
-                    protocol_violation(stream, e).await;
-                    return false;
-                }
-            };
-            match &secret {
-                Some(Secret::Plain(p)) => md5::verify(&md5::stored_hash(user, p), salt, answer),
-                Some(Secret::Md5(h)) => md5::verify(h, salt, answer),
-                _ => false,
-            }
-        }
-    };
-    if !ok {
-        tracing::info!(user, "password authentication failed");
-        stream
-            .fatal(
-                &[],
-                sqlstate::INVALID_PASSWORD,
-                &format!("password authentication failed for user \"{user}\""),
-            )
-            .await;
-    }
-    ok
-}
-
-/// Some(true) when the proof checked out, Some(false) when it did not, None when the client
-/// broke the exchange (and has been told).
-async fn scram_exchange(
-    stream: &mut Stream,
-    buf: &mut BytesMut,
-    out: &mut BytesMut,
-    verifier: scram::Verifier,
-) -> Option<bool> {
-    backend::authentication_sasl(out, scram::MECHANISM);
-    stream.write_all(out).await.ok()?;
-    out.clear();
-    let frame = read_password_frame(stream, buf).await?;
-    let (mechanism, first) = match frontend::sasl_initial_response(&frame) {
-        Ok(r) => r,
-        Err(e) => {
-            protocol_violation(stream, e).await;
-            return None;
-        }
-    };
-    if mechanism != scram::MECHANISM.as_bytes() {
-        stream
-            .fatal(
-                &[],
-                sqlstate::PROTOCOL_VIOLATION,
-                "client selected an invalid SASL authentication mechanism",
-            )
-            .await;
-        return None;
-    }
-    let (exchange, server_first) = match ServerExchange::start(verifier, first, &scram::nonce()) {
-        Ok(r) => r,
-        Err(e) => {
-            stream
-                .fatal(&[], sqlstate::PROTOCOL_VIOLATION, &e.to_string())
-                .await;
-            return None;
-        }
-    };
-    backend::authentication_sasl_continue(out, server_first.as_bytes());
-    stream.write_all(out).await.ok()?;
-    out.clear();
-    let frame = read_password_frame(stream, buf).await?;
-    match exchange.finish(&frame) {
-        Ok(server_final) => {
-            backend::authentication_sasl_final(out, server_final.as_bytes());
-            Some(true)
-        }
-        Err(scram::ScramError::Proof) => Some(false),
-        Err(e) => {
-            stream
-                .fatal(&[], sqlstate::PROTOCOL_VIOLATION, &e.to_string())
-                .await;
-            None
-        }
-    }
 }

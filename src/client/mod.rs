@@ -1,4 +1,5 @@
-//! One task per client connection: startup and authentication (`login`), then the session
+//! One task per client connection: startup (`login`) and authentication (`authenticate`), then
+//! the session
 //! state machine (`session`), which waits while idle (`idle`), links to a server for each unit
 //! of work (`link`), forwards both ways while linked (`forward`, with statement names
 //! rewritten by `rewrite`), and ends with a typed reason (`end`). The client's read buffer and
@@ -6,6 +7,7 @@
 //! (`params`), learnt after work that may change them (`probe`), which also pins a client that
 //! holds a session-only feature to its server. LISTEN is shared (`listen`).
 
+mod authenticate;
 mod end;
 mod floor;
 mod forward;

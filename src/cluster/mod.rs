@@ -409,8 +409,8 @@ impl Cluster {
         }
     }
 
-    /// Where the pooler's own connection to `node` goes, logged in as `credentials`.
-    fn target(&self, node: usize, credentials: &Credentials, general: &General) -> Target {
+    /// Where a connection to `node` goes, logged in as `credentials`.
+    pub fn target(&self, node: usize, credentials: &Credentials, general: &General) -> Target {
         let n = &self.nodes[node];
         Target {
             host: n.host.clone(),

@@ -311,9 +311,8 @@ fn pairs(s: &str) -> Result<Vec<(String, String)>, String> {
 /// their value.
 fn database_key(key: &str) -> Option<fn(&str) -> toml::Value> {
     match key {
-        "host" | "dbname" | "user" | "password" | "pool_mode" => {
-            Some(|v| toml::Value::String(v.to_owned()))
-        }
+        "host" | "dbname" | "user" | "password" | "pool_mode" | "auth_user" | "auth_query"
+        | "auth_dbname" => Some(|v| toml::Value::String(v.to_owned())),
         "port" | "pool_size" | "min_pool_size" | "max_db_connections" => Some(number),
         _ => None,
     }
@@ -372,7 +371,6 @@ fn peer(id: &str, value: &str, at: At, out: &mut Converted) -> Result<(), Config
 
 fn database_without(key: &str) -> &'static str {
     match key {
-        "auth_user" | "auth_dbname" | "auth_query" => "auth_query is not supported yet",
         "reserve_pool" | "reserve_pool_size" => "pgsluice has one reserve_pool_size for every pool",
         _ => "pgsluice has no such database setting; it is ignored",
     }
@@ -440,17 +438,12 @@ mod tests {
         let odd = &c.databases["odd-name"];
         assert_eq!(odd.password.as_deref(), Some("it's"));
         assert_eq!(odd.pool_size, Some(5));
+        assert_eq!(odd.auth_user.as_deref(), Some("pgb"));
         assert_eq!(c.users["report"].max_user_connections, Some(3));
         assert_eq!(c.general.peers["1"], "10.0.0.1:6432");
         assert_eq!(c.general.peers["2"], "[::1]:6432");
         let skipped: Vec<&str> = conv.skipped.iter().map(|(at, _)| at.as_str()).collect();
-        assert_eq!(
-            skipped,
-            [
-                "pgb.ini [databases] odd-name (auth_user)",
-                "pgb.ini [pgbouncer] logfile"
-            ]
-        );
+        assert_eq!(skipped, ["pgb.ini [pgbouncer] logfile"]);
     }
 
     #[test]

@@ -59,6 +59,18 @@ pub enum AuthType {
     ScramSha256,
 }
 
+/// How the secret of a user the configuration does not list is found: `query` with the user
+/// name as $1, run as `user` in `database` (a configured database) on its primary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AuthLookup<'a> {
+    pub user: &'a str,
+    pub query: &'a str,
+    pub database: &'a str,
+}
+
+/// PgBouncer's auth_query: the secret of a role that may log in, NULL once it has expired.
+pub const DEFAULT_AUTH_QUERY: &str = "SELECT rolname, CASE WHEN rolvaliduntil < now() THEN NULL ELSE rolpassword END FROM pg_authid WHERE rolname=$1 AND rolcanlogin";
+
 /// Process-wide settings: the top level of the file, with PgBouncer's names and meanings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -68,6 +80,12 @@ pub struct General {
     pub pool_mode: PoolMode,
     pub auth_type: AuthType,
     pub auth_file: String,
+    /// Who looks up the passwords of users the configuration does not list (empty: no one).
+    pub auth_user: String,
+    pub auth_query: String,
+    /// The database auth_query runs in (empty: the client's).
+    pub auth_dbname: String,
+    pub auth_cache_ttl: Seconds,
     pub max_client_conn: usize,
     pub default_pool_size: usize,
     pub min_pool_size: usize,
@@ -133,6 +151,10 @@ impl Default for General {
             pool_mode: PoolMode::Transaction,
             auth_type: AuthType::Md5,
             auth_file: String::new(),
+            auth_user: String::new(),
+            auth_query: DEFAULT_AUTH_QUERY.into(),
+            auth_dbname: String::new(),
+            auth_cache_ttl: Seconds::secs(60),
             max_client_conn: 100,
             default_pool_size: 20,
             min_pool_size: 0,
@@ -218,6 +240,10 @@ pub struct Database {
     /// Which node is the primary: `host`, or whichever the health checks find.
     #[serde(default)]
     pub role: Roles,
+    /// Override the process-wide auth_user, auth_query and auth_dbname for this database.
+    pub auth_user: Option<String>,
+    pub auth_query: Option<String>,
+    pub auth_dbname: Option<String>,
 }
 
 /// How the nodes of a database get their roles.
@@ -516,6 +542,28 @@ impl Config {
 
     /// Resolves one pool's settings: the database's value wins over the user's, which wins over
     /// the global default (PgBouncer's order for pool_size and pool_mode).
+    /// Who looks up the secrets of unlisted users for clients of `database`, and how; None
+    /// when no auth_user is set for it.
+    pub fn auth_lookup<'a>(&'a self, database: &'a str) -> Option<AuthLookup<'a>> {
+        let db = self.database(database)?;
+        let g = &self.general;
+        let user = db.auth_user.as_deref().unwrap_or(&g.auth_user);
+        if user.is_empty() {
+            return None;
+        }
+        let dbname = db
+            .auth_dbname
+            .as_deref()
+            .or((!g.auth_dbname.is_empty()).then_some(g.auth_dbname.as_str()))
+            .filter(|d| !d.is_empty())
+            .unwrap_or(database);
+        Some(AuthLookup {
+            user,
+            query: db.auth_query.as_deref().unwrap_or(&g.auth_query),
+            database: dbname,
+        })
+    }
+
     pub fn pool_settings(&self, database: &str, user: &str) -> Option<PoolSettings> {
         let db = self.database(database)?;
         let u = self.users.get(user);

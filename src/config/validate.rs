@@ -31,6 +31,15 @@ impl Config {
         if g.max_client_conn == 0 {
             return bad("max_client_conn", "must be at least 1".into());
         }
+        if !g.auth_dbname.is_empty() && self.database(&g.auth_dbname).is_none() {
+            return bad(
+                "auth_dbname",
+                format!("names no configured database: {}", g.auth_dbname),
+            );
+        }
+        if !g.auth_query.contains("$1") {
+            return bad("auth_query", "must take the user name as $1".into());
+        }
         if g.peer_id > 16383 {
             return bad("peer_id", "must be between 0 and 16383".into());
         }
@@ -121,6 +130,22 @@ impl Config {
                 if r.host == db.host && r.port == db.port {
                     return bad(&key, "is the primary's address".into());
                 }
+            }
+            if let Some(d) = db
+                .auth_dbname
+                .as_deref()
+                .filter(|d| self.database(d).is_none())
+            {
+                return bad(
+                    &format!("databases.{name}.auth_dbname"),
+                    format!("names no configured database: {d}"),
+                );
+            }
+            if db.auth_query.as_deref().is_some_and(|q| !q.contains("$1")) {
+                return bad(
+                    &format!("databases.{name}.auth_query"),
+                    "must take the user name as $1".into(),
+                );
             }
             if db.password.is_some() && db.user.is_none() {
                 return bad(

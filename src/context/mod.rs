@@ -56,6 +56,8 @@ pub struct Context {
     phase_now: std::sync::atomic::AtomicU8,
     pub cancels: clients::Cancels,
     pub statements: statements::Registry,
+    /// Secrets auth_query found.
+    pub lookups: crate::pool::lookup::Lookups,
     /// Every database's routing decisions, by reason.
     pub routes: Routes,
     /// Every database's functions and statements that write.
@@ -81,6 +83,7 @@ impl Context {
             cancels: clients::Cancels::new(config.general.peer_id),
             config: ArcSwap::from_pointee(config),
             statements: statements::Registry::default(),
+            lookups: Default::default(),
             routes: Routes::default(),
             catalogs: crate::router::Catalogs::default(),
             reloaded: tokio::sync::Notify::new(),
@@ -167,6 +170,7 @@ impl Context {
         }
         self.clusters.reload(&config);
         self.pools.reload(&config, &self.clusters);
+        self.lookups.clear();
         self.tls.store(Arc::new(acceptor(&config)));
         self.config.store(Arc::new(config));
         self.topology_changed.notify_one();

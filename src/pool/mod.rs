@@ -9,6 +9,7 @@
 mod checkout;
 mod limits;
 pub mod listener;
+pub mod lookup;
 mod maintain;
 mod registry;
 

@@ -139,8 +139,14 @@ fn shared_limit(
     )
 }
 
-/// Who a pool of (database, user) logs in to servers as.
-fn credentials(config: &Config, database: &str, user: &str) -> Option<Credentials> {
+/// Who a pool of (database, user) logs in to servers as: the database's own login, else the
+/// user with its configured password, else with what auth_query found (`looked`).
+fn credentials(
+    config: &Config,
+    database: &str,
+    user: &str,
+    looked: Option<&Secret>,
+) -> Option<Credentials> {
     config.database(database)?;
     Some(
         Cluster::configured_credentials(config, database).unwrap_or_else(|| Credentials {
@@ -149,22 +155,14 @@ fn credentials(config: &Config, database: &str, user: &str) -> Option<Credential
                 .users
                 .get(user)
                 .and_then(|u| u.password.as_deref())
-                .and_then(|p| Secret::parse(p).ok()),
+                .and_then(|p| Secret::parse(p).ok())
+                .or_else(|| looked.cloned()),
         }),
     )
 }
 
 fn target(config: &Config, cluster: &Cluster, node: usize, credentials: &Credentials) -> Target {
-    let n = &cluster.nodes[node];
-    Target {
-        host: n.host.clone(),
-        port: n.port,
-        dbname: cluster.dbname.clone(),
-        credentials: credentials.clone(),
-        tls_mode: config.general.server_tls_sslmode,
-        tls_ca_file: config.general.server_tls_ca_file.clone(),
-        tcp: crate::server::tcp_tuning(&config.general),
-    }
+    cluster.target(node, credentials, &config.general)
 }
 
 impl Pools {
@@ -186,14 +184,37 @@ impl Pools {
         database: &str,
         user: &str,
     ) -> Option<Arc<Members>> {
+        self.members_for(config, clusters, database, user, None)
+    }
+
+    /// `members`, for a user whose secret auth_query found: the pools log in to servers with
+    /// it, and take a new one (a rotated password) from the next client that brings it.
+    pub fn members_for(
+        &self,
+        config: &Config,
+        clusters: &Clusters,
+        database: &str,
+        user: &str,
+        looked: Option<&Secret>,
+    ) -> Option<Arc<Members>> {
         let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
         let key = (database.to_owned(), user.to_owned());
         if let Some(m) = map.get(&key) {
+            if looked.is_some() {
+                let credentials = credentials(config, database, user, looked)?;
+                if m.primary().setup().target.credentials != credentials {
+                    let settings = config.pool_settings(database, user)?;
+                    for (i, pool) in m.pools.iter().enumerate() {
+                        let target = target(config, &m.cluster, i, &credentials);
+                        pool.reconfigure(config, settings.clone(), target);
+                    }
+                }
+            }
             return Some(m.clone());
         }
         let settings = config.pool_settings(database, user)?;
         let cluster = clusters.get_or_add(config, database)?;
-        let credentials = credentials(config, database, user)?;
+        let credentials = credentials(config, database, user, looked)?;
         cluster.offer_credentials(&credentials);
         let mut pools = Vec::with_capacity(cluster.nodes.len());
         for (i, node) in cluster.nodes.iter().enumerate() {
@@ -249,9 +270,13 @@ impl Pools {
             let same = clusters
                 .get(database)
                 .is_some_and(|c| Arc::ptr_eq(&c, &members.cluster));
+            // A secret auth_query found is kept: the reload did not bring it.
+            let looked = config
+                .auth_lookup(database)
+                .and_then(|_| members.primary().setup().target.credentials.secret.clone());
             let (Some(settings), Some(credentials), true) = (
                 config.pool_settings(database, user),
-                credentials(config, database, user),
+                credentials(config, database, user, looked.as_ref()),
                 same,
             ) else {
                 return false;

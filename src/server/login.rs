@@ -2,6 +2,7 @@
 //! md5 (also from a stored md5 hash), cleartext or trust.
 
 use super::{next_id, CancelKey, ServerConn, Target};
+use crate::auth::passthrough::ClientExchange;
 use crate::auth::{md5, Secret};
 use crate::stream::Stream;
 use bytes::BytesMut;
@@ -179,6 +180,7 @@ async fn authenticate(
 ) -> Result<(), LoginError> {
     let mut out = BytesMut::with_capacity(256);
     let mut scram: Option<ScramSha256> = None;
+    let mut pass: Option<ClientExchange> = None;
     loop {
         out.clear();
         match read_message(stream, buf).await? {
@@ -208,23 +210,47 @@ async fn authenticate(
                         "server offers no SASL mechanism we know".into(),
                     ));
                 }
-                let s = ScramSha256::new(
-                    plain(creds, "SCRAM-SHA-256")?.as_bytes(),
-                    ChannelBinding::unsupported(),
-                );
-                frontend::sasl_initial_response(sasl::SCRAM_SHA_256, s.message(), &mut out)?;
-                scram = Some(s);
+                if let Some(Secret::ScramKeys(keys)) = &creds.secret {
+                    // SCRAM passthrough: the keys a client's proof revealed stand in for
+                    // the password.
+                    let (ex, first) = ClientExchange::start((**keys).clone());
+                    frontend::sasl_initial_response(
+                        sasl::SCRAM_SHA_256,
+                        first.as_bytes(),
+                        &mut out,
+                    )?;
+                    pass = Some(ex);
+                } else {
+                    let s = ScramSha256::new(
+                        plain(creds, "SCRAM-SHA-256")?.as_bytes(),
+                        ChannelBinding::unsupported(),
+                    );
+                    frontend::sasl_initial_response(sasl::SCRAM_SHA_256, s.message(), &mut out)?;
+                    scram = Some(s);
+                }
             }
             Message::AuthenticationSaslContinue(body) => {
-                let s = scram.as_mut().ok_or(LoginError::Protocol)?;
-                s.update(body.data())
-                    .map_err(|e| LoginError::Auth(e.to_string()))?;
-                frontend::sasl_response(s.message(), &mut out)?;
+                if let Some(ex) = pass.as_mut() {
+                    let last = ex
+                        .respond(body.data())
+                        .map_err(|e| LoginError::Auth(e.to_string()))?;
+                    frontend::sasl_response(last.as_bytes(), &mut out)?;
+                } else {
+                    let s = scram.as_mut().ok_or(LoginError::Protocol)?;
+                    s.update(body.data())
+                        .map_err(|e| LoginError::Auth(e.to_string()))?;
+                    frontend::sasl_response(s.message(), &mut out)?;
+                }
             }
             Message::AuthenticationSaslFinal(body) => {
-                let s = scram.as_mut().ok_or(LoginError::Protocol)?;
-                s.finish(body.data())
-                    .map_err(|e| LoginError::Auth(e.to_string()))?;
+                if let Some(ex) = pass.as_ref() {
+                    ex.check(body.data())
+                        .map_err(|e| LoginError::Auth(e.to_string()))?;
+                } else {
+                    let s = scram.as_mut().ok_or(LoginError::Protocol)?;
+                    s.finish(body.data())
+                        .map_err(|e| LoginError::Auth(e.to_string()))?;
+                }
             }
             Message::ErrorResponse(body) => return Err(refused(&body)),
             _ => return Err(LoginError::Protocol),

@@ -38,10 +38,52 @@ pub async fn several(
     sql: &str,
     mut parameter: impl FnMut(&str, &str),
 ) -> Result<(Vec<Row>, Option<QueryError>), QueryError> {
-    use fallible_iterator::FallibleIterator;
     let mut out = BytesMut::new();
     crate::protocol::frontend::encode_query(&mut out, sql);
     conn.stream.write_all(&out).await?;
+    replies(conn, &mut parameter).await
+}
+
+/// Runs `sql` with `param` as its $1 (the extended protocol: the value never becomes part of
+/// the SQL text) and returns its rows. The caller bounds the time.
+pub async fn with_param(
+    conn: &mut ServerConn,
+    sql: &str,
+    param: &str,
+) -> Result<Vec<Row>, QueryError> {
+    use postgres_protocol::message::frontend;
+    use postgres_protocol::IsNull;
+    let mut out = BytesMut::new();
+    let encoding = |_| std::io::Error::from(std::io::ErrorKind::InvalidInput);
+    frontend::parse("", sql, [], &mut out).map_err(encoding)?;
+    frontend::bind(
+        "",
+        "",
+        [],
+        [param],
+        |p, buf| {
+            buf.extend_from_slice(p.as_bytes());
+            Ok::<_, Box<dyn std::error::Error + Sync + Send>>(IsNull::No)
+        },
+        [],
+        &mut out,
+    )
+    .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+    frontend::execute("", 0, &mut out).map_err(encoding)?;
+    frontend::sync(&mut out);
+    conn.stream.write_all(&out).await?;
+    match replies(conn, &mut |_, _| {}).await? {
+        (_, Some(e)) => Err(e),
+        (rows, None) => Ok(rows),
+    }
+}
+
+/// The replies to what was sent, up to ReadyForQuery.
+async fn replies(
+    conn: &mut ServerConn,
+    parameter: &mut impl FnMut(&str, &str),
+) -> Result<(Vec<Row>, Option<QueryError>), QueryError> {
+    use fallible_iterator::FallibleIterator;
     let mut rows = Vec::new();
     let mut error = None;
     loop {
