@@ -11,6 +11,7 @@
 #   DURATION=8 ROUNDS=3 POOL_SIZE=20 SCALE=10 bench/pgbench.sh
 #   CASES=$'64|-S -M simple\n64|-S -M prepared'    # "clients|pgbench options", one per line
 #   LATENCY_CLIENTS="64 1000" IDLE_CLIENTS="2000 10000" ROUTED_CLIENTS="64"  ("" skips each)
+#   SLUICE_SETTINGS='workers = 2'          # more top-level settings for pgsluice
 #   PGBOUNCER=/path/to/pgbouncer          # else built by PGBOUNCER_BUILD, a script that prints
 #                                         # the binary's path (default: build-pgbouncer.sh in
 #                                         # ../shared/anchors beside this checkout)
@@ -35,6 +36,7 @@ CASES=${CASES-"1|-S -M simple
 LATENCY_CLIENTS=${LATENCY_CLIENTS-"64 1000"}
 IDLE_CLIENTS=${IDLE_CLIENTS-"2000 10000"}
 ROUTED_CLIENTS=${ROUTED_CLIENTS-64}
+SLUICE_SETTINGS=${SLUICE_SETTINGS-}
 PASSWORD=bench-secret
 export PGPASSWORD=$PASSWORD
 
@@ -103,6 +105,7 @@ auth_type = "scram-sha-256"
 pool_mode = "transaction"
 default_pool_size = $POOL_SIZE
 max_client_conn = $max_clients
+$SLUICE_SETTINGS
 [databases.postgres]
 port = $pg_port
 [users.postgres]

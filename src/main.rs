@@ -68,11 +68,18 @@ fn init_logging() {
         .init();
 }
 
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime")
+/// The runtime for `workers` threads: one runs everything on the thread that waits for the
+/// sockets (no hand-offs between threads), more share the connections out among themselves.
+fn runtime(workers: usize) -> tokio::runtime::Runtime {
+    let mut builder = if workers == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
+    if workers > 1 {
+        builder.worker_threads(workers);
+    }
+    builder.enable_all().build().expect("tokio runtime")
 }
 
 /// `pgsluice convert FILE`: the TOML of a PgBouncer file, checked, on stdout.
@@ -141,7 +148,7 @@ fn main() -> ExitCode {
             for (at, why) in skipped {
                 tracing::warn!("{at}: not carried over: {why}");
             }
-            runtime().block_on(async {
+            runtime(config.general.workers).block_on(async {
                 let service = match pgsluice::service::Service::bind(config).await {
                     Ok(s) => s,
                     Err(e) => {
@@ -185,7 +192,7 @@ fn main() -> ExitCode {
         }
         Command::Demo => {
             init_logging();
-            match runtime().block_on(pgsluice::demo::run()) {
+            match runtime(0).block_on(pgsluice::demo::run()) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("pgsluice demo: {e}");

@@ -16,6 +16,15 @@ pub fn unix_micros() -> u64 {
         .map_or(0, |d| d.as_micros() as u64)
 }
 
+/// `unix_micros` as of `at`, from the monotonic clock the caller already read: the wall clock
+/// is read once per process. For times that are shown (SHOW CLIENTS), where a slewed wall
+/// clock's drift over the process's life does not matter.
+pub fn unix_micros_at(at: std::time::Instant) -> u64 {
+    static BASE: std::sync::OnceLock<(std::time::Instant, u64)> = std::sync::OnceLock::new();
+    let (base, micros) = *BASE.get_or_init(|| (std::time::Instant::now(), unix_micros()));
+    micros + at.saturating_duration_since(base).as_micros() as u64
+}
+
 /// Buckets for waits and query and transaction times, in seconds: from 100 µs to 30 s.
 const TIME_BUCKETS: &[f64] = &[
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,

@@ -535,6 +535,7 @@ impl Session<'_> {
             if let Some(start) = link.unit_start.take() {
                 let metrics = &self.members.pools[link.node].metrics;
                 let now = Instant::now();
+                link.answered = Some(now);
                 metrics.query.observe((now - start).as_secs_f64());
                 if ex.tracker.status == TxStatus::Idle {
                     let began = link.xact_start.take().unwrap_or(start);

@@ -5,7 +5,7 @@
 
 use super::end::End;
 use super::listen::next_note;
-use super::session::{Next, Session, Spare};
+use super::session::{Next, Session};
 use crate::config::PoolMode;
 use crate::protocol::backend::{self, TxStatus};
 use crate::protocol::frontend::Message;
@@ -33,6 +33,11 @@ enum Woke {
 }
 
 impl Session<'_> {
+    /// Whether an idle client keeps its buffers for its next transaction (few clients).
+    pub(super) fn keeps_buffers(&self) -> bool {
+        self.ctx.client_count() <= KEEP_BUFFERS_UP_TO
+    }
+
     /// Without a server: handles the client's next message, or waits for one.
     pub(super) async fn idle_step(&mut self) -> Result<Next, End> {
         if self.must_go() {
@@ -47,7 +52,9 @@ impl Session<'_> {
         }
         self.inbox.scan(self.config.general.max_packet_size);
         let maybe_listen = matches!(self.inbox.front().map(|f| f.tag), Some(b'Q' | b'P'));
-        if maybe_listen && self.answer_listen().await {
+        if let Some(unit) = maybe_listen.then(|| self.listen_unit()).flatten() {
+            // Boxed: rare, and every idle client would carry its space otherwise.
+            Box::pin(self.answer_listen(unit)).await;
             return Ok(Next::Stay);
         }
         let map = self.config.general.max_prepared_statements > 0;
@@ -177,11 +184,11 @@ impl Session<'_> {
             // this path's space.
             return Box::pin(self.read_idle_tls()).await;
         };
-        let many = self.ctx.client_count() > KEEP_BUFFERS_UP_TO;
-        if self.inbox.buf.is_empty() && (many || self.inbox.buf.capacity() > 4 * READ_CHUNK) {
+        let large = self.inbox.buf.capacity() > 4 * READ_CHUNK;
+        if self.inbox.buf.is_empty() && (large || !self.keeps_buffers()) {
             self.inbox.release_buffers();
             self.to_client = BytesMut::new();
-            self.spare = Spare::default();
+            self.spare = None;
         }
         let timeout = self.config.general.client_idle_timeout.enabled();
         let woke = {

@@ -33,6 +33,8 @@ pub(super) struct Link {
     /// When the unit of work now running, and the transaction it belongs to, started.
     pub unit_start: Option<Instant>,
     pub xact_start: Option<Instant>,
+    /// When the last unit was answered: the time the server goes back to the pool at.
+    pub answered: Option<Instant>,
     /// What the client's work on this link may have done to its session since the last
     /// probe (`client::probe`).
     pub touched: Effects,
@@ -111,18 +113,20 @@ impl Session<'_> {
         if !Arc::ptr_eq(&self.ctx.config.load(), &self.config) {
             self.config = self.ctx.config.load_full();
         }
+        // One clock read for the whole checkout (query_wait_timeout counts from it).
+        let mut since = std::time::Instant::now();
         self.reg.slot.last_request.store(
-            crate::stats::unix_micros(),
+            crate::stats::unix_micros_at(since),
             std::sync::atomic::Ordering::Relaxed,
         );
         if self.members.cluster.is_paused() {
             self.wait_resumed().await?;
+            since = std::time::Instant::now();
         }
         // The cluster is borrowed afresh where it is needed, never cloned: a refcount shared
         // by every client of the database would cost a cache line bouncing between cores on
         // every transaction.
         self.await_pool_floor().await;
-        let since = std::time::Instant::now();
         let (decision, checkout) = loop {
             let facts = self.facts();
             let work = || {
@@ -144,7 +148,7 @@ impl Session<'_> {
                 }
             };
             let node = decision.node;
-            match self.checkout(node).await? {
+            match self.checkout(node, since).await? {
                 Waited::Server(c) => break (decision, c),
                 Waited::Failed(e) => {
                     let connect = matches!(e, PoolError::Connect(_));
@@ -176,8 +180,15 @@ impl Session<'_> {
         } else {
             FloorDue::Never
         };
-        let tracker = std::mem::take(&mut self.spare.tracker);
-        let to_server = std::mem::take(&mut self.spare.to_server);
+        use std::mem::take;
+        let (tracker, to_server, replay) = match self.spare.as_deref_mut() {
+            Some(s) => (
+                take(&mut s.tracker),
+                take(&mut s.to_server),
+                take(&mut s.replay),
+            ),
+            None => Default::default(),
+        };
         let mut link = Box::new(Link {
             ex: Exchange::new(checkout.conn, tracker, to_server),
             // Links in flight matter only where there is a choice of node.
@@ -190,8 +201,9 @@ impl Session<'_> {
                     mark: self.to_client.len(),
                 },
             },
-            replay: std::mem::take(&mut self.spare.replay),
+            replay,
             unit_start: None,
+            answered: None,
             xact_start: None,
             touched: Effects::default(),
             refusal: None,
@@ -228,9 +240,9 @@ impl Session<'_> {
     }
 
     /// Waits for a server of `node`'s pool; a client that leaves meanwhile gives up its place.
-    async fn checkout(&self, node: usize) -> Result<Waited, End> {
+    async fn checkout(&self, node: usize, since: std::time::Instant) -> Result<Waited, End> {
         let pool = &self.members.pools[node];
-        let waiting = pool.checkout_for(Some(self.params.fingerprint()));
+        let waiting = pool.checkout_for(Some(self.params.fingerprint()), since);
         tokio::pin!(waiting);
         let checkout = tokio::select! {
             // Checkout first: when a server is free there is no need to look at the client.

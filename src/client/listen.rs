@@ -28,24 +28,19 @@ impl Session<'_> {
         self.mode == PoolMode::Transaction && self.config.general.listen_mode == ListenMode::Shared
     }
 
-    /// Answers the idle client's next unit if it is only LISTEN and UNLISTEN: a Query, or an
-    /// unnamed Parse with its Bind, Describe and Execute up to Sync. True when it did.
-    pub(super) async fn answer_listen(&mut self) -> bool {
+    /// The idle client's next unit if it is only LISTEN and UNLISTEN (a Query, or an unnamed
+    /// Parse with its Bind, Describe and Execute up to Sync): its commands, and its frames.
+    pub(super) fn listen_unit(&self) -> Option<(Vec<Listen>, usize)> {
         if !self.shared_listen() {
-            return false;
+            return None;
         }
         let mut frames = self.inbox.messages();
         let (cmds, count) = match frames.next() {
-            Some(Message::Query(sql)) => match command::listen(sql) {
-                Some(cmds) => (cmds, 1),
-                None => return false,
-            },
+            Some(Message::Query(sql)) => (command::listen(sql)?, 1),
             Some(Message::Parse {
                 name: b"", query, ..
             }) => {
-                let Some(cmds) = command::listen(query) else {
-                    return false;
-                };
+                let cmds = command::listen(query)?;
                 // The rest of the unit must have arrived, and be only what runs it.
                 let mut count = 1;
                 loop {
@@ -60,13 +55,17 @@ impl Session<'_> {
                             | Message::Describe { name: b"", .. }
                             | Message::Execute { portal: b"", .. },
                         ) => count += 1,
-                        _ => return false,
+                        _ => return None,
                     }
                 }
             }
-            _ => return false,
+            _ => return None,
         };
-        drop(frames);
+        Some((cmds, count))
+    }
+
+    /// Answers the unit `listen_unit` found, and carries it out on the shared connection.
+    pub(super) async fn answer_listen(&mut self, (cmds, count): (Vec<Listen>, usize)) {
         let mut replies = BytesMut::new();
         let extended = count > 1;
         for _ in 0..count {
@@ -116,7 +115,6 @@ impl Session<'_> {
             ),
         }
         backend::ready_for_query(&mut self.to_client, TxStatus::Idle);
-        true
     }
 
     fn apply_listen(&mut self, cmd: Listen) -> Option<oneshot::Receiver<()>> {
@@ -146,11 +144,13 @@ impl Session<'_> {
 
 /// The next notification for a listening client; never, for one that does not listen.
 pub(super) async fn next_note(notes: &mut Option<Box<Notes>>) -> Note {
-    match notes {
-        Some(n) => match n.rx.recv().await {
-            Some(note) => note,
-            None => std::future::pending().await,
-        },
+    // Polled in place: a `recv` future would be carried by every idle client's wait.
+    let received = std::future::poll_fn(|cx| match notes {
+        Some(n) => n.rx.poll_recv(cx),
+        None => std::task::Poll::Pending,
+    });
+    match received.await {
+        Some(note) => note,
         None => std::future::pending().await,
     }
 }

@@ -84,7 +84,8 @@ pub(super) struct Session<'a> {
     pub params: SessionParams,
     pub reg: &'a Registration<'a>,
     pub statements: ClientStatements,
-    pub spare: Spare,
+    /// Boxed, and none while idle among many clients: most of the time it is not needed.
+    pub spare: Option<Box<Spare>>,
     /// The session-only features that keep this client on its server (transaction mode).
     pub pinned: Features,
     /// The features it has been warned of in the log, once each.
@@ -93,47 +94,63 @@ pub(super) struct Session<'a> {
     pub notes: Option<Box<super::listen::Notes>>,
 }
 
-pub async fn run(
-    ctx: &Context,
+/// A logged-in client's session, until it ends. Not an `async fn`: the arguments of one stay
+/// in its future for as long as it runs, and an idle client's memory is mostly its future;
+/// here only the session built from them is kept.
+pub fn run<'a>(
+    ctx: &'a Context,
     config: Arc<Config>,
     login: LoggedIn,
-    client: &mut Stream,
-    reg: &Registration<'_>,
-) -> End {
-    let mode = login.members.primary().setup().settings.pool_mode;
-    let _connected = login.members.enter(ClientState::Connected);
-    let mut s = Session {
-        config,
-        ctx,
-        routes: ctx.routes.of(&login.database),
-        catalog: ctx.catalogs.of(&login.database),
-        members: login.members,
-        mode,
-        route: login.route,
-        avoid: None,
-        retries: 0,
-        wrote: false,
-        floor: login.floor,
-        waiting: None,
-        waited: false,
-        unknown_floor: false,
-        client,
-        inbox: Inbox::new(login.buf),
-        to_client: BytesMut::new(),
-        params: SessionParams::new(login.params),
-        reg,
-        statements: ClientStatements::new(super::rewrite::scope(&login.database, &login.user)),
-        spare: Spare::default(),
-        pinned: Features::NONE,
-        warned: Features::NONE,
-        notes: None,
-    };
-    let end = s.serve().await;
-    s.unlisten_all();
-    if !s.pinned.is_empty() {
-        s.members.pins.pinned.dec();
+    client: &'a mut Stream,
+    reg: &'a Registration<'a>,
+) -> impl std::future::Future<Output = End> + 'a {
+    let mut s = Session::new(ctx, config, login, client, reg);
+    async move {
+        let _connected = s.members.enter(ClientState::Connected);
+        let end = s.serve().await;
+        s.unlisten_all();
+        if !s.pinned.is_empty() {
+            s.members.pins.pinned.dec();
+        }
+        end
     }
-    end
+}
+
+impl<'a> Session<'a> {
+    fn new(
+        ctx: &'a Context,
+        config: Arc<Config>,
+        login: LoggedIn,
+        client: &'a mut Stream,
+        reg: &'a Registration<'a>,
+    ) -> Session<'a> {
+        Session {
+            config,
+            ctx,
+            routes: ctx.routes.of(&login.database),
+            catalog: ctx.catalogs.of(&login.database),
+            mode: login.members.primary().setup().settings.pool_mode,
+            members: login.members,
+            route: login.route,
+            avoid: None,
+            retries: 0,
+            wrote: false,
+            floor: login.floor,
+            waiting: None,
+            waited: false,
+            unknown_floor: false,
+            client,
+            inbox: Inbox::new(login.buf),
+            to_client: BytesMut::new(),
+            params: SessionParams::new(login.params),
+            reg,
+            statements: ClientStatements::new(super::rewrite::scope(&login.database, &login.user)),
+            spare: None,
+            pinned: Features::NONE,
+            warned: Features::NONE,
+            notes: None,
+        }
+    }
 }
 
 impl Session<'_> {
@@ -149,9 +166,10 @@ impl Session<'_> {
                     Ok(Next::Link) => match Box::pin(self.link()).await {
                         Ok(Some(link)) => State::Linked(link),
                         Ok(None) => State::Idle,
-                        Err(end) => return self.tell(end).await,
+                        Err(end) => return Box::pin(self.tell(end)).await,
                     },
-                    Err(end) => return self.tell(end).await,
+                    // Boxed: once per session, and an idle client should not carry its size.
+                    Err(end) => return Box::pin(self.tell(end)).await,
                 },
                 State::Linked(mut link) => {
                     let how = Box::pin(self.pump(&mut link)).await;
@@ -185,16 +203,24 @@ impl Session<'_> {
                 },
             node,
             mut replay,
+            answered,
             ..
         } = link;
-        self.members.pools[node].release(conn, true);
+        let now = answered.unwrap_or_else(Instant::now);
+        self.members.pools[node].release_at(conn, true, now);
         tracker.reset();
         replay.clear();
-        self.spare = Spare {
+        let spare = Spare {
             tracker,
             to_server,
             replay,
         };
+        let keep = self.keeps_buffers();
+        match self.spare.as_deref_mut() {
+            Some(s) => *s = spare,
+            None if keep => self.spare = Some(Box::new(spare)),
+            None => {}
+        }
         self.avoid = None;
         self.retries = 0;
         self.wrote = false;

@@ -118,6 +118,8 @@ pub struct General {
     /// instance gave out is sent on to it.
     pub peers: BTreeMap<String, String>,
     pub so_reuseport: bool,
+    /// Threads that run client and server connections (0: one per core).
+    pub workers: usize,
     pub server_check_delay: Seconds,
     pub server_check_query: String,
     pub health_check_interval: Seconds,
@@ -185,6 +187,7 @@ impl Default for General {
             peer_id: 0,
             peers: BTreeMap::new(),
             so_reuseport: false,
+            workers: 1,
             server_check_delay: Seconds::secs(30),
             server_check_query: "select 1".into(),
             health_check_interval: Seconds::secs(5),

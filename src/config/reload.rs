@@ -14,6 +14,7 @@ impl Config {
             ("http_listen", o.http_listen != n.http_listen),
             ("peer_id", o.peer_id != n.peer_id),
             ("so_reuseport", o.so_reuseport != n.so_reuseport),
+            ("workers", o.workers != n.workers),
         ]
         .into_iter()
         .filter_map(|(key, changed)| changed.then_some(key))
@@ -23,6 +24,7 @@ impl Config {
         n.http_listen.clone_from(&o.http_listen);
         n.peer_id = o.peer_id;
         n.so_reuseport = o.so_reuseport;
+        n.workers = o.workers;
         changed
     }
 }

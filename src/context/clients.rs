@@ -34,13 +34,6 @@ pub struct Slot {
     pub pinned: AtomicU8,
 }
 
-/// Microseconds since the Unix epoch.
-pub fn unix_micros() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as u64)
-}
-
 impl Slot {
     /// The cancel key of the server this client holds, if any.
     pub fn server(&self) -> Option<Arc<CancelKey>> {
@@ -107,7 +100,7 @@ impl Cancels {
             secret,
             server: Mutex::new(None),
             peer,
-            connected_at: unix_micros(),
+            connected_at: crate::stats::unix_micros(),
             last_request: AtomicU64::new(0),
             login: OnceLock::new(),
             killed: AtomicBool::new(false),

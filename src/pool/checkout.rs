@@ -78,17 +78,20 @@ impl Pool {
     /// that has been idle longer than server_check_delay must first answer
     /// server_check_query; one that does not is closed and another taken.
     pub async fn checkout(&self) -> Result<Checkout, PoolError> {
-        self.checkout_for(None).await
+        self.checkout_for(None, Instant::now()).await
     }
 
     /// As `checkout`, preferring among the most recently used idle servers one whose session
     /// settings have the fingerprint `settings`: it needs nothing applied before the client's
-    /// work runs.
-    pub async fn checkout_for(&self, settings: Option<u64>) -> Result<Checkout, PoolError> {
-        let start = Instant::now();
+    /// work runs. `start` is now, as the caller read it.
+    pub async fn checkout_for(
+        &self,
+        settings: Option<u64>,
+        start: Instant,
+    ) -> Result<Checkout, PoolError> {
         loop {
             let mut c = self.take(start, settings).await?;
-            if self.passes_check(&mut c.conn).await {
+            if self.passes_check(&mut c.conn, start).await {
                 self.metrics.wait.observe(c.waited.as_secs_f64());
                 return Ok(c);
             }
@@ -100,12 +103,12 @@ impl Pool {
 
     /// True unless the connection has been idle past server_check_delay and then fails
     /// server_check_query.
-    async fn passes_check(&self, conn: &mut ServerConn) -> bool {
+    async fn passes_check(&self, conn: &mut ServerConn, now: Instant) -> bool {
         let setup = self.setup();
         let Some((delay, query)) = &setup.timeouts.check else {
             return true;
         };
-        if conn.idle_for(Instant::now()) < *delay {
+        if conn.idle_for(now) < *delay {
             return true;
         }
         let check = crate::server::query::simple(conn, query);
@@ -136,7 +139,7 @@ impl Pool {
 
     /// Takes an idle connection, or a slot to open one, or a place in the wait queue.
     async fn take(&self, start: Instant, settings: Option<u64>) -> Result<Checkout, PoolError> {
-        let ticket = match self.take_now(settings)? {
+        let ticket = match self.take_now(settings, start)? {
             Taken::Idle(conn) => {
                 return Ok(Checkout {
                     conn,
@@ -165,11 +168,10 @@ impl Pool {
 
     /// What the pool has for a client right now. Expired idle connections met on the way
     /// are closed.
-    fn take_now(&self, settings: Option<u64>) -> Result<Taken, PoolError> {
+    fn take_now(&self, settings: Option<u64>, now: Instant) -> Result<Taken, PoolError> {
         let mut expired = Vec::new();
         let taken = {
             let mut inner = self.lock();
-            let now = Instant::now();
             if let Some(fp) = settings {
                 // The most recent is the likeliest to be warm: look a little further only
                 // when it does not match.

@@ -238,8 +238,12 @@ impl Pool {
 
     /// Gives a connection back. `reusable` is false when its state is in doubt: then it is
     /// closed, and a waiter gets the freed slot.
-    pub fn release(&self, mut conn: Box<ServerConn>, reusable: bool) {
-        let now = Instant::now();
+    pub fn release(&self, conn: Box<ServerConn>, reusable: bool) {
+        self.release_at(conn, reusable, Instant::now())
+    }
+
+    /// `release` as of `now`, a time the caller already read.
+    pub fn release_at(&self, mut conn: Box<ServerConn>, reusable: bool, now: Instant) {
         let setup = self.setup();
         let mut inner = self.lock();
         let why = if !reusable {

@@ -50,6 +50,17 @@ pub fn parse(sql: &str) -> Option<Result<RouteCommand, BadValue>> {
     if text.len() > 64 || !matches!(text.as_bytes().first(), Some(b's' | b'S' | b'r' | b'R')) {
         return None;
     }
+    let bytes = text.as_bytes();
+    let first = bytes
+        .iter()
+        .position(u8::is_ascii_whitespace)
+        .map_or(bytes, |end| &bytes[..end]);
+    if ![&b"set"[..], b"show", b"reset"]
+        .iter()
+        .any(|k| first.eq_ignore_ascii_case(k))
+    {
+        return None;
+    }
     let lower = text.to_ascii_lowercase();
     if !lower.contains("pgsluice.") {
         return None;
