@@ -466,6 +466,16 @@ impl Session<'_> {
     /// The server's connection broke: a held unit may run again elsewhere if the router
     /// allows; else the session ends.
     fn lost(&self, link: &Link) -> Unlink {
+        // It said goodbye between transactions: the client loses nothing, and its next work
+        // gets another server.
+        let between = link.ex.tracker.idle() && link.ex.to_server.is_empty();
+        if link.ex.conn.ending
+            && between
+            && self.mode == PoolMode::Transaction
+            && self.pinned.is_empty()
+        {
+            return Unlink::Release;
+        }
         let retry = link.pace.held().then(|| {
             let (cluster, facts) = (&self.members.cluster, self.facts());
             policy::retry(cluster, &self.routes, &facts, link.node, Failure::Lost)

@@ -207,7 +207,8 @@ impl Session<'_> {
             ..
         } = link;
         let now = answered.unwrap_or_else(Instant::now);
-        self.members.pools[node].release_at(conn, true, now);
+        let reusable = !conn.ending;
+        self.members.pools[node].release_at(conn, reusable, now);
         tracker.reset();
         replay.clear();
         let spare = Spare {

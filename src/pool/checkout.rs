@@ -147,7 +147,7 @@ impl Pool {
                 })
             }
             Taken::Connect => {
-                let conn = self.open_counted().await?;
+                let conn = self.open_counted(start).await?;
                 return Ok(Checkout {
                     conn,
                     waited: start.elapsed(),
@@ -157,7 +157,7 @@ impl Pool {
         };
         let conn = match self.wait_in_line(ticket, start).await? {
             Granted::Grant(Grant::Server(conn)) => conn,
-            Granted::Grant(Grant::Connect) | Granted::Reserve => self.open_counted().await?,
+            Granted::Grant(Grant::Connect) | Granted::Reserve => self.open_counted(start).await?,
             Granted::Grant(Grant::Failed(e)) => return Err(e),
         };
         Ok(Checkout {
@@ -321,8 +321,8 @@ impl Pool {
     }
 
     /// Opens a connection whose slot has already been counted in `total`, once the database
-    /// and user limits allow one more.
-    async fn open_counted(&self) -> Result<Box<ServerConn>, PoolError> {
+    /// and user limits allow one more, for a client waiting since `start`.
+    async fn open_counted(&self, start: Instant) -> Result<Box<ServerConn>, PoolError> {
         let opening = Opening {
             pool: self,
             armed: true,
@@ -333,17 +333,28 @@ impl Pool {
                 .map_err(|_| PoolError::WaitTimeout)?,
             None => self.limits.acquire(self).await,
         };
-        self.connect_counted(opening, permits).await
+        let deadline = self.setup().timeouts.query_wait.map(|t| start + t);
+        self.connect_counted(opening, permits, deadline).await
     }
 
     /// Opens a connection whose slot is counted (`opening`) and whose permits are in hand.
+    /// A client's `deadline` (query_wait_timeout) bounds the wait before a login tried again:
+    /// past it, the client gets the last login's error now rather than later.
     pub(super) async fn connect_counted(
         &self,
         mut opening: Opening<'_>,
         permits: Vec<tokio::sync::OwnedSemaphorePermit>,
+        deadline: Option<Instant>,
     ) -> Result<Box<ServerConn>, PoolError> {
-        let wait = self.login_wait(Instant::now());
+        let now = Instant::now();
+        let wait = self.login_wait(now);
         if !wait.is_zero() {
+            if deadline.is_some_and(|d| now + wait > d) {
+                let why = self.lock().last_failure.as_ref().map(|f| f.why.clone());
+                return Err(PoolError::LoginFailing {
+                    detail: why.unwrap_or_else(|| "server login failed".into()),
+                });
+            }
             tokio::time::sleep(wait).await;
         }
         self.lock().opening += 1;

@@ -1,5 +1,6 @@
 //! A pool's upkeep: reconfiguration by a reload, reaping of idle and expired connections,
-//! warming to min_pool_size, RECONNECT, and closing idle connections when a node is banned.
+//! warming to min_pool_size, trying a failed login again, RECONNECT, and closing idle
+//! connections when a node is banned.
 
 use super::checkout::Opening;
 use super::{Pool, Setup, Timeouts};
@@ -80,12 +81,23 @@ impl Pool {
         loop {
             let permits = {
                 let mut inner = self.lock();
+                let now = Instant::now();
+                let retry = self.setup().timeouts.login_retry;
+                // After failed logins, one is tried again here once its wait is over: clients
+                // whose query_wait_timeout is shorter than that wait fail without trying, and
+                // would otherwise never learn that the server is back.
+                let probe = inner.total == 0
+                    && inner
+                        .last_failure
+                        .as_ref()
+                        .is_some_and(|f| now >= f.at + f.window(retry));
                 let want = self
                     .setup()
                     .settings
                     .min_pool_size
-                    .min(self.setup().settings.pool_size);
-                if inner.total >= want || self.may_connect(&inner, Instant::now()).is_err() {
+                    .min(self.setup().settings.pool_size)
+                    .max(usize::from(probe));
+                if inner.total >= want || self.may_connect(&inner, now).is_err() {
                     return;
                 }
                 // Warming never waits for, or takes, room that clients of other pools need.
@@ -102,7 +114,7 @@ impl Pool {
                 pool: self,
                 armed: true,
             };
-            match self.connect_counted(opening, permits).await {
+            match self.connect_counted(opening, permits, None).await {
                 Ok(conn) => self.release(conn, true),
                 Err(_) => return,
             }

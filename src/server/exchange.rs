@@ -78,6 +78,7 @@ impl Exchange {
                 params,
                 prepared,
                 session,
+                ending,
                 ..
             } = &mut **conn;
             // The reply to the pooler's own query is next: every message of it is seen, and
@@ -139,6 +140,12 @@ impl Exchange {
                         }
                         params.insert(name, value);
                         Action::Forward
+                    }
+                    // Between units nothing is owed: an error now is the server's goodbye, for
+                    // the connection and not for the client, which never sees it.
+                    Event::Error { .. } if !tracker.busy() => {
+                        *ending = true;
+                        Action::Drop
                     }
                     Event::Error {
                         code,

@@ -169,6 +169,7 @@ pub(super) async fn connect(target: &Target) -> Result<Box<ServerConn>, LoginErr
         last_used: now,
         generation: 0,
         listed: None,
+        ending: false,
     }))
 }
 

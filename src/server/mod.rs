@@ -83,6 +83,9 @@ pub struct ServerConn {
     pub generation: u64,
     /// Its entry in its pool's list of servers, removed when the connection goes.
     pub listed: Option<Listed>,
+    /// The server sent an error nobody asked for (the FATAL of a shutdown, of
+    /// pg_terminate_backend or of idle_session_timeout): it is closing, and is not reused.
+    pub ending: bool,
 }
 
 /// What SHOW SERVERS tells of a server connection.
