@@ -31,3 +31,18 @@ wait_port() {
     echo "nothing answers on port $1" >&2
     exit 1
 }
+
+# start_replicas DIR PRIMARY_PORT CONFIG OUT_CONFIG PORT: two streaming replicas of the primary
+# (DIR/replica1, DIR/replica2, from pg_basebackup), and OUT_CONFIG: pgsluice's CONFIG listening
+# on PORT with those replicas for the database on PRIMARY_PORT.
+start_replicas() {
+    local dir=$1 primary=$2 config=$3 out=$4 listen=$5 r port list=""
+    for r in replica1 replica2; do
+        port=$(free_port)
+        as_pg "$bindir/pg_basebackup" -h 127.0.0.1 -p "$primary" -U postgres -D "$dir/$r" -R -X stream -c fast
+        as_pg "$bindir/pg_ctl" -D "$dir/$r" -l "$dir/$r.log" -o "-p $port" -w start >/dev/null
+        list="$list${list:+, }\"127.0.0.1:$port\""
+    done
+    sed -e "s/^listen_port = .*/listen_port = $listen/" \
+        -e "s/^port = $primary\$/port = $primary\nreplicas = [$list]/" "$config" >"$out"
+}

@@ -159,21 +159,28 @@ run() {
         END {if (n > 0) printf "%.0f %.1f\n", tps, t * 1e6 / hz / n; else print "0 0"}'
 }
 
+# rounds A PORT_A PID_A B PORT_B PID_B CLIENTS OPTIONS: ROUNDS runs through each of two
+# poolers into $work/A and $work/B, which goes first alternating.
+rounds() {
+    local r
+    : >"$work/$1" >"$work/$4"
+    for r in $(seq "$ROUNDS"); do
+        if [ $((r % 2)) = 1 ]; then
+            run "$2" "$3" "$7" "$8" >>"$work/$1"
+            run "$5" "$6" "$7" "$8" >>"$work/$4"
+        else
+            run "$5" "$6" "$7" "$8" >>"$work/$4"
+            run "$2" "$3" "$7" "$8" >>"$work/$1"
+        fi
+    done
+}
+
 echo
 printf '%-28s %7s | %11s %8s | %11s %8s | %9s %9s\n' \
     case clients bouncer_tps cpu_us sluice_tps cpu_us tps_ratio cpu_ratio
 while IFS='|' read -r clients opts; do
     [ -n "$clients" ] || continue
-    : >"$work/bouncer" >"$work/sluice"
-    for r in $(seq "$ROUNDS"); do
-        if [ $((r % 2)) = 1 ]; then
-            run "$bouncer_port" "$bouncer_pid" "$clients" "$opts" >>"$work/bouncer"
-            run "$sluice_port" "$sluice_pid" "$clients" "$opts" >>"$work/sluice"
-        else
-            run "$sluice_port" "$sluice_pid" "$clients" "$opts" >>"$work/sluice"
-            run "$bouncer_port" "$bouncer_pid" "$clients" "$opts" >>"$work/bouncer"
-        fi
-    done
+    rounds bouncer "$bouncer_port" "$bouncer_pid" sluice "$sluice_port" "$sluice_pid" "$clients" "$opts"
     b_tps=$(cut -d' ' -f1 "$work/bouncer" | median); b_cpu=$(cut -d' ' -f2 "$work/bouncer" | median)
     s_tps=$(cut -d' ' -f1 "$work/sluice" | median); s_cpu=$(cut -d' ' -f2 "$work/sluice" | median)
     printf '%-28s %7s | %11s %8s | %11s %8s | %9s %9s\n' "$opts" "$clients" "$b_tps" "$b_cpu" \
@@ -238,33 +245,15 @@ fi
 # Routing's cost: pgsluice with two streaming replicas of the same primary against pgsluice with
 # the primary only, CPU per -S transaction. The replicas share this machine's cores, so TPS says
 # little here; the CPU per transaction is the classifier's and the router's price.
-replicas=()
-for r in replica1 replica2; do
-    port=$(free_port)
-    as_pg "$bindir/pg_basebackup" -h 127.0.0.1 -p "$pg_port" -U postgres -D "$work/$r" -R -X stream -c fast
-    as_pg "$bindir/pg_ctl" -D "$work/$r" -l "$work/$r.log" -o "-p $port" -w start >/dev/null
-    replicas+=("\"127.0.0.1:$port\"")
-done
 routed_port=$(free_port)
-sed -e "s/^listen_port = .*/listen_port = $routed_port/" \
-    -e "s/^port = $pg_port\$/port = $pg_port\nreplicas = [${replicas[0]}, ${replicas[1]}]/" \
-    "$work/pgsluice.toml" >"$work/routed.toml"
+start_replicas "$work" "$pg_port" "$work/pgsluice.toml" "$work/routed.toml" "$routed_port"
 primary_pid=$sluice_pid
 start_sluice routed
 routed_pid=$sluice_pid
 echo
 printf '%-8s %7s | %11s %8s | %11s %8s | %9s\n' case clients primary_tps cpu_us routed_tps cpu_us cpu_ratio
 for c in $ROUTED_CLIENTS; do
-    : >"$work/primary_only" >"$work/routed"
-    for r in $(seq "$ROUNDS"); do
-        if [ $((r % 2)) = 1 ]; then
-            run "$sluice_port" "$primary_pid" "$c" "-S -M simple" >>"$work/primary_only"
-            run "$routed_port" "$routed_pid" "$c" "-S -M simple" >>"$work/routed"
-        else
-            run "$routed_port" "$routed_pid" "$c" "-S -M simple" >>"$work/routed"
-            run "$sluice_port" "$primary_pid" "$c" "-S -M simple" >>"$work/primary_only"
-        fi
-    done
+    rounds primary_only "$sluice_port" "$primary_pid" routed "$routed_port" "$routed_pid" "$c" "-S -M simple"
     p_tps=$(cut -d' ' -f1 "$work/primary_only" | median); p_cpu=$(cut -d' ' -f2 "$work/primary_only" | median)
     r_tps=$(cut -d' ' -f1 "$work/routed" | median); r_cpu=$(cut -d' ' -f2 "$work/routed" | median)
     printf '%-8s %7s | %11s %8s | %11s %8s | %9s\n' -S "$c" "$p_tps" "$p_cpu" "$r_tps" "$r_cpu" \

@@ -135,17 +135,8 @@ fi
 # Routing: two streaming replicas of the same primary, all on this machine. They share its
 # cores with the primary, so this measures what routing costs and what spreading reads over
 # three servers gives on one box, not what separate replica hosts would add.
-replica_ports=()
-for r in replica1 replica2; do
-    port=$(free_port)
-    as_pg "$bindir/pg_basebackup" -h 127.0.0.1 -p "$pg_port" -U postgres -D "$work/$r" -R -X stream -c fast
-    as_pg "$bindir/pg_ctl" -D "$work/$r" -l "$work/$r.log" -o "-p $port" -w start >/dev/null
-    replica_ports+=("$port")
-done
 routed_port=$(free_port)
-sed -e "s/^listen_port = .*/listen_port = $routed_port/" \
-    -e "s/^port = $pg_port\$/port = $pg_port\nreplicas = [\"127.0.0.1:${replica_ports[0]}\", \"127.0.0.1:${replica_ports[1]}\"]/" \
-    "$work/pgsluice.toml" >"$work/routed.toml"
+start_replicas "$work" "$pg_port" "$work/pgsluice.toml" "$work/routed.toml" "$routed_port"
 RUST_LOG=warn "$root/target/release/pgsluice" --config "$work/routed.toml" >"$work/routed.log" 2>&1 &
 pids+=($!)
 wait_port "$routed_port"
