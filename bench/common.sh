@@ -46,3 +46,22 @@ start_replicas() {
     sed -e "s/^listen_port = .*/listen_port = $listen/" \
         -e "s/^port = $primary\$/port = $primary\nreplicas = [$list]/" "$config" >"$out"
 }
+
+# The processes a script started (add each pid to `pids`), killed at exit; the servers under
+# $work stopped and $work removed. `stop_also` may name one more command line to kill.
+pids=()
+stop_also=""
+cleanup() {
+    for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done
+    [ -n "$stop_also" ] && pkill -9 -f "$stop_also" 2>/dev/null || true
+    for d in "$work/data" "$work/replica1" "$work/replica2"; do
+        [ -d "$d" ] && as_pg "$bindir/pg_ctl" -D "$d" -m immediate stop >/dev/null 2>&1 || true
+    done
+    rm -rf "$work"
+}
+
+# build_sluice: pgsluice's release binary, built from this tree.
+build_sluice() {
+    echo "building pgsluice (release) ..." >&2
+    (cd "$root" && cargo build --release -q)
+}

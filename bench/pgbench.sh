@@ -61,19 +61,9 @@ hz=$(getconf CLK_TCK)
 work=$(mktemp -d /tmp/pgsluice-bench.XXXXXX)
 chmod 755 "$work"
 [ "$(id -u)" = 0 ] && chown postgres "$work"
-pids=()
-cleanup() {
-    for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done
-    pkill -9 -f "$pgbouncer_bin $work/pgbouncer.ini" 2>/dev/null || true
-    for d in "$work/data" "$work/replica1" "$work/replica2"; do
-        [ -d "$d" ] && as_pg "$bindir/pg_ctl" -D "$d" -m immediate stop >/dev/null 2>&1 || true
-    done
-    rm -rf "$work"
-}
+stop_also="$pgbouncer_bin $work/pgbouncer.ini"
 trap cleanup EXIT
-
-echo "building pgsluice (release) ..." >&2
-(cd "$root" && cargo build --release -q)
+build_sluice
 
 pg_port=$(free_port)
 start_primary "$work" "$pg_port" 300 "$SCALE"

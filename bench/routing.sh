@@ -33,18 +33,8 @@ ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 work=$(mktemp -d /tmp/pgsluice-bench.XXXXXX)
 chmod 755 "$work"
 [ "$(id -u)" = 0 ] && chown postgres "$work"
-pids=()
-cleanup() {
-    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-    for d in "$work/data" "$work/replica1" "$work/replica2"; do
-        [ -d "$d" ] && as_pg "$bindir/pg_ctl" -D "$d" -m immediate stop >/dev/null 2>&1 || true
-    done
-    rm -rf "$work"
-}
 trap cleanup EXIT
-
-echo "building pgsluice (release) ..." >&2
-(cd "$root" && cargo build --release -q)
+build_sluice
 
 pg_port=$(free_port)
 start_primary "$work" "$pg_port" 600 "$SCALE"
