@@ -4,6 +4,7 @@
 
 use super::end::End;
 use super::floor;
+use super::limits::{sleep_until_or_never, Limits};
 use super::link::{FloorDue, Link, Pace, Verify};
 use super::listen::next_note;
 use super::params::SessionParams;
@@ -24,7 +25,7 @@ use crate::router::RouteCounters;
 use crate::server::exchange::{Replies, READ_CHUNK};
 use crate::server::tracker::Reply;
 use bytes::Buf;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Stop reading from one side while this much is waiting to be written to the other.
@@ -564,46 +565,5 @@ impl Session<'_> {
             }
         }
         None
-    }
-}
-
-async fn sleep_until_or_never(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at.into()).await,
-        None => std::future::pending().await,
-    }
-}
-
-/// The timeouts that bound a link (None: off): a client idle in a transaction, a unit of
-/// work without its whole answer (a server that stopped answering), a transaction open too
-/// long.
-struct Limits {
-    idle_transaction: Option<Duration>,
-    query: Option<Duration>,
-    transaction: Option<Duration>,
-}
-
-impl Limits {
-    /// The first of them to run out from here, and how the session then ends.
-    fn next(&self, link: &Link) -> Option<(Instant, End)> {
-        let t = &link.ex.tracker;
-        let idle_in_tx = t.status != TxStatus::Idle && !t.busy() && link.ex.to_server.is_empty();
-        let idle = self
-            .idle_transaction
-            .filter(|_| idle_in_tx)
-            .map(|d| (Instant::now() + d, End::IdleTransactionTimeout));
-        let query = self
-            .query
-            .filter(|_| t.busy())
-            .zip(link.unit_start)
-            .map(|(d, start)| (start + d, End::QueryTimeout));
-        let transaction = self
-            .transaction
-            .zip(link.xact_start)
-            .map(|(d, start)| (start + d, End::TransactionTimeout));
-        [idle, query, transaction]
-            .into_iter()
-            .flatten()
-            .min_by_key(|(at, _)| *at)
     }
 }

@@ -1,11 +1,11 @@
 //! One task per client connection: startup (`login`) and authentication (`authenticate`), then
-//! the session
-//! state machine (`session`), which waits while idle (`idle`), links to a server for each unit
-//! of work (`link`), forwards both ways while linked (`forward`, with statement names
-//! rewritten by `rewrite`), and ends with a typed reason (`end`). The client's read buffer and
-//! its frames, parsed once, are the `inbox`. Its settings follow it from server to server
-//! (`params`), learnt after work that may change them (`probe`), which also pins a client that
-//! holds a session-only feature to its server. LISTEN is shared (`listen`).
+//! the session state machine (`session`), which waits while idle (`idle`), links to a server for
+//! each unit of work (`link`), forwards both ways while linked (`forward`, bounded by `limits`,
+//! with statement names rewritten by `rewrite`), and ends with a typed reason (`end`). The
+//! client's read buffer and its frames, parsed once, are the `inbox`. Its settings follow it
+//! from server to server (`params`), learnt after work that may change them (`probe`), which
+//! also pins a client that holds a session-only feature to its server. LISTEN is shared
+//! (`listen`).
 
 mod authenticate;
 mod end;
@@ -13,6 +13,7 @@ mod floor;
 mod forward;
 mod idle;
 mod inbox;
+mod limits;
 mod link;
 mod listen;
 pub mod login;
