@@ -6,7 +6,7 @@ use crate::auth::scram::ServerExchange;
 use crate::auth::{md5, scram, Secret};
 use crate::config::{AuthType, Config};
 use crate::context::Context;
-use crate::pool::lookup::Fresh;
+use crate::pool::lookup::{Found, Fresh};
 use crate::protocol::backend;
 use crate::protocol::frontend;
 use crate::protocol::sqlstate;
@@ -61,32 +61,7 @@ pub(super) async fn authenticate(
     database: Option<&str>,
     user: &str,
 ) -> Option<Option<Secret>> {
-    let listed = config
-        .users
-        .get(user)
-        .and_then(|u| u.password.as_deref())
-        .and_then(|p| Secret::parse(p).ok());
-    // Only a user with no password of its own is looked up.
-    let lookup = match (&listed, database) {
-        (None, Some(db)) => {
-            ctx.lookups
-                .secret(config, &ctx.clusters, db, user, Fresh::No)
-                .await
-        }
-        _ => None,
-    };
-    let found = match lookup {
-        None => None,
-        Some(Ok(found)) => Some(found),
-        Some(Err(e)) => {
-            tracing::warn!(user, error = %e, "auth_query failed");
-            let message = format!("password lookup failed: {e}");
-            stream
-                .fatal(&[], sqlstate::CONNECTION_FAILURE, &message)
-                .await;
-            return None;
-        }
-    };
+    let (listed, found) = find_secret(ctx, config, stream, database, user).await?;
     let looked_up = found.is_some();
     let mut secret = listed.or_else(|| found.as_ref().and_then(|f| f.secret.clone()));
     let known = config.users.contains_key(user) || (looked_up && secret.is_some());
@@ -181,6 +156,44 @@ pub(super) async fn authenticate(
         return None;
     }
     Some(for_servers)
+}
+
+/// The user's secret as configured, or else as auth_query finds it (when the client asked for
+/// a pooled database whose auth_user is set). None when the lookup failed (the client has been
+/// told).
+async fn find_secret(
+    ctx: &Context,
+    config: &Config,
+    stream: &mut Stream,
+    database: Option<&str>,
+    user: &str,
+) -> Option<(Option<Secret>, Option<Found>)> {
+    let listed = config
+        .users
+        .get(user)
+        .and_then(|u| u.password.as_deref())
+        .and_then(|p| Secret::parse(p).ok());
+    // Only a user with no password of its own is looked up.
+    let lookup = match (&listed, database) {
+        (None, Some(db)) => {
+            ctx.lookups
+                .secret(config, &ctx.clusters, db, user, Fresh::No)
+                .await
+        }
+        _ => None,
+    };
+    match lookup {
+        None => Some((listed, None)),
+        Some(Ok(found)) => Some((listed, Some(found))),
+        Some(Err(e)) => {
+            tracing::warn!(user, error = %e, "auth_query failed");
+            let message = format!("password lookup failed: {e}");
+            stream
+                .fatal(&[], sqlstate::CONNECTION_FAILURE, &message)
+                .await;
+            None
+        }
+    }
 }
 
 /// A kept secret that failed, asked for again (the password may have been rotated): true
