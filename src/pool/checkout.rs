@@ -197,6 +197,9 @@ impl Pool {
                     break;
                 }
             }
+            if found.is_none() {
+                inner.wanted = Some(now);
+            }
             match found {
                 Some(conn) => Taken::Idle(conn),
                 None if inner.total < self.setup().settings.pool_size => {

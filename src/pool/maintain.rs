@@ -83,10 +83,15 @@ impl Pool {
                 let mut inner = self.lock();
                 let now = Instant::now();
                 let retry = self.setup().timeouts.login_retry;
-                // After failed logins, one is tried again here once its wait is over: clients
-                // whose query_wait_timeout is shorter than that wait fail without trying, and
-                // would otherwise never learn that the server is back.
+                // After failed logins, one is tried again here once its wait is over, while
+                // clients still ask (within four server_login_retry): clients whose
+                // query_wait_timeout is shorter than that wait fail without trying, and would
+                // otherwise never learn that the server is back.
+                let asked = inner
+                    .wanted
+                    .is_some_and(|w| now.duration_since(w) < retry * 4);
                 let probe = inner.total == 0
+                    && asked
                     && inner
                         .last_failure
                         .as_ref()

@@ -79,6 +79,9 @@ struct Inner {
     last_failure: Option<LoginFailure>,
     /// Connections being opened and logged in (counted in `total`).
     opening: usize,
+    /// When a client last found no idle connection: a failed login is tried again in the
+    /// background only while clients still want one.
+    wanted: Option<Instant>,
 }
 
 /// Server logins that failed in a row, the last one's time and error.
@@ -190,6 +193,7 @@ impl Pool {
                 waiters: VecDeque::new(),
                 last_failure: None,
                 opening: 0,
+                wanted: None,
             }),
             server_params: Mutex::new(None),
             maintaining: Default::default(),
