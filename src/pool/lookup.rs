@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-/// Most kept secrets; past it the oldest go first.
+/// Most kept secrets; past it the expired ones go, and if that is not enough, all of them.
 const MAX_KEPT: usize = 10_000;
 
 #[derive(Debug, thiserror::Error)]
