@@ -168,11 +168,7 @@ async fn find_secret(
     database: Option<&str>,
     user: &str,
 ) -> Option<(Option<Secret>, Option<Found>)> {
-    let listed = config
-        .users
-        .get(user)
-        .and_then(|u| u.password.as_deref())
-        .and_then(|p| Secret::parse(p).ok());
+    let listed = config.user_secret(user);
     // Only a user with no password of its own is looked up.
     let lookup = match (&listed, database) {
         (None, Some(db)) => {

@@ -543,8 +543,12 @@ impl Config {
         u.unwrap_or(self.general.max_user_connections)
     }
 
-    /// Resolves one pool's settings: the database's value wins over the user's, which wins over
-    /// the global default (PgBouncer's order for pool_size and pool_mode).
+    /// The secret configured for `user` (in [users] or auth_file), if it has one.
+    pub fn user_secret(&self, user: &str) -> Option<crate::auth::Secret> {
+        let password = self.users.get(user)?.password.as_deref()?;
+        crate::auth::Secret::parse(password).ok()
+    }
+
     /// Who looks up the secrets of unlisted users for clients of `database`, and how; None
     /// when no auth_user is set for it.
     pub fn auth_lookup<'a>(&'a self, database: &'a str) -> Option<AuthLookup<'a>> {
@@ -567,6 +571,8 @@ impl Config {
         })
     }
 
+    /// Resolves one pool's settings: the database's value wins over the user's, which wins over
+    /// the global default (PgBouncer's order for pool_size and pool_mode).
     pub fn pool_settings(&self, database: &str, user: &str) -> Option<PoolSettings> {
         let db = self.database(database)?;
         let u = self.users.get(user);

@@ -170,11 +170,7 @@ impl Lookups {
             .ok_or(LookupError::NoDatabase)?;
         let credentials = Credentials {
             user: how.user.to_owned(),
-            secret: config
-                .users
-                .get(how.user)
-                .and_then(|u| u.password.as_deref())
-                .and_then(|p| Secret::parse(p).ok()),
+            secret: config.user_secret(how.user),
         };
         let target = cluster.target(cluster.primary(), &credentials, &config.general);
         let timeout = config.general.server_connect_timeout.0;

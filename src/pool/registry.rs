@@ -151,12 +151,7 @@ fn credentials(
     Some(
         Cluster::configured_credentials(config, database).unwrap_or_else(|| Credentials {
             user: user.to_owned(),
-            secret: config
-                .users
-                .get(user)
-                .and_then(|u| u.password.as_deref())
-                .and_then(|p| Secret::parse(p).ok())
-                .or_else(|| looked.cloned()),
+            secret: config.user_secret(user).or_else(|| looked.cloned()),
         }),
     )
 }
