@@ -129,3 +129,88 @@ async fn abandoned_copy_is_aborted() {
         .get(0);
     assert_eq!(n, 0);
 }
+
+/// A client that sends statements changing its session and vanishes before their answers
+/// (found by the `session` fuzz target): the server it leaves has none of them for the next
+/// client, though the pooler never learnt what they did.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_changes_of_a_client_gone_before_their_answers_do_not_stay() {
+    let pg = primary();
+    let pooler = Pooler::start(&pg, "default_pool_size = 1\nauth_type = \"trust\"");
+    let probe = connect(&pooler, "app", APP_PASSWORD).await;
+    for sql in [
+        "PREPARE p AS SELECT 1",
+        "SET search_path TO nowhere",
+        "SELECT pg_advisory_lock(7)",
+        "CREATE TEMP TABLE t (x int)",
+        "BEGIN; DECLARE c CURSOR WITH HOLD FOR SELECT 1; COMMIT",
+    ] {
+        let mut s = support::logged_in_trust(&pooler);
+        let mut buf = bytes::BytesMut::new();
+        for q in [sql, "SELECT pg_sleep(0.1)"] {
+            postgres_protocol::message::frontend::query(q, &mut buf).unwrap();
+        }
+        s.write_all(&buf).unwrap();
+        drop(s);
+        let left = probe
+            .query_one(
+                "SELECT current_setting('search_path') || '|' \
+                 || (SELECT count(*) FROM pg_prepared_statements WHERE from_sql) || '|' \
+                 || (SELECT count(*) FROM pg_locks WHERE pid = pg_backend_pid() AND locktype = 'advisory') || '|' \
+                 || (SELECT count(*) FROM pg_class WHERE relnamespace = pg_my_temp_schema()) || '|' \
+                 || (SELECT count(*) FROM pg_cursors WHERE is_holdable)",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get::<_, String>(0);
+        assert_eq!(left, "\"$user\", public|0|0|0|0", "after {sql:?}");
+    }
+}
+
+/// Clients that break the protocol right behind their COPY FROM STDIN, before its start has
+/// come back (found by the `session` fuzz target): the next client gets the pool's one server
+/// at once, not after the clean-up's deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_broken_before_it_started_frees_the_server_at_once() {
+    use postgres_protocol::message::frontend;
+    let pg = primary();
+    let pooler = Pooler::start(&pg, "default_pool_size = 1\nauth_type = \"trust\"");
+    let probe = connect(&pooler, "app", APP_PASSWORD).await;
+    probe
+        .batch_execute("CREATE TABLE sink (x int)")
+        .await
+        .unwrap();
+    // PostgreSQL's answer to a Query during COPY: an error, then the connection closes.
+    let query_in_copy = |buf: &mut bytes::BytesMut| frontend::query("SELECT 1", buf).unwrap();
+    // The pooler's answer to a Sync with a body: 08P01, then the client's connection closes.
+    let malformed_sync = |buf: &mut bytes::BytesMut| buf.extend_from_slice(b"S\0\0\0\x05x");
+    for (what, breaks) in [
+        ("a Query", &query_in_copy as &dyn Fn(&mut bytes::BytesMut)),
+        ("a malformed Sync", &malformed_sync),
+    ] {
+        let mut buf = bytes::BytesMut::new();
+        frontend::query("COPY sink FROM STDIN", &mut buf).unwrap();
+        frontend::CopyData::new(&b"1\n"[..])
+            .unwrap()
+            .write(&mut buf);
+        breaks(&mut buf);
+        let mut s = support::logged_in_trust(&pooler);
+        s.write_all(&buf).unwrap();
+        let mut got = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut s, &mut got);
+        assert!(
+            String::from_utf8_lossy(&got).contains("08P01"),
+            "{what}: {got:?}"
+        );
+        let n: i64 = tokio::time::timeout(
+            Duration::from_secs(5),
+            probe.query_one("SELECT count(*) FROM sink", &[]),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("{what}: the pool had no room within 5 s"))
+        .unwrap()
+        .get(0);
+        assert_eq!(n, 0, "{what}");
+    }
+}

@@ -252,14 +252,21 @@ impl Session<'_> {
             }
             return end;
         }
-        // A pinned client's server holds what pinned it (locks, temporary tables, …): the
-        // reset query clears it, or the server is closed.
+        // A pinned client's server holds what pinned it (locks, temporary tables, …), and one
+        // whose last statements may have changed the session was never asked what they did
+        // (a SET, a PREPARE still running when the client went): the reset query clears it,
+        // or the server is closed.
         let reset_query = self.config.general.server_reset_query.as_str();
         let pinned = !self.pinned.is_empty();
-        let reset = (self.mode == PoolMode::Session || pinned)
+        let unasked = !link.touched.is_empty();
+        let reset = (self.mode == PoolMode::Session || pinned || unasked)
             .then_some(reset_query)
             .filter(|q| !q.is_empty());
-        if pinned && (reset.is_none() || self.pinned.contains(Feature::Load)) {
+        let loaded = self
+            .pinned
+            .union(link.touched.start)
+            .contains(Feature::Load);
+        if (pinned || unasked) && (reset.is_none() || loaded) {
             self.members.pools[link.node].release(link.ex.conn, false);
             return end;
         }

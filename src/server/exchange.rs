@@ -5,6 +5,7 @@
 use super::tracker::{Reply, Tracker};
 use super::ServerConn;
 use crate::protocol::backend::{self, Action, Event, Scanner, TxStatus};
+use crate::protocol::frontend;
 use crate::protocol::ProtocolError;
 use bytes::{Buf, BytesMut};
 use std::time::Instant;
@@ -128,7 +129,7 @@ impl Exchange {
                         Action::Forward
                     }
                     Event::CopyIn => {
-                        tracker.copy_in();
+                        tracker.copy_in(|id| prepared.forget(id));
                         Action::Forward
                     }
                     Event::ParameterStatus { name, value } => {
@@ -203,15 +204,27 @@ impl Exchange {
     }
 
     /// Sends what waits for the server, then reads and discards its replies until nothing is
-    /// owed. False if the deadline passed or the server broke; then the connection must not
-    /// be reused.
+    /// owed. No client is there to finish what it started: a COPY FROM STDIN, known before or
+    /// found on the way, is failed, and an open batch is synced. False if the deadline passed
+    /// or the server broke; then the connection must not be reused.
     pub async fn drain(&mut self, deadline: Instant, replies: &mut impl Replies) -> bool {
         let work = async {
-            if !self.to_server.is_empty() {
-                self.conn.stream.write_all(&self.to_server).await.ok()?;
-                self.to_server.clear();
-            }
-            while self.tracker.busy() {
+            loop {
+                if self.tracker.in_copy_in() {
+                    frontend::encode_copy_fail(&mut self.to_server, "client disconnected");
+                    self.tracker.sent(b'f');
+                }
+                if self.tracker.unsynced() {
+                    frontend::encode_sync(&mut self.to_server);
+                    self.tracker.sent(b'S');
+                }
+                if !self.to_server.is_empty() {
+                    self.conn.stream.write_all(&self.to_server).await.ok()?;
+                    self.to_server.clear();
+                }
+                if !self.tracker.busy() {
+                    break;
+                }
                 self.conn.buf.reserve(READ_CHUNK);
                 if self.conn.stream.read_buf(&mut self.conn.buf).await.ok()? == 0 {
                     return None;

@@ -24,14 +24,6 @@ pub async fn clean_up(ex: &mut Exchange, reset: Option<&str>) -> bool {
             return false;
         }
     }
-    if ex.tracker.in_copy_in() {
-        frontend::encode_copy_fail(&mut ex.to_server, "client disconnected");
-        ex.tracker.sent(b'f');
-    }
-    if ex.tracker.unsynced() {
-        frontend::encode_sync(&mut ex.to_server);
-        ex.tracker.sent(b'S');
-    }
     if !ex.drain(deadline, &mut Ignore).await {
         return false;
     }

@@ -31,6 +31,9 @@ enum Pending {
     Close {
         reply: Reply,
     },
+    /// A CopyDone or CopyFail sent before the server said whether a COPY started: no reply
+    /// of its own, it marks where a COPY FROM STDIN the client pipelined data into ends.
+    CopyEnd,
 }
 
 /// What becomes of the reply to a Parse or Close.
@@ -98,6 +101,10 @@ impl Tracker {
             (b'c' | b'f', Input::CopyIn { open }) => {
                 self.input = if open { Input::Open } else { Input::Synced }
             }
+            // Only a reply still owed may start the COPY this ends; else the server ignores it.
+            (b'c' | b'f', _) if !self.pending.is_empty() => {
+                self.pending.push_back(Pending::CopyEnd)
+            }
             _ => {}
         }
     }
@@ -145,6 +152,10 @@ impl Tracker {
                 _ => {}
             }
         }
+        // A CopyDone that ended no COPY was ignored by the server.
+        while self.pending.front() == Some(&Pending::CopyEnd) {
+            self.pending.pop_front();
+        }
         self.status = status;
     }
 
@@ -179,12 +190,29 @@ impl Tracker {
         }
     }
 
-    /// CopyInResponse: Syncs the client already sent behind the COPY are swallowed by the
-    /// server (libpq and tokio-postgres both send one before they see this reply).
-    pub fn copy_in(&mut self) {
-        let open = self.unsynced();
+    /// CopyInResponse. What the client already sent behind the COPY meets it as the server
+    /// does: a Sync is swallowed (libpq and tokio-postgres both send one before they see this
+    /// reply); a CopyDone or CopyFail ends it; any other message ends it with an error, and
+    /// is itself never answered (`skipped` hears of a Parse of the pooler's lost that way).
+    pub fn copy_in(&mut self, mut skipped: impl FnMut(u64)) {
+        let mut open = self.unsynced();
+        let i = usize::from(self.pending.front() == Some(&Pending::Query));
+        while let Some(p) = self.pending.remove(i) {
+            match p {
+                // The batch it ended stays open past the COPY: it needs a Sync of its own.
+                Pending::Sync => {
+                    open = true;
+                    continue;
+                }
+                Pending::Parse {
+                    statement: Some(id),
+                    ..
+                } => skipped(id),
+                _ => {}
+            }
+            return;
+        }
         self.input = Input::CopyIn { open };
-        self.pending.retain(|p| *p != Pending::Sync);
     }
 
     /// Nothing is owed and no transaction is open: the server may serve someone else.
@@ -252,7 +280,7 @@ mod tests {
         for tag in *b"BES" {
             t.sent(tag);
         }
-        t.copy_in();
+        t.copy_in(|_| {});
         t.sent(b'd');
         t.sent(b'c');
         t.sent(b'S');
@@ -293,7 +321,7 @@ mod tests {
         for tag in *b"BE" {
             t.sent(tag);
         }
-        t.copy_in();
+        t.copy_in(|_| {});
         assert!(t.in_copy_in() && t.unsynced());
         t.sent(b'c');
         assert!(!t.in_copy_in() && t.unsynced(), "the Sync is still to come");
@@ -302,10 +330,73 @@ mod tests {
     }
 
     #[test]
+    fn copy_data_pipelined_behind_its_query_ends_the_copy() {
+        let mut t = Tracker::default();
+        for tag in *b"QdcQ" {
+            t.sent(tag);
+        }
+        t.copy_in(|_| {});
+        assert!(!t.in_copy_in());
+        t.ready_for_query(Idle, |_| {});
+        assert!(!t.idle(), "the second Query is still owed");
+        t.ready_for_query(Idle, |_| {});
+        assert!(t.idle());
+
+        let mut t = Tracker::default();
+        for tag in *b"BESdcS" {
+            t.sent(tag);
+        }
+        t.copy_in(|_| {});
+        t.ready_for_query(Idle, |_| {});
+        assert!(
+            t.idle(),
+            "the early Sync was swallowed, the later one answered"
+        );
+    }
+
+    #[test]
+    fn a_query_sent_into_a_copy_is_consumed_by_its_error() {
+        // The server takes the second Query for a protocol violation that ends the COPY:
+        // one ErrorResponse and one ReadyForQuery, for the COPY's own Query.
+        let mut t = Tracker::default();
+        for tag in *b"QdQd" {
+            t.sent(tag);
+        }
+        t.copy_in(|_| {});
+        assert!(!t.in_copy_in());
+        t.ready_for_query(Idle, |_| {});
+        assert!(t.idle());
+
+        let mut t = Tracker::default();
+        t.sent(b'Q');
+        t.parse_sent(Some(9), Reply::Drop);
+        t.sent(b'S');
+        let mut skipped = Vec::new();
+        t.copy_in(|id| skipped.push(id));
+        assert_eq!(skipped, vec![9], "that Parse never prepares its statement");
+        t.ready_for_query(Idle, |_| {});
+        assert!(!t.idle(), "the Sync after it is answered");
+        t.ready_for_query(Idle, |_| {});
+        assert!(t.idle());
+    }
+
+    #[test]
+    fn a_copy_done_outside_a_copy_is_ignored() {
+        let mut t = Tracker::default();
+        for tag in *b"Qc" {
+            t.sent(tag);
+        }
+        t.ready_for_query(Idle, |_| {});
+        assert!(t.idle());
+        t.sent(b'f');
+        assert!(t.idle());
+    }
+
+    #[test]
     fn simple_copy_in_keeps_its_query() {
         let mut t = Tracker::default();
         t.sent(b'Q');
-        t.copy_in();
+        t.copy_in(|_| {});
         t.sent(b'd');
         t.sent(b'f');
         assert!(!t.idle());
