@@ -48,16 +48,32 @@ fn is_root() -> bool {
 
 /// Runs a PostgreSQL tool, as the `postgres` user when we are root (initdb refuses root).
 fn pg_tool(bindir: &Path, tool: &str, args: &[&str]) -> std::io::Result<Output> {
+    pg_tool_in(None, bindir, tool, args)
+}
+
+/// `pg_tool` inside network namespace `netns`, if given (a test's own, made as root).
+fn pg_tool_in(
+    netns: Option<&str>,
+    bindir: &Path,
+    tool: &str,
+    args: &[&str],
+) -> std::io::Result<Output> {
     let exe = bindir.join(tool);
-    let out = if is_root() {
-        Command::new("runuser")
-            .args(["-u", "postgres", "--"])
-            .arg(&exe)
-            .args(args)
-            .output()?
-    } else {
-        Command::new(&exe).args(args).output()?
+    // Making a namespace took root; initdb and friends refuse it.
+    let as_postgres = netns.is_some() || is_root();
+    let mut cmd = match netns {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns, "runuser"]);
+            c
+        }
+        None if as_postgres => Command::new("runuser"),
+        None => Command::new(&exe),
     };
+    if as_postgres {
+        cmd.args(["-u", "postgres", "--"]).arg(&exe);
+    }
+    let out = cmd.args(args).output()?;
     if !out.status.success() {
         return Err(std::io::Error::other(format!(
             "{tool} failed: {}{}",
@@ -109,6 +125,10 @@ impl Drop for TempDir {
 /// One running PostgreSQL server (primary or streaming replica).
 pub struct LocalPostgres {
     pub port: u16,
+    /// The address it listens on and is reached at: 127.0.0.1 but in a network namespace.
+    pub host: String,
+    /// The network namespace it runs in, if not the test's own.
+    netns: Option<String>,
     bindir: PathBuf,
     data: PathBuf,
     _dir: TempDir,
@@ -160,6 +180,8 @@ impl LocalPostgres {
         chown_to_postgres(&dir.0)?;
         let pg = LocalPostgres {
             port: free_port(),
+            host: "127.0.0.1".into(),
+            netns: None,
             bindir,
             data,
             _dir: dir,
@@ -168,8 +190,43 @@ impl LocalPostgres {
         Ok(pg)
     }
 
+    /// Also listens on `addr` (after a restart), and takes logins and replication from
+    /// `cidr`: for a replica in a network namespace of a test's own (`start_replica_in`).
+    pub fn open_to(&self, addr: &str, cidr: &str) -> std::io::Result<()> {
+        let mut hba = std::fs::read_to_string(self.data.join("pg_hba.conf"))?;
+        hba.push_str(&format!(
+            "host all postgres {cidr} trust\nhost replication all {cidr} trust\n\
+             host all all {cidr} md5\n"
+        ));
+        std::fs::write(self.data.join("pg_hba.conf"), hba)?;
+        let mut conf = std::fs::read_to_string(self.data.join("postgresql.conf"))?;
+        conf.push_str(&format!("listen_addresses = '127.0.0.1,{addr}'\n"));
+        std::fs::write(self.data.join("postgresql.conf"), conf)?;
+        self.stop(false)?;
+        self.start()
+    }
+
     /// A streaming replica of `primary`, from pg_basebackup -R -X stream -c fast.
     pub fn start_replica(primary: &LocalPostgres) -> std::io::Result<LocalPostgres> {
+        LocalPostgres::replica(primary, None, "127.0.0.1")
+    }
+
+    /// A streaming replica of `primary` that runs in network namespace `netns`, listens on
+    /// `host` there, and streams from the primary at `primary_host` (see `open_to`).
+    pub fn start_replica_in(
+        primary: &LocalPostgres,
+        netns: &str,
+        host: &str,
+        primary_host: &str,
+    ) -> std::io::Result<LocalPostgres> {
+        LocalPostgres::replica(primary, Some((netns, primary_host)), host)
+    }
+
+    fn replica(
+        primary: &LocalPostgres,
+        netns: Option<(&str, &str)>,
+        host: &str,
+    ) -> std::io::Result<LocalPostgres> {
         let dir = TempDir::new()?;
         let data = dir.0.join("data");
         let data_s = data.to_string_lossy().into_owned();
@@ -195,13 +252,23 @@ impl LocalPostgres {
         )?;
         let mut conf = std::fs::read_to_string(data.join("postgresql.conf"))?;
         conf.push_str(&format!(
-            "unix_socket_directories = '{}'\n",
+            "unix_socket_directories = '{}'\nlisten_addresses = '{host}'\n",
             dir.0.display()
         ));
         std::fs::write(data.join("postgresql.conf"), conf)?;
+        if let Some((_, primary_host)) = netns {
+            // After the primary_conninfo of -R, so that this one counts.
+            let mut auto = std::fs::read_to_string(data.join("postgresql.auto.conf"))?;
+            auto.push_str(&format!(
+                "primary_conninfo = 'host={primary_host} port={port} user=postgres'\n"
+            ));
+            std::fs::write(data.join("postgresql.auto.conf"), auto)?;
+        }
         chown_to_postgres(&dir.0)?;
         let pg = LocalPostgres {
             port: free_port(),
+            host: host.into(),
+            netns: netns.map(|(ns, _)| ns.to_owned()),
             bindir: primary.bindir.clone(),
             data,
             _dir: dir,
@@ -214,7 +281,8 @@ impl LocalPostgres {
         let data = self.data.to_string_lossy().into_owned();
         let log = self.data.join("server.log").to_string_lossy().into_owned();
         let opts = format!("-p {}", self.port);
-        pg_tool(
+        pg_tool_in(
+            self.netns.as_deref(),
             &self.bindir,
             "pg_ctl",
             &[
@@ -254,7 +322,7 @@ impl LocalPostgres {
             .args([
                 "-X",
                 "-h",
-                "127.0.0.1",
+                &self.host,
                 "-p",
                 &self.port.to_string(),
                 "-U",
