@@ -329,3 +329,65 @@ async fn a_long_transaction_is_bounded_by_transaction_timeout() {
         .await
         .unwrap();
 }
+
+/// A client that leaves while the server login it waits for is on the way (found by the
+/// `session` fuzz target): the login stops counting, and the pool's counts stay whole
+/// (SHOW POOLS's `sv_login` back to 0, `sv_active` not thrown off).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_gone_during_its_servers_login_leaves_the_counts_whole() {
+    use std::io::Write;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let pg = primary();
+    // In front of the primary: connections are passed on while `forward` holds, and taken
+    // and never answered after.
+    let front = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = front.local_addr().unwrap().port();
+    let forward = Arc::new(AtomicBool::new(true));
+    let (to, pg_port) = (forward.clone(), pg.port);
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for s in front.incoming().take(8).flatten() {
+            if !to.load(Ordering::SeqCst) {
+                held.push(s);
+                continue;
+            }
+            let up = std::net::TcpStream::connect(("127.0.0.1", pg_port)).unwrap();
+            for (mut from, mut into) in [(s.try_clone().unwrap(), up.try_clone().unwrap()), (up, s)]
+            {
+                std::thread::spawn(move || std::io::copy(&mut from, &mut into));
+            }
+        }
+    });
+    let config = pgsluice::config::Config::parse(
+        &format!(
+            "listen_port = 0\nauth_type = \"trust\"\nserver_connect_timeout = 30\n\
+             default_pool_size = 2\n\
+             [databases.app]\nport = {port}\n[users.app]\npassword = \"{APP_PASSWORD}\"\n"
+        ),
+        "test.toml",
+    )
+    .unwrap();
+    let pooler = Pooler::with_config(config);
+    let stats = || pooler.ctx.pools.all()[0].stats();
+    let holder = connect(&pooler, "app", APP_PASSWORD).await;
+    holder.batch_execute("BEGIN").await.unwrap();
+    forward.store(false, Ordering::SeqCst);
+
+    let mut leaver = support::logged_in_trust(&pooler);
+    let mut q = bytes::BytesMut::new();
+    postgres_protocol::message::frontend::query("SELECT 1", &mut q).unwrap();
+    leaver.write_all(&q).unwrap();
+    assert!(
+        support::wait_for(Duration::from_secs(10), || stats().login == 1),
+        "a second server's login started"
+    );
+    drop(leaver);
+    assert!(
+        support::wait_for(Duration::from_secs(10), || stats().login == 0),
+        "the abandoned login still counts"
+    );
+    let s = stats();
+    assert_eq!((s.active, s.idle, s.login), (1, 0, 0));
+    holder.batch_execute("COMMIT").await.unwrap();
+}

@@ -33,14 +33,39 @@ impl Drop for Ticket<'_> {
 }
 
 /// A slot counted in `total` for a connection being opened; given back if the opening fails
-/// or is abandoned.
+/// or is abandoned (its future dropped: the client left, or a timeout passed).
 pub(super) struct Opening<'a> {
     pub(super) pool: &'a Pool,
     pub(super) armed: bool,
+    /// Counted in `opening` while its login is on the way.
+    logging_in: bool,
+}
+
+impl<'a> Opening<'a> {
+    pub(super) fn new(pool: &'a Pool) -> Opening<'a> {
+        Opening {
+            pool,
+            armed: true,
+            logging_in: false,
+        }
+    }
+
+    fn logging_in(&mut self, on: bool) {
+        let mut inner = self.pool.lock();
+        if on {
+            inner.opening += 1;
+        } else {
+            inner.opening -= 1;
+        }
+        self.logging_in = on;
+    }
 }
 
 impl Drop for Opening<'_> {
     fn drop(&mut self) {
+        if self.logging_in {
+            self.logging_in(false);
+        }
         if self.armed {
             self.pool.give_back_slot();
         }
@@ -326,10 +351,7 @@ impl Pool {
     /// Opens a connection whose slot has already been counted in `total`, once the database
     /// and user limits allow one more, for a client waiting since `start`.
     async fn open_counted(&self, start: Instant) -> Result<Box<ServerConn>, PoolError> {
-        let opening = Opening {
-            pool: self,
-            armed: true,
-        };
+        let opening = Opening::new(self);
         let permits = match self.setup().timeouts.query_wait {
             Some(t) => tokio::time::timeout(t, self.limits.acquire(self))
                 .await
@@ -360,10 +382,10 @@ impl Pool {
             }
             tokio::time::sleep(wait).await;
         }
-        self.lock().opening += 1;
+        opening.logging_in(true);
         let setup = self.setup.load_full();
         let connected = ServerConn::connect(&setup.target, setup.timeouts.connect).await;
-        self.lock().opening -= 1;
+        opening.logging_in(false);
         match connected {
             Ok(mut conn) => {
                 conn.generation = setup.generation;

@@ -115,10 +115,7 @@ impl Pool {
                 inner.total += 1;
                 permits
             };
-            let opening = Opening {
-                pool: self,
-                armed: true,
-            };
+            let opening = Opening::new(self);
             match self.connect_counted(opening, permits, None).await {
                 Ok(conn) => self.release(conn, true),
                 Err(_) => return,
