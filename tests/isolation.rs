@@ -214,3 +214,33 @@ async fn a_copy_broken_before_it_started_frees_the_server_at_once() {
         assert_eq!(n, 0, "{what}");
     }
 }
+
+/// A client whose Describe fails in a batch it never syncs, with Queries behind it, then
+/// vanishes (found by the `session` fuzz target): the server skips those Queries, so the
+/// pooler cannot count what it still owes; it closes that server at once, rather than waiting
+/// for answers that never come.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queries_skipped_after_an_error_in_an_open_batch_free_the_server_at_once() {
+    use postgres_protocol::message::frontend;
+    let pg = primary();
+    let pooler = Pooler::start(&pg, "default_pool_size = 1\nauth_type = \"trust\"");
+    let probe = connect(&pooler, "app", APP_PASSWORD).await;
+    for read_first in [true, false] {
+        let mut buf = bytes::BytesMut::new();
+        frontend::query("BEGIN", &mut buf).unwrap();
+        frontend::describe(b'P', "nope", &mut buf).unwrap();
+        frontend::query("SELECT 1", &mut buf).unwrap();
+        frontend::query("SELECT 2", &mut buf).unwrap();
+        let mut s = support::logged_in_trust(&pooler);
+        s.write_all(&buf).unwrap();
+        if read_first {
+            // BEGIN's answer, then the error; nothing for the skipped Queries.
+            support::read_until_ready(&mut s);
+        }
+        drop(s);
+        tokio::time::timeout(Duration::from_secs(5), probe.simple_query("SELECT 1"))
+            .await
+            .unwrap_or_else(|_| panic!("read first {read_first}: the pool had no room within 5 s"))
+            .unwrap();
+    }
+}

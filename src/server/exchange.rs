@@ -159,6 +159,7 @@ impl Exchange {
                             // used, or the error would repeat for every client sharing it.
                             prepared.doom_all();
                         }
+                        tracker.error();
                         replies.error(code, message)
                     }
                     Event::ParseComplete => {
@@ -230,6 +231,9 @@ impl Exchange {
                     return None;
                 }
                 self.absorb(None, replies).ok()?;
+                if self.tracker.out_of_step() {
+                    return None;
+                }
             }
             Some(())
         };

@@ -12,6 +12,9 @@ use std::collections::VecDeque;
 enum Pending {
     /// A Query or FunctionCall: answered by its own ReadyForQuery.
     Query,
+    /// A Query or FunctionCall sent into an extended-protocol batch not yet synced: answered
+    /// as a Query, unless an error earlier in the batch makes the server skip it.
+    BatchQuery,
     Sync,
     /// A Query of the pooler's own, sent behind the client's: its whole reply is the
     /// pooler's.
@@ -65,6 +68,8 @@ pub struct Tracker {
     pending: VecDeque<Pending>,
     input: Input,
     pub status: TxStatus,
+    /// What the server still owes can no longer be told (`error`).
+    out_of_step: bool,
 }
 
 impl Default for Tracker {
@@ -73,6 +78,7 @@ impl Default for Tracker {
             pending: VecDeque::new(),
             input: Input::Synced,
             status: TxStatus::Idle,
+            out_of_step: false,
         }
     }
 }
@@ -83,11 +89,13 @@ impl Tracker {
         self.pending.clear();
         self.input = Input::Synced;
         self.status = TxStatus::Idle;
+        self.out_of_step = false;
     }
 
     /// Notes one frame forwarded to the server, by type byte.
     pub fn sent(&mut self, tag: u8) {
         match (tag, self.input) {
+            (b'Q' | b'F', Input::Open) => self.pending.push_back(Pending::BatchQuery),
             (b'Q' | b'F', _) => self.pending.push_back(Pending::Query),
             (b'S', Input::CopyIn { .. }) => self.input = Input::CopyIn { open: false },
             (b'S', _) => {
@@ -144,7 +152,7 @@ impl Tracker {
     pub fn ready_for_query(&mut self, status: TxStatus, mut skipped: impl FnMut(u64)) {
         while let Some(p) = self.pending.pop_front() {
             match p {
-                Pending::Query | Pending::Sync | Pending::Own => break,
+                Pending::Query | Pending::BatchQuery | Pending::Sync | Pending::Own => break,
                 Pending::Parse {
                     statement: Some(id),
                     ..
@@ -196,7 +204,10 @@ impl Tracker {
     /// is itself never answered (`skipped` hears of a Parse of the pooler's lost that way).
     pub fn copy_in(&mut self, mut skipped: impl FnMut(u64)) {
         let mut open = self.unsynced();
-        let i = usize::from(self.pending.front() == Some(&Pending::Query));
+        let i = usize::from(matches!(
+            self.pending.front(),
+            Some(Pending::Query | Pending::BatchQuery)
+        ));
         while let Some(p) = self.pending.remove(i) {
             match p {
                 // The batch it ended stays open past the COPY: it needs a Sync of its own.
@@ -215,9 +226,33 @@ impl Tracker {
         self.input = Input::CopyIn { open };
     }
 
+    /// An ErrorResponse to the client's messages. One in an extended-protocol batch makes the
+    /// server skip what follows up to the Sync, a Query among it too; when a Query went into a
+    /// batch still open, whether this error was such a one cannot be told from here, and so
+    /// neither can what the server still owes. No driver sends that; a server it happened to
+    /// is closed rather than pooled again.
+    pub fn error(&mut self) {
+        if self
+            .pending
+            .iter()
+            .take_while(|p| **p != Pending::Sync)
+            .any(|p| *p == Pending::BatchQuery)
+        {
+            self.out_of_step = true;
+        }
+    }
+
+    /// `error` found the count lost.
+    pub fn out_of_step(&self) -> bool {
+        self.out_of_step
+    }
+
     /// Nothing is owed and no transaction is open: the server may serve someone else.
     pub fn idle(&self) -> bool {
-        self.pending.is_empty() && self.input == Input::Synced && self.status == TxStatus::Idle
+        self.pending.is_empty()
+            && self.input == Input::Synced
+            && self.status == TxStatus::Idle
+            && !self.out_of_step
     }
 
     /// Replies are still expected from the server.
@@ -378,6 +413,29 @@ mod tests {
         assert!(!t.idle(), "the Sync after it is answered");
         t.ready_for_query(Idle, |_| {});
         assert!(t.idle());
+    }
+
+    #[test]
+    fn an_error_before_a_query_sent_into_an_open_batch_loses_the_count() {
+        // Found by the `session` fuzz target: a failed Describe, then Queries before any
+        // Sync. The server skips the Queries; the tracker cannot know it did.
+        let mut t = Tracker::default();
+        for tag in *b"QDQ" {
+            t.sent(tag);
+        }
+        t.ready_for_query(Idle, |_| {});
+        t.error();
+        assert!(t.out_of_step() && !t.idle());
+
+        // An error in a batch with no Query in it keeps the count.
+        let mut t = Tracker::default();
+        for tag in *b"PBESQ" {
+            t.sent(tag);
+        }
+        t.error();
+        t.ready_for_query(Idle, |_| {});
+        t.ready_for_query(Idle, |_| {});
+        assert!(!t.out_of_step() && t.idle());
     }
 
     #[test]
