@@ -69,6 +69,7 @@ impl Service {
         background.spawn(self.ctx.pools.clone().maintain_forever());
         background.spawn(supervise(self.ctx.clone()));
         background.spawn(sample_stats(self.ctx.clone()));
+        background.spawn(forget_idle_databases(self.ctx.clone()));
         let mut control = self.ctx.control.subscribe();
         loop {
             let accepted = tokio::select! {
@@ -205,6 +206,40 @@ async fn sample_stats(ctx: Arc<Context>) {
         ctx.sample_stats();
         let period = ctx.config.load().general.stats_period.0;
         tokio::time::sleep(period).await;
+    }
+}
+
+/// Forgets a database the fallback `*` section served once no client has used it for
+/// autodb_idle_timeout: its pools go, with their idle servers, and its health checks.
+async fn forget_idle_databases(ctx: Arc<Context>) {
+    let mut unused_since: std::collections::HashMap<String, std::time::Instant> =
+        Default::default();
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let config = ctx.config.load_full();
+        let timeout = config.general.autodb_idle_timeout.0;
+        let served = match timeout.is_zero() {
+            true => Vec::new(),
+            false => ctx.clusters.fallback_served(&config),
+        };
+        unused_since.retain(|db, _| served.iter().any(|c| &c.database == db));
+        let now = std::time::Instant::now();
+        for cluster in served {
+            let db = &cluster.database;
+            // A paused database is kept, as in PgBouncer: RESUME expects it.
+            if cluster.is_paused() || !ctx.pools.unused(db) {
+                unused_since.remove(db);
+                continue;
+            }
+            let since = *unused_since.entry(db.clone()).or_insert(now);
+            if now.duration_since(since) >= timeout {
+                tracing::info!(db = %db, "database forgotten (autodb_idle_timeout)");
+                ctx.clusters.forget(db);
+                ctx.pools.forget_database(db, "autodb_idle_timeout");
+                unused_since.remove(db);
+                ctx.topology_changed.notify_one();
+            }
+        }
     }
 }
 

@@ -190,7 +190,9 @@ fn a_bad_value_names_file_section_and_key() {
 }
 
 /// PgBouncer's fallback database `*`: a client of any database not listed gets a pool for it,
-/// with that name on the server, and SHOW DATABASES lists it once used.
+/// with that name on the server, and SHOW DATABASES lists it once used, until it has gone
+/// unused for autodb_idle_timeout: then its servers are closed and it is forgotten, until a
+/// client asks for it again.
 #[test]
 fn the_fallback_database_serves_any_name() {
     let pg = primary();
@@ -207,7 +209,8 @@ fn the_fallback_database_serves_any_name() {
         format!(
             "[databases]\n* = host=127.0.0.1 port={pg_port}\n[pgbouncer]\n\
              listen_addr = 127.0.0.1\nlisten_port = {port}\nauth_type = md5\n\
-             auth_file = {userlist}\nadmin_users = app\nhttp_listen = 127.0.0.1:{http}\n",
+             auth_file = {userlist}\nadmin_users = app\nhttp_listen = 127.0.0.1:{http}\n\
+             autodb_idle_timeout = 2\n",
             pg_port = pg.port,
             userlist = userlist.display(),
         ),
@@ -232,6 +235,37 @@ fn the_fallback_database_serves_any_name() {
         names.contains(&"app") && names.contains(&"postgres"),
         "{listed}"
     );
+
+    let served = || {
+        let listed = psql(port, "app", APP_PASSWORD, "pgsluice", "SHOW DATABASES");
+        String::from_utf8_lossy(&listed.stdout)
+            .lines()
+            .filter_map(|l| l.split('|').next())
+            .filter(|n| ["app", "postgres", "nosuch"].contains(n))
+            .count()
+    };
+    assert!(
+        wait_for(Duration::from_secs(15), || served() == 0),
+        "still listed after autodb_idle_timeout"
+    );
+    let servers = "SELECT count(*) FROM pg_stat_activity WHERE usename = 'app'";
+    assert!(
+        wait_for(Duration::from_secs(10), || pg.psql(servers).unwrap() == "0"),
+        "its servers are closed"
+    );
+    let out = psql(
+        port,
+        "app",
+        APP_PASSWORD,
+        "app",
+        "SELECT current_database()",
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "app",
+        "{out:?}"
+    );
+    assert_eq!(served(), 1);
     let _ = child.kill();
     let _ = child.wait();
 }

@@ -96,6 +96,21 @@ impl Clusters {
         *map = next;
     }
 
+    /// The clusters of the databases the fallback `*` section serves (not listed in `config`).
+    pub fn fallback_served(&self, config: &Config) -> Vec<Arc<Cluster>> {
+        let map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        map.iter()
+            .filter(|(name, _)| !config.databases.contains_key(*name))
+            .map(|(_, c)| c.clone())
+            .collect()
+    }
+
+    /// Forgets `database`'s cluster; the next client that asks for it makes a new one.
+    pub fn forget(&self, database: &str) {
+        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        map.remove(database);
+    }
+
     pub fn get(&self, database: &str) -> Option<Arc<Cluster>> {
         self.map
             .lock()

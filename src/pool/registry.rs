@@ -284,6 +284,41 @@ impl Pools {
         });
     }
 
+    /// Whether no client is connected to `database`, under any user, and none of its servers
+    /// is in use or being opened.
+    pub fn unused(&self, database: &str) -> bool {
+        self.all_members()
+            .iter()
+            .filter(|m| m.cluster.database == database)
+            .all(|m| {
+                m.clients.connected.load(Ordering::Relaxed) == 0
+                    && m.clients.paused.load(Ordering::Relaxed) == 0
+                    && m.pools.iter().all(|p| {
+                        let s = p.stats();
+                        s.active == 0 && s.login == 0 && s.waiting == 0
+                    })
+            })
+    }
+
+    /// Drops `database`'s pools and closes their idle servers. A client that got one of them
+    /// in the meantime keeps it until it leaves, as after a reload.
+    pub fn forget_database(&self, database: &str, why: &'static str) {
+        let mut gone = Vec::new();
+        self.map
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|(db, _), members| {
+                let keep = db != database;
+                if !keep {
+                    gone.push(members.clone());
+                }
+                keep
+            });
+        for pool in gone.iter().flat_map(|m| m.pools.iter()) {
+            pool.drain_idle(why);
+        }
+    }
+
     /// Closes the idle connections of every pool of `node` in `database`'s cluster.
     pub fn drain_node(&self, database: &str, node: usize) {
         for members in self.all_members() {
