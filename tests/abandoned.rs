@@ -14,17 +14,11 @@ mod support;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
-use support::{primary, Process};
+use support::{primary, query_message as query, Process};
 
 /// Trials at once: each has a row of its own to lock, which the next trial of the same
 /// thread locks again, so a lock left behind stops that thread at once.
 const THREADS: usize = 8;
-
-fn query(sql: &str) -> Vec<u8> {
-    let mut buf = bytes::BytesMut::new();
-    postgres_protocol::message::frontend::query(sql, &mut buf).unwrap();
-    buf.to_vec()
-}
 
 /// Reads messages until `n` ReadyForQuery have come; panics on an ErrorResponse.
 fn read_ready(s: &mut TcpStream, mut n: usize, what: &str) {
@@ -44,16 +38,8 @@ fn read_ready(s: &mut TcpStream, mut n: usize, what: &str) {
 }
 
 fn login(port: u16) -> TcpStream {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let s = support::logged_in_trust_at(port);
     s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-    let mut buf = bytes::BytesMut::new();
-    postgres_protocol::message::frontend::startup_message(
-        [("user", "app"), ("database", "app")],
-        &mut buf,
-    )
-    .unwrap();
-    s.write_all(&buf).unwrap();
-    read_ready(&mut s, 1, "login");
     s
 }
 

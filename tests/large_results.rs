@@ -7,31 +7,11 @@ mod support;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
-use support::{primary, Process};
-
-fn query(sql: &str) -> Vec<u8> {
-    let mut buf = bytes::BytesMut::new();
-    postgres_protocol::message::frontend::query(sql, &mut buf).unwrap();
-    buf.to_vec()
-}
+use support::{primary, query_message as query, Process};
 
 fn login(port: u16) -> TcpStream {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let s = support::logged_in_trust_at(port);
     s.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
-    let mut buf = bytes::BytesMut::new();
-    postgres_protocol::message::frontend::startup_message(
-        [("user", "app"), ("database", "app")],
-        &mut buf,
-    )
-    .unwrap();
-    s.write_all(&buf).unwrap();
-    let mut got = Vec::new();
-    let mut chunk = [0u8; 4096];
-    while !(got.len() >= 6 && got[got.len() - 6] == b'Z') {
-        let n = s.read(&mut chunk).unwrap();
-        assert!(n > 0, "closed during login");
-        got.extend_from_slice(&chunk[..n]);
-    }
     s
 }
 

@@ -553,6 +553,13 @@ pub fn raw_connect(pooler: &Pooler) -> std::net::TcpStream {
     s
 }
 
+/// A Query message.
+pub fn query_message(sql: &str) -> Vec<u8> {
+    let mut buf = bytes::BytesMut::new();
+    postgres_protocol::message::frontend::query(sql, &mut buf).unwrap();
+    buf.to_vec()
+}
+
 /// Reads until what has arrived ends with a ReadyForQuery, and returns it all.
 pub fn read_until_ready(s: &mut std::net::TcpStream) -> Vec<u8> {
     use std::io::Read;
@@ -568,8 +575,14 @@ pub fn read_until_ready(s: &mut std::net::TcpStream) -> Vec<u8> {
 
 /// Logs in as `app` to database `app` with no password (auth_type = "trust").
 pub fn logged_in_trust(pooler: &Pooler) -> std::net::TcpStream {
+    logged_in_trust_at(pooler.port())
+}
+
+/// `logged_in_trust`, to a pooler on `port` (a `Process`, say); reads time out after 10 s.
+pub fn logged_in_trust_at(port: u16) -> std::net::TcpStream {
     use std::io::Write;
-    let mut s = raw_connect(pooler);
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let mut buf = bytes::BytesMut::new();
     postgres_protocol::message::frontend::startup_message(
         [("user", "app"), ("database", "app")],
