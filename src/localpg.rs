@@ -125,7 +125,8 @@ impl Drop for TempDir {
 /// One running PostgreSQL server (primary or streaming replica).
 pub struct LocalPostgres {
     pub port: u16,
-    /// The address it listens on and is reached at: 127.0.0.1 but in a network namespace.
+    /// The address it listens on and is reached at: 127.0.0.1, but for a server in a network
+    /// namespace of a test's own.
     pub host: String,
     /// The network namespace it runs in, if not the test's own.
     netns: Option<String>,

@@ -78,7 +78,8 @@ impl Service {
             };
             match accepted {
                 Ok((stream, peer)) => {
-                    tokio::spawn(handle(self.ctx.clone(), stream, peer));
+                    let admitted = self.ctx.admit();
+                    tokio::spawn(handle(self.ctx.clone(), stream, peer, admitted));
                 }
                 Err(e) => {
                     // Out of file descriptors and the like: back off instead of spinning.
@@ -93,7 +94,8 @@ impl Service {
             while let Ok(Ok((stream, peer))) =
                 tokio::time::timeout(Duration::ZERO, self.listener.accept()).await
             {
-                tokio::spawn(handle(self.ctx.clone(), stream, peer));
+                let admitted = self.ctx.admit();
+                tokio::spawn(handle(self.ctx.clone(), stream, peer, admitted));
             }
         }
         // New clients are refused from here on; /ready already says 503.
@@ -144,12 +146,17 @@ async fn listen(addr: &str, reuse_port: bool) -> std::io::Result<TcpListener> {
 }
 
 /// Serves one client from accept to close.
-async fn handle(ctx: Arc<Context>, stream: TcpStream, peer: SocketAddr) {
+async fn handle(
+    ctx: Arc<Context>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    admitted: Option<crate::context::Admitted>,
+) {
     let _ = stream.set_nodelay(true);
     let config = ctx.config.load_full();
     crate::stream::tune(&stream, &crate::server::tcp_tuning(&config.general));
     let mut stream = Stream::Plain(stream);
-    let Some(_admitted) = ctx.admit() else {
+    let Some(_admitted) = admitted else {
         tracing::warn!(%peer, "client refused: max_client_conn reached");
         let message = "no more connections allowed (max_client_conn)";
         stream

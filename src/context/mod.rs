@@ -207,9 +207,10 @@ impl Context {
     }
 
     /// Counts a new client for max_client_conn; None when the limit is reached. The count
-    /// holds for as long as the returned guard lives.
-    pub fn admit(&self) -> Option<Admitted<'_>> {
-        let guard = Admitted(&self.clients);
+    /// holds for as long as the returned guard lives. Taken as the connection is accepted,
+    /// before its task first runs: a shutdown that waits for the clients waits for it too.
+    pub fn admit(self: &Arc<Self>) -> Option<Admitted> {
+        let guard = Admitted(self.clone());
         let max = self.config.load().general.max_client_conn;
         (self.clients.fetch_add(1, Ordering::Relaxed) < max).then_some(guard)
     }
@@ -305,10 +306,10 @@ fn acceptor(config: &Config) -> Option<tokio_rustls::TlsAcceptor> {
 }
 
 /// Counts a client for max_client_conn for as long as it lives.
-pub struct Admitted<'a>(&'a AtomicUsize);
+pub struct Admitted(Arc<Context>);
 
-impl Drop for Admitted<'_> {
+impl Drop for Admitted {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+        self.0.clients.fetch_sub(1, Ordering::Relaxed);
     }
 }
