@@ -2,8 +2,12 @@
 //! auth_user): run as auth_user on the primary of the auth database, kept for auth_cache_ttl.
 //!
 //! A login whose password fails against a kept secret asks again (`Fresh::Yes`), so a rotated
-//! password works at once. The connection of a lookup is kept for the next one, so a burst of
-//! new users costs one server login.
+//! password works at once; but a user's secret is asked for again at most once a second (after
+//! a burst of three), so a flood of wrong passwords costs the server a lookup a second, not one
+//! an attempt. Lookups for one (auth database, auth_user) take turns on one connection, kept
+//! for the next, and a lookup that waited for its turn takes what the one before it found for
+//! the same user: a burst of logins costs one server login and one query a user, never a
+//! connection each.
 
 use crate::auth::Secret;
 use crate::cluster::Clusters;
@@ -12,11 +16,16 @@ use crate::server::query::{self, QueryError};
 use crate::server::ServerConn;
 use crate::server::{Credentials, LoginError};
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// Most kept secrets; past it the expired ones go, and if that is not enough, all of them.
 const MAX_KEPT: usize = 10_000;
+
+/// How often a user's secret may be asked for again (`Fresh::Yes`): a burst of this many at
+/// once, then one a second. A rotated password is seen at once, and wrong passwords, however
+/// many, cost the server at most a query a second.
+const REFRESH_BURST: f64 = 3.0;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LookupError {
@@ -50,16 +59,38 @@ pub struct Found {
 struct Kept {
     secret: Option<Secret>,
     at: Instant,
+    /// Asks again that may be made now (`REFRESH_BURST` at most), as of `at`; one more each
+    /// second.
+    refreshes: f64,
+}
+
+impl Kept {
+    fn refreshes(&self) -> f64 {
+        (self.refreshes + self.at.elapsed().as_secs_f64()).min(REFRESH_BURST)
+    }
+
+    /// Whether this will do for a lookup of `fresh` that began at `asked`: anything found
+    /// since then does, else what `fresh` allows.
+    fn serves(&self, fresh: Fresh, asked: Instant, ttl: Duration) -> bool {
+        self.at >= asked
+            || match fresh {
+                Fresh::No => self.at.elapsed() < ttl,
+                Fresh::Yes => self.refreshes() < 1.0,
+            }
+    }
 }
 
 type Key = (String, String);
+
+/// The turn of one (auth database, auth_user), holding its connection while it is idle.
+type Turn = Arc<tokio::sync::Mutex<Option<Box<ServerConn>>>>;
 
 #[derive(Default)]
 pub struct Lookups {
     /// By (auth database, user).
     kept: Mutex<HashMap<Key, Kept>>,
-    /// An idle connection by (auth database, auth_user).
-    idle: Mutex<HashMap<Key, Box<ServerConn>>>,
+    /// By (auth database, auth_user).
+    turns: Mutex<HashMap<Key, Turn>>,
 }
 
 impl Lookups {
@@ -75,26 +106,49 @@ impl Lookups {
         let how = config.auth_lookup(database)?;
         let key = (how.database.to_owned(), user.to_owned());
         let ttl = config.general.auth_cache_ttl.0;
-        if fresh == Fresh::No {
+        let asked = Instant::now();
+        let kept = || {
             let kept = self.kept.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some(k) = kept.get(&key).filter(|k| k.at.elapsed() < ttl) {
-                return Some(Ok(Found {
-                    secret: k.secret.clone(),
-                    kept: true,
-                }));
-            }
+            let k = kept.get(&key).filter(|k| k.serves(fresh, asked, ttl))?;
+            Some(Found {
+                secret: k.secret.clone(),
+                kept: true,
+            })
+        };
+        if let Some(found) = kept() {
+            return Some(Ok(found));
         }
         let bound = config
             .general
             .server_connect_timeout
             .0
             .max(Duration::from_secs(1));
-        let asked = tokio::time::timeout(bound, self.ask(config, clusters, how, user)).await;
-        let secret = match asked {
-            Ok(Ok(secret)) => secret,
-            Ok(Err(e)) => return Some(Err(e)),
-            Err(_) => return Some(Err(LookupError::Timeout)),
+        let turn = self.turn((how.database.to_owned(), how.user.to_owned()));
+        let asking = async {
+            let mut conn = turn.lock().await;
+            // Whoever had the turn before may have asked for this user.
+            if let Some(found) = kept() {
+                return Ok(found);
+            }
+            let secret = self.ask(&mut conn, config, clusters, how, user).await?;
+            self.keep(key.clone(), secret.clone(), fresh, ttl);
+            Ok(Found {
+                secret,
+                kept: false,
+            })
         };
+        Some(match tokio::time::timeout(bound, asking).await {
+            Ok(found) => found,
+            Err(_) => Err(LookupError::Timeout),
+        })
+    }
+
+    fn turn(&self, key: Key) -> Turn {
+        let mut turns = self.turns.lock().unwrap_or_else(|e| e.into_inner());
+        turns.entry(key).or_default().clone()
+    }
+
+    fn keep(&self, key: Key, secret: Option<Secret>, fresh: Fresh, ttl: Duration) {
         let mut kept = self.kept.lock().unwrap_or_else(|e| e.into_inner());
         if kept.len() >= MAX_KEPT {
             kept.retain(|_, k| k.at.elapsed() < ttl);
@@ -102,34 +156,30 @@ impl Lookups {
                 kept.clear();
             }
         }
-        let at = Instant::now();
+        let refreshes = kept.get(&key).map_or(REFRESH_BURST, Kept::refreshes);
         let entry = Kept {
-            secret: secret.clone(),
-            at,
+            secret,
+            at: Instant::now(),
+            refreshes: match fresh {
+                Fresh::No => refreshes,
+                Fresh::Yes => refreshes - 1.0,
+            },
         };
         kept.insert(key, entry);
-        Some(Ok(Found {
-            secret,
-            kept: false,
-        }))
     }
 
-    /// Runs auth_query for `user`, on the kept connection if there is one.
+    /// Runs auth_query for `user` on the turn's connection (opened if there is none); the
+    /// connection stays for the next lookup unless it failed.
     async fn ask(
         &self,
+        idle: &mut Option<Box<ServerConn>>,
         config: &Config,
         clusters: &Clusters,
         how: crate::config::AuthLookup<'_>,
         user: &str,
     ) -> Result<Option<Secret>, LookupError> {
-        let conn_key = (how.database.to_owned(), how.user.to_owned());
-        let idle = self
-            .idle
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&conn_key);
         let reused = idle.is_some();
-        let mut conn = match idle {
+        let mut conn = match idle.take() {
             Some(c) => c,
             None => self.open(config, clusters, how).await?,
         };
@@ -143,12 +193,12 @@ impl Lookups {
             Ok(rows) => rows,
             // The server's own error leaves the connection ready for the next lookup.
             Err(e @ QueryError::Server { .. }) => {
-                self.put_back(conn_key, conn);
+                *idle = Some(conn);
                 return Err(e.into());
             }
             Err(e) => return Err(e.into()),
         };
-        self.put_back(conn_key, conn);
+        *idle = Some(conn);
         // PgBouncer's shape: (name, secret); a NULL secret is a role that may not log in.
         let secret = rows
             .into_iter()
@@ -182,17 +232,9 @@ impl Lookups {
             })
     }
 
-    fn put_back(&self, key: Key, conn: Box<ServerConn>) {
-        self.idle
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(key)
-            .or_insert(conn);
-    }
-
     /// Forgets every kept secret and connection: a reload may have changed who looks up what.
     pub fn clear(&self) {
         self.kept.lock().unwrap_or_else(|e| e.into_inner()).clear();
-        self.idle.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        self.turns.lock().unwrap_or_else(|e| e.into_inner()).clear();
     }
 }
