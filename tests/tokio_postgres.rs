@@ -102,6 +102,44 @@ async fn cancel_reaches_the_running_query() {
     assert_eq!(row_text(&c.simple_query("SELECT 1").await.unwrap()), "1");
 }
 
+/// A query still waiting for a server when its client cancels it is answered as PostgreSQL
+/// answers a cancelled one, and never runs: on one server the cancel would have met it running.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_reaches_a_query_waiting_for_a_server() {
+    let pg = primary();
+    let pooler = Pooler::start(&pg, "default_pool_size = 1");
+    let holder = connect(&pooler, "app", APP_PASSWORD).await;
+    holder.batch_execute("BEGIN").await.unwrap();
+    let c = connect(&pooler, "app", APP_PASSWORD).await;
+    let token = c.cancel_token();
+    let waiting = tokio::spawn(async move {
+        let err = c.simple_query("SELECT pg_sleep(30)").await.unwrap_err();
+        (err, c)
+    });
+    let queued = tokio::task::spawn_blocking(move || {
+        support::wait_for(Duration::from_secs(10), || {
+            support::clients_waiting(&pooler) == 1
+        });
+        pooler
+    });
+    let pooler = queued.await.unwrap();
+    assert_eq!(support::clients_waiting(&pooler), 1, "the query waits");
+    token.cancel_query(tokio_postgres::NoTls).await.unwrap();
+    let (err, c) = tokio::time::timeout(Duration::from_secs(10), waiting)
+        .await
+        .expect("the cancel answered the waiting query")
+        .unwrap();
+    assert_eq!(
+        err.code(),
+        Some(&tokio_postgres::error::SqlState::QUERY_CANCELED)
+    );
+    // It never reaches the server once the holder lets go, and the session goes on.
+    holder.batch_execute("COMMIT").await.unwrap();
+    assert_eq!(row_text(&c.simple_query("SELECT 1").await.unwrap()), "1");
+    assert!(!support::running_on(pg.port, "pg_sleep(30)"));
+    drop(pooler);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn session_parameters_follow_the_client() {
     let pg = primary();

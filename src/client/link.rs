@@ -20,6 +20,9 @@ use bytes::BytesMut;
 use std::sync::Arc;
 use std::time::Instant;
 
+/// PostgreSQL's text for a cancelled statement.
+const CANCELLED: &str = "canceling statement due to user request";
+
 /// A server checked out by this client, and how the client's work reaches it.
 pub(super) struct Link {
     pub ex: Exchange,
@@ -103,6 +106,8 @@ impl Pace {
 enum Waited {
     Server(Checkout),
     Failed(PoolError),
+    /// The client cancelled its work while it waited.
+    Cancelled,
 }
 
 impl Session<'_> {
@@ -113,6 +118,9 @@ impl Session<'_> {
         if !Arc::ptr_eq(&self.ctx.config.load(), &self.config) {
             self.config = self.ctx.config.load_full();
         }
+        // A cancel that came while the client held no server was meant for work already
+        // answered; PostgreSQL drops one that reaches an idle backend too.
+        self.reg.slot.take_cancel();
         // One clock read for the whole checkout (query_wait_timeout counts from it).
         let mut since = std::time::Instant::now();
         self.reg.slot.last_request.store(
@@ -150,6 +158,10 @@ impl Session<'_> {
             let node = decision.node;
             match self.checkout(node, since).await? {
                 Waited::Server(c) => break (decision, c),
+                Waited::Cancelled => {
+                    self.reject_unit(sqlstate::QUERY_CANCELED, CANCELLED);
+                    return Ok(None);
+                }
                 Waited::Failed(e) => {
                     let connect = matches!(e, PoolError::Connect(_));
                     let recovering = connect && self.members.pools[node].login_recovering(since);
@@ -212,13 +224,21 @@ impl Session<'_> {
             verify: Verify::No,
             pool_pending: Default::default(),
         });
-        self.reg.slot.set(Some(link.ex.conn.cancel_key.clone()));
+        // The client's cancels reach the server only once its own work goes there: one that
+        // met the pooler's statements bringing the server in line would fail those instead.
         let timeout = self.config.general.server_connect_timeout.0;
         if let Err(message) = self.params.bring_in_line(&mut link.ex, timeout).await {
-            self.reg.slot.set(None);
             let reusable = link.ex.tracker.idle();
             self.members.pools[node].release(link.ex.conn, reusable);
             return Err(End::Params(message));
+        }
+        self.reg.slot.set(Some(link.ex.conn.cancel_key.clone()));
+        if self.reg.slot.take_cancel() {
+            self.reg.slot.set(None);
+            let reusable = link.ex.tracker.idle();
+            self.members.pools[node].release(link.ex.conn, reusable);
+            self.reject_unit(sqlstate::QUERY_CANCELED, CANCELLED);
+            return Ok(None);
         }
         Ok(Some(link))
     }
@@ -239,20 +259,31 @@ impl Session<'_> {
         Ok(())
     }
 
-    /// Waits for a server of `node`'s pool; a client that leaves meanwhile gives up its place.
+    /// Waits for a server of `node`'s pool; a client that leaves or cancels its work
+    /// meanwhile gives up its place.
     async fn checkout(&self, node: usize, since: std::time::Instant) -> Result<Waited, End> {
         let pool = &self.members.pools[node];
         let waiting = pool.checkout_for(Some(self.params.fingerprint()), since);
         tokio::pin!(waiting);
-        let checkout = tokio::select! {
-            // Checkout first: when a server is free there is no need to look at the client.
-            biased;
-            r = &mut waiting => r,
-            gone = client_gone(self.client) => {
-                if gone {
-                    return Err(End::LeftWaiting);
+        let mut watch_client = true;
+        let checkout = loop {
+            tokio::select! {
+                // Checkout first: when a server is free there is no need to look at the client.
+                biased;
+                r = &mut waiting => break r,
+                gone = client_gone(self.client), if watch_client => {
+                    if gone {
+                        return Err(End::LeftWaiting);
+                    }
+                    // More work behind this unit: the client stays.
+                    watch_client = false;
                 }
-                waiting.await
+                // A cancel, a KILL or a shutdown: only a cancel ends the wait here.
+                _ = self.reg.slot.wake.notified() => {
+                    if self.reg.slot.take_cancel() {
+                        return Ok(Waited::Cancelled);
+                    }
+                }
             }
         };
         Ok(match checkout {

@@ -4,7 +4,7 @@
 use super::authenticate::authenticate;
 use crate::cluster::Lsn;
 use crate::config::Config;
-use crate::context::clients::Registration;
+use crate::context::clients::{CancelTarget, Registration};
 use crate::context::Context;
 use crate::pool::Members;
 use crate::protocol::backend::{self, TxStatus};
@@ -259,13 +259,23 @@ async fn read_startup(
                 secret_key,
             })) => {
                 ctx.metrics.cancels.inc();
-                if let Some(key) = ctx.cancels.lookup(process_id, secret_key) {
-                    tracing::info!(pid = process_id, "forwarding cancel request");
-                    if let Err(e) = crate::server::cancel(&key).await {
-                        tracing::warn!(error = %e, "cancel request to server failed");
+                match ctx.cancels.cancel(process_id, secret_key) {
+                    Some(CancelTarget::Server(key)) => {
+                        tracing::info!(pid = process_id, "forwarding cancel request");
+                        if let Err(e) = crate::server::cancel(&key).await {
+                            tracing::warn!(error = %e, "cancel request to server failed");
+                        }
                     }
-                } else if !ctx.cancels.ours(process_id) {
-                    to_peer(&config.general, process_id, secret_key).await;
+                    Some(CancelTarget::Session) => {
+                        tracing::info!(
+                            pid = process_id,
+                            "cancel request for a client without a server"
+                        );
+                    }
+                    None if !ctx.cancels.ours(process_id) => {
+                        to_peer(&config.general, process_id, secret_key).await;
+                    }
+                    None => {}
                 }
                 return None;
             }

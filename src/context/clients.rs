@@ -32,6 +32,9 @@ pub struct Slot {
     /// The session-only features that pin the client to its server now
     /// (`router::features::Features` bits).
     pub pinned: AtomicU8,
+    /// A cancel request came while the client held no server: its work, if it is waiting
+    /// for one, is answered as cancelled instead of run.
+    cancelled: AtomicBool,
 }
 
 impl Slot {
@@ -50,6 +53,22 @@ impl Slot {
     pub fn set(&self, key: Option<Arc<CancelKey>>) {
         *self.server.lock().unwrap_or_else(|e| e.into_inner()) = key;
     }
+
+    /// Whether a cancel request came since the last call (and forgets it). A session asks
+    /// before its work waits for a server, so that a cancel meant for work already answered
+    /// is dropped, as PostgreSQL drops one that reaches an idle backend; and again while it
+    /// waits.
+    pub fn take_cancel(&self) -> bool {
+        self.cancelled.swap(false, Ordering::Relaxed)
+    }
+}
+
+/// Where a genuine cancel request goes.
+pub enum CancelTarget {
+    /// The server running the client's work.
+    Server(Arc<CancelKey>),
+    /// No server: the client's session has been told (its waiting work is cancelled).
+    Session,
 }
 
 pub struct Cancels {
@@ -106,6 +125,7 @@ impl Cancels {
             killed: AtomicBool::new(false),
             wake: tokio::sync::Notify::new(),
             pinned: AtomicU8::new(0),
+            cancelled: AtomicBool::new(false),
         });
         let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
         let process_id = loop {
@@ -140,8 +160,9 @@ impl Cancels {
             .cloned()
     }
 
-    /// The server to cancel for a CancelRequest, if the key is genuine and a query may be running.
-    pub fn lookup(&self, process_id: i32, secret: i32) -> Option<Arc<CancelKey>> {
+    /// Where a CancelRequest goes: None if the key is not genuine. A client that holds no
+    /// server is told itself, and wakes if its work waits for one.
+    pub fn cancel(&self, process_id: i32, secret: i32) -> Option<CancelTarget> {
         let slot = self
             .slots
             .lock()
@@ -151,12 +172,16 @@ impl Cancels {
         if slot.secret != secret {
             return None;
         }
-        let key = slot
-            .server
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        key
+        let server = slot.server.lock().unwrap_or_else(|e| e.into_inner());
+        match &*server {
+            Some(key) => Some(CancelTarget::Server(key.clone())),
+            None => {
+                slot.cancelled.store(true, Ordering::Relaxed);
+                drop(server);
+                slot.wake.notify_one();
+                Some(CancelTarget::Session)
+            }
+        }
     }
 }
 
@@ -174,9 +199,20 @@ mod tests {
             process_id: 1,
             secret_key: 2,
         });
+        let target = |secret| match c.cancel(r.process_id, secret) {
+            Some(CancelTarget::Server(key)) => Some(Some(key)),
+            Some(CancelTarget::Session) => Some(None),
+            None => None,
+        };
         r.slot.set(Some(key.clone()));
-        assert_eq!(c.lookup(r.process_id, r.slot.secret), Some(key));
-        assert_eq!(c.lookup(r.process_id, r.slot.secret.wrapping_add(1)), None);
+        assert_eq!(target(r.slot.secret), Some(Some(key)));
+        assert_eq!(target(r.slot.secret.wrapping_add(1)), None);
+        assert!(!r.slot.take_cancel());
+        // With no server, the session is told once.
+        r.slot.set(None);
+        assert_eq!(target(r.slot.secret), Some(None));
+        assert!(r.slot.take_cancel());
+        assert!(!r.slot.take_cancel());
         let pid = r.process_id;
         drop(r);
         assert!(c.slots.lock().unwrap().get(&pid).is_none());
