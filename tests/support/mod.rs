@@ -364,15 +364,24 @@ impl Process {
         dir: &std::path::Path,
         name: &str,
         general: &str,
+        ports: (u16, u16),
+    ) -> Process {
+        Process::start_db(pg_port, dir, name, general, "", ports)
+    }
+
+    /// `start_on`, with `db_extra` added to the `[databases.app]` section (replicas, say).
+    pub fn start_db(
+        pg_port: u16,
+        dir: &std::path::Path,
+        name: &str,
+        general: &str,
+        db_extra: &str,
         (port, http): (u16, u16),
     ) -> Process {
         let path = dir.join(format!("{name}.toml"));
         std::fs::write(
             &path,
-            format!(
-                "listen_port = {port}\nhttp_listen = \"127.0.0.1:{http}\"\n{general}\n\
-                 [databases.app]\nport = {pg_port}\n[users.app]\npassword = \"{APP_PASSWORD}\"\n"
-            ),
+            Process::config(pg_port, general, db_extra, (port, http)),
         )
         .unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_pgsluice"))
@@ -385,6 +394,15 @@ impl Process {
         let p = Process { child, port, http };
         assert!(wait_for(Duration::from_secs(10), || p.ready() == Some(200)));
         p
+    }
+
+    /// The configuration `start_db` writes.
+    pub fn config(pg_port: u16, general: &str, db_extra: &str, (port, http): (u16, u16)) -> String {
+        format!(
+            "listen_port = {port}\nhttp_listen = \"127.0.0.1:{http}\"\n{general}\n\
+             [databases.app]\nport = {pg_port}\n{db_extra}\n\
+             [users.app]\npassword = \"{APP_PASSWORD}\"\n"
+        )
     }
 
     /// A connection string for user `app`.
