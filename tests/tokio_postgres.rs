@@ -140,6 +140,56 @@ async fn cancel_reaches_a_query_waiting_for_a_server() {
     drop(pooler);
 }
 
+/// A cancel request on its way to a server while its client's query ends never meets the
+/// query of the client that gets the server next: that server is not pooled until the request
+/// has been delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_cancel_never_reaches_the_next_clients_query() {
+    let pg = primary();
+    let pooler = Pooler::start(&pg, "default_pool_size = 1");
+    let x = connect(&pooler, "app", APP_PASSWORD).await;
+    let y = connect(&pooler, "app", APP_PASSWORD).await;
+    let token = x.cancel_token();
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // X's queries are short: most cancels arrive as one ends and the server changes hands.
+    let xs = {
+        let done = done.clone();
+        tokio::spawn(async move {
+            let mut cancelled = 0;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                if let Err(e) = x.simple_query("SELECT pg_sleep(0.001)").await {
+                    assert_eq!(
+                        e.code(),
+                        Some(&tokio_postgres::error::SqlState::QUERY_CANCELED)
+                    );
+                    cancelled += 1;
+                }
+            }
+            cancelled
+        })
+    };
+    let cancels = {
+        let done = done.clone();
+        tokio::spawn(async move {
+            let mut sent = 0;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                token.cancel_query(tokio_postgres::NoTls).await.unwrap();
+                sent += 1;
+            }
+            sent
+        })
+    };
+    for _ in 0..300 {
+        let r = y.simple_query("SELECT pg_sleep(0.002), 'y'").await;
+        assert!(r.is_ok(), "X's cancel reached Y's query: {r:?}");
+    }
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let sent = cancels.await.unwrap();
+    let cancelled = xs.await.unwrap();
+    eprintln!("300 queries of Y untouched by {sent} cancels for X ({cancelled} of X's cancelled)");
+    assert!(cancelled > 0);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn session_parameters_follow_the_client() {
     let pg = primary();

@@ -547,6 +547,7 @@ impl Session<'_> {
                 let metrics = &self.members.pools[link.node].metrics;
                 let now = Instant::now();
                 link.answered = Some(now);
+                (self.reg.slot.answered).fetch_add(1, std::sync::atomic::Ordering::Release);
                 metrics.query.observe((now - start).as_secs_f64());
                 if ex.tracker.status == TxStatus::Idle {
                     let began = link.xact_start.take().unwrap_or(start);

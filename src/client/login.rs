@@ -194,6 +194,43 @@ struct Asked {
 
 /// A cancel request whose key another instance gave out (a load balancer sent it here) goes
 /// on to that instance, as PgBouncer's peers do; it is dropped when that peer is unknown.
+/// Delivers a client's cancel request to the server running its work; and again, a few
+/// times at growing intervals, while that server still runs the same unit. PostgreSQL drops
+/// a cancel that reaches a backend before it has read the query: on one server a client's
+/// cancel can hardly come that early, but through a pool its query may reach the server just
+/// after the cancel does.
+async fn forward_cancel(
+    ctx: &Context,
+    process_id: i32,
+    mut on_its_way: crate::server::Cancelling,
+    answered: u64,
+) {
+    let key = on_its_way.key().clone();
+    let mut wait = std::time::Duration::from_millis(200);
+    let mut sent = 0;
+    loop {
+        if let Err(e) = crate::server::cancel(&key).await {
+            tracing::warn!(error = %e, "cancel request to server failed");
+            return;
+        }
+        drop(on_its_way);
+        sent += 1;
+        if sent == 4 {
+            return;
+        }
+        tokio::time::sleep(wait).await;
+        wait *= 2;
+        match ctx.cancels.again(process_id, &key, answered) {
+            Some(again) => on_its_way = again,
+            None => return,
+        }
+        tracing::info!(
+            pid = process_id,
+            "the query is still running: cancel request sent again"
+        );
+    }
+}
+
 async fn to_peer(general: &crate::config::General, process_id: i32, secret_key: i32) {
     let peer = crate::context::clients::Cancels::issuer(process_id);
     let Some(addr) = general.peers.get(&peer.to_string()) else {
@@ -201,11 +238,7 @@ async fn to_peer(general: &crate::config::General, process_id: i32, secret_key: 
         return;
     };
     tracing::info!(peer, %addr, "cancel request sent on to its peer");
-    let key = crate::server::CancelKey {
-        addr: addr.clone(),
-        process_id,
-        secret_key,
-    };
+    let key = crate::server::CancelKey::new(addr.clone(), process_id, secret_key);
     if let Err(e) = crate::server::cancel(&key).await {
         tracing::warn!(peer, error = %e, "cancel request to peer failed");
     }
@@ -260,11 +293,9 @@ async fn read_startup(
             })) => {
                 ctx.metrics.cancels.inc();
                 match ctx.cancels.cancel(process_id, secret_key) {
-                    Some(CancelTarget::Server(key)) => {
+                    Some(CancelTarget::Server(on_its_way, answered)) => {
                         tracing::info!(pid = process_id, "forwarding cancel request");
-                        if let Err(e) = crate::server::cancel(&key).await {
-                            tracing::warn!(error = %e, "cancel request to server failed");
-                        }
+                        forward_cancel(ctx, process_id, on_its_way, answered).await;
                     }
                     Some(CancelTarget::Session) => {
                         tracing::info!(

@@ -5,7 +5,7 @@
 //! instance that receives a cancel request can tell which instance issued the key (and send
 //! it on to that peer). The secret is random.
 
-use crate::server::CancelKey;
+use crate::server::{CancelKey, Cancelling};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
@@ -35,6 +35,9 @@ pub struct Slot {
     /// A cancel request came while the client held no server: its work, if it is waiting
     /// for one, is answered as cancelled instead of run.
     cancelled: AtomicBool,
+    /// Units of work answered so far: a cancel request that finds the same count a while
+    /// after it was delivered met no running query, and is sent again.
+    pub answered: AtomicU64,
 }
 
 impl Slot {
@@ -65,8 +68,9 @@ impl Slot {
 
 /// Where a genuine cancel request goes.
 pub enum CancelTarget {
-    /// The server running the client's work.
-    Server(Arc<CancelKey>),
+    /// The server running the client's work, which is not pooled until the request has
+    /// been delivered; and the client's count of answered units as the request left.
+    Server(Cancelling, u64),
     /// No server: the client's session has been told (its waiting work is cancelled).
     Session,
 }
@@ -126,6 +130,7 @@ impl Cancels {
             wake: tokio::sync::Notify::new(),
             pinned: AtomicU8::new(0),
             cancelled: AtomicBool::new(false),
+            answered: AtomicU64::new(0),
         });
         let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
         let process_id = loop {
@@ -160,6 +165,22 @@ impl Cancels {
             .cloned()
     }
 
+    /// A cancel request sent on a while ago, once more: Some when the client still holds
+    /// the same server and has had no unit answered since (`answered`), so the request
+    /// reached the server before the query it was meant for and was dropped there.
+    pub fn again(
+        &self,
+        process_id: i32,
+        key: &Arc<CancelKey>,
+        answered: u64,
+    ) -> Option<Cancelling> {
+        let slot = self.get(process_id)?;
+        let server = slot.server.lock().unwrap_or_else(|e| e.into_inner());
+        let same = server.as_ref().is_some_and(|k| Arc::ptr_eq(k, key));
+        (same && slot.answered.load(Ordering::Acquire) == answered)
+            .then(|| Cancelling::new(key.clone()))
+    }
+
     /// Where a CancelRequest goes: None if the key is not genuine. A client that holds no
     /// server is told itself, and wakes if its work waits for one.
     pub fn cancel(&self, process_id: i32, secret: i32) -> Option<CancelTarget> {
@@ -172,9 +193,14 @@ impl Cancels {
         if slot.secret != secret {
             return None;
         }
+        // Counted on the server under the lock the session takes to let the server go, so
+        // that its release sees the cancel on its way, or the cancel sees no server.
         let server = slot.server.lock().unwrap_or_else(|e| e.into_inner());
         match &*server {
-            Some(key) => Some(CancelTarget::Server(key.clone())),
+            Some(key) => Some(CancelTarget::Server(
+                Cancelling::new(key.clone()),
+                slot.answered.load(Ordering::Acquire),
+            )),
             None => {
                 slot.cancelled.store(true, Ordering::Relaxed);
                 drop(server);
@@ -194,23 +220,30 @@ mod tests {
         let c = Cancels::new(5);
         let r = c.register("127.0.0.1:1".parse().unwrap());
         assert_eq!(r.process_id >> SEQ_BITS, 5);
-        let key = Arc::new(CancelKey {
-            addr: "x:1".into(),
-            process_id: 1,
-            secret_key: 2,
-        });
+        let key = Arc::new(CancelKey::new("x:1".into(), 1, 2));
         let target = |secret| match c.cancel(r.process_id, secret) {
-            Some(CancelTarget::Server(key)) => Some(Some(key)),
+            Some(CancelTarget::Server(on_its_way, _)) => Some(Some(on_its_way)),
             Some(CancelTarget::Session) => Some(None),
             None => None,
         };
         r.slot.set(Some(key.clone()));
-        assert_eq!(target(r.slot.secret), Some(Some(key)));
-        assert_eq!(target(r.slot.secret.wrapping_add(1)), None);
+        let on_its_way = target(r.slot.secret).unwrap().unwrap();
+        assert!(Arc::ptr_eq(on_its_way.key(), &key));
+        assert!(
+            key.cancelling(),
+            "the server is not pooled while a cancel is on its way"
+        );
+        drop(on_its_way);
+        assert!(!key.cancelling());
+        assert!(target(r.slot.secret.wrapping_add(1)).is_none());
         assert!(!r.slot.take_cancel());
+        // Sent again only while the same unit is unanswered on the same server.
+        assert!(c.again(r.process_id, &key, 0).is_some());
+        r.slot.answered.fetch_add(1, Ordering::Relaxed);
+        assert!(c.again(r.process_id, &key, 0).is_none());
         // With no server, the session is told once.
         r.slot.set(None);
-        assert_eq!(target(r.slot.secret), Some(None));
+        assert!(matches!(target(r.slot.secret), Some(None)));
         assert!(r.slot.take_cancel());
         assert!(!r.slot.take_cancel());
         let pid = r.process_id;

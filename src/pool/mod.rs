@@ -258,6 +258,8 @@ impl Pool {
             Some("server settings changed by a reload")
         } else if inner.total > setup.settings.pool_size + setup.timeouts.reserve_size {
             Some("pool_size lowered by a reload")
+        } else if conn.cancel_key.cancelling() {
+            Some("a client's cancel request is on its way to it")
         } else {
             None
         };

@@ -156,11 +156,7 @@ pub(super) async fn connect(target: &Target) -> Result<Box<ServerConn>, LoginErr
         id: next_id(),
         stream,
         buf,
-        cancel_key: std::sync::Arc::new(CancelKey {
-            addr: target.addr(),
-            process_id,
-            secret_key,
-        }),
+        cancel_key: std::sync::Arc::new(CancelKey::new(target.addr(), process_id, secret_key)),
         params,
         session: super::settings::Settings::default(),
         permits: Vec::new(),

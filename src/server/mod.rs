@@ -50,12 +50,52 @@ impl Target {
     }
 }
 
-/// What a CancelRequest to this server needs.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What a CancelRequest to this server needs, and how many clients' cancel requests are on
+/// their way to it.
+#[derive(Debug)]
 pub struct CancelKey {
     pub addr: String,
     pub process_id: i32,
     pub secret_key: i32,
+    on_the_way: std::sync::atomic::AtomicUsize,
+}
+
+impl CancelKey {
+    pub fn new(addr: String, process_id: i32, secret_key: i32) -> CancelKey {
+        CancelKey {
+            addr,
+            process_id,
+            secret_key,
+            on_the_way: Default::default(),
+        }
+    }
+
+    /// Whether a client's cancel request is on its way to this server. Such a server is not
+    /// pooled: the cancel could meet the next client's query.
+    pub fn cancelling(&self) -> bool {
+        self.on_the_way.load(Ordering::Acquire) > 0
+    }
+}
+
+/// A client's cancel request on its way to a server, counted there until it is delivered
+/// (the server closes the request's connection once it has acted on it).
+pub struct Cancelling(std::sync::Arc<CancelKey>);
+
+impl Cancelling {
+    pub fn new(key: std::sync::Arc<CancelKey>) -> Cancelling {
+        key.on_the_way.fetch_add(1, Ordering::AcqRel);
+        Cancelling(key)
+    }
+
+    pub fn key(&self) -> &std::sync::Arc<CancelKey> {
+        &self.0
+    }
+}
+
+impl Drop for Cancelling {
+    fn drop(&mut self) {
+        self.0.on_the_way.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
