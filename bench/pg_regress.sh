@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
 # PostgreSQL's own regression suite (parallel_schedule of the installed server's version),
-# run with pg_regress --use-existing three times against one throwaway primary: directly,
-# through pgsluice in session mode, and through pgsluice in transaction mode. Prints how many
-# of the tests failed each way, and which ones fail through pgsluice but not directly.
+# run with pg_regress --use-existing against one throwaway primary: directly, through pgsluice
+# in session mode, through pgsluice in transaction mode, and then, with two streaming replicas,
+# through a pgsluice in transaction mode that routes reads to them: once as it is, and once
+# under faults (a reload every RELOAD_EVERY seconds, default 3, each changing the pool size,
+# and a replica restarted with `pg_ctl restart -m fast` every RESTART_EVERY seconds, default
+# 40). Prints how many of the tests failed each way, which ones fail through pgsluice but not
+# directly, and which fail under faults but not without them.
 #
 #   bench/pg_regress.sh                 # KEEP=1 keeps the work directory (diffs, logs)
 #
@@ -39,7 +43,9 @@ chmod 755 "$work"
 pids=()
 cleanup() {
     for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-    [ -d "$work/data" ] && as_pg "$bindir/pg_ctl" -D "$work/data" -m immediate stop >/dev/null 2>&1 || true
+    for d in "$work/replica1" "$work/replica2" "$work/data"; do
+        [ -d "$d" ] && as_pg "$bindir/pg_ctl" -D "$d" -m immediate stop >/dev/null 2>&1 || true
+    done
     if [ -n "${KEEP:-}" ]; then echo "kept $work" >&2; else rm -rf "$work"; fi
 }
 trap cleanup EXIT
@@ -73,18 +79,16 @@ fsync = off
 CONF
 as_pg "$bindir/pg_ctl" -D "$work/data" -l "$work/pg.log" -o "-p $pg_port" -w start >/dev/null
 
-# One pgsluice per pool mode, on the same primary, for databases regression and postgres; its
-# port in $sluice_port. (Not called in a subshell: the pooler must be this shell's child, for
-# the clean-up to stop it.)
-start_sluice() {
-    local mode=$1 port
-    port=$(free_port)
-    cat >"$work/$mode.toml" <<TOML
+# The configuration of a pgsluice in pool mode MODE on PORT, for databases regression and
+# postgres on the primary, with servers of POOL connections each.
+sluice_config() {
+    local mode=$1 port=$2 pool=$3
+    cat <<TOML
 listen_port = $port
 http_listen = ""
 auth_type = "trust"
 pool_mode = "$mode"
-default_pool_size = 60
+default_pool_size = $pool
 max_client_conn = 500
 [databases.regression]
 port = $pg_port
@@ -92,10 +96,46 @@ port = $pg_port
 port = $pg_port
 [users.postgres]
 TOML
-    RUST_LOG=warn "$root/target/release/pgsluice" --config "$work/$mode.toml" >"$work/$mode.log" 2>&1 &
-    pids+=($!)
+}
+
+# One pgsluice NAME (pool mode MODE), on the same primary; its port in $sluice_port and its
+# process in $sluice_pid. With a third argument, the replicas of start_replicas serve its
+# reads. (Not called in a subshell: the pooler must be this shell's child, for the clean-up
+# to stop it.)
+start_sluice() {
+    local name=$1 mode=$2 routed=${3:-} port
+    port=$(free_port)
+    sluice_config "$mode" "$port" 60 >"$work/$name.toml"
+    if [ -n "$routed" ]; then
+        sed -e "s/^port = $pg_port\$/port = $pg_port\nreplicas = [$replica_list]/" \
+            "$work/$name.toml" >"$work/$name.routed" && mv "$work/$name.routed" "$work/$name.toml"
+    fi
+    RUST_LOG=warn "$root/target/release/pgsluice" --config "$work/$name.toml" >"$work/$name.log" 2>&1 &
+    sluice_pid=$!
+    pids+=($sluice_pid)
     wait_port "$port"
     sluice_port=$port
+}
+
+# Faults while a run goes on, until the file $work/faults.stop appears: pgsluice PID is
+# reloaded every RELOAD_EVERY seconds, its pool size alternating between 60 and 50, and
+# replica1 is restarted every RESTART_EVERY seconds. Counts both in $work/faults.count.
+faults() {
+    local pid=$1 config=$2 reloads=0 restarts=0 tick=0
+    while [ ! -e "$work/faults.stop" ]; do
+        sleep 1
+        tick=$((tick + 1))
+        if [ $((tick % ${RELOAD_EVERY:-3})) = 0 ]; then
+            reloads=$((reloads + 1))
+            sed -i -E "s/^default_pool_size = .*/default_pool_size = $((reloads % 2 ? 50 : 60))/" "$config"
+            kill -HUP "$pid"
+        fi
+        if [ $((tick % ${RESTART_EVERY:-40})) = 0 ]; then
+            restarts=$((restarts + 1))
+            as_pg "$bindir/pg_ctl" -D "$work/replica1" -l "$work/replica1.log" -m fast -w restart >/dev/null
+        fi
+        echo "$reloads reloads, $restarts replica restarts" >"$work/faults.count"
+    done
 }
 
 # run NAME PORT: the whole schedule against a fresh database `regression`; prints the failed
@@ -121,19 +161,39 @@ run() {
     echo "$total" >"$work/$name.total"
 }
 
-start_sluice session
+start_sluice session session
 session_port=$sluice_port
-start_sluice transaction
+start_sluice transaction transaction
 transaction_port=$sluice_port
 run direct "$pg_port"
 run session "$session_port"
 run transaction "$transaction_port"
 
+# Two replicas for the routed runs (pg_regress's own databases and roles reach them by WAL).
+replica_list=""
+for r in replica1 replica2; do
+    port=$(free_port)
+    as_pg "$bindir/pg_basebackup" -h 127.0.0.1 -p "$pg_port" -U postgres -D "$work/$r" -R -X stream -c fast
+    as_pg "$bindir/pg_ctl" -D "$work/$r" -l "$work/$r.log" -o "-p $port" -w start >/dev/null
+    replica_list="$replica_list${replica_list:+, }\"127.0.0.1:$port\""
+done
+start_sluice routed transaction routed
+run routed "$sluice_port"
+start_sluice faults transaction routed
+faults "$sluice_pid" "$work/faults.toml" &
+faults_pid=$!
+pids+=($faults_pid)
+run faults "$sluice_port"
+touch "$work/faults.stop"
+wait "$faults_pid" || true
+
 printf '%-12s %7s %7s\n' target tests failed
-for name in direct session transaction; do
+for name in direct session transaction routed faults; do
     printf '%-12s %7s %7s\n' "$name" "$(cat "$work/$name.total")" "$(wc -l <"$work/$name.failed")"
 done
-for name in session transaction; do
+for name in session transaction routed faults; do
     extra=$(comm -13 "$work/direct.failed" "$work/$name.failed" | tr '\n' ' ')
     echo "$name fails, direct does not: ${extra:-none}"
 done
+extra=$(comm -13 "$work/routed.failed" "$work/faults.failed" | tr '\n' ' ')
+echo "faults ($(cat "$work/faults.count" 2>/dev/null || echo "no faults")) fails, routed does not: ${extra:-none}"

@@ -118,9 +118,12 @@ impl Session<'_> {
         if !Arc::ptr_eq(&self.ctx.config.load(), &self.config) {
             self.config = self.ctx.config.load_full();
         }
-        // A cancel that came while the client held no server was meant for work already
-        // answered; PostgreSQL drops one that reaches an idle backend too.
-        self.reg.slot.take_cancel();
+        // A cancel that came while the client held no server, before this unit, was meant
+        // for work already answered; PostgreSQL drops one that reaches an idle backend too.
+        // One that came while this unit was being placed again (a retry) is for it.
+        if self.retries == 0 {
+            self.reg.slot.take_cancel();
+        }
         // One clock read for the whole checkout (query_wait_timeout counts from it).
         let mut since = std::time::Instant::now();
         self.reg.slot.last_request.store(
