@@ -159,6 +159,7 @@ impl Session<'_> {
                 }
             };
             let node = decision.node;
+            let was_primary = node == self.members.cluster.primary();
             match self.checkout(node, since).await? {
                 Waited::Server(c) => break (decision, c),
                 Waited::Cancelled => {
@@ -171,6 +172,7 @@ impl Session<'_> {
                     let failure = Failure::Checkout {
                         connect,
                         recovering,
+                        was_primary,
                     };
                     let cluster = &*self.members.cluster;
                     let Some(retry) = policy::retry(cluster, &self.routes, &facts, node, failure)

@@ -87,8 +87,13 @@ pub struct Decision {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Failure {
     /// No server could be checked out; `connect` when opening one failed, `recovering` when
-    /// its pool will try the login again soon (`Pool::login_recovering`).
-    Checkout { connect: bool, recovering: bool },
+    /// its pool will try the login again soon (`Pool::login_recovering`), `was_primary` when
+    /// the node was the primary as the work was placed there.
+    Checkout {
+        connect: bool,
+        recovering: bool,
+        was_primary: bool,
+    },
     /// The server sent an error while the unit's answer was held back.
     Error(Retry),
     /// The server's connection broke.
@@ -161,10 +166,22 @@ pub fn retry(
 ) -> Option<Retry> {
     if let Failure::Checkout {
         connect: true,
-        recovering: true,
+        recovering,
+        was_primary,
     } = failure
     {
-        if node == cluster.primary() {
+        if was_primary && node != cluster.primary() {
+            // A failover: the health check found another primary while the work waited for
+            // the old one's login. It goes there, however many tries came before; the old
+            // primary is the checker's to judge.
+            counters.bump(RouteReason::Retry);
+            return Some(Retry {
+                ban: false,
+                why: "the primary has moved",
+                wrote: false,
+            });
+        }
+        if recovering && node == cluster.primary() {
             // Nowhere else to go: the same node again, once its pool's short wait is over
             // (a restart of the primary), bounded by the pool (server down, query_wait_timeout).
             counters.bump(RouteReason::Retry);

@@ -127,6 +127,7 @@ fn retries_go_elsewhere_once_per_node_and_ban_only_replicas() {
     let refused = Failure::Checkout {
         connect: true,
         recovering: false,
+        was_primary: false,
     };
     assert!(retry(&c, &counters, &TX, 1, refused).unwrap().ban);
     assert_eq!(retry(&c, &counters, &TX, 0, refused), None);
@@ -135,17 +136,26 @@ fn retries_go_elsewhere_once_per_node_and_ban_only_replicas() {
     let recovering = Failure::Checkout {
         connect: true,
         recovering: true,
+        was_primary: true,
     };
     let spent = Session { retries: 3, ..TX };
     let again = retry(&c, &counters, &spent, 0, recovering).unwrap();
     assert!(!again.ban);
+    let replica_recovering = Failure::Checkout {
+        connect: true,
+        recovering: true,
+        was_primary: false,
+    };
     assert!(
-        retry(&c, &counters, &TX, 1, recovering).unwrap().ban,
+        retry(&c, &counters, &TX, 1, replica_recovering)
+            .unwrap()
+            .ban,
         "a replica is left"
     );
     let waited = Failure::Checkout {
         connect: false,
         recovering: false,
+        was_primary: false,
     };
     assert!(!retry(&c, &counters, &TX, 2, waited).unwrap().ban);
     let spent = Session { retries: 3, ..TX };
@@ -191,6 +201,19 @@ fn with_auto_roles_the_found_primary_takes_writes_and_a_contest_refuses_them() {
         assert_ne!(read.node, 1, "reads go to the others");
     }
     assert!(!may_ban(&c, 1) && may_ban(&c, 0));
+    // Work that waited for the old primary's login goes to the new one, unbanned, however
+    // many tries it spent waiting; the old one's failure is no longer waited for.
+    let counters = RouteCounters::default();
+    let spent = Session { retries: 3, ..TX };
+    for recovering in [true, false] {
+        let failed = Failure::Checkout {
+            connect: true,
+            recovering,
+            was_primary: true,
+        };
+        let moved = retry(&c, &counters, &spent, 0, failed).unwrap();
+        assert_eq!((moved.ban, moved.why), (false, "the primary has moved"));
+    }
     // Two nodes out of recovery: no write goes anywhere, reads still go to a replica.
     c.set_leader(crate::cluster::Leader::Contested, 0b011);
     let refused = decide(&c, &work("INSERT INTO t VALUES (1)"), &TX);
