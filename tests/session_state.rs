@@ -216,6 +216,41 @@ async fn reset_goes_back_to_the_clients_own_startup_value() {
     }
 }
 
+/// A superuser's setting stays with it after SET SESSION AUTHORIZATION to another user, as on
+/// one server; a server brought in line for it takes the setting before the identity (the
+/// other way round, the setting is refused and the client was lost: PostgreSQL's own
+/// updatable_views test through a routed pgsluice).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_superuser_setting_follows_its_client_past_set_session_authorization() {
+    let pg = support::primary();
+    let text = format!(
+        "listen_port = 0\nauth_type = \"trust\"\ndefault_pool_size = 2\n\
+         [databases.app]\nport = {}\n[users.postgres]\n",
+        pg.port
+    );
+    let pooler = Pooler::with_config(pgsluice::config::Config::parse(&text, "t.toml").unwrap());
+    let conn = format!(
+        "host=127.0.0.1 port={} user=postgres dbname=app",
+        pooler.port()
+    );
+    let connect = || async {
+        let (c, connection) = tokio_postgres::connect(&conn, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(connection);
+        c
+    };
+    let (a, holder) = (connect().await, connect().await);
+    a.batch_execute("SET session_replication_role = replica; SET SESSION AUTHORIZATION app")
+        .await
+        .unwrap();
+    // The one server so far is held: a's next work gets a new one, brought in line.
+    holder.batch_execute("BEGIN; SELECT 1").await.unwrap();
+    assert_eq!(one(&a, "SHOW session_replication_role").await, "replica");
+    assert_eq!(one(&a, "SELECT session_user").await, "app");
+    holder.batch_execute("COMMIT").await.unwrap();
+}
+
 /// `pgsluice_pins_total{feature=…}` as the pooler counts it now.
 fn pins(pooler: &Pooler, feature: &str) -> f64 {
     let text = pooler.metrics();

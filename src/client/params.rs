@@ -90,26 +90,43 @@ impl SessionParams {
 }
 
 /// The statements that take a server from `has` to `wants`: one Query, in an order that
-/// lets each succeed (the session user first, the role last, as a SET ROLE would have left
-/// it).
+/// lets each succeed. The identity a server carries from an earlier client (its
+/// session_authorization and role) may lack privileges the other statements need (a
+/// superuser-only setting such as session_replication_role): it goes back to the server
+/// login's first, and the client's identity is taken last (the session user, then the role,
+/// as a SET ROLE after SET SESSION AUTHORIZATION would have left it).
 pub fn alignment(wants: &Settings, has: &Settings) -> String {
-    let rank = |name: &str| match name {
-        "session_authorization" => 0,
-        "role" => 2,
-        _ => 1,
-    };
-    let mut steps: Vec<(&str, Option<&str>)> = Vec::new();
+    const IDENTITY: [&str; 2] = ["session_authorization", "role"];
+    let mut others: Vec<(&str, Option<&str>)> = Vec::new();
     for (name, value) in wants.iter() {
-        if has.get(name) != Some(value) {
-            steps.push((name, Some(value)));
+        if !IDENTITY.contains(&name) && has.get(name) != Some(value) {
+            others.push((name, Some(value)));
         }
     }
     for (name, _) in has.iter() {
-        if wants.get(name).is_none() {
-            steps.push((name, None));
+        if !IDENTITY.contains(&name) && wants.get(name).is_none() {
+            others.push((name, None));
         }
     }
-    steps.sort_by_key(|(name, _)| rank(name));
+    let carried = IDENTITY.iter().any(|name| has.get(name).is_some());
+    let reset_first = carried && !others.is_empty();
+    let mut steps: Vec<(&str, Option<&str>)> = Vec::new();
+    if reset_first {
+        steps.extend(
+            IDENTITY
+                .iter()
+                .rev()
+                .filter(|n| has.get(n).is_some())
+                .map(|n| (*n, None)),
+        );
+    }
+    steps.extend(others);
+    for name in IDENTITY {
+        let now = if reset_first { None } else { has.get(name) };
+        if wants.get(name) != now {
+            steps.push((name, wants.get(name)));
+        }
+    }
     let mut sql = String::new();
     for (name, value) in steps {
         match value {
@@ -218,6 +235,43 @@ mod tests {
              SELECT pg_catalog.set_config(E'role', E'app', false);"
         );
         assert_eq!(alignment(&wants, &wants), "");
+    }
+
+    #[test]
+    fn a_superuser_only_setting_is_applied_before_the_clients_identity() {
+        // A client that set session_replication_role as a superuser, then SET SESSION
+        // AUTHORIZATION to another user: on a fresh server the setting comes first.
+        let wants = Settings::new([
+            ("session_authorization", "user2"),
+            ("session_replication_role", "replica"),
+        ]);
+        assert_eq!(
+            alignment(&wants, &Settings::default()),
+            "SELECT pg_catalog.set_config(E'session_replication_role', E'replica', false);\
+             SELECT pg_catalog.set_config(E'session_authorization', E'user2', false);"
+        );
+        // A server left as another client's user, with the same role: the identity goes back
+        // to the server login's while the setting changes, then is taken again.
+        let has = Settings::new([("role", "r"), ("session_authorization", "user2")]);
+        let wants = Settings::new([
+            ("role", "r"),
+            ("session_authorization", "user2"),
+            ("session_replication_role", "replica"),
+        ]);
+        assert_eq!(
+            alignment(&wants, &has),
+            "RESET \"role\";RESET \"session_authorization\";\
+             SELECT pg_catalog.set_config(E'session_replication_role', E'replica', false);\
+             SELECT pg_catalog.set_config(E'session_authorization', E'user2', false);\
+             SELECT pg_catalog.set_config(E'role', E'r', false);"
+        );
+        // Only the identity differs: nothing else to reset.
+        let wants = Settings::new([("role", "s")]);
+        let has = Settings::new([("role", "r")]);
+        assert_eq!(
+            alignment(&wants, &has),
+            "SELECT pg_catalog.set_config(E'role', E's', false);"
+        );
     }
 
     #[test]
