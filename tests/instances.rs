@@ -115,6 +115,99 @@ async fn a_cancel_sent_to_another_instance_reaches_its_query() {
     );
 }
 
+/// `peers_dns`: two instances on one port at two addresses that one DNS name resolves to (as
+/// a Kubernetes headless Service does), with the same configuration (peer_id 0 both, no
+/// `peers`). A cancel request that reaches the other instance is sent to both addresses, and
+/// the one whose client has the key cancels its query. The instances run in a network
+/// namespace of the test's own, whose /etc/hosts gives the name its two addresses; the
+/// database is outside, across a veth pair.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_reaches_its_query_through_the_instances_a_dns_name_finds() {
+    use support::netns::Netns;
+    let pg = primary();
+    let net = Netns::create(2);
+    pg.open_to(&net.host_ip, &format!("{}.0/29", net.net))
+        .unwrap();
+    let second_ip = format!("{}.3", net.net);
+    net.add_address(&second_ip);
+    let name = "peers.pgsluice.test";
+    net.hosts(&format!(
+        "127.0.0.1 localhost\n{} {name}\n{second_ip} {name}\n",
+        net.ns_ip
+    ));
+    let port = pgsluice::localpg::free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let start = |ip: &str| {
+        let path = dir.path().join(format!("{ip}.toml"));
+        std::fs::write(
+            &path,
+            format!(
+                "listen_addr = \"{ip}\"\nlisten_port = {port}\nhttp_listen = \"\"\n\
+                 peers_dns = \"{name}:{port}\"\n\
+                 [databases.app]\nhost = \"{host}\"\nport = {pg_port}\n\
+                 [users.app]\npassword = \"{APP_PASSWORD}\"\n",
+                host = net.host_ip,
+                pg_port = pg.port,
+            ),
+        )
+        .unwrap();
+        let child = net
+            .command(std::path::Path::new(env!("CARGO_BIN_EXE_pgsluice")))
+            .args(["run", "--config"])
+            .arg(&path)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let listening = support::wait_for(std::time::Duration::from_secs(10), || {
+            std::net::TcpStream::connect((ip, port)).is_ok()
+        });
+        assert!(listening, "an instance on {ip}:{port}");
+        Process {
+            child,
+            port,
+            http: 0,
+        }
+    };
+    let _first = start(&net.ns_ip);
+    let _second = start(&second_ip);
+    let conn = format!(
+        "host={} port={port} user=app password='{APP_PASSWORD}' dbname=app",
+        net.ns_ip
+    );
+    let (c, connection) = tokio_postgres::connect(&conn, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let token = c.cancel_token();
+    let query = tokio::spawn(async move { c.simple_query("SELECT pg_sleep(20)").await });
+    assert!(support::wait_for(
+        std::time::Duration::from_secs(10),
+        || { support::running(&pg, "pg_sleep(20)") }
+    ));
+    let sent = std::time::Instant::now();
+    let to_other = tokio::net::TcpStream::connect((second_ip.as_str(), port))
+        .await
+        .unwrap();
+    token
+        .cancel_query_raw(to_other, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    let r = tokio::time::timeout(std::time::Duration::from_secs(10), query)
+        .await
+        .expect("the query was not cancelled")
+        .unwrap();
+    assert_eq!(
+        r.expect_err("cancelled").code(),
+        Some(&tokio_postgres::error::SqlState::QUERY_CANCELED)
+    );
+    assert!(
+        sent.elapsed() < std::time::Duration::from_secs(1),
+        "{:?}",
+        sent.elapsed()
+    );
+}
+
 /// With so_reuseport a second process takes over the port while the first drains after
 /// SIGTERM: a connect-query-disconnect loop all along loses no connection attempt.
 #[test]

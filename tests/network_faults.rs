@@ -8,92 +8,19 @@
 mod support;
 
 use std::collections::HashMap;
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use support::netns::{run, Netns};
 use support::{connect, port_of, Pooler, APP_PASSWORD};
 
-/// A network namespace joined to this one by a veth pair; removed when dropped.
-struct Netns {
-    name: String,
-    host_if: String,
-    ns_if: String,
-    host_ip: String,
-    ns_ip: String,
+/// Traffic shaping on the path into the namespace.
+trait Shaping {
+    fn shape(&self, verb: &str, tbf: &[&str]);
+    fn dropped(&self) -> u64;
 }
 
-fn run(cmd: &[&str]) -> String {
-    let out = Command::new(cmd[0])
-        .args(&cmd[1..])
-        .output()
-        .unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-impl Netns {
-    fn create() -> Netns {
-        let uid = run(&["id", "-u"]);
-        assert_eq!(
-            uid.trim(),
-            "0",
-            "this test makes a network namespace and needs root (CI runs as root)"
-        );
-        let id = std::process::id();
-        let net = format!("10.231.{}", id % 250);
-        let ns = Netns {
-            name: format!("pgsluice-{id}"),
-            host_if: format!("pslh{id}"),
-            ns_if: format!("psln{id}"),
-            host_ip: format!("{net}.1"),
-            ns_ip: format!("{net}.2"),
-        };
-        run(&["ip", "netns", "add", &ns.name]);
-        run(&[
-            "ip",
-            "link",
-            "add",
-            &ns.host_if,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            &ns.ns_if,
-        ]);
-        run(&["ip", "link", "set", &ns.ns_if, "netns", &ns.name]);
-        run(&[
-            "ip",
-            "addr",
-            "add",
-            &format!("{}/30", ns.host_ip),
-            "dev",
-            &ns.host_if,
-        ]);
-        run(&["ip", "link", "set", &ns.host_if, "up"]);
-        ns.inside(&[
-            "ip",
-            "addr",
-            "add",
-            &format!("{}/30", ns.ns_ip),
-            "dev",
-            &ns.ns_if,
-        ]);
-        ns.inside(&["ip", "link", "set", &ns.ns_if, "up"]);
-        ns.inside(&["ip", "link", "set", "lo", "up"]);
-        ns
-    }
-
-    fn inside(&self, cmd: &[&str]) -> String {
-        let mut full = vec!["ip", "netns", "exec", &self.name];
-        full.extend_from_slice(cmd);
-        run(&full)
-    }
-
+impl Shaping for Netns {
     /// The same traffic shaping on both ends of the path.
     fn shape(&self, verb: &str, tbf: &[&str]) {
         let mut host = vec!["tc", "qdisc", verb, "dev", &self.host_if, "root", "tbf"];
@@ -117,18 +44,6 @@ impl Netns {
         };
         count(run(&["tc", "-s", "qdisc", "show", "dev", &self.host_if]))
             + count(self.inside(&["tc", "-s", "qdisc", "show", "dev", &self.ns_if]))
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        // The veth pair goes with the namespace.
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
-        let _ = Command::new("ip")
-            .args(["link", "del", &self.host_if])
-            .output();
     }
 }
 
@@ -157,7 +72,7 @@ impl Reads {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_behind_a_slow_lossy_then_silent_path_costs_reads_nothing() {
-    let net = Netns::create();
+    let net = Netns::create(1);
     let primary = support::primary();
     primary
         .open_to(&net.host_ip, &format!("{}/30", net.ns_ip))

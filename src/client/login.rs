@@ -194,53 +194,89 @@ struct Asked {
 
 /// A cancel request whose key another instance gave out (a load balancer sent it here) goes
 /// on to that instance, as PgBouncer's peers do; it is dropped when that peer is unknown.
-/// Delivers a client's cancel request to the server running its work; and again, a few
-/// times at growing intervals, while that server still runs the same unit. PostgreSQL drops
-/// a cancel that reaches a backend before it has read the query: on one server a client's
-/// cancel can hardly come that early, but through a pool its query may reach the server just
-/// after the cancel does.
+/// Delivers a client's cancel request to the server running its work; then, in the
+/// background, sends it again a few times at growing intervals while that server still runs
+/// the same unit. PostgreSQL drops a cancel that reaches a backend before it has read the
+/// query: on one server a client's cancel can hardly come that early, but through a pool its
+/// query may reach the server just after the cancel does. The client's request connection
+/// closes after the first delivery, as PostgreSQL's does.
 async fn forward_cancel(
-    ctx: &Context,
-    process_id: i32,
-    mut on_its_way: crate::server::Cancelling,
+    on_its_way: crate::server::Cancelling,
     answered: u64,
+    slot: std::sync::Arc<crate::context::clients::Slot>,
 ) {
     let key = on_its_way.key().clone();
-    let mut wait = std::time::Duration::from_millis(200);
-    let mut sent = 0;
-    loop {
-        if let Err(e) = crate::server::cancel(&key).await {
-            tracing::warn!(error = %e, "cancel request to server failed");
-            return;
-        }
-        drop(on_its_way);
-        sent += 1;
-        if sent == 4 {
-            return;
-        }
-        tokio::time::sleep(wait).await;
-        wait *= 2;
-        match ctx.cancels.again(process_id, &key, answered) {
-            Some(again) => on_its_way = again,
-            None => return,
-        }
-        tracing::info!(
-            pid = process_id,
-            "the query is still running: cancel request sent again"
-        );
+    if let Err(e) = crate::server::cancel(&key).await {
+        tracing::warn!(error = %e, "cancel request to server failed");
+        return;
     }
+    drop(on_its_way);
+    tokio::spawn(async move {
+        let mut wait = std::time::Duration::from_millis(200);
+        for _ in 0..3 {
+            tokio::time::sleep(wait).await;
+            wait *= 2;
+            let Some(again) = slot.again(&key, answered) else {
+                return;
+            };
+            tracing::info!(
+                server = key.process_id,
+                "the query still runs: cancel request sent again"
+            );
+            if crate::server::cancel(again.key()).await.is_err() {
+                return;
+            }
+        }
+    });
 }
 
-async fn to_peer(general: &crate::config::General, process_id: i32, secret_key: i32) {
+/// Sends on a cancel request whose key matches no client here: to the peer `peers` names for
+/// the key's peer_id, or else to every instance `peers_dns` resolves to, where only the one
+/// whose client has that key acts on it. A key with this instance's own peer_id goes to
+/// `peers_dns` too: instances found by DNS may share a peer_id.
+async fn to_peer(general: &crate::config::General, process_id: i32, secret_key: i32, ours: bool) {
     let peer = crate::context::clients::Cancels::issuer(process_id);
-    let Some(addr) = general.peers.get(&peer.to_string()) else {
-        tracing::info!(peer, "cancel request for an unknown peer dropped");
+    if let Some(addr) = general.peers.get(&peer.to_string()).filter(|_| !ours) {
+        tracing::info!(peer, %addr, "cancel request sent on to its peer");
+        let key = crate::server::CancelKey::new(addr.clone(), process_id, secret_key);
+        if let Err(e) = crate::server::cancel(&key).await {
+            tracing::warn!(peer, error = %e, "cancel request to peer failed");
+        }
         return;
+    }
+    if general.peers_dns.is_empty() {
+        if !ours {
+            tracing::info!(peer, "cancel request for an unknown peer dropped");
+        }
+        return;
+    }
+    let found = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        tokio::net::lookup_host(general.peers_dns.as_str()),
+    )
+    .await;
+    let addrs: Vec<std::net::SocketAddr> = match found {
+        Ok(Ok(addrs)) => addrs.collect(),
+        Ok(Err(e)) => {
+            tracing::warn!(peer, name = %general.peers_dns, error = %e, "peers_dns lookup failed");
+            return;
+        }
+        Err(_) => {
+            tracing::warn!(peer, name = %general.peers_dns, "peers_dns lookup timed out");
+            return;
+        }
     };
-    tracing::info!(peer, %addr, "cancel request sent on to its peer");
-    let key = crate::server::CancelKey::new(addr.clone(), process_id, secret_key);
-    if let Err(e) = crate::server::cancel(&key).await {
-        tracing::warn!(peer, error = %e, "cancel request to peer failed");
+    tracing::info!(
+        peer,
+        instances = addrs.len(),
+        "cancel request sent on to the instances of peers_dns"
+    );
+    let packet = crate::protocol::startup::cancel_request(process_id, secret_key, true);
+    // One after another: a handful of instances, each answering in a round trip.
+    for addr in addrs {
+        if let Err(e) = crate::server::send_cancel(&addr.to_string(), &packet).await {
+            tracing::warn!(peer, %addr, error = %e, "cancel request to an instance failed");
+        }
     }
 }
 
@@ -290,12 +326,13 @@ async fn read_startup(
             Ok(Some(StartupPacket::Cancel {
                 process_id,
                 secret_key,
+                from_peer,
             })) => {
                 ctx.metrics.cancels.inc();
                 match ctx.cancels.cancel(process_id, secret_key) {
-                    Some(CancelTarget::Server(on_its_way, answered)) => {
+                    Some(CancelTarget::Server(on_its_way, answered, slot)) => {
                         tracing::info!(pid = process_id, "forwarding cancel request");
-                        forward_cancel(ctx, process_id, on_its_way, answered).await;
+                        forward_cancel(on_its_way, answered, slot).await;
                     }
                     Some(CancelTarget::Session) => {
                         tracing::info!(
@@ -303,10 +340,13 @@ async fn read_startup(
                             "cancel request for a client without a server"
                         );
                     }
-                    None if !ctx.cancels.ours(process_id) => {
-                        to_peer(&config.general, process_id, secret_key).await;
+                    // Sent on once at most: a peer's request that matches no client here is
+                    // dropped, so requests never go round.
+                    None if from_peer => {}
+                    None => {
+                        let ours = ctx.cancels.ours(process_id);
+                        to_peer(&config.general, process_id, secret_key, ours).await;
                     }
-                    None => {}
                 }
                 return None;
             }

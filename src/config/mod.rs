@@ -118,6 +118,10 @@ pub struct General {
     /// Where the other instances are, by peer_id: a cancel request with a key another
     /// instance gave out is sent on to it.
     pub peers: BTreeMap<String, String>,
+    /// A DNS name and port that resolve to every instance (a Kubernetes headless Service):
+    /// a cancel request with another instance's key, for a peer_id `peers` does not list,
+    /// goes to each of them. Empty: none.
+    pub peers_dns: String,
     pub so_reuseport: bool,
     /// Threads that run client and server connections (0: one per core).
     pub workers: usize,
@@ -188,6 +192,7 @@ impl Default for General {
             max_prepared_statements: 200,
             peer_id: 0,
             peers: BTreeMap::new(),
+            peers_dns: String::new(),
             so_reuseport: false,
             workers: 1,
             server_check_delay: Seconds::secs(30),

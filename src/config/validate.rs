@@ -55,6 +55,16 @@ impl Config {
                 return bad(&key, format!("\"{addr}\" is not host:port"));
             }
         }
+        if !g.peers_dns.is_empty() {
+            let port = g
+                .peers_dns
+                .rsplit_once(':')
+                .and_then(|(h, p)| (!h.is_empty()).then_some(p));
+            if port.and_then(|p| p.parse::<u16>().ok()).is_none() {
+                let why = format!("\"{}\" is not host:port", g.peers_dns);
+                return bad("peers_dns", why);
+            }
+        }
         if g.max_packet_size < 1024 {
             return bad("max_packet_size", "must be at least 1024".into());
         }

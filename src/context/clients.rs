@@ -57,6 +57,16 @@ impl Slot {
         *self.server.lock().unwrap_or_else(|e| e.into_inner()) = key;
     }
 
+    /// A cancel request sent on a while ago, once more: Some when the client still holds
+    /// the same server and has had no unit answered since (`answered`), so the request
+    /// reached the server before the query it was meant for and was dropped there.
+    pub fn again(&self, key: &Arc<CancelKey>, answered: u64) -> Option<Cancelling> {
+        let server = self.server.lock().unwrap_or_else(|e| e.into_inner());
+        let same = server.as_ref().is_some_and(|k| Arc::ptr_eq(k, key));
+        (same && self.answered.load(Ordering::Acquire) == answered)
+            .then(|| Cancelling::new(key.clone()))
+    }
+
     /// Whether a cancel request came since the last call (and forgets it). A session asks
     /// before its work waits for a server, so that a cancel meant for work already answered
     /// is dropped, as PostgreSQL drops one that reaches an idle backend; and again while it
@@ -69,8 +79,9 @@ impl Slot {
 /// Where a genuine cancel request goes.
 pub enum CancelTarget {
     /// The server running the client's work, which is not pooled until the request has
-    /// been delivered; and the client's count of answered units as the request left.
-    Server(Cancelling, u64),
+    /// been delivered; the client's count of answered units as the request left, and its
+    /// slot, to send the request again (`Slot::again`).
+    Server(Cancelling, u64, Arc<Slot>),
     /// No server: the client's session has been told (its waiting work is cancelled).
     Session,
 }
@@ -165,22 +176,6 @@ impl Cancels {
             .cloned()
     }
 
-    /// A cancel request sent on a while ago, once more: Some when the client still holds
-    /// the same server and has had no unit answered since (`answered`), so the request
-    /// reached the server before the query it was meant for and was dropped there.
-    pub fn again(
-        &self,
-        process_id: i32,
-        key: &Arc<CancelKey>,
-        answered: u64,
-    ) -> Option<Cancelling> {
-        let slot = self.get(process_id)?;
-        let server = slot.server.lock().unwrap_or_else(|e| e.into_inner());
-        let same = server.as_ref().is_some_and(|k| Arc::ptr_eq(k, key));
-        (same && slot.answered.load(Ordering::Acquire) == answered)
-            .then(|| Cancelling::new(key.clone()))
-    }
-
     /// Where a CancelRequest goes: None if the key is not genuine. A client that holds no
     /// server is told itself, and wakes if its work waits for one.
     pub fn cancel(&self, process_id: i32, secret: i32) -> Option<CancelTarget> {
@@ -200,6 +195,7 @@ impl Cancels {
             Some(key) => Some(CancelTarget::Server(
                 Cancelling::new(key.clone()),
                 slot.answered.load(Ordering::Acquire),
+                slot.clone(),
             )),
             None => {
                 slot.cancelled.store(true, Ordering::Relaxed);
@@ -222,7 +218,7 @@ mod tests {
         assert_eq!(r.process_id >> SEQ_BITS, 5);
         let key = Arc::new(CancelKey::new("x:1".into(), 1, 2));
         let target = |secret| match c.cancel(r.process_id, secret) {
-            Some(CancelTarget::Server(on_its_way, _)) => Some(Some(on_its_way)),
+            Some(CancelTarget::Server(on_its_way, _, _)) => Some(Some(on_its_way)),
             Some(CancelTarget::Session) => Some(None),
             None => None,
         };
@@ -238,9 +234,9 @@ mod tests {
         assert!(target(r.slot.secret.wrapping_add(1)).is_none());
         assert!(!r.slot.take_cancel());
         // Sent again only while the same unit is unanswered on the same server.
-        assert!(c.again(r.process_id, &key, 0).is_some());
+        assert!(r.slot.again(&key, 0).is_some());
         r.slot.answered.fetch_add(1, Ordering::Relaxed);
-        assert!(c.again(r.process_id, &key, 0).is_none());
+        assert!(r.slot.again(&key, 0).is_none());
         // With no server, the session is told once.
         r.slot.set(None);
         assert!(matches!(target(r.slot.secret), Some(None)));

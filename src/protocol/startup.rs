@@ -15,13 +15,38 @@ pub const SSL_REQUEST_PACKET: [u8; 8] = {
 };
 const GSSENC_REQUEST: u32 = 80_877_104;
 const CANCEL_REQUEST: u32 = 80_877_102;
+/// pgsluice's own: a CancelRequest one instance sends on to the others it found by
+/// `peers_dns` (request code 1234.5778). Only the instance that gave out the key acts on it,
+/// and none sends it on again.
+const PEER_CANCEL_REQUEST: u32 = 80_877_202;
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum StartupPacket {
     Ssl,
     GssEnc,
-    Cancel { process_id: i32, secret_key: i32 },
+    /// `from_peer`: sent on by another instance (never to be sent on again).
+    Cancel {
+        process_id: i32,
+        secret_key: i32,
+        from_peer: bool,
+    },
     Startup(Startup),
+}
+
+/// A CancelRequest for the key (`process_id`, `secret_key`): as PostgreSQL takes it, or as
+/// one instance sends it on to its peers.
+pub fn cancel_request(process_id: i32, secret_key: i32, from_peer: bool) -> [u8; 16] {
+    let code = if from_peer {
+        PEER_CANCEL_REQUEST
+    } else {
+        CANCEL_REQUEST
+    };
+    let mut packet = [0u8; 16];
+    packet[..4].copy_from_slice(&16u32.to_be_bytes());
+    packet[4..8].copy_from_slice(&code.to_be_bytes());
+    packet[8..12].copy_from_slice(&process_id.to_be_bytes());
+    packet[12..].copy_from_slice(&secret_key.to_be_bytes());
+    packet
 }
 
 /// A StartupMessage: protocol 3.x plus its parameters, in the order sent.
@@ -66,15 +91,16 @@ pub fn decode(buf: &mut BytesMut) -> Result<Option<StartupPacket>, ProtocolError
     match code {
         SSL_REQUEST if body.is_empty() => Ok(Some(StartupPacket::Ssl)),
         GSSENC_REQUEST if body.is_empty() => Ok(Some(StartupPacket::GssEnc)),
-        CANCEL_REQUEST if body.len() == 8 => {
+        CANCEL_REQUEST | PEER_CANCEL_REQUEST if body.len() == 8 => {
             let process_id = i32::from_be_bytes([body[0], body[1], body[2], body[3]]);
             let secret_key = i32::from_be_bytes([body[4], body[5], body[6], body[7]]);
             Ok(Some(StartupPacket::Cancel {
                 process_id,
                 secret_key,
+                from_peer: code == PEER_CANCEL_REQUEST,
             }))
         }
-        SSL_REQUEST | GSSENC_REQUEST | CANCEL_REQUEST => {
+        SSL_REQUEST | GSSENC_REQUEST | CANCEL_REQUEST | PEER_CANCEL_REQUEST => {
             Err(ProtocolError::BadStartup("wrong length for a request code"))
         }
         _ => {
@@ -209,9 +235,21 @@ mod tests {
             c,
             Some(StartupPacket::Cancel {
                 process_id: 7,
-                secret_key: 9
+                secret_key: 9,
+                from_peer: false,
             })
         );
+        for from_peer in [false, true] {
+            let sent = cancel_request(-7, 9, from_peer);
+            assert_eq!(
+                decode(&mut BytesMut::from(&sent[..])).unwrap(),
+                Some(StartupPacket::Cancel {
+                    process_id: -7,
+                    secret_key: 9,
+                    from_peer,
+                })
+            );
+        }
     }
 
     #[test]

@@ -226,11 +226,16 @@ impl ServerConn {
 
 /// Sends a CancelRequest on a connection of its own, as the protocol requires.
 pub async fn cancel(key: &CancelKey) -> std::io::Result<()> {
-    let mut buf = BytesMut::new();
-    postgres_protocol::message::frontend::cancel_request(key.process_id, key.secret_key, &mut buf);
+    let packet = crate::protocol::startup::cancel_request(key.process_id, key.secret_key, false);
+    send_cancel(&key.addr, &packet).await
+}
+
+/// Sends a cancel request packet to `addr` and waits (5 s at most each) for the connection to
+/// be closed by the other end, which then has acted on it.
+pub async fn send_cancel(addr: &str, packet: &[u8]) -> std::io::Result<()> {
     let mut stream =
-        tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(&key.addr)).await??;
-    stream.write_all(&buf).await?;
+        tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(addr)).await??;
+    stream.write_all(packet).await?;
     // The server closes the connection once it has read the request.
     let mut sink = [0u8; 1];
     let _ = tokio::time::timeout(

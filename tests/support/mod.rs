@@ -3,6 +3,8 @@
 //! when dropped, also when the test fails.
 #![allow(dead_code)]
 
+pub mod netns;
+
 use pgsluice::config::Config;
 use pgsluice::localpg::LocalPostgres;
 use std::net::SocketAddr;
