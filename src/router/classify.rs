@@ -45,6 +45,9 @@ pub enum WriteReason {
     Locking,
     /// A call of a function known to write (nextval, pg_advisory_lock, …).
     WriteFunction,
+    /// A view of one server's own state (pg_stat_activity, pg_prepared_xacts, pg_locks, …):
+    /// a client asks about the server it thinks it is connected to, the primary.
+    ServerState,
     /// Text the classifier cannot tokenize.
     Unreadable,
 }
@@ -179,10 +182,27 @@ fn query(t: &[Token], write_functions: &WriteFunctions) -> Class {
             name if t.get(i + 1) == Some(&Token::Punct('(')) && write_functions.contains(name) => {
                 return Class::Write(WriteReason::WriteFunction);
             }
+            name if server_state(name) => return Class::Write(WriteReason::ServerState),
             _ => {}
         }
     }
     Class::Read
+}
+
+/// Views whose rows are one server's own (its backends, statistics, prepared transactions,
+/// locks, replication): on a replica they describe the replica.
+fn server_state(name: &str) -> bool {
+    name.starts_with("pg_")
+        && (name.starts_with("pg_stat_")
+            || name.starts_with("pg_statio_")
+            || matches!(
+                name,
+                "pg_prepared_xacts"
+                    | "pg_locks"
+                    | "pg_replication_slots"
+                    | "pg_replication_origin_status"
+                    | "pg_backend_memory_contexts"
+            ))
 }
 
 /// EXPLAIN runs its statement only with ANALYZE: then it is what that statement is.
@@ -249,7 +269,7 @@ mod tests {
         ("SELECT inet_server_port()", Read),
         ("SELECT pg_last_wal_replay_lsn()", Read),
         ("SELECT currval('seq')", Read),
-        ("SELECT * FROM pg_stat_activity", Read),
+        ("SELECT * FROM pg_stat_activity", Write(ServerState)),
         ("SELECT EXISTS(SELECT 1 FROM t WHERE a = $1)", Read),
         ("SELECT CASE WHEN a > 0 THEN 'pos' ELSE 'neg' END FROM t", Read),
         ("SELECT a FROM t UNION ALL SELECT b FROM u", Read),
@@ -291,6 +311,16 @@ mod tests {
         ("SELECT lo_import('/tmp/f')", FUNC),
         ("SELECT dblink_exec('conn', 'DELETE FROM t')", FUNC),
         ("SELECT txid_current()", FUNC),
+        ("SELECT brin_summarize_range('idx', 0)", FUNC),
+        ("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = 'x'", FUNC),
+        ("SELECT pg_current_wal_lsn()", FUNC),
+        ("SELECT gid FROM pg_prepared_xacts", Write(ServerState)),
+        ("select count(*) from pg_catalog.pg_stat_activity", Write(ServerState)),
+        ("SELECT count(*) = 0 AS ok FROM pg_stat_wal_receiver", Write(ServerState)),
+        ("SELECT * FROM pg_statio_user_tables", Write(ServerState)),
+        ("SELECT locktype FROM pg_locks", Write(ServerState)),
+        ("SELECT * FROM pg_stats WHERE tablename = 't'", Read),
+        ("SELECT * FROM pg_statistic_ext", Read),
         ("SELECT * INTO new_table FROM t", W),
         ("WITH moved AS (DELETE FROM a RETURNING *) INSERT INTO b SELECT * FROM moved", W),
         ("WITH u AS (UPDATE t SET a = 1 RETURNING id) SELECT * FROM u", W),

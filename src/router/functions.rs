@@ -18,6 +18,24 @@ const BUILT_IN: &[&str] = &[
     "dblink_exec",
     "txid_current",
     "pg_current_xact_id",
+    // Index maintenance a replica refuses ("recovery is in progress").
+    "brin_summarize_range",
+    "brin_summarize_new_values",
+    "brin_desummarize_range",
+    "gin_clean_pending_list",
+    // The primary's own: its WAL, slots and backends, which a replica refuses or has others of.
+    "pg_current_wal_lsn",
+    "pg_current_wal_insert_lsn",
+    "pg_current_wal_flush_lsn",
+    "pg_switch_wal",
+    "pg_create_restore_point",
+    "pg_logical_emit_message",
+    "pg_create_physical_replication_slot",
+    "pg_create_logical_replication_slot",
+    "pg_drop_replication_slot",
+    "pg_replication_slot_advance",
+    "pg_terminate_backend",
+    "pg_cancel_backend",
 ];
 
 /// Families of functions that write, by the start of their names.

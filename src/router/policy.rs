@@ -336,6 +336,7 @@ fn reason_of(class: Class) -> RouteReason {
         Class::Read => RouteReason::Read,
         Class::Write(WriteReason::Locking) => RouteReason::Locking,
         Class::Write(WriteReason::WriteFunction) => RouteReason::WriteFunction,
+        Class::Write(WriteReason::ServerState) => RouteReason::ServerState,
         Class::Write(_) => RouteReason::Write,
         Class::Begin { .. }
         | Class::SetTransaction { .. }

@@ -19,6 +19,8 @@ pub enum RouteReason {
     Locking,
     /// A read that calls a function known to write.
     WriteFunction,
+    /// A read of a view of one server's own state (pg_stat_activity, pg_locks, …).
+    ServerState,
     /// An explicit transaction (other than a read-only one), which runs on the primary.
     InTransaction,
     /// Session state (SET, LISTEN, …) or a session-mode client pinned to the primary.
@@ -39,11 +41,12 @@ pub enum RouteReason {
 }
 
 impl RouteReason {
-    pub const ALL: [RouteReason; 12] = [
+    pub const ALL: [RouteReason; 13] = [
         RouteReason::Read,
         RouteReason::Write,
         RouteReason::Locking,
         RouteReason::WriteFunction,
+        RouteReason::ServerState,
         RouteReason::InTransaction,
         RouteReason::Session,
         RouteReason::Hint,
@@ -61,6 +64,7 @@ impl RouteReason {
             RouteReason::Write => "write",
             RouteReason::Locking => "locking",
             RouteReason::WriteFunction => "write_function",
+            RouteReason::ServerState => "server_state",
             RouteReason::InTransaction => "in_transaction",
             RouteReason::Session => "session",
             RouteReason::Hint => "hint",
