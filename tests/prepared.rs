@@ -207,3 +207,73 @@ async fn a_changed_result_is_caught_on_a_server_that_prepares_it_afresh() {
     let s = other.prepare("SELECT * FROM reshaped").await.unwrap();
     assert_eq!(other.query_one(&s, &[]).await.unwrap().len(), 2);
 }
+
+/// The unnamed statement outlives its unit, as on one server: libpq's PQprepare with an empty
+/// name, then PQdescribePrepared and PQexecPrepared in units of their own (psql's `\gdesc`),
+/// work even when those units run on another server than the Parse did.
+#[test]
+fn the_unnamed_statement_follows_its_client_to_another_server() {
+    use bytes::BytesMut;
+    use postgres_protocol::message::frontend;
+    use std::io::Write;
+    let pg = primary();
+    let pooler = Pooler::start(&pg, "auth_type = \"trust\"\ndefault_pool_size = 2");
+    let mut a = support::logged_in_trust(&pooler);
+    let unit = |s: &mut std::net::TcpStream, build: &dyn Fn(&mut BytesMut)| -> Vec<u8> {
+        let mut buf = BytesMut::new();
+        build(&mut buf);
+        frontend::sync(&mut buf);
+        s.write_all(&buf).unwrap();
+        support::read_until_ready(s)
+    };
+    let tags = |reply: &[u8]| -> Vec<u8> {
+        let mut tags = Vec::new();
+        let mut at = 0;
+        while at + 5 <= reply.len() {
+            tags.push(reply[at]);
+            let len = u32::from_be_bytes(reply[at + 1..at + 5].try_into().unwrap()) as usize;
+            at += 1 + len;
+        }
+        tags
+    };
+    let parsed = unit(&mut a, &|b| {
+        frontend::parse("", "SELECT $1::int + 1 AS n", [23], b).unwrap()
+    });
+    assert_eq!(tags(&parsed), b"1Z");
+    // The one server so far is held: a's next units get another.
+    let mut holder = support::logged_in_trust(&pooler);
+    holder.write_all(&support::query_message("BEGIN")).unwrap();
+    support::read_until_ready(&mut holder);
+    let described = unit(&mut a, &|b| frontend::describe(b'S', "", b).unwrap());
+    assert_eq!(
+        tags(&described),
+        b"tTZ",
+        "{}",
+        String::from_utf8_lossy(&described)
+    );
+    let ran = unit(&mut a, &|b| {
+        frontend::bind(
+            "",
+            "",
+            [1],
+            [Some(41i32)],
+            |v, buf| {
+                buf.extend_from_slice(&v.unwrap().to_be_bytes());
+                Ok(postgres_protocol::IsNull::No)
+            },
+            [1],
+            b,
+        )
+        .map_err(|_| ())
+        .unwrap();
+        frontend::execute("", 0, b).unwrap();
+    });
+    assert_eq!(tags(&ran), b"2DCZ", "{}", String::from_utf8_lossy(&ran));
+    // A simple Query ends the unnamed statement, as on PostgreSQL.
+    a.write_all(&support::query_message("SELECT 1")).unwrap();
+    support::read_until_ready(&mut a);
+    let gone = unit(&mut a, &|b| frontend::describe(b'S', "", b).unwrap());
+    assert_eq!(tags(&gone), b"EZ");
+    holder.write_all(&support::query_message("COMMIT")).unwrap();
+    support::read_until_ready(&mut holder);
+}

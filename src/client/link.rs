@@ -186,6 +186,7 @@ impl Session<'_> {
         };
         let node = decision.node;
         self.waited_for_replay(node);
+        self.statements.new_link();
         let floor = if decision.writes
             && self.mode == PoolMode::Transaction
             && self.config.general.read_your_writes != ReadYourWrites::Off

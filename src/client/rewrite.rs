@@ -25,12 +25,20 @@ use std::sync::Arc;
 const NO_STATEMENT: &[u8] = b"pgsluice_none";
 
 /// One client's names for its statements, each with the epoch of the description the
-/// client was given.
+/// client was given; and its unnamed statement.
 #[derive(Default)]
 pub struct ClientStatements {
     by_name: HashMap<Box<[u8]>, (Arc<Statement>, u64)>,
     /// The client's pool, a hash of its database and user (`scope`).
     pub scope: u64,
+    /// What the client's last Parse of the unnamed statement held (query and parameter
+    /// types), while PostgreSQL would keep it: until another Parse of it, a simple Query or
+    /// its Close.
+    unnamed: Option<Box<[u8]>>,
+    /// Whether the unnamed statement has been parsed on the server in this unit. A server's
+    /// unnamed statement outlives no unit: another client's work, or the pooler's own
+    /// queries, replace it between units.
+    unnamed_here: bool,
 }
 
 /// The hash that names a (database, user) pool in `Statement::parsed_in`; never 0.
@@ -52,9 +60,14 @@ impl ClientStatements {
     /// No names yet, for a client of the pool `scope` names.
     pub fn new(scope: u64) -> ClientStatements {
         ClientStatements {
-            by_name: HashMap::new(),
             scope,
+            ..Default::default()
         }
+    }
+
+    /// A new link: the server's unnamed statement is not the client's.
+    pub fn new_link(&mut self) {
+        self.unnamed_here = false;
     }
 
     pub fn get(&self, name: &[u8]) -> Option<&Arc<Statement>> {
@@ -135,6 +148,43 @@ impl Names<'_> {
             refusal,
         } = to;
         match msg {
+            Message::Parse {
+                name: b"",
+                definition,
+                ..
+            } => {
+                self.statements.unnamed = Some(definition.into());
+                self.statements.unnamed_here = true;
+                return Rewritten::AsIs;
+            }
+            // A unit that uses the unnamed statement it did not parse (libpq's PQprepare,
+            // then PQdescribePrepared or PQexecPrepared): it is parsed here first, as the
+            // client left it, whichever server the unit runs on.
+            Message::Bind { statement: b"", .. }
+            | Message::Describe {
+                kind: b'S',
+                name: b"",
+            } if !self.statements.unnamed_here => {
+                if let Some(definition) = &self.statements.unnamed {
+                    frontend::encode_parse(&mut ex.to_server, b"", definition);
+                    ex.tracker.parse_sent(None, Reply::Drop);
+                    self.statements.unnamed_here = true;
+                }
+                return Rewritten::AsIs;
+            }
+            Message::Sync => {
+                self.statements.unnamed_here = false;
+                return Rewritten::AsIs;
+            }
+            Message::Query(_)
+            | Message::Close {
+                kind: b'S',
+                name: b"",
+            } => {
+                self.statements.unnamed = None;
+                self.statements.unnamed_here = false;
+                return Rewritten::AsIs;
+            }
             Message::Parse {
                 name, definition, ..
             } if !name.is_empty() => {
