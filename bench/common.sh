@@ -32,19 +32,26 @@ wait_port() {
     exit 1
 }
 
-# start_replicas DIR PRIMARY_PORT CONFIG OUT_CONFIG PORT: two streaming replicas of the primary
-# (DIR/replica1, DIR/replica2, from pg_basebackup), and OUT_CONFIG: pgsluice's CONFIG listening
-# on PORT with those replicas for the database on PRIMARY_PORT.
-start_replicas() {
-    local dir=$1 primary=$2 config=$3 out=$4 listen=$5 r port list=""
+# make_replicas DIR PRIMARY_PORT: two streaming replicas of the primary (DIR/replica1,
+# DIR/replica2, from pg_basebackup), started; `replica_list` holds them as a TOML list's items.
+make_replicas() {
+    local dir=$1 primary=$2 r port
+    replica_list=""
     for r in replica1 replica2; do
         port=$(free_port)
         as_pg "$bindir/pg_basebackup" -h 127.0.0.1 -p "$primary" -U postgres -D "$dir/$r" -R -X stream -c fast
         as_pg "$bindir/pg_ctl" -D "$dir/$r" -l "$dir/$r.log" -o "-p $port" -w start >/dev/null
-        list="$list${list:+, }\"127.0.0.1:$port\""
+        replica_list="$replica_list${replica_list:+, }\"127.0.0.1:$port\""
     done
+}
+
+# start_replicas DIR PRIMARY_PORT CONFIG OUT_CONFIG PORT: make_replicas, and OUT_CONFIG:
+# pgsluice's CONFIG listening on PORT with those replicas for the database on PRIMARY_PORT.
+start_replicas() {
+    local dir=$1 primary=$2 config=$3 out=$4 listen=$5
+    make_replicas "$dir" "$primary"
     sed -e "s/^listen_port = .*/listen_port = $listen/" \
-        -e "s/^port = $primary\$/port = $primary\nreplicas = [$list]/" "$config" >"$out"
+        -e "s/^port = $primary\$/port = $primary\nreplicas = [$replica_list]/" "$config" >"$out"
 }
 
 # The processes a script started (add each pid to `pids`), killed at exit; the servers under

@@ -99,7 +99,7 @@ TOML
 }
 
 # One pgsluice NAME (pool mode MODE), on the same primary; its port in $sluice_port and its
-# process in $sluice_pid. With a third argument, the replicas of start_replicas serve its
+# process in $sluice_pid. With a third argument, the replicas of make_replicas serve its
 # reads. (Not called in a subshell: the pooler must be this shell's child, for the clean-up
 # to stop it.)
 start_sluice() {
@@ -170,13 +170,7 @@ run session "$session_port"
 run transaction "$transaction_port"
 
 # Two replicas for the routed runs (pg_regress's own databases and roles reach them by WAL).
-replica_list=""
-for r in replica1 replica2; do
-    port=$(free_port)
-    as_pg "$bindir/pg_basebackup" -h 127.0.0.1 -p "$pg_port" -U postgres -D "$work/$r" -R -X stream -c fast
-    as_pg "$bindir/pg_ctl" -D "$work/$r" -l "$work/$r.log" -o "-p $port" -w start >/dev/null
-    replica_list="$replica_list${replica_list:+, }\"127.0.0.1:$port\""
-done
+make_replicas "$work" "$pg_port"
 start_sluice routed transaction routed
 run routed "$sluice_port"
 start_sluice faults transaction routed

@@ -4,6 +4,7 @@
 
 mod support;
 
+use pgsluice::localpg::LocalPostgres;
 use support::{primary, Process, APP_PASSWORD};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -64,6 +65,41 @@ async fn two_instances_serve_clients_side_by_side() {
     );
 }
 
+/// Connects with `conn`, starts `SELECT pg_sleep(20)`, and once it runs on `pg` sends its
+/// cancel request to `other` (another instance than the one serving it): the query must be
+/// cancelled within a second.
+async fn cancelled_through(pg: &LocalPostgres, conn: &str, other: (&str, u16)) {
+    let (c, connection) = tokio_postgres::connect(conn, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let token = c.cancel_token();
+    let query = tokio::spawn(async move { c.simple_query("SELECT pg_sleep(20)").await });
+    assert!(support::wait_for(
+        std::time::Duration::from_secs(10),
+        || { support::running(pg, "pg_sleep(20)") }
+    ));
+    let sent = std::time::Instant::now();
+    let to_other = tokio::net::TcpStream::connect(other).await.unwrap();
+    token
+        .cancel_query_raw(to_other, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    let r = tokio::time::timeout(std::time::Duration::from_secs(10), query)
+        .await
+        .expect("the query was not cancelled")
+        .unwrap();
+    assert_eq!(
+        r.expect_err("cancelled").code(),
+        Some(&tokio_postgres::error::SqlState::QUERY_CANCELED)
+    );
+    assert!(
+        sent.elapsed() < std::time::Duration::from_secs(1),
+        "{:?}",
+        sent.elapsed()
+    );
+}
+
 /// A cancel request that a balancer sends to the other instance is sent on to the one that
 /// gave out the key (`peers`), and cancels the query within a second.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -77,42 +113,8 @@ async fn a_cancel_sent_to_another_instance_reaches_its_query() {
     };
     let first = Process::start_on(pg.port, dir.path(), "one", &general(1, 2, two.0), one);
     let second = Process::start_on(pg.port, dir.path(), "two", &general(2, 1, one.0), two);
-    let (c, conn) = tokio_postgres::connect(&first.conn_str(), tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    let token = c.cancel_token();
-    let query = tokio::spawn(async move {
-        let start = std::time::Instant::now();
-        let r = c.simple_query("SELECT pg_sleep(20)").await;
-        (r, start.elapsed())
-    });
-    assert!(support::wait_for(
-        std::time::Duration::from_secs(10),
-        || { support::running(&pg, "pg_sleep(20)") }
-    ));
-    let sent = std::time::Instant::now();
-    let to_other = tokio::net::TcpStream::connect(("127.0.0.1", second.port))
-        .await
-        .unwrap();
-    token
-        .cancel_query_raw(to_other, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    let (r, _) = tokio::time::timeout(std::time::Duration::from_secs(10), query)
-        .await
-        .expect("the query was not cancelled")
-        .unwrap();
-    let err = r.expect_err("cancelled");
-    assert_eq!(
-        err.code(),
-        Some(&tokio_postgres::error::SqlState::QUERY_CANCELED)
-    );
-    assert!(
-        sent.elapsed() < std::time::Duration::from_secs(1),
-        "{:?}",
-        sent.elapsed()
-    );
+    let conn = first.conn_str();
+    cancelled_through(&pg, &conn, ("127.0.0.1", second.port)).await;
 }
 
 /// `peers_dns`: two instances on one port at two addresses that one DNS name resolves to (as
@@ -151,14 +153,8 @@ async fn a_cancel_reaches_its_query_through_the_instances_a_dns_name_finds() {
             ),
         )
         .unwrap();
-        let child = net
-            .command(std::path::Path::new(env!("CARGO_BIN_EXE_pgsluice")))
-            .args(["run", "--config"])
-            .arg(&path)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
+        let program = std::path::Path::new(env!("CARGO_BIN_EXE_pgsluice"));
+        let child = Process::spawn(net.command(program), &path);
         let listening = support::wait_for(std::time::Duration::from_secs(10), || {
             std::net::TcpStream::connect((ip, port)).is_ok()
         });
@@ -175,37 +171,7 @@ async fn a_cancel_reaches_its_query_through_the_instances_a_dns_name_finds() {
         "host={} port={port} user=app password='{APP_PASSWORD}' dbname=app",
         net.ns_ip
     );
-    let (c, connection) = tokio_postgres::connect(&conn, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(connection);
-    let token = c.cancel_token();
-    let query = tokio::spawn(async move { c.simple_query("SELECT pg_sleep(20)").await });
-    assert!(support::wait_for(
-        std::time::Duration::from_secs(10),
-        || { support::running(&pg, "pg_sleep(20)") }
-    ));
-    let sent = std::time::Instant::now();
-    let to_other = tokio::net::TcpStream::connect((second_ip.as_str(), port))
-        .await
-        .unwrap();
-    token
-        .cancel_query_raw(to_other, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    let r = tokio::time::timeout(std::time::Duration::from_secs(10), query)
-        .await
-        .expect("the query was not cancelled")
-        .unwrap();
-    assert_eq!(
-        r.expect_err("cancelled").code(),
-        Some(&tokio_postgres::error::SqlState::QUERY_CANCELED)
-    );
-    assert!(
-        sent.elapsed() < std::time::Duration::from_secs(1),
-        "{:?}",
-        sent.elapsed()
-    );
+    cancelled_through(&pg, &conn, (&second_ip, port)).await;
 }
 
 /// With so_reuseport a second process takes over the port while the first drains after

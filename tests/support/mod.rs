@@ -386,16 +386,22 @@ impl Process {
             Process::config(pg_port, general, db_extra, (port, http)),
         )
         .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_pgsluice"))
-            .args(["run", "--config"])
-            .arg(&path)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
+        let child = Process::spawn(Command::new(env!("CARGO_BIN_EXE_pgsluice")), &path);
         let p = Process { child, port, http };
         assert!(wait_for(Duration::from_secs(10), || p.ready() == Some(200)));
         p
+    }
+
+    /// `command` (the pgsluice binary, or a command that runs it) run on the configuration
+    /// at `path`, its output dropped.
+    pub fn spawn(mut command: Command, path: &std::path::Path) -> std::process::Child {
+        command
+            .args(["run", "--config"])
+            .arg(path)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
     }
 
     /// The configuration `start_db` writes.
