@@ -523,15 +523,27 @@ fn hostile_clients_leave_ordinary_ones_served() {
     let (h50, h99) = (hostile.percentile(0.5), hostile.percentile(0.99));
     let (c50, c99) = (control.percentile(0.5), control.percentile(0.99));
     let cpu = |seconds: f64| seconds * 100.0 / scale.seconds as f64;
+    let control_line = if full {
+        format!(
+            "with the attack on another pooler p50 {c50:.2} ms p99 {c99:.2} ms ({} queries); ",
+            control.micros.len()
+        )
+    } else {
+        String::new()
+    };
+    let elsewhere = if full {
+        format!(", / attack elsewhere {:.2}", h99 / c99)
+    } else {
+        String::new()
+    };
     eprintln!(
         "hostile clients: {} slow ({} closed, the last after {:.1} s), {} non-readers ({} of \
          their queries ran, the longest {:.1} s), {} wrong passwords ({lookups_made} lookups); \
-         ordinary clients' latency: quiet p50 {q50:.2} ms p99 {q99:.2} ms ({} queries); with \
-         the attack on another pooler p50 {c50:.2} ms p99 {c99:.2} ms ({} queries); under \
-         attack p50 {h50:.2} ms p99 {h99:.2} ms ({} queries); p99 under attack / quiet {:.2}, \
-         / attack elsewhere {:.2}; pooler CPU {:.0} % of a core quiet, {:.0} % under attack; \
-         RSS {rss_quiet} KiB quiet, peak {peak} KiB; {fds_quiet} files quiet, {fds_hostile} \
-         under attack",
+         ordinary clients' latency: quiet p50 {q50:.2} ms p99 {q99:.2} ms ({} queries); \
+         {control_line}under attack p50 {h50:.2} ms p99 {h99:.2} ms ({} queries); p99 under \
+         attack / quiet {:.2}{elsewhere}; pooler CPU {:.0} % of a core quiet, {:.0} % under \
+         attack; RSS {rss_quiet} KiB quiet, peak {peak} KiB; {fds_quiet} files quiet, \
+         {fds_hostile} under attack",
         scale.slow,
         o.closed,
         o.longest.as_secs_f64(),
@@ -540,10 +552,8 @@ fn hostile_clients_leave_ordinary_ones_served() {
         o.oldest,
         o.refused,
         quiet.micros.len(),
-        control.micros.len(),
         hostile.micros.len(),
         h99 / q99,
-        h99 / c99,
         cpu(cpu_quiet),
         cpu(cpu_hostile),
     );
