@@ -148,7 +148,10 @@ async fn cancel_once(conn: &str, tally: &Tally) -> Result<(), tokio_postgres::Er
     let token = c.cancel_token();
     let slow = c.simple_query("SELECT pg_sleep(10)");
     let cancel = async {
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        // Long enough for the query to reach a server (or the pool's queue) however busy
+        // the machine: a cancel that reaches PostgreSQL before the query does is dropped
+        // there too.
+        tokio::time::sleep(Duration::from_millis(500)).await;
         token.cancel_query(NoTls).await
     };
     let (slow, cancel) = tokio::join!(slow, cancel);
@@ -189,7 +192,10 @@ async fn load(conn: String, until: Instant, tally: Arc<Tally>, window: Arc<Windo
                             Ok(c) => client = Some(c),
                             Err(e) => {
                                 failed(&tally, &window, "connect", &e, at);
-                                tokio::time::sleep(Duration::from_millis(100)).await;
+                                // Long enough for the query to reach a server (or the pool's queue) however busy
+                                // the machine: a cancel that reaches PostgreSQL before the query does is dropped
+                                // there too.
+                                tokio::time::sleep(Duration::from_millis(500)).await;
                                 continue;
                             }
                         }

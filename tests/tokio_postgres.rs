@@ -140,9 +140,9 @@ async fn cancel_reaches_a_query_waiting_for_a_server() {
     drop(pooler);
 }
 
-/// A cancel request on its way to a server while its client's query ends never meets the
-/// query of the client that gets the server next: that server is not pooled until the request
-/// has been delivered.
+/// A cancel request that reaches a server as its client's query ends never meets the query
+/// of the client that would get the server next: a server a client's cancel was sent to is
+/// not pooled again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_late_cancel_never_reaches_the_next_clients_query() {
     let pg = primary();

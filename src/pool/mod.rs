@@ -259,7 +259,7 @@ impl Pool {
         } else if inner.total > setup.settings.pool_size + setup.timeouts.reserve_size {
             Some("pool_size lowered by a reload")
         } else if conn.cancel_key.cancelling() {
-            Some("a client's cancel request is on its way to it")
+            Some("a client's cancel request was sent to it")
         } else {
             None
         };

@@ -50,14 +50,14 @@ impl Target {
     }
 }
 
-/// What a CancelRequest to this server needs, and how many clients' cancel requests are on
-/// their way to it.
+/// What a CancelRequest to this server needs, and whether a client's cancel request was sent
+/// to it.
 #[derive(Debug)]
 pub struct CancelKey {
     pub addr: String,
     pub process_id: i32,
     pub secret_key: i32,
-    on_the_way: std::sync::atomic::AtomicUsize,
+    cancelled: std::sync::atomic::AtomicBool,
 }
 
 impl CancelKey {
@@ -66,35 +66,31 @@ impl CancelKey {
             addr,
             process_id,
             secret_key,
-            on_the_way: Default::default(),
+            cancelled: Default::default(),
         }
     }
 
-    /// Whether a client's cancel request is on its way to this server. Such a server is not
-    /// pooled: the cancel could meet the next client's query.
+    /// Whether a client's cancel request was sent to this server. Such a server is never
+    /// pooled again: PostgreSQL may act on a request after it has closed the request's
+    /// connection (a backend reading its next message holds the interrupt until it has read
+    /// it), and the next query on that backend may be another client's.
     pub fn cancelling(&self) -> bool {
-        self.on_the_way.load(Ordering::Acquire) > 0
+        self.cancelled.load(Ordering::Acquire)
     }
 }
 
-/// A client's cancel request on its way to a server, counted there until it is delivered
-/// (the server closes the request's connection once it has acted on it).
+/// A client's cancel request on its way to a server, which it marks for good
+/// (`CancelKey::cancelling`).
 pub struct Cancelling(std::sync::Arc<CancelKey>);
 
 impl Cancelling {
     pub fn new(key: std::sync::Arc<CancelKey>) -> Cancelling {
-        key.on_the_way.fetch_add(1, Ordering::AcqRel);
+        key.cancelled.store(true, Ordering::Release);
         Cancelling(key)
     }
 
     pub fn key(&self) -> &std::sync::Arc<CancelKey> {
         &self.0
-    }
-}
-
-impl Drop for Cancelling {
-    fn drop(&mut self) {
-        self.0.on_the_way.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
