@@ -192,8 +192,6 @@ struct Asked {
     wanted: Vec<(String, String)>,
 }
 
-/// A cancel request whose key another instance gave out (a load balancer sent it here) goes
-/// on to that instance, as PgBouncer's peers do; it is dropped when that peer is unknown.
 /// Delivers a client's cancel request to the server running its work; then, in the
 /// background, sends it again a few times at growing intervals while that server still runs
 /// the same unit. PostgreSQL drops a cancel that reaches a backend before it has read the
@@ -210,7 +208,6 @@ async fn forward_cancel(
         tracing::warn!(error = %e, "cancel request to server failed");
         return;
     }
-    drop(on_its_way);
     tokio::spawn(async move {
         let mut wait = std::time::Duration::from_millis(200);
         for _ in 0..3 {
@@ -230,9 +227,10 @@ async fn forward_cancel(
     });
 }
 
-/// Sends on a cancel request whose key matches no client here: to the peer `peers` names for
-/// the key's peer_id, or else to every instance `peers_dns` resolves to, where only the one
-/// whose client has that key acts on it. A key with this instance's own peer_id goes to
+/// Sends on a cancel request whose key matches no client here (a load balancer sent it to
+/// this instance): to the peer `peers` names for the key's peer_id, as PgBouncer's peers do,
+/// or else to every instance `peers_dns` resolves to, where only the one whose client has that
+/// key acts on it; dropped when neither applies. A key with this instance's own peer_id goes to
 /// `peers_dns` too: instances found by DNS may share a peer_id.
 async fn to_peer(general: &crate::config::General, process_id: i32, secret_key: i32, ours: bool) {
     let peer = crate::context::clients::Cancels::issuer(process_id);

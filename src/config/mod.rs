@@ -119,8 +119,8 @@ pub struct General {
     /// instance gave out is sent on to it.
     pub peers: BTreeMap<String, String>,
     /// A DNS name and port that resolve to every instance (a Kubernetes headless Service):
-    /// a cancel request with another instance's key, for a peer_id `peers` does not list,
-    /// goes to each of them. Empty: none.
+    /// a cancel request whose key matches no client here, and whose peer_id `peers` does not
+    /// list, goes to each of them. Empty: none.
     pub peers_dns: String,
     pub so_reuseport: bool,
     /// Threads that run client and server connections (0: one per core).

@@ -78,9 +78,9 @@ impl Slot {
 
 /// Where a genuine cancel request goes.
 pub enum CancelTarget {
-    /// The server running the client's work, which is not pooled until the request has
-    /// been delivered; the client's count of answered units as the request left, and its
-    /// slot, to send the request again (`Slot::again`).
+    /// The server running the client's work, marked so that it is not pooled again; the
+    /// client's count of answered units as the request left, and its slot, to send the
+    /// request again (`Slot::again`).
     Server(Cancelling, u64, Arc<Slot>),
     /// No server: the client's session has been told (its waiting work is cancelled).
     Session,
@@ -188,8 +188,8 @@ impl Cancels {
         if slot.secret != secret {
             return None;
         }
-        // Counted on the server under the lock the session takes to let the server go, so
-        // that its release sees the cancel on its way, or the cancel sees no server.
+        // Marked on the server under the lock the session takes to let the server go, so
+        // that its release sees the mark, or the cancel sees no server.
         let server = slot.server.lock().unwrap_or_else(|e| e.into_inner());
         match &*server {
             Some(key) => Some(CancelTarget::Server(

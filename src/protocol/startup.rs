@@ -16,8 +16,8 @@ pub const SSL_REQUEST_PACKET: [u8; 8] = {
 const GSSENC_REQUEST: u32 = 80_877_104;
 const CANCEL_REQUEST: u32 = 80_877_102;
 /// pgsluice's own: a CancelRequest one instance sends on to the others it found by
-/// `peers_dns` (request code 1234.5778). Only the instance that gave out the key acts on it,
-/// and none sends it on again.
+/// `peers_dns` (request code 1234.5778). Only the instance whose client has the key acts on
+/// it, and none sends it on again.
 const PEER_CANCEL_REQUEST: u32 = 80_877_202;
 
 #[derive(Debug, PartialEq, Eq)]
