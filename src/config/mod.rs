@@ -118,9 +118,7 @@ pub struct General {
     /// Where the other instances are, by peer_id: a cancel request with a key another
     /// instance gave out is sent on to it.
     pub peers: BTreeMap<String, String>,
-    /// A DNS name and port that resolve to every instance (a Kubernetes headless Service):
-    /// a cancel request whose key matches no client here, and whose peer_id `peers` does not
-    /// list, goes to each of them. Empty: none.
+    /// host:port resolving to every instance; unmatched cancels go to each (config docs).
     pub peers_dns: String,
     pub so_reuseport: bool,
     /// Threads that run client and server connections (0: one per core).
