@@ -94,13 +94,7 @@ fn trial(port: u16, row: usize, k: usize) {
 }
 
 fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap()
+    support::status_kib(pid, "VmRSS:")
 }
 
 fn metric(http: u16, name: &str, state: &str) -> f64 {

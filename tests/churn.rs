@@ -221,16 +221,7 @@ async fn load(conn: String, until: Instant, tally: Arc<Tally>, window: Arc<Windo
 }
 
 fn footprint(pid: u32) -> (u64, usize) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let rss = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap();
-    let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .unwrap()
-        .count();
-    (rss, fds)
+    (support::status_kib(pid, "VmRSS:"), support::open_files(pid))
 }
 
 /// SHOW POOLS rows as (database, node, cl_active, cl_waiting, sv_active, sv_idle + sv_used).

@@ -364,18 +364,8 @@ fn cpu_seconds(pid: u32) -> f64 {
 
 /// The pooler's resident set and its peak, in KiB, and its open files.
 fn footprint(pid: u32) -> (u64, u64, usize) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let field = |name: &str| -> u64 {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.split_whitespace().next()?.parse().ok())
-            .unwrap()
-    };
-    let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .unwrap()
-        .count();
-    (field("VmRSS:"), field("VmHWM:"), fds)
+    let kib = |field| support::status_kib(pid, field);
+    (kib("VmRSS:"), kib("VmHWM:"), support::open_files(pid))
 }
 
 /// The attack under way against one pooler.

@@ -17,15 +17,10 @@ fn login(port: u16) -> TcpStream {
 
 /// The process's peak and current resident set, in KiB.
 fn memory_kib(pid: u32) -> (u64, u64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.split_whitespace().next()?.parse().ok())
-            .unwrap()
-    };
-    (field("VmHWM:"), field("VmRSS:"))
+    (
+        support::status_kib(pid, "VmHWM:"),
+        support::status_kib(pid, "VmRSS:"),
+    )
 }
 
 /// Reads messages until ReadyForQuery; returns the bytes of CopyData received.

@@ -48,22 +48,13 @@ impl Config {
             if !matches!(id.parse::<u16>(), Ok(1..=16383)) {
                 return bad(&key, "a peer_id between 1 and 16383".into());
             }
-            let port = addr
-                .rsplit_once(':')
-                .and_then(|(h, p)| (!h.is_empty()).then_some(p));
-            if port.and_then(|p| p.parse::<u16>().ok()).is_none() {
+            if !is_host_port(addr) {
                 return bad(&key, format!("\"{addr}\" is not host:port"));
             }
         }
-        if !g.peers_dns.is_empty() {
-            let port = g
-                .peers_dns
-                .rsplit_once(':')
-                .and_then(|(h, p)| (!h.is_empty()).then_some(p));
-            if port.and_then(|p| p.parse::<u16>().ok()).is_none() {
-                let why = format!("\"{}\" is not host:port", g.peers_dns);
-                return bad("peers_dns", why);
-            }
+        if !g.peers_dns.is_empty() && !is_host_port(&g.peers_dns) {
+            let why = format!("\"{}\" is not host:port", g.peers_dns);
+            return bad("peers_dns", why);
         }
         if g.max_packet_size < 1024 {
             return bad("max_packet_size", "must be at least 1024".into());
@@ -177,4 +168,10 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// Whether `addr` is a host (not empty) and a port after its last colon.
+fn is_host_port(addr: &str) -> bool {
+    addr.rsplit_once(':')
+        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok())
 }

@@ -466,6 +466,23 @@ impl Drop for Process {
     }
 }
 
+/// A field of /proc/PID/status in KiB ("VmRSS:", "VmHWM:").
+pub fn status_kib(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
+}
+
+/// The files process `pid` has open.
+pub fn open_files(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count()
+}
+
 /// The last column of the last row a simple query returned, as a port number: which server
 /// answered, with `SELECT inet_server_port()`.
 pub async fn port_of(
