@@ -305,3 +305,72 @@ async fn a_primary_that_stays_down_fails_queries_within_query_wait_timeout() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// A server lost while the pooler brings it in line with a client's settings, before any of
+/// the client's work went there, is replaced: the client sees nothing. Both ways a server is
+/// lost: it ends the connection with an error (pg_terminate_backend, as a shutdown does), and
+/// it stops answering (server_connect_timeout). The server is held in the middle of the
+/// alignment by a lock: `default_text_search_config`'s check looks the configuration up in
+/// pg_ts_config, which another session holds in ACCESS EXCLUSIVE mode (each round asks for
+/// a configuration no server has looked up, which no cache answers).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_lost_while_brought_in_line_is_replaced_unseen() {
+    let pg = primary();
+    let pooler = Pooler::start(&pg, "default_pool_size = 2\nserver_connect_timeout = 1");
+    let blocked = "SELECT count(*) FROM pg_stat_activity WHERE usename = 'app' \
+                   AND wait_event_type = 'Lock' AND query LIKE '%default_text_search_config%'";
+    let waiting = |n: usize| pg.psql(blocked).unwrap().parse::<usize>().unwrap() >= n;
+    for (terminated, wanted) in [(true, "pg_catalog.english"), (false, "pg_catalog.french")] {
+        let (holder, conn) = tokio_postgres::connect(
+            &format!("host=127.0.0.1 port={} user=postgres dbname=app", pg.port),
+            tokio_postgres::NoTls,
+        )
+        .await
+        .unwrap();
+        tokio::spawn(conn);
+        holder
+            .batch_execute("BEGIN; LOCK TABLE pg_catalog.pg_ts_config IN ACCESS EXCLUSIVE MODE")
+            .await
+            .unwrap();
+        let config = format!(
+            "{} options='-c default_text_search_config={wanted}'",
+            pooler.conn_str("app", APP_PASSWORD)
+        );
+        let (client, conn) = tokio_postgres::connect(&config, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        let query = tokio::spawn(async move {
+            let sql = "SELECT pg_catalog.current_setting('default_text_search_config')";
+            tokio::time::timeout(Duration::from_secs(30), client.simple_query(sql)).await
+        });
+        assert!(
+            support::wait_for(Duration::from_secs(10), || waiting(1)),
+            "no server waits on the lock"
+        );
+        if terminated {
+            pg.psql(&blocked.replace("count(*)", "pg_terminate_backend(pid)"))
+                .unwrap();
+        } else {
+            // The first server is given up after server_connect_timeout; the work waits
+            // on a second one.
+            assert!(
+                support::wait_for(Duration::from_secs(10), || waiting(2)),
+                "the work did not move to another server"
+            );
+        }
+        holder.batch_execute("COMMIT").await.unwrap();
+        let rows = query.await.unwrap().expect("an answer within 30 s");
+        let value = rows.as_ref().ok().and_then(|rows| {
+            rows.iter().find_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
+                _ => None,
+            })
+        });
+        assert_eq!(
+            value.as_deref(),
+            Some(wanted),
+            "terminated: {terminated}: {rows:?}"
+        );
+    }
+}

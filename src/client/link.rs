@@ -5,6 +5,7 @@
 
 use super::end::End;
 use super::idle::client_gone;
+use super::params::Misaligned;
 use super::session::Session;
 use crate::cluster::InFlight;
 use crate::config::{PoolMode, ReadYourWrites};
@@ -138,7 +139,7 @@ impl Session<'_> {
         // by every client of the database would cost a cache line bouncing between cores on
         // every transaction.
         self.await_pool_floor().await;
-        let (decision, checkout) = loop {
+        let (decision, ex) = loop {
             let facts = self.facts();
             let work = || {
                 let catalog = &*self.catalog;
@@ -160,8 +161,8 @@ impl Session<'_> {
             };
             let node = decision.node;
             let was_primary = node == self.members.cluster.primary();
-            match self.checkout(node, since).await? {
-                Waited::Server(c) => break (decision, c),
+            let checkout = match self.checkout(node, since).await? {
+                Waited::Server(c) => c,
                 Waited::Cancelled => {
                     self.reject_unit(sqlstate::QUERY_CANCELED, CANCELLED);
                     return Ok(None);
@@ -181,8 +182,38 @@ impl Session<'_> {
                     };
                     tracing::warn!(db = %cluster.database, node = %cluster.nodes[node].addr, error = %e, reason = retry.why, "placing the work again");
                     self.failed_on(node, retry);
+                    continue;
                 }
-            }
+            };
+            let mut ex = self.exchange(checkout.conn);
+            // The client's cancels reach the server only once its own work goes there: one
+            // that met the pooler's statements bringing the server in line would fail those
+            // instead.
+            let timeout = self.config.general.server_connect_timeout.0;
+            let Err(misaligned) = self.params.bring_in_line(&mut ex, timeout).await else {
+                break (decision, ex);
+            };
+            let reusable = ex.tracker.idle();
+            self.members.pools[node].release(ex.conn, reusable);
+            // None of the client's work has gone to that server: where the server was lost,
+            // not refusing the client's settings, the work is placed again like any other.
+            let failure = match &misaligned {
+                Misaligned::Lost => Some(Failure::Lost),
+                Misaligned::Refused { code, .. } => {
+                    policy::retryable_error(code.as_bytes()).map(Failure::Error)
+                }
+            };
+            let cluster = &*self.members.cluster;
+            let retry = failure.and_then(|f| policy::retry(cluster, &self.routes, &facts, node, f));
+            let Some(retry) = retry else {
+                return Err(if failure.is_some() {
+                    End::ServerGone
+                } else {
+                    End::Params(misaligned.to_string())
+                });
+            };
+            tracing::warn!(db = %cluster.database, node = %cluster.nodes[node].addr, error = %misaligned, reason = retry.why, "placing the work again");
+            self.failed_on(node, retry);
         };
         let node = decision.node;
         self.waited_for_replay(node);
@@ -198,17 +229,12 @@ impl Session<'_> {
         } else {
             FloorDue::Never
         };
-        use std::mem::take;
-        let (tracker, to_server, replay) = match self.spare.as_deref_mut() {
-            Some(s) => (
-                take(&mut s.tracker),
-                take(&mut s.to_server),
-                take(&mut s.replay),
-            ),
+        let replay = match self.spare.as_deref_mut() {
+            Some(s) => std::mem::take(&mut s.replay),
             None => Default::default(),
         };
-        let mut link = Box::new(Link {
-            ex: Exchange::new(checkout.conn, tracker, to_server),
+        let link = Box::new(Link {
+            ex,
             // Links in flight matter only where there is a choice of node.
             _at: (self.members.cluster.has_replicas()).then(|| self.members.cluster.link(node)),
             node,
@@ -230,14 +256,6 @@ impl Session<'_> {
             verify: Verify::No,
             pool_pending: Default::default(),
         });
-        // The client's cancels reach the server only once its own work goes there: one that
-        // met the pooler's statements bringing the server in line would fail those instead.
-        let timeout = self.config.general.server_connect_timeout.0;
-        if let Err(message) = self.params.bring_in_line(&mut link.ex, timeout).await {
-            let reusable = link.ex.tracker.idle();
-            self.members.pools[node].release(link.ex.conn, reusable);
-            return Err(End::Params(message));
-        }
         self.reg.slot.set(Some(link.ex.conn.cancel_key.clone()));
         if self.reg.slot.take_cancel() {
             self.reg.slot.set(None);
@@ -348,6 +366,18 @@ impl Session<'_> {
                 _ => {}
             }
         }
+    }
+
+    /// An exchange with a checked-out server, in the buffers the client's last link left.
+    fn exchange(&mut self, conn: Box<crate::server::ServerConn>) -> Exchange {
+        let (tracker, to_server) = match self.spare.as_deref_mut() {
+            Some(s) => (
+                std::mem::take(&mut s.tracker),
+                std::mem::take(&mut s.to_server),
+            ),
+            None => Default::default(),
+        };
+        Exchange::new(conn, tracker, to_server)
     }
 
     /// Work failed on `node`: ban it if the router says so, and avoid it next time.

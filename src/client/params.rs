@@ -57,12 +57,12 @@ impl SessionParams {
     }
 
     /// Brings the server's session settings in line with the client's before the client's
-    /// work runs. The error is the server's message, for the client.
+    /// work runs.
     pub async fn bring_in_line(
         &mut self,
         ex: &mut Exchange,
         timeout: Duration,
-    ) -> Result<(), String> {
+    ) -> Result<(), Misaligned> {
         if ex.conn.session.fingerprint() == self.fingerprint() {
             return Ok(());
         }
@@ -75,11 +75,11 @@ impl SessionParams {
                 failure: None,
             };
             let done = ex.drain(Instant::now() + timeout, &mut sync).await;
-            if let Some(message) = sync.failure {
-                return Err(message);
+            if let Some(refused) = sync.failure {
+                return Err(refused);
             }
             if !done || !ex.tracker.idle() {
-                return Err("could not apply session settings".into());
+                return Err(Misaligned::Lost);
             }
         }
         // What the server reported on the way (defaults coming back after a RESET among
@@ -87,6 +87,17 @@ impl SessionParams {
         ex.conn.session = self.current.clone();
         Ok(())
     }
+}
+
+/// Why a server could not be brought in line with a client's settings.
+#[derive(Debug, thiserror::Error)]
+pub enum Misaligned {
+    /// The server answered a statement with an error: its SQLSTATE and message.
+    #[error("{message}")]
+    Refused { code: String, message: String },
+    /// The connection broke, or the server did not answer in time.
+    #[error("could not apply session settings")]
+    Lost,
 }
 
 /// The statements that take a server from `has` to `wants`: one Query, in an order that
@@ -151,7 +162,7 @@ pub fn alignment(wants: &Settings, has: &Settings) -> String {
 /// error.
 struct Syncing<'a> {
     params: &'a mut SessionParams,
-    failure: Option<String>,
+    failure: Option<Misaligned>,
 }
 
 impl Replies for Syncing<'_> {
@@ -162,9 +173,11 @@ impl Replies for Syncing<'_> {
         }
     }
 
-    fn error(&mut self, _code: &[u8], message: &[u8]) -> Action {
-        self.failure
-            .get_or_insert_with(|| String::from_utf8_lossy(message).into_owned());
+    fn error(&mut self, code: &[u8], message: &[u8]) -> Action {
+        self.failure.get_or_insert_with(|| Misaligned::Refused {
+            code: String::from_utf8_lossy(code).into_owned(),
+            message: String::from_utf8_lossy(message).into_owned(),
+        });
         Action::Forward
     }
 }
