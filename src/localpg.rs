@@ -132,7 +132,8 @@ pub struct LocalPostgres {
     netns: Option<String>,
     bindir: PathBuf,
     data: PathBuf,
-    _dir: TempDir,
+    /// Holds the data directory and the server's Unix socket.
+    dir: TempDir,
 }
 
 const HBA: &str = "\
@@ -185,7 +186,7 @@ impl LocalPostgres {
             netns: None,
             bindir,
             data,
-            _dir: dir,
+            dir,
         };
         pg.start()?;
         Ok(pg)
@@ -272,7 +273,7 @@ impl LocalPostgres {
             netns: netns.map(|(ns, _)| ns.to_owned()),
             bindir: primary.bindir.clone(),
             data,
-            _dir: dir,
+            dir,
         };
         pg.start()?;
         Ok(pg)
@@ -310,6 +311,11 @@ impl LocalPostgres {
         let data = self.data.to_string_lossy().into_owned();
         pg_tool(&self.bindir, "pg_ctl", &["-D", &data, "-w", "promote"])?;
         Ok(())
+    }
+
+    /// The directory of the server's Unix socket (`.s.PGSQL.PORT`).
+    pub fn socket_dir(&self) -> &Path {
+        &self.dir.0
     }
 
     /// Runs SQL as the superuser in database `postgres` and returns psql's unaligned output.

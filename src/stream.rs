@@ -1,12 +1,36 @@
-//! A connection that is plain TCP or TLS over TCP, for clients and servers alike. Plain
-//! connections split into borrowed halves at no cost; TLS ones through tokio's split.
+//! A connection that is plain TCP, TLS over TCP or (to a server) a Unix socket, for clients
+//! and servers alike, and how one is opened. Plain connections split into borrowed halves at
+//! no cost; TLS ones through tokio's split.
 
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
-use tokio::net::TcpStream;
+use tokio::net::{TcpStream, UnixStream};
 use tokio_rustls::TlsStream;
+
+/// The address `connect` takes for a server at `host` and `port`: as PostgreSQL and libpq
+/// read a host, one that starts with '/' is a directory holding the server's Unix socket
+/// (`.s.PGSQL.PORT`); anything else is a TCP host (an IPv6 one in brackets).
+pub fn address(host: &str, port: u16) -> String {
+    if host.starts_with('/') {
+        format!("{}/.s.PGSQL.{port}", host.trim_end_matches('/'))
+    } else if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
+}
+
+/// Opens a plain connection to `addr` (as `address` makes it): a Unix socket's path, or
+/// host:port over TCP.
+pub async fn connect(addr: &str) -> io::Result<Stream> {
+    if addr.starts_with('/') {
+        Ok(Stream::Unix(UnixStream::connect(addr).await?))
+    } else {
+        Ok(Stream::Plain(TcpStream::connect(addr).await?))
+    }
+}
 
 /// TCP keepalive and `TCP_USER_TIMEOUT` for a socket (PgBouncer's `tcp_*` settings): how a
 /// peer that went silent without closing (a cut network path, a stopped host) is noticed.
@@ -49,6 +73,8 @@ pub fn tune(tcp: &TcpStream, t: &TcpTuning) {
 pub enum Stream {
     Plain(TcpStream),
     Tls(Box<TlsStream<TcpStream>>),
+    /// To a server on this host: PostgreSQL offers no TLS there, and needs no TCP tuning.
+    Unix(UnixStream),
     /// Between taking the plain stream out and putting the TLS one in.
     Upgrading,
 }
@@ -58,6 +84,7 @@ impl std::fmt::Debug for Stream {
         f.write_str(match self {
             Stream::Plain(_) => "Stream::Plain",
             Stream::Tls(_) => "Stream::Tls",
+            Stream::Unix(_) => "Stream::Unix",
             Stream::Upgrading => "Stream::Upgrading",
         })
     }
@@ -66,11 +93,13 @@ impl std::fmt::Debug for Stream {
 pub enum ReadHalf<'a> {
     Plain(tokio::net::tcp::ReadHalf<'a>),
     Tls(tokio::io::ReadHalf<&'a mut TlsStream<TcpStream>>),
+    Unix(tokio::net::unix::ReadHalf<'a>),
 }
 
 pub enum WriteHalf<'a> {
     Plain(tokio::net::tcp::WriteHalf<'a>),
     Tls(tokio::io::WriteHalf<&'a mut TlsStream<TcpStream>>),
+    Unix(tokio::net::unix::WriteHalf<'a>),
 }
 
 impl Stream {
@@ -99,6 +128,10 @@ impl Stream {
                 let (r, w) = tokio::io::split(&mut **s);
                 (ReadHalf::Tls(r), WriteHalf::Tls(w))
             }
+            Stream::Unix(s) => {
+                let (r, w) = s.split();
+                (ReadHalf::Unix(r), WriteHalf::Unix(w))
+            }
             Stream::Upgrading => unreachable!("a stream is never used while it is upgraded"),
         }
     }
@@ -108,7 +141,30 @@ impl Stream {
         match self {
             Stream::Plain(s) => Some(s),
             Stream::Tls(s) => Some(s.get_ref().0),
-            Stream::Upgrading => None,
+            Stream::Unix(_) | Stream::Upgrading => None,
+        }
+    }
+
+    /// Whether the other end closed this idle connection or sent something unasked. Costs
+    /// no system call unless the socket has shown activity since its last read.
+    pub fn stirred_while_idle(&self) -> bool {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        match self {
+            Stream::Unix(s) => {
+                if s.poll_read_ready(&mut cx).is_pending() {
+                    return false;
+                }
+                // Whatever it reads is not kept: a connection with news is given up.
+                !matches!(s.try_read(&mut [0u8; 1]), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+            }
+            other => {
+                let Some(tcp) = other.tcp() else {
+                    return true;
+                };
+                let mut byte = [0u8; 1];
+                let mut buf = ReadBuf::new(&mut byte);
+                !matches!(tcp.poll_peek(&mut cx, &mut buf), Poll::Pending)
+            }
         }
     }
 
@@ -137,6 +193,7 @@ impl AsyncRead for Stream {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
             Stream::Tls(s) => Pin::new(&mut **s).poll_read(cx, buf),
+            Stream::Unix(s) => Pin::new(s).poll_read(cx, buf),
             Stream::Upgrading => Poll::Ready(Err(gone())),
         }
     }
@@ -151,6 +208,7 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
             Stream::Tls(s) => Pin::new(&mut **s).poll_write(cx, buf),
+            Stream::Unix(s) => Pin::new(s).poll_write(cx, buf),
             Stream::Upgrading => Poll::Ready(Err(gone())),
         }
     }
@@ -159,6 +217,7 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_flush(cx),
             Stream::Tls(s) => Pin::new(&mut **s).poll_flush(cx),
+            Stream::Unix(s) => Pin::new(s).poll_flush(cx),
             Stream::Upgrading => Poll::Ready(Err(gone())),
         }
     }
@@ -167,6 +226,7 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
             Stream::Tls(s) => Pin::new(&mut **s).poll_shutdown(cx),
+            Stream::Unix(s) => Pin::new(s).poll_shutdown(cx),
             Stream::Upgrading => Poll::Ready(Err(gone())),
         }
     }
@@ -181,6 +241,7 @@ impl AsyncRead for ReadHalf<'_> {
         match self.get_mut() {
             ReadHalf::Plain(s) => Pin::new(s).poll_read(cx, buf),
             ReadHalf::Tls(s) => Pin::new(s).poll_read(cx, buf),
+            ReadHalf::Unix(s) => Pin::new(s).poll_read(cx, buf),
         }
     }
 }
@@ -194,6 +255,7 @@ impl AsyncWrite for WriteHalf<'_> {
         match self.get_mut() {
             WriteHalf::Plain(s) => Pin::new(s).poll_write(cx, buf),
             WriteHalf::Tls(s) => Pin::new(s).poll_write(cx, buf),
+            WriteHalf::Unix(s) => Pin::new(s).poll_write(cx, buf),
         }
     }
 
@@ -201,6 +263,7 @@ impl AsyncWrite for WriteHalf<'_> {
         match self.get_mut() {
             WriteHalf::Plain(s) => Pin::new(s).poll_flush(cx),
             WriteHalf::Tls(s) => Pin::new(s).poll_flush(cx),
+            WriteHalf::Unix(s) => Pin::new(s).poll_flush(cx),
         }
     }
 
@@ -208,6 +271,7 @@ impl AsyncWrite for WriteHalf<'_> {
         match self.get_mut() {
             WriteHalf::Plain(s) => Pin::new(s).poll_shutdown(cx),
             WriteHalf::Tls(s) => Pin::new(s).poll_shutdown(cx),
+            WriteHalf::Unix(s) => Pin::new(s).poll_shutdown(cx),
         }
     }
 }

@@ -269,3 +269,103 @@ fn the_fallback_database_serves_any_name() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+/// A `[databases]` entry without `host=` reaches its server's Unix socket in
+/// `unix_socket_dir`, as PgBouncer's does: queries, a cancel (sent to the server over its
+/// socket), and a server that died while idle is replaced unseen.
+#[test]
+fn an_entry_without_host_reaches_its_server_through_its_unix_socket() {
+    let pg = primary();
+    let dir = tempfile::tempdir().unwrap();
+    let userlist = dir.path().join("userlist.txt");
+    std::fs::write(&userlist, format!("\"app\" \"{APP_PASSWORD}\"\n")).unwrap();
+    let (port, http) = (
+        pgsluice::localpg::free_port(),
+        pgsluice::localpg::free_port(),
+    );
+    let ini = dir.path().join("pgbouncer.ini");
+    std::fs::write(
+        &ini,
+        format!(
+            "[databases]\napp = port={pg_port} dbname=app\n[pgbouncer]\n\
+             listen_addr = 127.0.0.1\nlisten_port = {port}\nauth_type = md5\n\
+             auth_file = {userlist}\nhttp_listen = 127.0.0.1:{http}\n\
+             unix_socket_dir = {sockets}\ndefault_pool_size = 1\n",
+            pg_port = pg.port,
+            userlist = userlist.display(),
+            sockets = pg.socket_dir().display(),
+        ),
+    )
+    .unwrap();
+    let mut child = run(&ini, &dir.path().join("ini.log"));
+    assert!(answers(port));
+    // Over TCP, client_addr would be 127.0.0.1; over the socket it is NULL.
+    let over = "SELECT coalesce(host(client_addr), 'socket') FROM pg_stat_activity \
+                WHERE pid = pg_backend_pid()";
+    let out = psql(port, "app", APP_PASSWORD, "app", over);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "socket",
+        "{out:?}"
+    );
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let conn =
+            format!("host=127.0.0.1 port={port} user=app password='{APP_PASSWORD}' dbname=app");
+        let (client, connection) = tokio_postgres::connect(&conn, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(connection);
+        let token = client.cancel_token();
+        let slow = client.simple_query("SELECT pg_sleep(20)");
+        let cancel = async {
+            assert!(
+                tokio::task::spawn_blocking({
+                    let port = pg.port;
+                    move || {
+                        wait_for(Duration::from_secs(10), || {
+                            support::running_on(port, "pg_sleep(20)")
+                        })
+                    }
+                })
+                .await
+                .unwrap(),
+                "the query did not start"
+            );
+            token.cancel_query(tokio_postgres::NoTls).await.unwrap();
+        };
+        let (slow, ()) = tokio::time::timeout(Duration::from_secs(10), async {
+            tokio::join!(slow, cancel)
+        })
+        .await
+        .expect("cancelled within 10 s");
+        let code = slow.unwrap_err().code().map(|c| c.code().to_owned());
+        assert_eq!(code.as_deref(), Some("57014"));
+
+        // An idle server over a socket is pooled like any other: the same one again.
+        let pid = || async {
+            match &client
+                .simple_query("SELECT pg_backend_pid()")
+                .await
+                .unwrap()[1]
+            {
+                tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).unwrap().to_owned(),
+                other => panic!("{other:?}"),
+            }
+        };
+        assert_eq!(pid().await, pid().await);
+        // The pooled server dies while idle: the next query gets another one.
+        pg.psql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = 'app'")
+            .unwrap();
+        let servers = "SELECT count(*) FROM pg_stat_activity WHERE usename = 'app'";
+        assert!(wait_for(Duration::from_secs(5), || pg
+            .psql(servers)
+            .unwrap()
+            == "0"));
+        let r = client.simple_query("SELECT 1").await;
+        assert!(r.is_ok(), "{r:?}");
+    });
+    child.kill().unwrap();
+    child.wait().unwrap();
+}

@@ -159,11 +159,13 @@ fn leader_of(probes: &[Option<Probe>]) -> Option<Leader> {
     })
 }
 
-/// Whether a PostgreSQL server listens at host:port: an SSLRequest gets a one-byte answer
-/// before any login, so this needs no credentials and leaves nothing in the server's log.
+/// Whether a PostgreSQL server listens at host:port (or the Unix socket of a host that is a
+/// directory): an SSLRequest gets a one-byte answer before any login, so this needs no
+/// credentials and leaves nothing in the server's log.
 async fn answers(host: &str, port: u16, timeout: Duration) -> bool {
     let probe = async {
-        let mut s = tokio::net::TcpStream::connect((host, port)).await.ok()?;
+        let addr = crate::stream::address(host, port);
+        let mut s = crate::stream::connect(&addr).await.ok()?;
         let answer = crate::server::ask_for_tls(&mut s).await.ok()?;
         matches!(answer, b'S' | b'N').then_some(())
     };

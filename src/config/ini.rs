@@ -21,6 +21,10 @@ pub struct Converted {
     pub skipped: Vec<(String, String)>,
     /// Each key path of `table` ("listen_port", "databases.app.port") and where it was set.
     origins: Vec<(String, At)>,
+    /// `[pgbouncer] unix_socket_dir`, where PgBouncer reaches the server of a database
+    /// entry without `host=`; those entries, once the whole file is read.
+    unix_socket_dir: Option<String>,
+    hostless: Vec<(String, At)>,
 }
 
 /// Where a setting was: its file, and "[section] key" in it (kept apart, so that a file name
@@ -54,6 +58,26 @@ pub fn convert(text: &str, file: &str) -> Result<Converted, ConfigError> {
     };
     let mut section = String::new();
     read(text, file, &general, &mut section, &mut out, 0)?;
+    // PgBouncer's default directory, whatever it was built with on this system's distribution.
+    let dir = out.unix_socket_dir.take().unwrap_or_else(|| "/tmp".into());
+    for (name, at) in std::mem::take(&mut out.hostless) {
+        if !dir.starts_with('/') {
+            return Err(key_error(
+                &at,
+                format!(
+                    "no host=, and unix_socket_dir = \"{dir}\" is no directory to find the \
+                     server's socket in: give host="
+                ),
+            ));
+        }
+        if let Some(toml::Value::Table(entry)) = out
+            .table
+            .get_mut("databases")
+            .and_then(|d| d.get_mut(&name))
+        {
+            entry.insert("host".into(), dir.clone().into());
+        }
+    }
     Ok(out)
 }
 
@@ -204,9 +228,11 @@ fn without(key: &str) -> &'static str {
             "pgsluice logs to stderr; choose what with RUST_LOG"
         }
         "pidfile" | "user" => "the service manager or container runs pgsluice as it should",
-        "unix_socket_dir" | "unix_socket_mode" | "unix_socket_group" => {
-            "pgsluice listens on TCP only"
+        "unix_socket_dir" => {
+            "pgsluice listens on TCP only (a database entry without host= reaches its \
+             server's socket in this directory, as in PgBouncer)"
         }
+        "unix_socket_mode" | "unix_socket_group" => "pgsluice listens on TCP only",
         "ignore_startup_parameters" => {
             "pgsluice accepts every startup parameter and gives each client its own"
         }
@@ -225,6 +251,9 @@ fn setting(
     at: At,
     out: &mut Converted,
 ) -> Result<(), ConfigError> {
+    if key == "unix_socket_dir" {
+        out.unix_socket_dir = Some(value.to_owned());
+    }
     let Some(like) = general.get(key) else {
         out.skip(at, without(key));
         return Ok(());
@@ -318,17 +347,18 @@ fn database_key(key: &str) -> Option<fn(&str) -> toml::Value> {
     }
 }
 
+/// A `[databases]` entry. A `host` that lists hosts (PgBouncer spreads new connections over
+/// them) becomes one database of that many nodes whose roles the health checks find
+/// (`role = "auto"`): reads spread over the replicas, writes go to the primary.
 fn database(name: &str, value: &str, at: At, out: &mut Converted) -> Result<(), ConfigError> {
     let mut entry = toml::Table::new();
-    for (key, v) in pairs(value).map_err(|m| key_error(&at, m))? {
-        if key == "host" && (v.contains(',') || v.starts_with('/')) {
-            return Err(key_error(
-                &at,
-                format!(
-                    "host={v}: pgsluice connects to one host over TCP; list replicas \
-                     in a pgsluice TOML file"
-                ),
-            ));
+    let mut others = Vec::new();
+    for (key, mut v) in pairs(value).map_err(|m| key_error(&at, m))? {
+        if key == "host" && v.contains(',') {
+            let mut hosts = v.split(',').map(str::trim).filter(|h| !h.is_empty());
+            let first = hosts.next().unwrap_or_default().to_owned();
+            others.extend(hosts.map(str::to_owned));
+            v = first;
         }
         match database_key(&key) {
             Some(to_value) => {
@@ -338,6 +368,20 @@ fn database(name: &str, value: &str, at: At, out: &mut Converted) -> Result<(), 
             }
             None => out.skip(format!("{at} ({key})"), database_without(&key)),
         }
+    }
+    if !entry.contains_key("host") {
+        out.hostless.push((name.to_owned(), at.clone()));
+    }
+    if !others.is_empty() {
+        let port = entry.get("port").cloned().unwrap_or(5432.into());
+        let replicas = others.into_iter().map(|host| {
+            let mut t = toml::Table::new();
+            t.insert("host".into(), host.into());
+            t.insert("port".into(), port.clone());
+            toml::Value::Table(t)
+        });
+        entry.insert("replicas".into(), toml::Value::Array(replicas.collect()));
+        entry.insert("role".into(), "auto".into());
     }
     out.origins.push((format!("databases.{name}"), at));
     out.set("databases", name, entry.into());
@@ -477,8 +521,36 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        let e = config("[databases]\na = host=/tmp\n").unwrap_err();
-        assert!(e.to_string().contains("TCP"), "{e}");
+        let e = config("[databases]\na = port=1\n[pgbouncer]\nunix_socket_dir =\n").unwrap_err();
+        assert!(e.to_string().contains("[databases] a"), "{e}");
+    }
+
+    #[test]
+    fn hosts_are_read_as_pgbouncer_reads_them() {
+        use crate::config::{ReplicaSpec, ReplicaTable, Roles};
+        let text = "[databases]\nsock = host=/var/run/postgresql port=5433\nnone = dbname=x\n\
+                    list = host='h1, h2' port=5433\nlist2 = host=h1,h2,h3\n";
+        let (c, _) = config(text).unwrap();
+        let db = |name: &str| &c.databases[name];
+        assert_eq!(db("sock").host, "/var/run/postgresql");
+        // No host: the socket in unix_socket_dir, PgBouncer's default unless the file says.
+        assert_eq!(db("none").host, "/tmp");
+        let (c, _) = config(&format!("{text}[pgbouncer]\nunix_socket_dir = /run/pg\n")).unwrap();
+        assert_eq!(c.databases["none"].host, "/run/pg");
+        let list = db("list");
+        assert_eq!(
+            (list.host.as_str(), list.port, list.role),
+            ("h1", 5433, Roles::Auto)
+        );
+        let replica = |host: &str| {
+            ReplicaSpec::Table(ReplicaTable {
+                host: host.into(),
+                port: 5433,
+                weight: 1,
+            })
+        };
+        assert_eq!(list.replicas, [replica("h2")]);
+        assert_eq!(db("list2").replicas.len(), 2);
     }
 
     #[test]

@@ -110,10 +110,22 @@ impl Config {
             );
         }
         for (name, db) in &self.databases {
+            let host = format!("databases.{name}.host");
             if db.host.is_empty() {
+                return bad(&host, "must not be empty".into());
+            }
+            if db.host.contains(',') {
                 return bad(
-                    &format!("databases.{name}.host"),
-                    "must not be empty".into(),
+                    &host,
+                    "one host: list the others in replicas (with role = \"auto\" when any \
+                     of them may be the primary)"
+                        .into(),
+                );
+            }
+            if db.host.starts_with('@') {
+                return bad(
+                    &host,
+                    "abstract Unix sockets are not supported: give the socket's directory".into(),
                 );
             }
             if db.pool_size == Some(0) {
@@ -125,6 +137,9 @@ impl Config {
             for (i, r) in db.replicas.iter().enumerate() {
                 let key = format!("databases.{name}.replicas[{i}]");
                 let r = r.resolve().map_err(|m| (key.clone(), m))?;
+                if r.host.starts_with('@') {
+                    return bad(&key, "abstract Unix sockets are not supported".into());
+                }
                 if r.weight == 0 {
                     return bad(&format!("{key}.weight"), "must be at least 1".into());
                 }

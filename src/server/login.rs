@@ -98,11 +98,13 @@ fn plain<'a>(creds: &'a Credentials, method: &str) -> Result<&'a str, LoginError
 }
 
 /// Sends an SSLRequest and returns the server's one-byte answer ('S' or 'N').
-pub async fn ask_for_tls(tcp: &mut TcpStream) -> std::io::Result<u8> {
-    tcp.write_all(&crate::protocol::startup::SSL_REQUEST_PACKET)
+pub async fn ask_for_tls(
+    s: &mut (impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin),
+) -> std::io::Result<u8> {
+    s.write_all(&crate::protocol::startup::SSL_REQUEST_PACKET)
         .await?;
     let mut answer = [0u8; 1];
-    tcp.read_exact(&mut answer).await?;
+    s.read_exact(&mut answer).await?;
     Ok(answer[0])
 }
 
@@ -133,10 +135,15 @@ async fn secure(mut tcp: TcpStream, target: &Target) -> Result<Stream, LoginErro
 }
 
 pub(super) async fn connect(target: &Target) -> Result<Box<ServerConn>, LoginError> {
-    let tcp = TcpStream::connect((target.host.as_str(), target.port)).await?;
-    tcp.set_nodelay(true)?;
-    crate::stream::tune(&tcp, &target.tcp);
-    let mut stream = secure(tcp, target).await?;
+    let mut stream = match crate::stream::connect(&target.addr()).await? {
+        Stream::Plain(tcp) => {
+            tcp.set_nodelay(true)?;
+            crate::stream::tune(&tcp, &target.tcp);
+            secure(tcp, target).await?
+        }
+        // As libpq: PostgreSQL offers no TLS on a Unix socket, so none is asked for there.
+        other => other,
+    };
     let creds = &target.credentials;
     let mut out = BytesMut::with_capacity(256);
     frontend::startup_message(

@@ -19,7 +19,6 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 
 /// Where a pool's servers are and who to log in as.
 #[derive(Debug, Clone, PartialEq)]
@@ -45,8 +44,9 @@ pub fn tcp_tuning(g: &crate::config::General) -> crate::stream::TcpTuning {
 }
 
 impl Target {
+    /// Where the server is reached (`stream::address`): host:port, or a Unix socket's path.
     pub fn addr(&self) -> String {
-        format!("{}:{}", self.host, self.port)
+        crate::stream::address(&self.host, self.port)
     }
 }
 
@@ -202,13 +202,7 @@ impl ServerConn {
     /// may have it. Costs no system call unless the socket has shown activity since its last
     /// read.
     pub fn closed_while_idle(&self) -> bool {
-        let Some(tcp) = self.stream.tcp() else {
-            return true;
-        };
-        let mut byte = [0u8; 1];
-        let mut buf = tokio::io::ReadBuf::new(&mut byte);
-        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-        !matches!(tcp.poll_peek(&mut cx, &mut buf), std::task::Poll::Pending)
+        self.stream.stirred_while_idle()
     }
 
     /// Says goodbye politely, so the server logs no "unexpected EOF".
@@ -226,11 +220,11 @@ pub async fn cancel(key: &CancelKey) -> std::io::Result<()> {
     send_cancel(&key.addr, &packet).await
 }
 
-/// Sends a cancel request packet to `addr` and waits (5 s at most each) for the connection to
+/// Sends a cancel request packet to `addr` (host:port or a Unix socket's path) and waits (5 s at most each) for the connection to
 /// be closed by the other end, which then has acted on it.
 pub async fn send_cancel(addr: &str, packet: &[u8]) -> std::io::Result<()> {
     let mut stream =
-        tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(addr)).await??;
+        tokio::time::timeout(Duration::from_secs(5), crate::stream::connect(addr)).await??;
     stream.write_all(packet).await?;
     // The server closes the connection once it has read the request.
     let mut sink = [0u8; 1];
