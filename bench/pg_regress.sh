@@ -6,9 +6,12 @@
 # under faults (a reload every RELOAD_EVERY seconds, default 3, each changing the pool size,
 # and a replica restarted with `pg_ctl restart -m fast` every RESTART_EVERY seconds, default
 # 40). Prints how many of the tests failed each way, which ones fail through pgsluice but not
-# directly, and which fail under faults but not without them.
+# directly, and which fail under faults but not without them. The same schedule also runs
+# through PgBouncer 1.25.2 in session mode, the yardstick for pgsluice's session mode.
 #
 #   bench/pg_regress.sh                 # KEEP=1 keeps the work directory (diffs, logs)
+#   PGBOUNCER=/path/to/pgbouncer        # else built by PGBOUNCER_BUILD (default: the anchor's
+#                                       # build-pgbouncer.sh); PGBOUNCER=none leaves it out
 #
 # The SQL files come from Debian's source tarball of the installed server version
 # (deb.debian.org), downloaded once into target/pg_regress/; regress.so is built from
@@ -36,6 +39,13 @@ if [ ! -f "$src/parallel_schedule" ] || [ ! -f "$spi/refint.c" ]; then
     curl -fsS -o "$cache/$tarball" "http://deb.debian.org/debian/pool/main/p/postgresql-$major/$tarball"
     tar -xjf "$cache/$tarball" -C "$cache" "postgresql-$version/src/test/regress" \
         "postgresql-$version/contrib/spi"
+fi
+
+pgbouncer_bin=${PGBOUNCER:-}
+if [ -z "$pgbouncer_bin" ]; then
+    build=${PGBOUNCER_BUILD:-$root/../shared/anchors/build-pgbouncer.sh}
+    [ -x "$build" ] || { echo "no PgBouncer: set PGBOUNCER (or PGBOUNCER=none)" >&2; exit 1; }
+    pgbouncer_bin=$("$build" | tail -1)
 fi
 
 work=$(mktemp -d /tmp/pgsluice-regress.XXXXXX)
@@ -168,6 +178,34 @@ transaction_port=$sluice_port
 run direct "$pg_port"
 run session "$session_port"
 run transaction "$transaction_port"
+targets="direct session transaction"
+if [ "$pgbouncer_bin" != none ]; then
+    bouncer_port=$(free_port)
+    cat >"$work/pgbouncer.ini" <<INI
+[databases]
+regression = host=127.0.0.1 port=$pg_port
+postgres = host=127.0.0.1 port=$pg_port
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = $bouncer_port
+unix_socket_dir =
+auth_type = trust
+auth_file = $work/userlist.txt
+pool_mode = session
+default_pool_size = 60
+max_client_conn = 500
+max_prepared_statements = 200
+logfile = $work/pgbouncer.log
+INI
+    echo '"postgres" ""' >"$work/userlist.txt"
+    [ "$(id -u)" = 0 ] && chown postgres "$work/pgbouncer.ini" "$work/userlist.txt"
+    as_pg "$pgbouncer_bin" "$work/pgbouncer.ini" >/dev/null 2>&1 &
+    pids+=($!)
+    wait_port "$bouncer_port"
+    pids+=("$(pgrep -f "^$pgbouncer_bin $work/pgbouncer.ini" | head -1)")
+    run pgbouncer "$bouncer_port"
+    targets="$targets pgbouncer"
+fi
 
 # Two replicas for the routed runs (pg_regress's own databases and roles reach them by WAL).
 make_replicas "$work" "$pg_port"
@@ -182,10 +220,10 @@ touch "$work/faults.stop"
 wait "$faults_pid" || true
 
 printf '%-12s %7s %7s\n' target tests failed
-for name in direct session transaction routed faults; do
+for name in $targets routed faults; do
     printf '%-12s %7s %7s\n' "$name" "$(cat "$work/$name.total")" "$(wc -l <"$work/$name.failed")"
 done
-for name in session transaction routed faults; do
+for name in ${targets#direct } routed faults; do
     extra=$(comm -13 "$work/direct.failed" "$work/$name.failed" | tr '\n' ' ')
     echo "$name fails, direct does not: ${extra:-none}"
 done
