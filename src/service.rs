@@ -145,7 +145,9 @@ async fn listen(addr: &str, reuse_port: bool) -> std::io::Result<TcpListener> {
     TcpListener::from_std(socket.into())
 }
 
-/// Serves one client from accept to close.
+/// Serves one client from accept to close. An idle client's memory is mostly this future
+/// (its size is the largest state it may ever be in), so everything before the session runs
+/// is boxed and gone once the client is logged in.
 async fn handle(
     ctx: Arc<Context>,
     stream: TcpStream,
@@ -159,46 +161,54 @@ async fn handle(
     let Some(_admitted) = admitted else {
         tracing::warn!(%peer, "client refused: max_client_conn reached");
         let message = "no more connections allowed (max_client_conn)";
-        stream
-            .fatal(&[], sqlstate::TOO_MANY_CONNECTIONS, message)
-            .await;
+        Box::pin(stream.fatal(&[], sqlstate::TOO_MANY_CONNECTIONS, message)).await;
         return;
     };
     let registration = ctx.cancels.register(peer);
+    let Some(login) = Box::pin(log_in(&ctx, &config, &mut stream, peer, &registration)).await
+    else {
+        return;
+    };
+    tracing::info!(%peer, user = %login.user, db = %login.database, pid = registration.process_id, "client login");
+    let end = client::session::run(&ctx, config, *login, &mut stream, &registration).await;
+    tracing::info!(%peer, pid = registration.process_id, side = end.side().name(), reason = %end, "client logout");
+}
+
+/// The client's login, within client_login_timeout: a pool's client comes back logged in
+/// (boxed: a value in place would keep its space in `handle`'s future for the whole
+/// session, though it moves into the session at once); an admin console's runs here to its
+/// end.
+async fn log_in(
+    ctx: &Context,
+    config: &Config,
+    stream: &mut Stream,
+    peer: SocketAddr,
+    registration: &crate::context::clients::Registration<'_>,
+) -> Option<Box<client::login::LoggedIn>> {
     let login = tokio::time::timeout(
         config.general.client_login_timeout.0,
-        // Boxed, like the larger steps of a session, so that an idle client keeps only a
-        // small future: its size is the largest state it may ever be in.
-        Box::pin(client::login::login(
-            &ctx,
-            &config,
-            &mut stream,
-            &registration,
-        )),
+        Box::pin(client::login::login(ctx, config, stream, registration)),
     )
     .await;
-    let login = match login {
-        Ok(Some(Login::Pool(login))) => login,
+    match login {
+        Ok(Some(Login::Pool(login))) => Some(Box::new(login)),
         Ok(Some(Login::Console { user, access, buf })) => {
             tracing::info!(%peer, user, pid = registration.process_id, "admin console login");
-            // Boxed: ordinary clients should not carry the console's space.
-            let reason = Box::pin(crate::admin::run(&ctx, access, &user, &mut stream, buf)).await;
+            // Boxed: the console's steps are larger than a login's.
+            let reason = Box::pin(crate::admin::run(ctx, access, &user, stream, buf)).await;
             tracing::info!(%peer, pid = registration.process_id, reason, "admin console logout");
-            return;
+            None
         }
-        Ok(None) => return,
+        Ok(None) => None,
         Err(_) => {
             tracing::info!(%peer, "client login timed out");
             let message = "client_login_timeout";
             stream
                 .fatal(&[], sqlstate::PROTOCOL_VIOLATION, message)
                 .await;
-            return;
+            None
         }
-    };
-    tracing::info!(%peer, user = %login.user, db = %login.database, pid = registration.process_id, "client login");
-    let end = client::session::run(&ctx, config, login, &mut stream, &registration).await;
-    tracing::info!(%peer, pid = registration.process_id, side = end.side().name(), reason = %end, "client logout");
+    }
 }
 
 async fn wait_until(ctx: &Context, done: impl Fn(&Context) -> bool) {

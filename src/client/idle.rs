@@ -14,6 +14,8 @@ use crate::router::command::{self, RouteCommand};
 use crate::server::exchange::READ_CHUNK;
 use crate::stream::Stream;
 use bytes::BytesMut;
+use std::future::Future;
+use std::task::Poll;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// With at most this many clients connected, an idle client keeps its buffers: memory is
@@ -190,28 +192,30 @@ impl Session<'_> {
             self.to_client = BytesMut::new();
             self.spare = None;
         }
-        let timeout = self.config.general.client_idle_timeout.enabled();
-        let woke = {
+        // Polled in place, the timer boxed: what a select over futures would keep (a waiter
+        // for the socket, one for the wake, a timer) every idle client would carry.
+        let mut timer = (self.config.general.client_idle_timeout.enabled())
+            .map(|t| Box::pin(tokio::time::sleep(t)));
+        let (slot, notes) = (&self.reg.slot, &mut self.notes);
+        let woke = std::future::poll_fn(|cx| {
             // A shutdown or a KILL wakes the client; idle_step then sees whether it must go.
-            let control = self.reg.slot.wake.notified();
-            let ready = tcp.readable();
-            let note = next_note(&mut self.notes);
-            match timeout {
-                // Boxed: a timer is large, and every idle client would carry its space
-                // otherwise.
-                Some(t) => tokio::select! {
-                    _ = ready => Woke::Data,
-                    _ = control => Woke::Control,
-                    n = note => Woke::Note(n),
-                    _ = Box::pin(tokio::time::sleep(t)) => Woke::Timeout,
-                },
-                None => tokio::select! {
-                    _ = ready => Woke::Data,
-                    _ = control => Woke::Control,
-                    n = note => Woke::Note(n),
-                },
+            if slot.wake.poll_woken(cx).is_ready() {
+                return Poll::Ready(Woke::Control);
             }
-        };
+            if let Some(n) = notes.as_deref_mut() {
+                if let Poll::Ready(Some(note)) = n.poll_note(cx) {
+                    return Poll::Ready(Woke::Note(note));
+                }
+            }
+            if tcp.poll_read_ready(cx).is_ready() {
+                return Poll::Ready(Woke::Data);
+            }
+            match timer.as_mut().map(|t| t.as_mut().poll(cx)) {
+                Some(Poll::Ready(())) => Poll::Ready(Woke::Timeout),
+                _ => Poll::Pending,
+            }
+        })
+        .await;
         match woke {
             Woke::Data => {}
             Woke::Note(n) => {

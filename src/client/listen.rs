@@ -11,6 +11,7 @@ use crate::protocol::frontend::Message;
 use crate::protocol::sqlstate;
 use crate::router::command::{self, Listen};
 use bytes::BytesMut;
+use std::task::Poll;
 use tokio::sync::{mpsc, oneshot};
 
 /// A listening client's end of the shared connection.
@@ -142,12 +143,19 @@ impl Session<'_> {
     }
 }
 
+impl Notes {
+    /// The next notification, when one has come.
+    pub(super) fn poll_note(&mut self, cx: &mut std::task::Context<'_>) -> Poll<Option<Note>> {
+        self.rx.poll_recv(cx)
+    }
+}
+
 /// The next notification for a listening client; never, for one that does not listen.
 pub(super) async fn next_note(notes: &mut Option<Box<Notes>>) -> Note {
     // Polled in place: a `recv` future would be carried by every idle client's wait.
     let received = std::future::poll_fn(|cx| match notes {
-        Some(n) => n.rx.poll_recv(cx),
-        None => std::task::Poll::Pending,
+        Some(n) => n.poll_note(cx),
+        None => Poll::Pending,
     });
     match received.await {
         Some(note) => note,

@@ -13,6 +13,38 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 const SEQ_BITS: u32 = 17;
 
+/// Wakes one session. A wake that comes before the session waits is kept for its next wait
+/// (as tokio's `Notify` keeps one permit), and the waiting session's waker is kept here rather
+/// than in its future: an idle client's wait then costs it no space.
+#[derive(Default)]
+pub struct Wake {
+    woken: AtomicBool,
+    waker: atomic_waker::AtomicWaker,
+}
+
+impl Wake {
+    pub fn notify_one(&self) {
+        self.woken.store(true, Ordering::Release);
+        self.waker.wake();
+    }
+
+    /// Ready (and the wake used up) once `notify_one` has been called since the last time.
+    pub fn poll_woken(&self, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+        if self.woken.swap(false, Ordering::AcqRel) {
+            return std::task::Poll::Ready(());
+        }
+        self.waker.register(cx.waker());
+        match self.woken.swap(false, Ordering::AcqRel) {
+            true => std::task::Poll::Ready(()),
+            false => std::task::Poll::Pending,
+        }
+    }
+
+    pub fn notified(&self) -> impl std::future::Future<Output = ()> + '_ {
+        std::future::poll_fn(|cx| self.poll_woken(cx))
+    }
+}
+
 /// One client's entry: its secret, and the server it holds right now (if any).
 pub struct Slot {
     secret: i32,
@@ -28,7 +60,7 @@ pub struct Slot {
     pub killed: AtomicBool,
     /// Wakes the session to look at `killed` and the process's phase. One per client, so
     /// that waiting on it locks nothing other clients use.
-    pub wake: tokio::sync::Notify,
+    pub wake: Wake,
     /// The session-only features that pin the client to its server now
     /// (`router::features::Features` bits).
     pub pinned: AtomicU8,
@@ -138,7 +170,7 @@ impl Cancels {
             last_request: AtomicU64::new(0),
             login: OnceLock::new(),
             killed: AtomicBool::new(false),
-            wake: tokio::sync::Notify::new(),
+            wake: Wake::default(),
             pinned: AtomicU8::new(0),
             cancelled: AtomicBool::new(false),
             answered: AtomicU64::new(0),
