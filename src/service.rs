@@ -165,12 +165,16 @@ async fn handle(
         return;
     };
     let registration = ctx.cancels.register(peer);
-    let Some(login) = Box::pin(log_in(&ctx, &config, &mut stream, peer, &registration)).await
-    else {
-        return;
+    let session = {
+        let Some(login) = Box::pin(log_in(&ctx, &config, &mut stream, peer, &registration)).await
+        else {
+            return;
+        };
+        tracing::info!(%peer, user = %login.user, db = %login.database, pid = registration.process_id, "client login");
+        // The box goes at the end of this block, not the session's.
+        client::session::run(&ctx, config, *login, &mut stream, &registration)
     };
-    tracing::info!(%peer, user = %login.user, db = %login.database, pid = registration.process_id, "client login");
-    let end = client::session::run(&ctx, config, *login, &mut stream, &registration).await;
+    let end = session.await;
     tracing::info!(%peer, pid = registration.process_id, side = end.side().name(), reason = %end, "client logout");
 }
 
