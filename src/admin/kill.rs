@@ -10,7 +10,7 @@ pub fn kill(console: &Console<'_>, db: Option<&str>) -> Result<(), Failure> {
     let name = cluster.database.as_str();
     cluster.pause(true);
     for (_, slot) in console.ctx.cancels.all() {
-        if slot.login.get().is_some_and(|(d, _)| d == name) {
+        if slot.login.get().is_some_and(|l| l.database() == name) {
             slot.killed.store(true, Ordering::Relaxed);
         }
     }

@@ -14,7 +14,10 @@ pub fn table(ctx: &Context) -> Table {
     let mut t = Table::new(&columns);
     let g = &ctx.config.load().general;
     for (pid, slot) in ctx.cancels.all() {
-        let (database, user) = slot.login.get().cloned().unwrap_or_default();
+        let (database, user) = slot
+            .login
+            .get()
+            .map_or(("", ""), |l| (l.database(), l.user()));
         let server = slot.server();
         let state = match (&server, slot.login.get()) {
             (_, None) => "login",

@@ -4,7 +4,7 @@
 use super::authenticate::authenticate;
 use crate::cluster::Lsn;
 use crate::config::Config;
-use crate::context::clients::{CancelTarget, Registration};
+use crate::context::clients::{CancelTarget, LoginNames, Registration};
 use crate::context::Context;
 use crate::pool::Members;
 use crate::protocol::backend::{self, TxStatus};
@@ -82,7 +82,7 @@ async fn console_login(
             .await;
         return None;
     };
-    let _ = reg.slot.login.set((database.to_owned(), user.clone()));
+    let _ = reg.slot.login.set(LoginNames::new(database, &user));
     backend::authentication_ok(&mut out);
     let version = format!("15.0 (pgsluice {})", env!("CARGO_PKG_VERSION"));
     for (name, value) in [
@@ -423,7 +423,7 @@ async fn pool_login(
             .await;
         return None;
     }
-    let _ = reg.slot.login.set((database.clone(), user.clone()));
+    let _ = reg.slot.login.set(LoginNames::new(&database, &user));
     let pool = members.primary();
     let server_params = match pool.server_params() {
         Some(p) => p,

@@ -13,6 +13,25 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 const SEQ_BITS: u32 = 17;
 
+/// A logged-in client's database and user, in one allocation: every connected client keeps
+/// them, for SHOW CLIENTS and KILL.
+pub struct LoginNames(Box<str>);
+
+impl LoginNames {
+    /// Names hold no NUL (PostgreSQL refuses one in a startup packet), so it separates them.
+    pub fn new(database: &str, user: &str) -> LoginNames {
+        LoginNames(format!("{database}\0{user}").into_boxed_str())
+    }
+
+    pub fn database(&self) -> &str {
+        self.0.split('\0').next().unwrap_or_default()
+    }
+
+    pub fn user(&self) -> &str {
+        self.0.split_once('\0').map_or("", |(_, user)| user)
+    }
+}
+
 /// Wakes one session. A wake that comes before the session waits is kept for its next wait
 /// (as tokio's `Notify` keeps one permit), and the waiting session's waker is kept here rather
 /// than in its future: an idle client's wait then costs it no space.
@@ -54,8 +73,8 @@ pub struct Slot {
     pub connected_at: u64,
     /// Unix time of the client's last transaction start, in microseconds.
     pub last_request: AtomicU64,
-    /// Set once logged in: "database/user", or "pgsluice/user" for the admin console.
-    pub login: OnceLock<(String, String)>,
+    /// Set once logged in: its database ("pgsluice" for the admin console) and user.
+    pub login: OnceLock<LoginNames>,
     /// Set by KILL and KILL_CLIENT: the session ends at its next chance.
     pub killed: AtomicBool,
     /// Wakes the session to look at `killed` and the process's phase. One per client, so
@@ -242,6 +261,14 @@ impl Cancels {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn login_names_give_back_what_they_were_given() {
+        for (db, user) in [("app", "alice"), ("", ""), ("a/b c", "\u{e9}t\u{e9}")] {
+            let names = LoginNames::new(db, user);
+            assert_eq!((names.database(), names.user()), (db, user));
+        }
+    }
 
     #[test]
     fn keys_carry_peer_id_and_need_the_secret() {
