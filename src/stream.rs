@@ -15,10 +15,8 @@ use tokio_rustls::TlsStream;
 pub fn address(host: &str, port: u16) -> String {
     if host.starts_with('/') {
         format!("{}/.s.PGSQL.{port}", host.trim_end_matches('/'))
-    } else if host.contains(':') {
-        format!("[{host}]:{port}")
     } else {
-        format!("{host}:{port}")
+        crate::config::host_port(host, port)
     }
 }
 
@@ -272,6 +270,22 @@ impl AsyncWrite for WriteHalf<'_> {
             WriteHalf::Plain(s) => Pin::new(s).poll_shutdown(cx),
             WriteHalf::Tls(s) => Pin::new(s).poll_shutdown(cx),
             WriteHalf::Unix(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_host_is_read_as_libpq_reads_it() {
+        let cases = [
+            ("/var/run/postgresql", "/var/run/postgresql/.s.PGSQL.5432"),
+            ("/tmp/", "/tmp/.s.PGSQL.5432"),
+            ("db.internal", "db.internal:5432"),
+            ("::1", "[::1]:5432"),
+        ];
+        for (host, addr) in cases {
+            assert_eq!(super::address(host, 5432), addr);
         }
     }
 }

@@ -47,6 +47,29 @@ fn answers(port: u16) -> bool {
     })
 }
 
+/// A pgbouncer.ini in `dir` with `databases` as its [databases] section and `extra` in its
+/// [pgbouncer] one, md5 logins of `app` from a userlist beside it; and its listening port.
+fn app_ini(dir: &Path, databases: &str, extra: &str) -> (std::path::PathBuf, u16) {
+    let userlist = dir.join("userlist.txt");
+    std::fs::write(&userlist, format!("\"app\" \"{APP_PASSWORD}\"\n")).unwrap();
+    let (port, http) = (
+        pgsluice::localpg::free_port(),
+        pgsluice::localpg::free_port(),
+    );
+    let ini = dir.join("pgbouncer.ini");
+    std::fs::write(
+        &ini,
+        format!(
+            "[databases]\n{databases}\n[pgbouncer]\nlisten_addr = 127.0.0.1\n\
+             listen_port = {port}\nauth_type = md5\nauth_file = {userlist}\n\
+             http_listen = 127.0.0.1:{http}\n{extra}\n",
+            userlist = userlist.display(),
+        ),
+    )
+    .unwrap();
+    (ini, port)
+}
+
 fn show_config(port: u16) -> String {
     let out = psql(port, "app", APP_PASSWORD, "pgsluice", "SHOW CONFIG");
     assert!(out.status.success(), "{out:?}");
@@ -197,25 +220,11 @@ fn a_bad_value_names_file_section_and_key() {
 fn the_fallback_database_serves_any_name() {
     let pg = primary();
     let dir = tempfile::tempdir().unwrap();
-    let userlist = dir.path().join("userlist.txt");
-    std::fs::write(&userlist, format!("\"app\" \"{APP_PASSWORD}\"\n")).unwrap();
-    let (port, http) = (
-        pgsluice::localpg::free_port(),
-        pgsluice::localpg::free_port(),
+    let (ini, port) = app_ini(
+        dir.path(),
+        &format!("* = host=127.0.0.1 port={}", pg.port),
+        "admin_users = app\nautodb_idle_timeout = 2",
     );
-    let ini = dir.path().join("pgbouncer.ini");
-    std::fs::write(
-        &ini,
-        format!(
-            "[databases]\n* = host=127.0.0.1 port={pg_port}\n[pgbouncer]\n\
-             listen_addr = 127.0.0.1\nlisten_port = {port}\nauth_type = md5\n\
-             auth_file = {userlist}\nadmin_users = app\nhttp_listen = 127.0.0.1:{http}\n\
-             autodb_idle_timeout = 2\n",
-            pg_port = pg.port,
-            userlist = userlist.display(),
-        ),
-    )
-    .unwrap();
     let mut child = run(&ini, &dir.path().join("ini.log"));
     assert!(answers(port));
     for db in ["app", "postgres"] {
@@ -277,26 +286,14 @@ fn the_fallback_database_serves_any_name() {
 fn an_entry_without_host_reaches_its_server_through_its_unix_socket() {
     let pg = primary();
     let dir = tempfile::tempdir().unwrap();
-    let userlist = dir.path().join("userlist.txt");
-    std::fs::write(&userlist, format!("\"app\" \"{APP_PASSWORD}\"\n")).unwrap();
-    let (port, http) = (
-        pgsluice::localpg::free_port(),
-        pgsluice::localpg::free_port(),
-    );
-    let ini = dir.path().join("pgbouncer.ini");
-    std::fs::write(
-        &ini,
-        format!(
-            "[databases]\napp = port={pg_port} dbname=app\n[pgbouncer]\n\
-             listen_addr = 127.0.0.1\nlisten_port = {port}\nauth_type = md5\n\
-             auth_file = {userlist}\nhttp_listen = 127.0.0.1:{http}\n\
-             unix_socket_dir = {sockets}\ndefault_pool_size = 1\n",
-            pg_port = pg.port,
-            userlist = userlist.display(),
-            sockets = pg.socket_dir().display(),
+    let (ini, port) = app_ini(
+        dir.path(),
+        &format!("app = port={} dbname=app", pg.port),
+        &format!(
+            "unix_socket_dir = {}\ndefault_pool_size = 1",
+            pg.socket_dir().display()
         ),
-    )
-    .unwrap();
+    );
     let mut child = run(&ini, &dir.path().join("ini.log"));
     assert!(answers(port));
     // Over TCP, client_addr would be 127.0.0.1; over the socket it is NULL.
@@ -317,6 +314,19 @@ fn an_entry_without_host_reaches_its_server_through_its_unix_socket() {
             .await
             .unwrap();
         tokio::spawn(connection);
+        // An idle server over a socket is pooled like any other: the same one again (the
+        // pool has one).
+        let pid = || async {
+            match &client
+                .simple_query("SELECT pg_backend_pid()")
+                .await
+                .unwrap()[1]
+            {
+                tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).unwrap().to_owned(),
+                other => panic!("{other:?}"),
+            }
+        };
+        assert_eq!(pid().await, pid().await);
         let token = client.cancel_token();
         let slow = client.simple_query("SELECT pg_sleep(20)");
         let cancel = async {
@@ -343,18 +353,6 @@ fn an_entry_without_host_reaches_its_server_through_its_unix_socket() {
         let code = slow.unwrap_err().code().map(|c| c.code().to_owned());
         assert_eq!(code.as_deref(), Some("57014"));
 
-        // An idle server over a socket is pooled like any other: the same one again.
-        let pid = || async {
-            match &client
-                .simple_query("SELECT pg_backend_pid()")
-                .await
-                .unwrap()[1]
-            {
-                tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).unwrap().to_owned(),
-                other => panic!("{other:?}"),
-            }
-        };
-        assert_eq!(pid().await, pid().await);
         // The pooled server dies while idle: the next query gets another one.
         pg.psql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = 'app'")
             .unwrap();

@@ -220,8 +220,8 @@ pub async fn cancel(key: &CancelKey) -> std::io::Result<()> {
     send_cancel(&key.addr, &packet).await
 }
 
-/// Sends a cancel request packet to `addr` (host:port or a Unix socket's path) and waits (5 s at most each) for the connection to
-/// be closed by the other end, which then has acted on it.
+/// Sends a cancel request packet to `addr` (host:port, or a Unix socket's path) and waits (5 s
+/// at most each) for the connection to be closed by the other end, which then has acted on it.
 pub async fn send_cancel(addr: &str, packet: &[u8]) -> std::io::Result<()> {
     let mut stream =
         tokio::time::timeout(Duration::from_secs(5), crate::stream::connect(addr)).await??;
