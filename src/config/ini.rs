@@ -58,7 +58,7 @@ pub fn convert(text: &str, file: &str) -> Result<Converted, ConfigError> {
     };
     let mut section = String::new();
     read(text, file, &general, &mut section, &mut out, 0)?;
-    // PgBouncer's default directory, whatever it was built with on this system's distribution.
+    // PgBouncer's own default when the file names none (a distribution's file usually does).
     let dir = out.unix_socket_dir.take().unwrap_or_else(|| "/tmp".into());
     for (name, at) in std::mem::take(&mut out.hostless) {
         if !dir.starts_with('/') {

@@ -263,6 +263,17 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_wake_before_the_wait_is_kept_once() {
+        let wake = Wake::default();
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        assert!(wake.poll_woken(&mut cx).is_pending());
+        wake.notify_one();
+        wake.notify_one();
+        assert!(wake.poll_woken(&mut cx).is_ready());
+        assert!(wake.poll_woken(&mut cx).is_pending());
+    }
+
+    #[test]
     fn login_names_give_back_what_they_were_given() {
         for (db, user) in [("app", "alice"), ("", ""), ("a/b c", "\u{e9}t\u{e9}")] {
             let names = LoginNames::new(db, user);
