@@ -175,13 +175,9 @@ impl Session<'_> {
                         recovering,
                         was_primary,
                     };
-                    let cluster = &*self.members.cluster;
-                    let Some(retry) = policy::retry(cluster, &self.routes, &facts, node, failure)
-                    else {
+                    if !self.place_again(&facts, node, failure, &e) {
                         return Err(End::NoServer(e));
-                    };
-                    tracing::warn!(db = %cluster.database, node = %cluster.nodes[node].addr, error = %e, reason = retry.why, "placing the work again");
-                    self.failed_on(node, retry);
+                    }
                     continue;
                 }
             };
@@ -203,17 +199,11 @@ impl Session<'_> {
                     policy::retryable_error(code.as_bytes()).map(Failure::Error)
                 }
             };
-            let cluster = &*self.members.cluster;
-            let retry = failure.and_then(|f| policy::retry(cluster, &self.routes, &facts, node, f));
-            let Some(retry) = retry else {
-                return Err(if failure.is_some() {
-                    End::ServerGone
-                } else {
-                    End::Params(misaligned.to_string())
-                });
-            };
-            tracing::warn!(db = %cluster.database, node = %cluster.nodes[node].addr, error = %misaligned, reason = retry.why, "placing the work again");
-            self.failed_on(node, retry);
+            match failure {
+                Some(f) if self.place_again(&facts, node, f, &misaligned) => {}
+                Some(_) => return Err(End::ServerGone),
+                None => return Err(End::Params(misaligned.to_string())),
+            }
         };
         let node = decision.node;
         self.waited_for_replay(node);
@@ -378,6 +368,24 @@ impl Session<'_> {
             None => Default::default(),
         };
         Exchange::new(conn, tracker, to_server)
+    }
+
+    /// Work failed on `node` before any of it ran there (`error` says how): true when the
+    /// router places it again, the node banned or avoided as it says.
+    fn place_again(
+        &mut self,
+        facts: &policy::Session,
+        node: usize,
+        failure: Failure,
+        error: &dyn std::fmt::Display,
+    ) -> bool {
+        let cluster = &*self.members.cluster;
+        let Some(retry) = policy::retry(cluster, &self.routes, facts, node, failure) else {
+            return false;
+        };
+        tracing::warn!(db = %cluster.database, node = %cluster.nodes[node].addr, %error, reason = retry.why, "placing the work again");
+        self.failed_on(node, retry);
+        true
     }
 
     /// Work failed on `node`: ban it if the router says so, and avoid it next time.

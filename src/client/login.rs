@@ -236,8 +236,8 @@ async fn to_peer(general: &crate::config::General, process_id: i32, secret_key: 
     let peer = crate::context::clients::Cancels::issuer(process_id);
     if let Some(addr) = general.peers.get(&peer.to_string()).filter(|_| !ours) {
         tracing::info!(peer, %addr, "cancel request sent on to its peer");
-        let key = crate::server::CancelKey::new(addr.clone(), process_id, secret_key);
-        if let Err(e) = crate::server::cancel(&key).await {
+        let packet = crate::protocol::startup::cancel_request(process_id, secret_key, false);
+        if let Err(e) = crate::server::send_cancel(addr, &packet).await {
             tracing::warn!(peer, error = %e, "cancel request to peer failed");
         }
         return;
