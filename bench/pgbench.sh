@@ -3,14 +3,17 @@
 # transaction mode, SCRAM-SHA-256 clients for both, PgBouncer with max_prepared_statements = 200.
 # Prints, for every pgbench case, each pooler's TPS and CPU time per transaction (the pooler's
 # /proc utime+stime over the run, divided by the transactions it served) with the ratios; then
-# latency p50/p99/max from pgbench --log; then each pooler's RSS holding many idle logged-in
-# clients, and again after each of them ran one query with a 64 kB result; then pgsluice's CPU
+# latency p50/p99/max from pgbench --log; then latency with 10,000 clients connected and 64
+# busy (benches/many_clients.rs); then each pooler's RSS holding many idle logged-in
+# clients (idle for IDLE_SETTLE seconds: pgsluice parks a client idle for 250 to 500 ms), and again
+# once they are idle again after each ran one query with a 64 kB result; then pgsluice's CPU
 # per transaction with two streaming replicas against the primary only.
 #
 #   bench/pgbench.sh                      # defaults below
 #   DURATION=8 ROUNDS=3 POOL_SIZE=20 SCALE=10 bench/pgbench.sh
 #   CASES=$'64|-S -M simple\n64|-S -M prepared'    # "clients|pgbench options", one per line
 #   LATENCY_CLIENTS="64 1000" IDLE_CLIENTS="2000 10000" ROUTED_CLIENTS="64"  ("" skips each)
+#   MANY_CLIENTS="10000/64" MANY_SECONDS=20   # connected/busy ("" skips it)
 #   SLUICE_SETTINGS='workers = 2'          # more top-level settings for pgsluice
 #   PGBOUNCER=/path/to/pgbouncer          # else built by PGBOUNCER_BUILD, a script that prints
 #                                         # the binary's path (default: build-pgbouncer.sh in
@@ -35,6 +38,10 @@ CASES=${CASES-"1|-S -M simple
 16|-S -M simple -C"}
 LATENCY_CLIENTS=${LATENCY_CLIENTS-"64 1000"}
 IDLE_CLIENTS=${IDLE_CLIENTS-"2000 10000"}
+IDLE_SETTLE=${IDLE_SETTLE:-3}
+# "connected/busy": that many clients logged in, so many at a time running -S (benches/many_clients.rs)
+MANY_CLIENTS=${MANY_CLIENTS-"10000/64"}
+MANY_SECONDS=${MANY_SECONDS:-20}
 ROUTED_CLIENTS=${ROUTED_CLIENTS-64}
 SLUICE_SETTINGS=${SLUICE_SETTINGS-}
 PASSWORD=bench-secret
@@ -54,7 +61,7 @@ fi
 
 ulimit -n "$(ulimit -Hn)"
 max_idle=0
-for n in $IDLE_CLIENTS $LATENCY_CLIENTS; do [ "$n" -gt "$max_idle" ] && max_idle=$n; done
+for n in $IDLE_CLIENTS $LATENCY_CLIENTS ${MANY_CLIENTS%%/*}; do [ "$n" -gt "$max_idle" ] && max_idle=$n; done
 max_clients=$((max_idle + 500))
 hz=$(getconf CLK_TCK)
 
@@ -198,6 +205,27 @@ if [ -n "$LATENCY_CLIENTS" ]; then
     done
 fi
 
+# Many clients connected and a few busy: each transaction takes the client that has waited
+# longest, so every client idles between its transactions (pgsluice parks it meanwhile).
+if [ -n "$MANY_CLIENTS" ]; then
+    echo
+    (cd "$root" && cargo bench --bench many_clients --no-run -q 2>/dev/null)
+    printf '%-8s %12s | %8s %8s %8s %8s | %8s %8s %8s %8s | %9s\n' \
+        case clients b_txns p50_ms p99 p99/p50 s_txns p50_ms p99 p99/p50 p99_ratio
+    for m in $MANY_CLIENTS; do
+        for target in bouncer sluice; do
+            if [ $target = bouncer ]; then port=$bouncer_port; else port=$sluice_port; fi
+            (cd "$root" && timeout $((MANY_SECONDS + 900)) cargo bench -q --bench many_clients -- \
+                "$port" "${m%%/*}" "${m##*/}" "$MANY_SECONDS" 2>/dev/null) >"$work/many_$target" ||
+                { echo "many clients through $target failed" >&2; exit 1; }
+        done
+        read -r bn b50 b99 _ <"$work/many_bouncer"
+        read -r sn s50 s99 _ <"$work/many_sluice"
+        printf '%-8s %12s | %8s %8s %8s %8s | %8s %8s %8s %8s | %9s\n' -S "$m" "$bn" "$b50" "$b99" \
+            "$(ratio "$b99" "$b50")" "$sn" "$s50" "$s99" "$(ratio "$s99" "$s50")" "$(ratio "$s99" "$b99")"
+    done
+fi
+
 # Idle clients: fresh processes, so that memory the load above left behind does not hide what
 # an idle client costs. RSS before, with all logged in, and after each ran one query with a
 # 64 kB result (buffers a burst grows must be given back when the client is idle again).
@@ -216,10 +244,12 @@ if [ -n "$IDLE_CLIENTS" ]; then
             coproc HOLD { python3 "$root/bench/hold_idle.py" "$port" "$n" "$PASSWORD" 2>&1; }
             read -r -t 600 line <&"${HOLD[0]}" || line=timeout
             [ "$line" = ready ] || { echo "holding $n clients on $target: $line" >&2; exit 1; }
+            sleep "$IDLE_SETTLE"
             idle=$(rss_kib "$pid")
             echo go >&"${HOLD[1]}"
             read -r -t 600 line <&"${HOLD[0]}" || line=timeout
             [ "$line" = "idle again" ] || { echo "burst through $target: $line" >&2; exit 1; }
+            sleep "$IDLE_SETTLE"
             burst=$(rss_kib "$pid")
             peak=$(awk '/^VmHWM/ {print $2}' "/proc/$pid/status")
             echo done >&"${HOLD[1]}"

@@ -1,7 +1,7 @@
 //! The listening socket, the process's long-lived tasks, and what each accepted connection
 //! becomes: a pooled client session or an admin console.
 
-use crate::client::{self, login::Login};
+use crate::client::{self, login::Login, parked::Lot};
 use crate::cluster::catalog;
 use crate::cluster::health::Checker;
 use crate::cluster::replay::Follower;
@@ -21,6 +21,9 @@ pub struct Service {
     pub ctx: Arc<Context>,
     listener: TcpListener,
     http: Option<TcpListener>,
+    /// Where idle clients wait without a task, and the epoll it watches.
+    lot: Arc<Lot>,
+    lot_poll: Option<mio::Poll>,
 }
 
 impl Service {
@@ -39,10 +42,14 @@ impl Service {
                     std::io::Error::new(e.kind(), format!("http_listen {addr}: {e}"))
                 })?),
             };
+        let ctx = Context::new(config);
+        let (lot, lot_poll) = Lot::new(ctx.clone())?;
         Ok(Service {
-            ctx: Context::new(config),
+            ctx,
             listener,
             http,
+            lot,
+            lot_poll: Some(lot_poll),
         })
     }
 
@@ -70,6 +77,9 @@ impl Service {
         background.spawn(supervise(self.ctx.clone()));
         background.spawn(sample_stats(self.ctx.clone()));
         background.spawn(forget_idle_databases(self.ctx.clone()));
+        if let Some(poll) = self.lot_poll.take() {
+            background.spawn(self.lot.clone().watch(poll));
+        }
         let mut control = self.ctx.control.subscribe();
         loop {
             let accepted = tokio::select! {
@@ -79,7 +89,13 @@ impl Service {
             match accepted {
                 Ok((stream, peer)) => {
                     let admitted = self.ctx.admit();
-                    tokio::spawn(handle(self.ctx.clone(), stream, peer, admitted));
+                    tokio::spawn(handle(
+                        self.ctx.clone(),
+                        self.lot.clone(),
+                        stream,
+                        peer,
+                        admitted,
+                    ));
                 }
                 Err(e) => {
                     // Out of file descriptors and the like: back off instead of spinning.
@@ -95,7 +111,13 @@ impl Service {
                 tokio::time::timeout(Duration::ZERO, self.listener.accept()).await
             {
                 let admitted = self.ctx.admit();
-                tokio::spawn(handle(self.ctx.clone(), stream, peer, admitted));
+                tokio::spawn(handle(
+                    self.ctx.clone(),
+                    self.lot.clone(),
+                    stream,
+                    peer,
+                    admitted,
+                ));
             }
         }
         // New clients are refused from here on; /ready already says 503.
@@ -150,6 +172,7 @@ async fn listen(addr: &str, reuse_port: bool) -> std::io::Result<TcpListener> {
 /// is boxed and gone once the client is logged in.
 async fn handle(
     ctx: Arc<Context>,
+    lot: Arc<Lot>,
     stream: TcpStream,
     peer: SocketAddr,
     admitted: Option<crate::context::Admitted>,
@@ -158,7 +181,7 @@ async fn handle(
     let config = ctx.config.load_full();
     crate::stream::tune(&stream, &crate::server::tcp_tuning(&config.general));
     let mut stream = Stream::Plain(stream);
-    let Some(_admitted) = admitted else {
+    let Some(admitted) = admitted else {
         tracing::warn!(%peer, "client refused: max_client_conn reached");
         let message = "no more connections allowed (max_client_conn)";
         Box::pin(stream.fatal(&[], sqlstate::TOO_MANY_CONNECTIONS, message)).await;
@@ -171,11 +194,15 @@ async fn handle(
             return;
         };
         tracing::info!(%peer, user = %login.user, db = %login.database, pid = registration.process_id, "client login");
+        let client = client::session::Client {
+            stream,
+            reg: registration,
+            admitted,
+        };
         // The box goes at the end of this block, not the session's.
-        client::session::run(&ctx, config, *login, &mut stream, &registration)
+        client::session::run(lot, client, config, *login)
     };
-    let end = session.await;
-    tracing::info!(%peer, pid = registration.process_id, side = end.side().name(), reason = %end, "client logout");
+    session.await;
 }
 
 /// The client's login, within client_login_timeout: a pool's client comes back logged in
@@ -187,7 +214,7 @@ async fn log_in(
     config: &Config,
     stream: &mut Stream,
     peer: SocketAddr,
-    registration: &crate::context::clients::Registration<'_>,
+    registration: &crate::context::clients::Registration,
 ) -> Option<Box<client::login::LoggedIn>> {
     let login = tokio::time::timeout(
         config.general.client_login_timeout.0,

@@ -15,13 +15,16 @@ use crate::server::exchange::READ_CHUNK;
 use crate::stream::Stream;
 use bytes::BytesMut;
 use std::future::Future;
+use std::sync::atomic::Ordering;
 use std::task::Poll;
+use std::time::Instant;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// With at most this many clients connected, an idle client keeps its buffers: memory is
-/// plentiful then, and reallocating them per transaction is a cost every query pays. Beyond
-/// it, idle clients give their buffers back (the budget is 2 KiB per idle client).
-const KEEP_BUFFERS_UP_TO: usize = 64;
+/// With at most this many clients connected, an idle client keeps its buffers and is not
+/// parked: memory is plentiful then, and reallocating buffers (or a task) is a cost every
+/// query would pay. Beyond it, idle clients give their buffers back, and are parked after a
+/// pause (`parked.rs`).
+pub(super) const FEW_CLIENTS: usize = 64;
 
 /// What ended an idle client's wait.
 enum Woke {
@@ -37,7 +40,7 @@ enum Woke {
 impl Session<'_> {
     /// Whether an idle client keeps its buffers for its next transaction (few clients).
     pub(super) fn keeps_buffers(&self) -> bool {
-        self.ctx.client_count() <= KEEP_BUFFERS_UP_TO
+        self.ctx.client_count() <= FEW_CLIENTS
     }
 
     /// Without a server: handles the client's next message, or waits for one.
@@ -70,6 +73,9 @@ impl Session<'_> {
         let Some(frame) = self.inbox.front() else {
             if let Some(e) = self.inbox.fault() {
                 return Err(End::Violation(e));
+            }
+            if self.reg.slot.take_park() && self.may_rest() {
+                return Ok(Next::Park);
             }
             self.read_idle().await?;
             return Ok(Next::Stay);
@@ -178,6 +184,19 @@ impl Session<'_> {
         backend::ready_for_query(out, TxStatus::Idle);
     }
 
+    /// Whether the client may wait parked (`parked.rs`): a plain socket, nothing read or to
+    /// write, no notifications to deliver, no server.
+    fn may_rest(&self) -> bool {
+        self.parkable() && self.inbox.buf.is_empty() && self.to_client.is_empty()
+    }
+
+    fn parkable(&self) -> bool {
+        self.notes.is_none()
+            && self.pinned.is_empty()
+            && self.waiting.is_none()
+            && self.client.tcp().is_some_and(|_| !self.client.is_tls())
+    }
+
     /// Waits for client bytes with no server held. An idle client keeps no read buffer.
     async fn read_idle(&mut self) -> Result<(), End> {
         let Some(tcp) = self.client.tcp().filter(|_| !self.client.is_tls()) else {
@@ -194,43 +213,66 @@ impl Session<'_> {
         }
         // Polled in place, the timer boxed: what a select over futures would keep (a waiter
         // for the socket, one for the wake, a timer) every idle client would carry.
-        let mut timer = (self.config.general.client_idle_timeout.enabled())
-            .map(|t| Box::pin(tokio::time::sleep(t)));
+        let idle_since = &mut self.idle_since;
+        let mut timer = (self.config.general.client_idle_timeout.enabled()).map(|t| {
+            let since = *idle_since.get_or_insert_with(Instant::now);
+            Box::pin(tokio::time::sleep_until((since + t).into()))
+        });
+        // The parking lot parks a client that waits here long enough (`Slot::idle_since`).
+        let parkable = self.parkable();
         let (slot, notes) = (&self.reg.slot, &mut self.notes);
-        let woke = std::future::poll_fn(|cx| {
-            // A shutdown or a KILL wakes the client; idle_step then sees whether it must go.
-            if slot.wake.poll_woken(cx).is_ready() {
-                return Poll::Ready(Woke::Control);
+        let buf = &mut self.inbox.buf;
+        loop {
+            if parkable {
+                let tick = self.ctx.tick.load(Ordering::Relaxed);
+                slot.idle_since.store(tick, Ordering::Relaxed);
             }
-            if let Some(n) = notes.as_deref_mut() {
-                if let Poll::Ready(Some(note)) = n.poll_note(cx) {
-                    return Poll::Ready(Woke::Note(note));
+            let woke = std::future::poll_fn(|cx| {
+                // A shutdown or a KILL wakes the client; idle_step then sees whether it must go.
+                if slot.wake.poll_woken(cx).is_ready() {
+                    return Poll::Ready(Woke::Control);
                 }
+                if let Some(n) = notes.as_deref_mut() {
+                    if let Poll::Ready(Some(note)) = n.poll_note(cx) {
+                        return Poll::Ready(Woke::Note(note));
+                    }
+                }
+                if tcp.poll_read_ready(cx).is_ready() {
+                    return Poll::Ready(Woke::Data);
+                }
+                match timer.as_mut().map(|t| t.as_mut().poll(cx)) {
+                    Some(Poll::Ready(())) => Poll::Ready(Woke::Timeout),
+                    _ => Poll::Pending,
+                }
+            })
+            .await;
+            if parkable {
+                slot.idle_since.store(0, Ordering::Relaxed);
             }
-            if tcp.poll_read_ready(cx).is_ready() {
-                return Poll::Ready(Woke::Data);
+            match woke {
+                Woke::Data => {}
+                Woke::Note(n) => {
+                    self.idle_since = None;
+                    self.to_client.extend_from_slice(&n);
+                    return Ok(());
+                }
+                // idle_step looks at what changed.
+                Woke::Control => return Ok(()),
+                Woke::Timeout => return Err(End::IdleTimeout),
+                Woke::Gone => return Err(End::ClientGone),
             }
-            match timer.as_mut().map(|t| t.as_mut().poll(cx)) {
-                Some(Poll::Ready(())) => Poll::Ready(Woke::Timeout),
-                _ => Poll::Pending,
+            // Readiness may be stale (left from the last read): a read that finds nothing
+            // waits again here, where the client may be parked, rather than in a read.
+            buf.reserve(READ_CHUNK);
+            match tcp.try_read_buf(buf) {
+                Ok(0) => return Err(End::ClientGone),
+                Ok(_) => {
+                    self.idle_since = None;
+                    return Ok(());
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(_) => return Err(End::ClientGone),
             }
-        })
-        .await;
-        match woke {
-            Woke::Data => {}
-            Woke::Note(n) => {
-                self.to_client.extend_from_slice(&n);
-                return Ok(());
-            }
-            // idle_step looks at what changed.
-            Woke::Control => return Ok(()),
-            Woke::Timeout => return Err(End::IdleTimeout),
-            Woke::Gone => return Err(End::ClientGone),
-        }
-        self.inbox.buf.reserve(READ_CHUNK);
-        match self.client.read_buf(&mut self.inbox.buf).await {
-            Ok(n) if n > 0 => Ok(()),
-            _ => Err(End::ClientGone),
         }
     }
 

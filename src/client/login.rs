@@ -62,7 +62,7 @@ async fn console_login(
     mut buf: BytesMut,
     mut out: BytesMut,
     user: String,
-    reg: &Registration<'_>,
+    reg: &Registration,
 ) -> Option<Login> {
     let database = "pgsluice";
     if authenticate(ctx, config, stream, &mut buf, &mut out, None, &user)
@@ -108,7 +108,7 @@ pub async fn login(
     ctx: &Context,
     config: &Config,
     stream: &mut Stream,
-    reg: &Registration<'_>,
+    reg: &Registration,
 ) -> Option<Login> {
     let mut buf = BytesMut::new();
     let startup = read_startup(ctx, config, stream, &mut buf).await?;
@@ -376,7 +376,7 @@ async fn pool_login(
     mut buf: BytesMut,
     mut out: BytesMut,
     asked: Asked,
-    reg: &Registration<'_>,
+    reg: &Registration,
 ) -> Option<Login> {
     let Asked {
         user,

@@ -5,7 +5,7 @@
 //! client's read buffer and its frames, parsed once, are the `inbox`. Its settings follow it
 //! from server to server (`params`), learnt after work that may change them (`probe`), which
 //! also pins a client that holds a session-only feature to its server. LISTEN is shared
-//! (`listen`).
+//! (`listen`). A client idle for a while waits without a task of its own (`parked`).
 
 mod authenticate;
 mod end;
@@ -18,6 +18,7 @@ mod link;
 mod listen;
 pub mod login;
 mod params;
+pub mod parked;
 mod probe;
 mod refusal;
 mod rewrite;

@@ -14,12 +14,13 @@ use super::inbox::Inbox;
 use super::link::Link;
 use super::login::LoggedIn;
 use super::params::SessionParams;
+use super::parked::Lot;
 use super::rewrite::ClientStatements;
 use crate::cluster::{BanTimes, Lsn};
 use crate::config::{Config, PoolMode};
 use crate::context::clients::Registration;
-use crate::context::{Context, Phase};
-use crate::pool::{ClientState, Members};
+use crate::context::{Admitted, Context, Phase};
+use crate::pool::{ClientState, InState, Members};
 use crate::router::effects::{Feature, Features};
 use crate::router::policy::{self, RouteMode};
 use crate::router::{Catalog, RouteCounters};
@@ -41,6 +42,8 @@ pub(super) enum Next {
     Stay,
     /// Work for a server.
     Link,
+    /// Asked to park, and nothing stands in the way.
+    Park,
 }
 
 /// The buffers of the last link, kept for the next one: a tracker, the server-bound bytes,
@@ -82,7 +85,7 @@ pub(super) struct Session<'a> {
     pub inbox: Inbox,
     pub to_client: BytesMut,
     pub params: SessionParams,
-    pub reg: &'a Registration<'a>,
+    pub reg: &'a Registration,
     pub statements: ClientStatements,
     /// Boxed, and none while idle among many clients: most of the time it is not needed.
     pub spare: Option<Box<Spare>>,
@@ -92,84 +95,201 @@ pub(super) struct Session<'a> {
     pub warned: Features,
     /// Its notifications from the shared LISTEN connection, once it listens.
     pub notes: Option<Box<super::listen::Notes>>,
+    /// Since when the client has waited idle (its client_idle_timeout runs from here, also
+    /// across a parking).
+    pub idle_since: Option<Instant>,
+    connected: InState,
 }
 
-/// A logged-in client's session, until it ends. Not an `async fn`: the arguments of one stay
-/// in its future for as long as it runs, and an idle client's memory is mostly its future;
-/// here only the session built from them is kept.
-pub fn run<'a>(
-    ctx: &'a Context,
+/// A logged-in client's connection, and what it holds beyond its session: its socket, its
+/// cancel key's registration, its place under max_client_conn. Owned, so that it can be
+/// parked (`parked.rs`) and taken up again by another task.
+pub struct Client {
+    pub stream: Stream,
+    pub reg: Registration,
+    pub admitted: Admitted,
+}
+
+/// What a session keeps while it is parked: what the client has set and prepared, and where
+/// it is placed. Everything else of a `Session` is made afresh when it is taken up again.
+pub(super) struct Resting {
+    config: Arc<Config>,
+    members: Arc<Members>,
+    routes: Arc<RouteCounters>,
+    catalog: Arc<Catalog>,
+    mode: PoolMode,
+    route: RouteMode,
+    floor: Lsn,
+    params: SessionParams,
+    statements: ClientStatements,
+    warned: Features,
+    idle_since: Option<Instant>,
+    /// Counts the client as connected for as long as it lives, parked or not.
+    _connected: InState,
+}
+
+impl Resting {
+    /// A new session's state, and the bytes the client sent after its login.
+    pub(super) fn new(ctx: &Context, config: Arc<Config>, login: LoggedIn) -> (Resting, BytesMut) {
+        let rest = Resting {
+            config,
+            routes: ctx.routes.of(&login.database),
+            catalog: ctx.catalogs.of(&login.database),
+            mode: login.members.primary().setup().settings.pool_mode,
+            _connected: login.members.enter(ClientState::Connected),
+            members: login.members,
+            route: login.route,
+            floor: login.floor,
+            params: SessionParams::new(login.params),
+            statements: ClientStatements::new(super::rewrite::scope(&login.database, &login.user)),
+            warned: Features::NONE,
+            idle_since: None,
+        };
+        (rest, login.buf)
+    }
+
+    /// Since when the client has waited idle.
+    pub(super) fn idle_since(&self) -> Option<Instant> {
+        self.idle_since
+    }
+}
+
+/// Why `Session::serve` returned.
+enum Exit {
+    End(End),
+    /// Idle long enough, with nothing buffered: the client waits parked, without a task.
+    Park,
+}
+
+/// A logged-in client's task, from its login until it leaves or is parked.
+pub fn run(
+    lot: Arc<Lot>,
+    client: Client,
     config: Arc<Config>,
     login: LoggedIn,
-    client: &'a mut Stream,
-    reg: &'a Registration<'a>,
-) -> impl std::future::Future<Output = End> + 'a {
-    let mut s = Session::new(ctx, config, login, client, reg);
+) -> impl std::future::Future<Output = ()> + Send + 'static {
+    let (rest, buf) = Resting::new(client.admitted.ctx(), config, login);
+    live(lot, client, Box::new(rest), buf)
+}
+
+/// Serves a client from `rest` (and the bytes it sent already) until it leaves, or parks
+/// it. Not an `async fn`: the arguments of one are kept twice in its future, and an idle
+/// client's memory is mostly its future.
+#[allow(clippy::manual_async_fn)]
+pub(super) fn live(
+    lot: Arc<Lot>,
+    mut client: Client,
+    rest: Box<Resting>,
+    buf: BytesMut,
+) -> impl std::future::Future<Output = ()> + Send + 'static {
     async move {
-        let _connected = s.members.enter(ClientState::Connected);
-        let end = s.serve().await;
-        s.unlisten_all();
-        if !s.pinned.is_empty() {
-            s.members.pins.pinned.dec();
+        match serve(&mut client, rest, buf).await {
+            Ok(rest) => lot.park(client, rest),
+            Err(end) => {
+                let (slot, pid) = (&client.reg.slot, client.reg.process_id);
+                tracing::info!(peer = %slot.peer, pid, side = end.side().name(), reason = %end, "client logout");
+            }
         }
-        end
+    }
+}
+
+/// Runs the session until the client leaves (why, as `Err`), or until it may be parked
+/// (`Ok`, what it keeps). The resting state is a box, freed once the session has taken it.
+pub(super) async fn serve(
+    client: &mut Client,
+    rest: Box<Resting>,
+    buf: BytesMut,
+) -> Result<Box<Resting>, End> {
+    let ctx = client.admitted.ctx();
+    let mut s = Session::resume(ctx, &mut client.stream, &client.reg, *rest, buf);
+    match s.serve().await {
+        Exit::Park => Ok(Box::new(s.rest())),
+        Exit::End(end) => {
+            s.unlisten_all();
+            if !s.pinned.is_empty() {
+                s.members.pins.pinned.dec();
+            }
+            Err(end)
+        }
     }
 }
 
 impl<'a> Session<'a> {
-    fn new(
+    fn resume(
         ctx: &'a Context,
-        config: Arc<Config>,
-        login: LoggedIn,
         client: &'a mut Stream,
-        reg: &'a Registration<'a>,
+        reg: &'a Registration,
+        rest: Resting,
+        buf: BytesMut,
     ) -> Session<'a> {
         Session {
-            config,
+            config: rest.config,
             ctx,
-            routes: ctx.routes.of(&login.database),
-            catalog: ctx.catalogs.of(&login.database),
-            mode: login.members.primary().setup().settings.pool_mode,
-            members: login.members,
-            route: login.route,
+            routes: rest.routes,
+            catalog: rest.catalog,
+            mode: rest.mode,
+            members: rest.members,
+            route: rest.route,
             avoid: None,
             retries: 0,
             wrote: false,
-            floor: login.floor,
+            floor: rest.floor,
             waiting: None,
             waited: false,
             unknown_floor: false,
             client,
-            inbox: Inbox::new(login.buf),
+            inbox: Inbox::new(buf),
             to_client: BytesMut::new(),
-            params: SessionParams::new(login.params),
+            params: rest.params,
             reg,
-            statements: ClientStatements::new(super::rewrite::scope(&login.database, &login.user)),
+            statements: rest.statements,
             spare: None,
             pinned: Features::NONE,
-            warned: Features::NONE,
+            warned: rest.warned,
             notes: None,
+            idle_since: rest.idle_since,
+            connected: rest._connected,
+        }
+    }
+
+    /// What is kept while parked (`may_rest` said the rest can go).
+    fn rest(self) -> Resting {
+        Resting {
+            config: self.config,
+            members: self.members,
+            routes: self.routes,
+            catalog: self.catalog,
+            mode: self.mode,
+            route: self.route,
+            floor: self.floor,
+            params: self.params,
+            statements: self.statements,
+            warned: self.warned,
+            // Parked, its client_idle_timeout is kept by the lot, which needs the start.
+            idle_since: self.idle_since.or_else(|| Some(Instant::now())),
+            _connected: self.connected,
         }
     }
 }
 
 impl Session<'_> {
     /// The state machine: every transition between Idle and Linked is here.
-    async fn serve(&mut self) -> End {
+    async fn serve(&mut self) -> Exit {
         let mut state = State::Idle;
         loop {
             state = match state {
                 State::Idle => match self.idle_step().await {
                     Ok(Next::Stay) => State::Idle,
+                    Ok(Next::Park) => return Exit::Park,
                     // Boxed: linking is a brief state, and an idle client should not carry
                     // its size.
                     Ok(Next::Link) => match Box::pin(self.link()).await {
                         Ok(Some(link)) => State::Linked(link),
                         Ok(None) => State::Idle,
-                        Err(end) => return Box::pin(self.tell(end)).await,
+                        Err(end) => return Exit::End(Box::pin(self.tell(end)).await),
                     },
                     // Boxed: once per session, and an idle client should not carry its size.
-                    Err(end) => return Box::pin(self.tell(end)).await,
+                    Err(end) => return Exit::End(Box::pin(self.tell(end)).await),
                 },
                 State::Linked(mut link) => {
                     let how = Box::pin(self.pump(&mut link)).await;
@@ -183,7 +303,9 @@ impl Session<'_> {
                             self.retry_elsewhere(*link, retry);
                             State::Idle
                         }
-                        Unlink::End(end) => return Box::pin(self.leave(link, end)).await,
+                        Unlink::End(end) => {
+                            return Exit::End(Box::pin(self.leave(link, end)).await)
+                        }
                     }
                 }
             }

@@ -119,7 +119,6 @@ impl Setup {
             .await
             .unwrap();
         let (server_side, peer) = listener.accept().await.unwrap();
-        let mut stream = Stream::Plain(server_side);
         let reg = self.ctx.cancels.register(peer);
         let login = LoggedIn {
             user: "postgres".into(),
@@ -134,9 +133,18 @@ impl Setup {
             socket,
             buf: BytesMut::new(),
         };
-        let run = session::run(&self.ctx, self.config.clone(), login, &mut stream, &reg);
+        let mut conn = session::Client {
+            stream: Stream::Plain(server_side),
+            reg,
+            admitted: self.ctx.admit().expect("admitted"),
+        };
+        let (rest, buf) = session::Resting::new(&self.ctx, self.config.clone(), login);
+        let run = session::serve(&mut conn, Box::new(rest), buf);
         let (end, ()) = tokio::join!(run, drive(client));
-        end
+        match end {
+            Err(end) => end,
+            Ok(_) => panic!("a session with few clients parked"),
+        }
     }
 }
 

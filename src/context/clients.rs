@@ -62,11 +62,40 @@ impl Wake {
     pub fn notified(&self) -> impl std::future::Future<Output = ()> + '_ {
         std::future::poll_fn(|cx| self.poll_woken(cx))
     }
+
+    /// Has `waker` woken by the next `notify_one` instead of the session's own task (while
+    /// the session is parked); true if a wake is already due. The wake stays due for the
+    /// session's next wait.
+    pub fn watch(&self, waker: &std::task::Waker) -> bool {
+        self.waker.register(waker);
+        self.woken.load(Ordering::Acquire)
+    }
+
+    /// Whether a wake is due, without using it up.
+    pub fn due(&self) -> bool {
+        self.woken.load(Ordering::Acquire)
+    }
+}
+
+/// A `Wake` as a waker: waking it is `notify_one`.
+impl std::task::Wake for Wake {
+    fn wake(self: Arc<Self>) {
+        self.notify_one();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.notify_one();
+    }
 }
 
 /// One client's entry: its secret, and the server it holds right now (if any).
 pub struct Slot {
     secret: i32,
+    /// The coarse clock's tick (`Context::tick`) when the session began to wait idle in a
+    /// way it may be parked from; 0 while it is not.
+    pub idle_since: AtomicU32,
+    /// Set by the parking lot: the session parks at its next chance, if it still may.
+    park: AtomicBool,
     server: Mutex<Option<Arc<CancelKey>>>,
     pub peer: SocketAddr,
     /// Unix time of the connection, in microseconds.
@@ -125,6 +154,20 @@ impl Slot {
     pub fn take_cancel(&self) -> bool {
         self.cancelled.swap(false, Ordering::Relaxed)
     }
+
+    /// Asks the session to park (and wakes it); false if it was asked already.
+    pub fn ask_to_park(&self) -> bool {
+        let first = !self.park.swap(true, Ordering::Relaxed);
+        if first {
+            self.wake.notify_one();
+        }
+        first
+    }
+
+    /// Whether the session was asked to park since the last call (and forgets it).
+    pub fn take_park(&self) -> bool {
+        self.park.swap(false, Ordering::Relaxed)
+    }
 }
 
 /// Where a genuine cancel request goes.
@@ -137,23 +180,25 @@ pub enum CancelTarget {
     Session,
 }
 
+type Slots = Arc<Mutex<HashMap<i32, Arc<Slot>>>>;
+
 pub struct Cancels {
     peer_id: u32,
     next: AtomicU32,
-    slots: Mutex<HashMap<i32, Arc<Slot>>>,
+    slots: Slots,
 }
 
-/// Removes a client's slot when its session ends, however it ends.
-pub struct Registration<'a> {
-    cancels: &'a Cancels,
+/// Removes a client's slot when its session ends, however it ends. Owns what it needs, so
+/// that a parked client (which has no task to borrow from) can keep it.
+pub struct Registration {
+    slots: Slots,
     pub process_id: i32,
     pub slot: Arc<Slot>,
 }
 
-impl Drop for Registration<'_> {
+impl Drop for Registration {
     fn drop(&mut self) {
-        self.cancels
-            .slots
+        self.slots
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&self.process_id);
@@ -165,7 +210,7 @@ impl Cancels {
         Cancels {
             peer_id: peer_id.into(),
             next: AtomicU32::new(0),
-            slots: Mutex::default(),
+            slots: Slots::default(),
         }
     }
 
@@ -179,10 +224,12 @@ impl Cancels {
         u32::from(Cancels::issuer(process_id)) == self.peer_id
     }
 
-    pub fn register(&self, peer: SocketAddr) -> Registration<'_> {
+    pub fn register(&self, peer: SocketAddr) -> Registration {
         let secret: i32 = rand::random();
         let slot = Arc::new(Slot {
             secret,
+            idle_since: AtomicU32::new(0),
+            park: AtomicBool::new(false),
             server: Mutex::new(None),
             peer,
             connected_at: crate::stats::unix_micros(),
@@ -205,7 +252,7 @@ impl Cancels {
         };
         slots.insert(process_id, slot.clone());
         Registration {
-            cancels: self,
+            slots: self.slots.clone(),
             process_id,
             slot,
         }
@@ -217,6 +264,12 @@ impl Cancels {
         let mut all: Vec<_> = slots.iter().map(|(k, v)| (*k, v.clone())).collect();
         all.sort_by_key(|(pid, _)| *pid);
         all
+    }
+
+    /// Calls `f` with every client's slot, under the registry's lock (`f` must be brief).
+    pub fn each(&self, mut f: impl FnMut(&Slot)) {
+        let slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        slots.values().for_each(|s| f(s));
     }
 
     pub fn get(&self, process_id: i32) -> Option<Arc<Slot>> {

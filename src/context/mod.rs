@@ -65,6 +65,9 @@ pub struct Context {
     /// Woken (all waiters) after each reload.
     pub reloaded: tokio::sync::Notify,
     clients: AtomicUsize,
+    /// A coarse clock: quarter seconds since the parking lot began, advanced by it. Idle
+    /// sessions stamp their slot with it (`Slot::idle_since`), which costs no clock read.
+    pub tick: std::sync::atomic::AtomicU32,
     /// Seeds the mock SCRAM salt of unknown users; fixed for the life of the process.
     mock_secret: [u8; 32],
     /// SCRAM verifiers derived from plain-text passwords, keyed by (user, password) so that a
@@ -88,6 +91,7 @@ impl Context {
             catalogs: crate::router::Catalogs::default(),
             reloaded: tokio::sync::Notify::new(),
             clients: AtomicUsize::new(0),
+            tick: std::sync::atomic::AtomicU32::new(1),
             phase_now: std::sync::atomic::AtomicU8::new(Phase::Running as u8),
             control: tokio::sync::watch::Sender::new(Phase::Running),
             config_path: std::sync::OnceLock::new(),
@@ -307,6 +311,12 @@ fn acceptor(config: &Config) -> Option<tokio_rustls::TlsAcceptor> {
 
 /// Counts a client for max_client_conn for as long as it lives.
 pub struct Admitted(Arc<Context>);
+
+impl Admitted {
+    pub fn ctx(&self) -> &Arc<Context> {
+        &self.0
+    }
+}
 
 impl Drop for Admitted {
     fn drop(&mut self) {

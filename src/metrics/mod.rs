@@ -8,7 +8,7 @@ pub mod http;
 pub mod report;
 
 use crate::stats::{counter, PoolFamilies};
-use prometheus::{IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry};
+use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 use std::sync::Arc;
 
 /// Every metric family of the process, in one registry.
@@ -19,6 +19,8 @@ pub struct Metrics {
     pub pools: Arc<PoolFamilies>,
     pub auth_failures: IntCounterVec,
     pub cancels: IntCounter,
+    /// Idle clients waiting without a task of their own (`client::parked`).
+    pub parked: IntGauge,
     pub(crate) gauges: report::Gauges,
 }
 
@@ -52,6 +54,19 @@ impl Metrics {
                 .expect("valid metric");
                 r.register(Box::new(c.clone())).expect("unique metric");
                 c
+            },
+            parked: {
+                let g = IntGauge::with_opts(
+                    Opts::new(
+                        "pgsluice_clients_parked",
+                        "Idle clients parked: waiting without a task of their own, taken up \
+                         again by their next message.",
+                    )
+                    .const_label("instance", instance),
+                )
+                .expect("valid metric");
+                r.register(Box::new(g.clone())).expect("unique metric");
+                g
             },
             gauges: report::Gauges::new(&r),
             instance: instance.to_owned(),

@@ -1,0 +1,270 @@
+//! Idle clients without a task of their own. Once more than a few clients are connected
+//! (`idle::FEW_CLIENTS`), one that has waited idle for a moment, with nothing buffered, no
+//! server and no notifications to deliver, is parked: its socket leaves tokio's IO driver for
+//! one epoll that the lot watches, and its session keeps only what outlives a transaction
+//! (`session::Resting`). When the client sends something or closes, or its slot is woken
+//! (KILL, a shutdown, a cancel request), or its client_idle_timeout comes, a new task takes it
+//! up where it left off. A parked client costs its socket, its slot and its settings; its
+//! tokio task and IO registration would cost about 1.3 KiB more.
+
+use super::session::{live, Client, Resting};
+use crate::context::clients::{Registration, Wake};
+use crate::context::{Admitted, Context};
+use crate::stream::Stream;
+use bytes::BytesMut;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::Waker;
+use std::time::{Duration, Instant};
+use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
+
+/// A session that has waited idle for more than this many ticks of the coarse clock is asked
+/// to park: after 250 to 500 ms of idleness. Taking a parked client up costs it a task and a
+/// few system calls, nothing next to such a pause; parking later would leave more clients
+/// holding a task while many log in at once (whose freed memory the allocator seldom gives
+/// back to the system).
+const PARK_AFTER_TICKS: u32 = 1;
+const TICK: Duration = Duration::from_millis(250);
+/// Readiness events taken from the lot's epoll at once.
+const EVENTS: usize = 256;
+
+/// A parked client: its socket (watched by the lot), what its connection holds, its session
+/// (boxed: in place, the shelf would hold the space of as many as were ever parked at once,
+/// where a box reuses the holes the clients' tasks left).
+struct Parked {
+    socket: mio::net::TcpStream,
+    reg: Registration,
+    admitted: Admitted,
+    rest: Box<Resting>,
+}
+
+/// The parked clients, by their epoll token; freed tokens are used again.
+#[derive(Default)]
+struct Shelf {
+    places: Vec<Option<Parked>>,
+    free: Vec<usize>,
+}
+
+impl Shelf {
+    fn put(&mut self, parked: Parked) -> usize {
+        match self.free.pop() {
+            Some(token) => {
+                self.places[token] = Some(parked);
+                token
+            }
+            None => {
+                self.places.push(Some(parked));
+                self.places.len() - 1
+            }
+        }
+    }
+
+    fn take(&mut self, token: usize) -> Option<Parked> {
+        let parked = self.places.get_mut(token)?.take()?;
+        self.free.push(token);
+        Some(parked)
+    }
+
+    /// The tokens of the parked clients `due` picks.
+    fn tokens(&self, due: impl Fn(&Parked) -> bool) -> Vec<usize> {
+        let places = self.places.iter().enumerate();
+        places
+            .filter_map(|(token, p)| p.as_ref().filter(|p| due(p)).map(|_| token))
+            .collect()
+    }
+}
+
+pub struct Lot {
+    ctx: Arc<Context>,
+    registry: mio::Registry,
+    shelf: Mutex<Shelf>,
+    /// Woken through a parked client's slot: the lot then looks for the slots that were.
+    stir: Arc<Wake>,
+    stir_waker: Waker,
+}
+
+impl Lot {
+    /// A lot for `ctx`'s clients, and the epoll it watches (`watch`, on the runtime that
+    /// serves them).
+    pub fn new(ctx: Arc<Context>) -> std::io::Result<(Arc<Lot>, mio::Poll)> {
+        let poll = mio::Poll::new()?;
+        let stir = Arc::new(Wake::default());
+        let lot = Lot {
+            ctx,
+            registry: poll.registry().try_clone()?,
+            shelf: Mutex::default(),
+            stir_waker: Waker::from(stir.clone()),
+            stir,
+        };
+        Ok((Arc::new(lot), poll))
+    }
+
+    fn shelf(&self) -> MutexGuard<'_, Shelf> {
+        self.shelf.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The lot's task: advances the coarse clock, asks sessions idle long enough to park,
+    /// and takes parked clients up when they stir. Without it nothing parks.
+    pub async fn watch(self: Arc<Self>, poll: mio::Poll) {
+        // SAFETY: the epoll's descriptor is the Poll's own, open until the Poll is dropped,
+        // and the AsyncFd owns the Poll.
+        let epoll = unsafe { AsyncFd::register_with_interest(poll, Interest::READABLE) };
+        let mut epoll = match epoll {
+            Ok(fd) => fd,
+            Err(e) => {
+                tracing::warn!(error = %e, "idle clients will not be parked");
+                return;
+            }
+        };
+        let mut events = mio::Events::with_capacity(EVENTS);
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                ready = epoll.readable_mut() => {
+                    let Ok(mut ready) = ready else { break };
+                    if let Err(e) = ready.get_inner_mut().poll(&mut events, Some(Duration::ZERO)) {
+                        if e.kind() == std::io::ErrorKind::Interrupted {
+                            continue;
+                        }
+                        tracing::warn!(error = %e, "the parking lot's epoll failed");
+                        break;
+                    }
+                    // A full batch may leave more behind: look again before waiting.
+                    if events.iter().count() < EVENTS {
+                        ready.clear_ready();
+                    }
+                    for event in events.iter() {
+                        self.take_up(event.token().0);
+                    }
+                }
+                _ = tick.tick() => self.sweep(),
+                _ = self.stir.notified() => {
+                    let tokens = self.shelf().tokens(|p| p.reg.slot.wake.due());
+                    tokens.into_iter().for_each(|t| self.take_up(t));
+                }
+            }
+        }
+        // Nobody would wake the parked clients any more.
+        let tokens = self.shelf().tokens(|_| true);
+        tokens.into_iter().for_each(|t| self.take_up(t));
+    }
+
+    /// Parks a client whose session gave up its task (`Exit::Park`). Only a plain socket
+    /// parks; anything else goes on in a new task at once.
+    pub(super) fn park(self: &Arc<Self>, client: Client, rest: Box<Resting>) {
+        let Client {
+            stream,
+            reg,
+            admitted,
+        } = client;
+        let tcp = match stream {
+            Stream::Plain(tcp) => tcp,
+            stream => {
+                let client = Client {
+                    stream,
+                    reg,
+                    admitted,
+                };
+                tokio::spawn(live(self.clone(), client, rest, BytesMut::new()));
+                return;
+            }
+        };
+        let pid = reg.process_id;
+        let mut socket = match tcp.into_std() {
+            Ok(socket) => mio::net::TcpStream::from_std(socket),
+            Err(e) => {
+                tracing::warn!(pid, error = %e, "client lost while being parked");
+                return;
+            }
+        };
+        let slot = reg.slot.clone();
+        let token = {
+            let mut shelf = self.shelf();
+            let token = shelf.free.last().copied().unwrap_or(shelf.places.len());
+            let interest = mio::Interest::READABLE;
+            if let Err(e) = self
+                .registry
+                .register(&mut socket, mio::Token(token), interest)
+            {
+                drop(shelf);
+                tracing::warn!(pid, error = %e, "client could not be parked");
+                self.resume(Parked {
+                    socket,
+                    reg,
+                    admitted,
+                    rest,
+                });
+                return;
+            }
+            shelf.put(Parked {
+                socket,
+                reg,
+                admitted,
+                rest,
+            })
+        };
+        self.ctx.metrics.parked.inc();
+        tracing::debug!(pid, token, "parked");
+        // A wake from here on stirs the lot; one that came before is seen now.
+        if slot.wake.watch(&self.stir_waker) {
+            self.take_up(token);
+        }
+    }
+
+    /// Takes the client parked under `token` up in a new task (nothing if it is gone).
+    fn take_up(self: &Arc<Self>, token: usize) {
+        let Some(mut parked) = self.shelf().take(token) else {
+            return;
+        };
+        self.ctx.metrics.parked.dec();
+        tracing::debug!(pid = parked.reg.process_id, token, "taken up");
+        let _ = self.registry.deregister(&mut parked.socket);
+        self.resume(parked);
+    }
+
+    fn resume(self: &Arc<Self>, parked: Parked) {
+        let Parked {
+            socket,
+            reg,
+            admitted,
+            rest,
+        } = parked;
+        match tokio::net::TcpStream::from_std(socket.into()) {
+            Ok(tcp) => {
+                let client = Client {
+                    stream: Stream::Plain(tcp),
+                    reg,
+                    admitted,
+                };
+                tokio::spawn(live(self.clone(), client, rest, BytesMut::new()));
+            }
+            Err(e) => {
+                let pid = reg.process_id;
+                tracing::warn!(pid, error = %e, "parked client lost: its socket could not be taken up");
+            }
+        }
+    }
+
+    /// Once a tick: the clock moves on; sessions idle long enough are asked to park; parked
+    /// clients whose client_idle_timeout has come are taken up to be told.
+    fn sweep(self: &Arc<Self>) {
+        let now = self.ctx.tick.fetch_add(1, Ordering::Relaxed) + 1;
+        if self.ctx.client_count() > super::idle::FEW_CLIENTS {
+            self.ctx.cancels.each(|slot| {
+                let since = slot.idle_since.load(Ordering::Relaxed);
+                if since != 0 && now.wrapping_sub(since) > PARK_AFTER_TICKS {
+                    slot.ask_to_park();
+                }
+            });
+        }
+        let config = self.ctx.config.load();
+        if let Some(timeout) = config.general.client_idle_timeout.enabled() {
+            let now = Instant::now();
+            let due = |p: &Parked| p.rest.idle_since().is_some_and(|s| s + timeout <= now);
+            let tokens = self.shelf().tokens(due);
+            tokens.into_iter().for_each(|t| self.take_up(t));
+        }
+    }
+}
