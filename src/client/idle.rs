@@ -222,10 +222,11 @@ impl Session<'_> {
         let parkable = self.parkable();
         let (slot, notes) = (&self.reg.slot, &mut self.notes);
         let buf = &mut self.inbox.buf;
+        let tick = &self.ctx.tick;
         loop {
+            let since = tick.load(Ordering::Relaxed);
             if parkable {
-                let tick = self.ctx.tick.load(Ordering::Relaxed);
-                slot.idle_since.store(tick, Ordering::Relaxed);
+                slot.idle_since.store(since, Ordering::Relaxed);
             }
             let woke = std::future::poll_fn(|cx| {
                 // A shutdown or a KILL wakes the client; idle_step then sees whether it must go.
@@ -250,6 +251,11 @@ impl Session<'_> {
                 slot.idle_since.store(0, Ordering::Relaxed);
             }
             match woke {
+                Woke::Data if parkable => {
+                    let gap = tick.load(Ordering::Relaxed).wrapping_sub(since);
+                    let wait = super::parked::rhythm(gap);
+                    slot.park_after.store(wait, Ordering::Relaxed);
+                }
                 Woke::Data => {}
                 Woke::Note(n) => {
                     self.idle_since = None;

@@ -20,12 +20,26 @@ use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 
 /// A session that has waited idle for more than this many ticks of the coarse clock is asked
-/// to park: after 250 to 500 ms of idleness. Taking a parked client up costs it a task and a
-/// few system calls, nothing next to such a pause; parking later would leave more clients
-/// holding a task while many log in at once (whose freed memory the allocator seldom gives
-/// back to the system).
+/// to park: after 250 to 500 ms of idleness. Parking later would leave more clients holding a
+/// task while many log in at once (whose freed memory the allocator seldom gives back to the
+/// system).
 const PARK_AFTER_TICKS: u32 = 1;
+/// But a client that works in a quick rhythm (a pool's connection used every second, say) is
+/// not parked between its transactions: taking it up costs a task and a few system calls each
+/// time, and the latency of its next message. One that paused at most half this long last
+/// time waits twice that pause before it is asked.
+const RHYTHM_TICKS: u32 = 8;
 const TICK: Duration = Duration::from_millis(250);
+
+/// How long (in ticks) a client that last paused `gap` ticks waits idle before it is asked
+/// to park (`PARK_AFTER_TICKS` at least).
+pub(super) fn rhythm(gap: u32) -> u32 {
+    if gap <= RHYTHM_TICKS / 2 {
+        gap * 2
+    } else {
+        0
+    }
+}
 /// Readiness events taken from the lot's epoll at once.
 const EVENTS: usize = 256;
 
@@ -254,7 +268,8 @@ impl Lot {
         if self.ctx.client_count() > super::idle::FEW_CLIENTS {
             self.ctx.cancels.each(|slot| {
                 let since = slot.idle_since.load(Ordering::Relaxed);
-                if since != 0 && now.wrapping_sub(since) > PARK_AFTER_TICKS {
+                let wait = PARK_AFTER_TICKS.max(slot.park_after.load(Ordering::Relaxed));
+                if since != 0 && now.wrapping_sub(since) > wait {
                     slot.ask_to_park();
                 }
             });
@@ -266,5 +281,21 @@ impl Lot {
             let tokens = self.shelf().tokens(due);
             tokens.into_iter().for_each(|t| self.take_up(t));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_quick_rhythm_waits_longer_before_parking() {
+        // Came back at once, or after up to a second: twice that pause.
+        assert_eq!(rhythm(0), 0);
+        assert_eq!(rhythm(3), 6);
+        assert_eq!(rhythm(RHYTHM_TICKS / 2), RHYTHM_TICKS);
+        // A longer pause says nothing about the next: parked as soon as any client.
+        assert_eq!(rhythm(RHYTHM_TICKS / 2 + 1), 0);
+        assert_eq!(rhythm(u32::MAX), 0);
     }
 }

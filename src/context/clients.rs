@@ -96,6 +96,9 @@ pub struct Slot {
     pub idle_since: AtomicU32,
     /// Set by the parking lot: the session parks at its next chance, if it still may.
     park: AtomicBool,
+    /// How many ticks an idle wait must last before the session is asked to park: longer
+    /// for a client that came back after a short pause last time (`client::parked::rhythm`).
+    pub park_after: AtomicU32,
     server: Mutex<Option<Arc<CancelKey>>>,
     pub peer: SocketAddr,
     /// Unix time of the connection, in microseconds.
@@ -230,6 +233,7 @@ impl Cancels {
             secret,
             idle_since: AtomicU32::new(0),
             park: AtomicBool::new(false),
+            park_after: AtomicU32::new(0),
             server: Mutex::new(None),
             peer,
             connected_at: crate::stats::unix_micros(),
