@@ -87,16 +87,7 @@ impl Service {
                 _ = control.wait_for(|p| *p != Phase::Running) => break,
             };
             match accepted {
-                Ok((stream, peer)) => {
-                    let admitted = self.ctx.admit();
-                    tokio::spawn(handle(
-                        self.ctx.clone(),
-                        self.lot.clone(),
-                        stream,
-                        peer,
-                        admitted,
-                    ));
-                }
+                Ok((stream, peer)) => self.accepted(stream, peer),
                 Err(e) => {
                     // Out of file descriptors and the like: back off instead of spinning.
                     tracing::warn!(error = %e, "accept failed");
@@ -110,14 +101,7 @@ impl Service {
             while let Ok(Ok((stream, peer))) =
                 tokio::time::timeout(Duration::ZERO, self.listener.accept()).await
             {
-                let admitted = self.ctx.admit();
-                tokio::spawn(handle(
-                    self.ctx.clone(),
-                    self.lot.clone(),
-                    stream,
-                    peer,
-                    admitted,
-                ));
+                self.accepted(stream, peer);
             }
         }
         // New clients are refused from here on; /ready already says 503.
@@ -138,6 +122,13 @@ impl Service {
         // Closing rolls back and cleans up, which has its own bound per client.
         let _ = tokio::time::timeout(Duration::from_secs(15), wait_until(&self.ctx, gone)).await;
         tracing::info!("shut down");
+    }
+
+    /// A new connection: counted for max_client_conn, then served by a task of its own.
+    fn accepted(&self, stream: TcpStream, peer: SocketAddr) {
+        let admitted = self.ctx.admit();
+        let lot = self.lot.clone();
+        tokio::spawn(handle(self.ctx.clone(), lot, stream, peer, admitted));
     }
 }
 
