@@ -96,6 +96,8 @@ pub struct Lot {
     /// Woken through a parked client's slot: the lot then looks for the slots that were.
     stir: Arc<Wake>,
     stir_waker: Waker,
+    /// The watching task has ended: nothing parks any more.
+    closed: std::sync::atomic::AtomicBool,
 }
 
 impl Lot {
@@ -110,6 +112,7 @@ impl Lot {
             shelf: Mutex::default(),
             stir_waker: Waker::from(stir.clone()),
             stir,
+            closed: Default::default(),
         };
         Ok((Arc::new(lot), poll))
     }
@@ -161,12 +164,16 @@ impl Lot {
             }
         }
         // Nobody would wake the parked clients any more.
-        let tokens = self.shelf().tokens(|_| true);
+        let tokens = {
+            let shelf = self.shelf();
+            self.closed.store(true, Ordering::Release);
+            shelf.tokens(|_| true)
+        };
         tokens.into_iter().for_each(|t| self.take_up(t));
     }
 
     /// Parks a client whose session gave up its task (`Exit::Park`). Only a plain socket
-    /// parks; anything else goes on in a new task at once.
+    /// parks, while the lot is watched; anything else goes on in a new task at once.
     pub(super) fn park(self: &Arc<Self>, client: Client, rest: Box<Resting>) {
         let Client {
             stream,
@@ -198,12 +205,19 @@ impl Lot {
             let mut shelf = self.shelf();
             let token = shelf.free.last().copied().unwrap_or(shelf.places.len());
             let interest = mio::Interest::READABLE;
-            if let Err(e) = self
-                .registry
-                .register(&mut socket, mio::Token(token), interest)
-            {
+            // Under the shelf's lock: the watch's end takes up everyone on the shelf.
+            let closed = self.closed.load(Ordering::Acquire);
+            let registered = match closed {
+                true => Ok(()),
+                false => self
+                    .registry
+                    .register(&mut socket, mio::Token(token), interest),
+            };
+            if closed || registered.is_err() {
                 drop(shelf);
-                tracing::warn!(pid, error = %e, "client could not be parked");
+                if let Err(e) = registered {
+                    tracing::warn!(pid, error = %e, "client could not be parked");
+                }
                 self.resume(Parked {
                     socket,
                     reg,
