@@ -14,7 +14,7 @@ const TRUST: &str = "auth_type = \"trust\"\nadmin_users = [\"app\"]";
 
 /// `n` clients logged in as app (all at once), each with its connection's task: true if the
 /// connection ended with the error a shutdown or KILL sends (57P01).
-async fn clients(pooler: &Pooler, n: usize) -> Vec<(Client, tokio::task::JoinHandle<bool>)> {
+async fn clients(pooler: &Pooler, n: usize) -> Connected {
     let conn_str = pooler.conn_str("app", "");
     let logins: Vec<_> = (0..n)
         .map(|_| {
@@ -40,6 +40,13 @@ fn parked(pooler: &Pooler) -> i64 {
 
 fn all_parked(pooler: &Pooler, n: usize) -> bool {
     wait_for(Duration::from_secs(10), || parked(pooler) >= n as i64)
+}
+
+type Connected = Vec<(Client, tokio::task::JoinHandle<bool>)>;
+
+/// Whether every one of `clients` has seen its connection close within `within`.
+fn all_closed(clients: &Connected, within: Duration) -> bool {
+    wait_for(within, || clients.iter().all(|(c, _)| c.is_closed()))
 }
 
 fn text(messages: &[SimpleQueryMessage]) -> String {
@@ -120,9 +127,7 @@ async fn cancel_requests_and_kill_reach_parked_clients() {
     assert!(all_parked(&pooler, MANY), "parked: {}", parked(&pooler));
     admin.simple_query("KILL app").await.unwrap();
     assert!(
-        wait_for(Duration::from_secs(5), || all
-            .iter()
-            .all(|(c, _)| c.is_closed())),
+        all_closed(&all, Duration::from_secs(5)),
         "parked clients still open after KILL"
     );
     for (_, ended) in all {
@@ -138,9 +143,7 @@ async fn client_idle_timeout_and_shutdown_reach_parked_clients() {
     let timed_out = clients(&pooler, MANY).await;
     assert!(all_parked(&pooler, MANY), "parked: {}", parked(&pooler));
     assert!(
-        wait_for(Duration::from_secs(10), || timed_out
-            .iter()
-            .all(|(c, _)| c.is_closed())),
+        all_closed(&timed_out, Duration::from_secs(10)),
         "parked clients outlived client_idle_timeout"
     );
     assert_eq!(parked(&pooler), 0, "timed-out clients still parked");
@@ -150,9 +153,7 @@ async fn client_idle_timeout_and_shutdown_reach_parked_clients() {
     assert!(all_parked(&pooler, MANY), "parked: {}", parked(&pooler));
     pooler.ctx.shutdown(false);
     assert!(
-        wait_for(Duration::from_secs(5), || all
-            .iter()
-            .all(|(c, _)| c.is_closed())),
+        all_closed(&all, Duration::from_secs(5)),
         "parked clients still open after a shutdown"
     );
     for (_, ended) in all {

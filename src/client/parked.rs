@@ -30,6 +30,8 @@ const PARK_AFTER_TICKS: u32 = 1;
 /// time waits twice that pause before it is asked.
 const RHYTHM_TICKS: u32 = 8;
 const TICK: Duration = Duration::from_millis(250);
+/// Readiness events taken from the lot's epoll at once.
+const EVENTS: usize = 256;
 
 /// How long (in ticks) a client that last paused `gap` ticks waits idle before it is asked
 /// to park (`PARK_AFTER_TICKS` at least).
@@ -40,8 +42,6 @@ pub(super) fn rhythm(gap: u32) -> u32 {
         0
     }
 }
-/// Readiness events taken from the lot's epoll at once.
-const EVENTS: usize = 256;
 
 /// A parked client: its socket (watched by the lot), what its connection holds, its session
 /// (boxed: in place, the shelf would hold the space of as many as were ever parked at once,
@@ -61,6 +61,11 @@ struct Shelf {
 }
 
 impl Shelf {
+    /// The token the next `put` gives.
+    fn next_token(&self) -> usize {
+        self.free.last().copied().unwrap_or(self.places.len())
+    }
+
     fn put(&mut self, parked: Parked) -> usize {
         match self.free.pop() {
             Some(token) => {
@@ -203,7 +208,7 @@ impl Lot {
         let slot = reg.slot.clone();
         let token = {
             let mut shelf = self.shelf();
-            let token = shelf.free.last().copied().unwrap_or(shelf.places.len());
+            let token = shelf.next_token();
             let interest = mio::Interest::READABLE;
             // Under the shelf's lock: the watch's end takes up everyone on the shelf.
             let closed = self.closed.load(Ordering::Acquire);
