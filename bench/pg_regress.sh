@@ -5,7 +5,8 @@
 # through a pgsluice in transaction mode that routes reads to them: once as it is, and once
 # under faults (a reload every RELOAD_EVERY seconds, default 3, each changing the pool size,
 # and a replica restarted with `pg_ctl restart -m fast` every RESTART_EVERY seconds, default
-# 40). Prints how many of the tests failed each way, which ones fail through pgsluice but not
+# 40). Session mode runs twice: as configured by default, and with server_lifetime = 0 (each
+# server connection serves one client, as PgBouncer's 0 means). Prints how many of the tests failed each way, which ones fail through pgsluice but not
 # directly, and which fail under faults but not without them. The same schedule also runs
 # through PgBouncer 1.25.2 in session mode, the yardstick for pgsluice's session mode.
 #
@@ -90,7 +91,8 @@ CONF
 as_pg "$bindir/pg_ctl" -D "$work/data" -l "$work/pg.log" -o "-p $pg_port" -w start >/dev/null
 
 # The configuration of a pgsluice in pool mode MODE on PORT, for databases regression and
-# postgres on the primary, with servers of POOL connections each.
+# postgres on the primary, with servers of POOL connections each, and the settings in
+# $sluice_extra, if any.
 sluice_config() {
     local mode=$1 port=$2 pool=$3
     cat <<TOML
@@ -100,6 +102,7 @@ auth_type = "trust"
 pool_mode = "$mode"
 default_pool_size = $pool
 max_client_conn = 500
+${sluice_extra:-}
 [databases.regression]
 port = $pg_port
 [databases.postgres]
@@ -173,12 +176,16 @@ run() {
 
 start_sluice session session
 session_port=$sluice_port
+# server_lifetime = 0: each server serves one client, so each client is a new server session.
+sluice_extra="server_lifetime = 0" start_sluice once session
+once_port=$sluice_port
 start_sluice transaction transaction
 transaction_port=$sluice_port
 run direct "$pg_port"
 run session "$session_port"
+run once "$once_port"
 run transaction "$transaction_port"
-targets="direct session transaction"
+targets="direct session once transaction"
 if [ "$pgbouncer_bin" != none ]; then
     bouncer_port=$(free_port)
     cat >"$work/pgbouncer.ini" <<INI

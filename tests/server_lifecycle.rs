@@ -1,5 +1,5 @@
 //! Server connections over time: session-mode reset, idle reaping, min_pool_size kept warm,
-//! server_lifetime, servers the server closed while idle, and the primary restarting or down.
+//! server_lifetime (0: each server used once), servers the server closed while idle, and the primary restarting or down.
 
 mod support;
 
@@ -88,6 +88,71 @@ async fn min_pool_size_is_kept_warm_and_lifetime_recycles() {
         recycled,
         "servers were not replaced after server_lifetime: {before} -> {}",
         pids()
+    );
+}
+
+/// server_lifetime = 0 means, as in PgBouncer, that a server connection is used only once:
+/// each client session (session mode) and each transaction (transaction mode) meets a new
+/// server session, while those min_pool_size keeps warm are not thrown away unused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_lifetime_zero_uses_each_server_once() {
+    let pg = primary();
+    let pooler = Pooler::start(
+        &pg,
+        "pool_mode = \"session\"\ndefault_pool_size = 1\nmin_pool_size = 1\nserver_lifetime = 0",
+    );
+    let pid = |rows: Vec<tokio_postgres::SimpleQueryMessage>| {
+        rows.iter()
+            .find_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(r) => Some(r.get(0).unwrap().to_string()),
+                _ => None,
+            })
+            .unwrap()
+    };
+    let warm = || {
+        pg.psql("SELECT string_agg(pid::text, ',') FROM pg_stat_activity WHERE usename = 'app'")
+            .unwrap()
+    };
+    let a = connect(&pooler, "app", APP_PASSWORD).await;
+    let pid_a = pid(a.simple_query("SELECT pg_backend_pid()").await.unwrap());
+    assert_eq!(
+        pid_a,
+        pid(a.simple_query("SELECT pg_backend_pid()").await.unwrap()),
+        "session mode: one server for the whole session"
+    );
+    drop(a);
+    // A's server is closed, and another opened for min_pool_size.
+    assert!(
+        support::wait_for(Duration::from_secs(10), || {
+            let w = warm();
+            !w.is_empty() && !w.contains(',') && w != pid_a
+        }),
+        "no fresh warm server: {}",
+        warm()
+    );
+    let fresh = warm();
+    let b = connect(&pooler, "app", APP_PASSWORD).await;
+    let pid_b = pid(b.simple_query("SELECT pg_backend_pid()").await.unwrap());
+    assert_eq!(
+        pid_b, fresh,
+        "the warm server, never used, serves the next client"
+    );
+    drop(b);
+
+    let pg = primary();
+    let pooler = Pooler::start(&pg, "default_pool_size = 1\nserver_lifetime = 0");
+    let c = connect(&pooler, "app", APP_PASSWORD).await;
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..3 {
+        seen.insert(pid(c
+            .simple_query("SELECT pg_backend_pid()")
+            .await
+            .unwrap()));
+    }
+    assert_eq!(
+        seen.len(),
+        3,
+        "transaction mode: a new server per transaction: {seen:?}"
     );
 }
 

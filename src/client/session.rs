@@ -388,6 +388,10 @@ impl Session<'_> {
             .pinned
             .union(link.touched.start)
             .contains(Feature::Load);
+        if self.members.pools[link.node].serves_once() {
+            self.members.pools[link.node].release(link.ex.conn, true);
+            return end;
+        }
         if (pinned || unasked) && (reset.is_none() || loaded) {
             self.members.pools[link.node].release(link.ex.conn, false);
             return end;

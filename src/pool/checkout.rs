@@ -118,6 +118,7 @@ impl Pool {
             let mut c = self.take(start, settings).await?;
             if self.passes_check(&mut c.conn, start).await {
                 self.metrics.wait.observe(c.waited.as_secs_f64());
+                c.conn.served = true;
                 return Ok(c);
             }
             tracing::info!(db = %self.database, user = %self.user, node = %self.setup().target.addr(), server = c.conn.id, "server failed server_check_query");

@@ -46,7 +46,9 @@ struct Timeouts {
     connect: Duration,
     login_retry: Duration,
     idle: Option<Duration>,
-    lifetime: Option<Duration>,
+    /// server_lifetime; zero: each connection serves one client (PgBouncer's "used only
+    /// once").
+    lifetime: Duration,
     /// server_check_delay and server_check_query, unless the query is empty.
     check: Option<(Duration, String)>,
 }
@@ -61,7 +63,7 @@ impl Timeouts {
             connect: g.server_connect_timeout.0,
             login_retry: g.server_login_retry.0,
             idle: g.server_idle_timeout.enabled(),
-            lifetime: g.server_lifetime.enabled(),
+            lifetime: g.server_lifetime.0,
             check: (!g.server_check_query.is_empty())
                 .then(|| (g.server_check_delay.0, g.server_check_query.clone())),
         }
@@ -213,11 +215,19 @@ impl Pool {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Whether each connection serves one client and is then closed (server_lifetime 0): a
+    /// reset before giving it back would be wasted.
+    pub fn serves_once(&self) -> bool {
+        self.setup().timeouts.lifetime.is_zero()
+    }
+
+    /// Whether `conn` is past server_lifetime: older than it, or, when it is 0, handed to a
+    /// client once already.
     fn expired(&self, conn: &ServerConn, now: Instant) -> bool {
-        self.setup()
-            .timeouts
-            .lifetime
-            .is_some_and(|l| conn.age(now) >= l)
+        match self.setup().timeouts.lifetime {
+            l if l.is_zero() => conn.served,
+            l => conn.age(now) >= l,
+        }
     }
 
     pub fn server_params(&self) -> Option<ServerParams> {

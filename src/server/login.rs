@@ -170,6 +170,7 @@ pub(super) async fn connect(target: &Target) -> Result<Box<ServerConn>, LoginErr
         prepared: Default::default(),
         created: now,
         last_used: now,
+        served: false,
         generation: 0,
         listed: None,
         ending: false,

@@ -115,6 +115,8 @@ pub struct ServerConn {
     pub prepared: prepared::PreparedCache,
     pub created: Instant,
     pub last_used: Instant,
+    /// It has been handed to a client: with server_lifetime 0 it is then spent.
+    pub served: bool,
     /// The pool's generation when this connection was opened; see `Pool::reconfigure`.
     pub generation: u64,
     /// Its entry in its pool's list of servers, removed when the connection goes.
