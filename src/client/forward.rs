@@ -5,11 +5,12 @@
 use super::end::End;
 use super::floor;
 use super::limits::{sleep_until_or_never, Limits};
-use super::link::{FloorDue, Link, Pace, Verify};
+use super::link::{FloorDue, Link, Pace, SequenceValues, Verify};
 use super::listen::next_note;
 use super::params::SessionParams;
-use super::refusal::refusal;
+use super::refusal::{foreign_sequences, foreign_sequences_error, refusal};
 use super::rewrite::{self, ClientStatements, Describing, Names, Rewritten, Target};
+use super::sequences::{self, Verdict};
 use super::session::Session;
 use crate::cluster::Cluster;
 use crate::cluster::Lsn;
@@ -183,14 +184,32 @@ impl Session<'_> {
                     .statements
                     .get(statement)
                     .map(|s| s.effects())
-                    .filter(|fx| !fx.is_empty())
+                    .filter(|fx| !fx.is_empty() || fx.sequences != Default::default())
                     .cloned(),
                 _ => None,
             };
-            let refused = fx
-                .as_ref()
-                .filter(|fx| !fx.start.is_empty() && refuse_pins)
-                .and_then(|fx| refusal(frame.msg, fx.start));
+            let verdict = if link.sequences == SequenceValues::Foreign {
+                let text = match frame.msg {
+                    Message::Query(sql) | Message::Parse { query: sql, .. } => Some(sql),
+                    Message::Bind { statement, .. } if !statement.is_empty() => {
+                        names.statements.get(statement).map(|s| s.text())
+                    }
+                    _ => None,
+                };
+                text.map_or(Verdict::Pass, |text| {
+                    sequences::judge(&mut link.sequences, frame.msg, text, fx.as_ref())
+                })
+            } else {
+                Verdict::Pass
+            };
+            let refuse_bind = verdict == Verdict::Refuse && tag == b'B';
+            let refused = if verdict == Verdict::Refuse {
+                foreign_sequences(frame.msg)
+            } else {
+                fx.as_ref()
+                    .filter(|fx| !fx.start.is_empty() && refuse_pins)
+                    .and_then(|fx| refusal(frame.msg, fx.start))
+            };
             let (msg, bytes) = match &refused {
                 Some(r) => {
                     if r.error.is_some() {
@@ -209,7 +228,15 @@ impl Session<'_> {
                     (frame.msg, original)
                 }
             };
-            let rewritten = if capacity > 0 {
+            let rewritten = if refuse_bind {
+                let to = Target {
+                    ex: &mut link.ex,
+                    describing: &mut link.describing,
+                    refusal: &mut link.refusal,
+                };
+                names.refuse_bind(to, foreign_sequences_error());
+                Rewritten::Sent
+            } else if capacity > 0 {
                 let to = Target {
                     ex: &mut link.ex,
                     describing: &mut link.describing,

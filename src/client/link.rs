@@ -52,6 +52,20 @@ pub(super) struct Link {
     pub verify: Verify,
     /// Its position queries other clients' reads wait for (read_your_writes = "pool").
     pub pool_pending: super::floor::PoolPending,
+    /// Whose sequence values the server's session holds.
+    pub sequences: SequenceValues,
+}
+
+/// Whose values a server's currval and lastval answer with, as far as the client's next
+/// statement is concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum SequenceValues {
+    /// The client's own: the server has served no one else since the client last used it
+    /// (or it is the client's for the session), or the client has called nextval on it in
+    /// this link.
+    Own,
+    /// Maybe another client's: a currval or lastval is refused (`refusal::sequences`).
+    Foreign,
 }
 
 /// A Bind held back while its statement is prepared and described on the server
@@ -139,7 +153,7 @@ impl Session<'_> {
         // by every client of the database would cost a cache line bouncing between cores on
         // every transaction.
         self.await_pool_floor().await;
-        let (decision, ex) = loop {
+        let (decision, ex, previous) = loop {
             let facts = self.facts();
             let work = || {
                 let catalog = &*self.catalog;
@@ -181,13 +195,14 @@ impl Session<'_> {
                     continue;
                 }
             };
+            let previous = checkout.previous;
             let mut ex = self.exchange(checkout.conn);
             // The client's cancels reach the server only once its own work goes there: one
             // that met the pooler's statements bringing the server in line would fail those
             // instead.
             let timeout = self.config.general.server_connect_timeout.0;
             let Err(misaligned) = self.params.bring_in_line(&mut ex, timeout).await else {
-                break (decision, ex);
+                break (decision, ex, previous);
             };
             let reusable = ex.tracker.idle();
             self.members.pools[node].release(ex.conn, reusable);
@@ -206,6 +221,21 @@ impl Session<'_> {
             }
         };
         let node = decision.node;
+        let sequences = if self.mode == PoolMode::Session
+            || node != self.members.cluster.primary()
+            || (previous != 0 && previous == self.sequence_home)
+        {
+            // A replica's sessions have no sequence values of their own (nextval is a write):
+            // its answer is PostgreSQL's own error.
+            SequenceValues::Own
+        } else {
+            SequenceValues::Foreign
+        };
+        if node == self.members.cluster.primary() {
+            // Known again once this link ends as it should with the values the client's own
+            // (`Session::release`).
+            self.sequence_home = 0;
+        }
         self.waited_for_replay(node);
         self.statements.new_link();
         let floor = if decision.writes
@@ -245,6 +275,7 @@ impl Session<'_> {
             describing: Default::default(),
             verify: Verify::No,
             pool_pending: Default::default(),
+            sequences,
         });
         self.reg.slot.set(Some(link.ex.conn.cancel_key.clone()));
         if self.reg.slot.take_cancel() {

@@ -1,8 +1,9 @@
-//! What a statement pgsluice refuses becomes on the server: a stand-in that fails with
-//! 0A000, so that the client's transaction and batch fail as for any error, and the
-//! ErrorResponse the client gets in the stand-in's place. For statements that would pin the
-//! client while pin_session_features is off, and for the Bind of a prepared statement whose
-//! result changed (`rewrite.rs`).
+//! What a statement pgsluice refuses becomes on the server: a stand-in that fails, so that the
+//! client's transaction and batch fail as for any error, and the ErrorResponse the client gets
+//! in the stand-in's place. For statements that would pin the client while
+//! pin_session_features is off (0A000), for a currval or lastval whose server may hold another
+//! client's sequence values (55000), and for the Bind of a prepared statement whose result
+//! changed (`rewrite.rs`).
 
 use crate::protocol::backend;
 use crate::protocol::frontend::Message;
@@ -15,9 +16,41 @@ pub(super) const STAND_IN: &[u8] = b"SELECT 'pgsluice'::pg_catalog.pg_node_tree\
 
 /// An ErrorResponse with SQLSTATE 0A000 and `message`, as bytes.
 pub(super) fn feature_error(message: &str) -> Vec<u8> {
+    error(sqlstate::FEATURE_NOT_SUPPORTED, message)
+}
+
+fn error(code: &str, message: &str) -> Vec<u8> {
     let mut e = bytes::BytesMut::new();
-    backend::error_response(&mut e, "ERROR", sqlstate::FEATURE_NOT_SUPPORTED, message);
+    backend::error_response(&mut e, "ERROR", code, message);
     e.to_vec()
+}
+
+/// Why a currval or lastval is refused.
+const FOREIGN_SEQUENCES: &str = "currval and lastval answer with this session's last nextval, \
+     which ran in an earlier transaction on a server connection that other clients have used \
+     since (transaction pooling): call them in the transaction that calls nextval, or use \
+     INSERT ... RETURNING";
+
+/// The ErrorResponse a refused currval or lastval gets, built once.
+pub(super) fn foreign_sequences_error() -> &'static [u8] {
+    static ERROR: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    ERROR.get_or_init(|| {
+        error(
+            sqlstate::OBJECT_NOT_IN_PREREQUISITE_STATE,
+            FOREIGN_SEQUENCES,
+        )
+    })
+}
+
+/// A currval or lastval (in a Query or Parse) refused: its server may hold another client's
+/// sequence values.
+pub(super) fn foreign_sequences(msg: Message<'_>) -> Option<Refusal> {
+    stand_in(
+        msg,
+        sqlstate::OBJECT_NOT_IN_PREREQUISITE_STATE,
+        FOREIGN_SEQUENCES,
+        foreign_sequences_error(),
+    )
 }
 
 /// A statement refused because it would pin the client (pin_session_features = false): in
@@ -75,10 +108,20 @@ fn refusal_error(f: Feature) -> &'static [u8] {
 
 pub(super) fn refusal(msg: Message<'_>, features: Features) -> Option<Refusal> {
     let f = features.iter().next()?;
-    let message = refusal_message(f);
+    stand_in(
+        msg,
+        sqlstate::FEATURE_NOT_SUPPORTED,
+        &refusal_message(f),
+        refusal_error(f),
+    )
+}
+
+/// The stand-in of the Query or Parse `msg`, failing with `code` and `message` (a Query) or
+/// at Parse, the client to get `error` instead.
+fn stand_in(msg: Message<'_>, code: &str, message: &str, error: &'static [u8]) -> Option<Refusal> {
     let sql = format!(
-        "DO $pgsluice$BEGIN RAISE EXCEPTION USING ERRCODE = '0A000', MESSAGE = {}; END$pgsluice$",
-        super::params::quote_literal(&message)
+        "DO $pgsluice$BEGIN RAISE EXCEPTION USING ERRCODE = '{code}', MESSAGE = {}; END$pgsluice$",
+        super::params::quote_literal(message)
     );
     let mut frame = bytes::BytesMut::new();
     match msg {
@@ -98,7 +141,7 @@ pub(super) fn refusal(msg: Message<'_>, features: Features) -> Option<Refusal> {
             Some(Refusal {
                 frame,
                 parse: Some((name.to_vec(), def)),
-                error: Some(refusal_error(f)),
+                error: Some(error),
             })
         }
         _ => None,

@@ -140,6 +140,16 @@ pub struct Target<'a> {
 }
 
 impl Names<'_> {
+    /// In place of a Bind: a stand-in that fails at Parse, so that the rest of the batch is
+    /// skipped as after any error, the client to get `error` instead. The client's unnamed
+    /// statement is parsed again where it is used next.
+    pub fn refuse_bind(&mut self, to: Target<'_>, error: &'static [u8]) {
+        frontend::encode_parse(&mut to.ex.to_server, b"", super::refusal::STAND_IN);
+        to.ex.tracker.parse_sent(None, Reply::Forward);
+        *to.refusal = Some(error);
+        self.statements.unnamed_here = false;
+    }
+
     /// Writes `msg` (whose bytes are `frame`) to the server under the pooler's names.
     pub fn rewrite(&mut self, msg: Message<'_>, frame: &[u8], to: Target<'_>) -> Rewritten {
         let Target {

@@ -11,7 +11,7 @@
 use super::end::End;
 use super::forward::Unlink;
 use super::inbox::Inbox;
-use super::link::Link;
+use super::link::{Link, SequenceValues};
 use super::login::LoggedIn;
 use super::params::SessionParams;
 use super::parked::Lot;
@@ -98,6 +98,9 @@ pub(super) struct Session<'a> {
     /// Since when the client has waited idle (its client_idle_timeout runs from here, also
     /// across a parking).
     pub idle_since: Option<Instant>,
+    /// The stamp (`ServerConn::stamp`) of the primary's server this client last used in
+    /// transaction mode, which holds its session's sequence values; 0 when unknown.
+    pub sequence_home: u64,
     connected: InState,
 }
 
@@ -124,6 +127,7 @@ pub(super) struct Resting {
     statements: ClientStatements,
     warned: Features,
     idle_since: Option<Instant>,
+    sequence_home: u64,
     /// Counts the client as connected for as long as it lives, parked or not.
     _connected: InState,
 }
@@ -144,6 +148,7 @@ impl Resting {
             statements: ClientStatements::new(super::rewrite::scope(&login.database, &login.user)),
             warned: Features::NONE,
             idle_since: None,
+            sequence_home: 0,
         };
         (rest, login.buf)
     }
@@ -248,6 +253,7 @@ impl<'a> Session<'a> {
             warned: rest.warned,
             notes: None,
             idle_since: rest.idle_since,
+            sequence_home: rest.sequence_home,
             connected: rest._connected,
         }
     }
@@ -267,6 +273,7 @@ impl<'a> Session<'a> {
             warned: self.warned,
             // Parked, its client_idle_timeout is kept by the lot, which needs the start.
             idle_since: self.idle_since.or_else(|| Some(Instant::now())),
+            sequence_home: self.sequence_home,
             _connected: self.connected,
         }
     }
@@ -326,9 +333,14 @@ impl Session<'_> {
             node,
             mut replay,
             answered,
+            sequences,
             ..
         } = link;
         let now = answered.unwrap_or_else(Instant::now);
+        if node == self.members.cluster.primary() && sequences == SequenceValues::Own {
+            // Its values are the client's: they stay so while no one else has the server.
+            self.sequence_home = conn.stamp;
+        }
         let reusable = !conn.ending;
         self.members.pools[node].release_at(conn, reusable, now);
         tracker.reset();

@@ -4,8 +4,12 @@
 
 use super::{Inner, Pool, PoolError};
 use crate::server::{Listed, ServerConn, ServerInfo};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+/// The last stamp given to a server connection handed out (`ServerConn::stamp`).
+static STAMPS: AtomicU64 = AtomicU64::new(0);
 use tokio::sync::oneshot;
 
 pub(super) enum Grant {
@@ -76,6 +80,9 @@ impl Drop for Opening<'_> {
 pub struct Checkout {
     pub conn: Box<ServerConn>,
     pub waited: Duration,
+    /// The connection's stamp before this checkout: the client that got it then is the last
+    /// that used it (0: none).
+    pub previous: u64,
 }
 
 /// What the pool has for a client at once.
@@ -118,7 +125,8 @@ impl Pool {
             let mut c = self.take(start, settings).await?;
             if self.passes_check(&mut c.conn, start).await {
                 self.metrics.wait.observe(c.waited.as_secs_f64());
-                c.conn.served = true;
+                c.previous = c.conn.stamp;
+                c.conn.stamp = STAMPS.fetch_add(1, Ordering::Relaxed) + 1;
                 return Ok(c);
             }
             tracing::info!(db = %self.database, user = %self.user, node = %self.setup().target.addr(), server = c.conn.id, "server failed server_check_query");
@@ -170,6 +178,7 @@ impl Pool {
                 return Ok(Checkout {
                     conn,
                     waited: Duration::ZERO,
+                    previous: 0,
                 })
             }
             Taken::Connect => {
@@ -177,6 +186,7 @@ impl Pool {
                 return Ok(Checkout {
                     conn,
                     waited: start.elapsed(),
+                    previous: 0,
                 });
             }
             Taken::Wait(rx) => Ticket { pool: self, rx },
@@ -189,6 +199,7 @@ impl Pool {
         Ok(Checkout {
             conn,
             waited: start.elapsed(),
+            previous: 0,
         })
     }
 

@@ -225,7 +225,7 @@ impl Pool {
     /// client once already.
     fn expired(&self, conn: &ServerConn, now: Instant) -> bool {
         match self.setup().timeouts.lifetime {
-            l if l.is_zero() => conn.served,
+            l if l.is_zero() => conn.stamp != 0,
             l => conn.age(now) >= l,
         }
     }

@@ -48,6 +48,7 @@ pub mod sqlstate {
     pub const UNDEFINED_OBJECT: &str = "42704";
     pub const QUERY_CANCELED: &str = "57014";
     pub const FEATURE_NOT_SUPPORTED: &str = "0A000";
+    pub const OBJECT_NOT_IN_PREREQUISITE_STATE: &str = "55000";
 }
 
 /// Reads a NUL-terminated string from the front of `buf`, returning it and the rest.

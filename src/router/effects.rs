@@ -1,6 +1,7 @@
 //! What a statement may do to its session beyond its transaction: which settings it may change
-//! (SET, RESET, set_config) and which session-only features (advisory locks, LISTEN, temporary
-//! tables, WITH HOLD cursors, SQL PREPARE, LOAD) it may start or end.
+//! (SET, RESET, set_config), which session-only features (advisory locks, LISTEN, temporary
+//! tables, WITH HOLD cursors, SQL PREPARE, LOAD) it may start or end, and whether it reads or
+//! advances the session's sequence values (currval, lastval; nextval, setval).
 //!
 //! "May": this only says where to look. What the session really has afterwards is asked of
 //! the server once the transaction is over (`client::probe`), so a SET that failed or was
@@ -27,9 +28,24 @@ pub struct Effects {
     pub start: Features,
     /// Features they may end.
     pub end: Features,
+    /// How they use the session's sequence values. Not an effect that outlives the
+    /// transaction: `is_empty` and `merge` leave it out.
+    pub sequences: Sequences,
+}
+
+/// How statements use the values a session's sequences last gave it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Sequences {
+    /// A `currval` or `lastval` before anything that may set them: it answers with what an
+    /// earlier nextval of the session gave.
+    pub reads: bool,
+    /// `nextval` or `setval`: they set what currval answers. (So may commands that do not
+    /// name it: `may_advance_sequences`.)
+    pub advances: bool,
 }
 
 impl Effects {
+    /// No effect that outlives the transaction (sequence use aside).
     pub fn is_empty(&self) -> bool {
         self.settings.is_empty()
             && !self.unnamed_setting
@@ -82,6 +98,9 @@ const LEADING: [&[u8]; 12] = [
     b"create",
 ];
 
+/// The sequence functions that read or set a session's values: each has a `v`.
+const SEQUENCE: [&[u8]; 4] = [b"currval", b"lastval", b"nextval", b"setval"];
+
 /// Words with an effect anywhere in a statement: function names (which all hold `_`), and
 /// `temp` of `SELECT … INTO TEMP`.
 const INSIDE: [&[u8]; 5] = [
@@ -105,8 +124,9 @@ const WORD: [bool; 256] = {
 };
 
 /// Whether `sql` may have an effect: a statement (at the start, or after a `;`) whose first
-/// word is one of `LEADING`, or a word anywhere that starts with one of `INSIDE`. Only the
-/// bytes such text must hold are looked at (`;`, `_` of every function name, `m` of `temp`),
+/// word is one of `LEADING`, or a word anywhere that starts with one of `INSIDE` or
+/// `SEQUENCE`. Only the bytes such text must hold are looked at (`;`, `_` of every function
+/// name, `m` of `temp`, `v` of the sequence functions),
 /// found eight at a time, so an ordinary statement costs a few instructions per word of text.
 /// What this lets through is read in full; a `;` or comment inside a literal only makes it
 /// read more than it needs to.
@@ -127,11 +147,15 @@ fn mentions_any(sql: &[u8]) -> bool {
                 last
             }
         };
-        // Folding case makes `M` an `m`, `_` a DEL and leaves `;` as it is; then the usual
-        // test for a zero byte in a word finds each (and now and then a byte next to one).
+        // Folding case makes `M` an `m`, `V` a `v`, `_` a DEL and leaves `;` as it is; then
+        // the usual test for a zero byte in a word finds each (and now and then a byte next
+        // to one).
         let x = u64::from_le_bytes(chunk) | 0x2020_2020_2020_2020;
         let zero = |y: u64| y.wrapping_sub(LO) & !y & HI;
-        let mut hits = zero(x ^ (LO * 0x6d)) | zero(x ^ (LO * 0x7f)) | zero(x ^ (LO * 0x3b));
+        let mut hits = zero(x ^ (LO * 0x6d))
+            | zero(x ^ (LO * 0x7f))
+            | zero(x ^ (LO * 0x3b))
+            | zero(x ^ (LO * 0x76));
         while hits != 0 {
             let at = c + hits.trailing_zeros() as usize / 8;
             hits &= hits - 1;
@@ -160,6 +184,17 @@ fn effect_at(sql: &[u8], at: usize) -> bool {
             Some(s) if s == 0 || !WORD[sql[s - 1] as usize] => inside(&sql[s..]),
             _ => false,
         },
+        b'v' | b'V' => {
+            let start = sql[..at]
+                .iter()
+                .rposition(|b| !WORD[*b as usize])
+                .map_or(0, |p| p + 1);
+            let word = &sql[start..];
+            SEQUENCE.iter().any(|w| {
+                word.get(..w.len())
+                    .is_some_and(|p| p.eq_ignore_ascii_case(w))
+            })
+        }
         _ => false,
     }
 }
@@ -194,6 +229,49 @@ fn leads(text: &[u8]) -> bool {
         .any(|w| w.len() == word.len() && w[0] == first && w.eq_ignore_ascii_case(word))
 }
 
+/// Whether a statement of `sql` starts with one of `ADVANCING`, commands that may call
+/// `nextval` without naming it. The first statement's first word is looked at, and the text
+/// is read in full only if that is not one and it has a `;`.
+pub fn may_advance_sequences(sql: &[u8]) -> bool {
+    if first_advances(sql) {
+        return true;
+    }
+    if !sql.contains(&b';') {
+        return false;
+    }
+    let text = String::from_utf8_lossy(sql);
+    let Ok(toks) = tokens(&text) else {
+        return false;
+    };
+    toks.split(|t| *t == Token::Punct(';')).any(|t| {
+        let start = t
+            .iter()
+            .position(|x| *x != Token::Punct('('))
+            .unwrap_or(t.len());
+        word(&t[start..], 0).is_some_and(|w| ADVANCING.contains(&w))
+    })
+}
+
+fn first_advances(sql: &[u8]) -> bool {
+    let start = sql
+        .iter()
+        .position(|b| !b.is_ascii_whitespace() && *b != b'(')
+        .unwrap_or(sql.len());
+    let text = &sql[start..];
+    let end = text
+        .iter()
+        .position(|b| !WORD[*b as usize])
+        .unwrap_or(text.len());
+    let word = &text[..end];
+    ADVANCING
+        .iter()
+        .any(|c| c.as_bytes().eq_ignore_ascii_case(word))
+}
+
+/// Commands that may call nextval without naming it: through a column's default (INSERT,
+/// COPY FROM, MERGE) or a procedure (CALL, DO).
+const ADVANCING: [&str; 5] = ["insert", "copy", "merge", "call", "do"];
+
 /// Whether `of(sql)` may find anything: the cheap test, for text that mostly has nothing.
 pub fn may_affect(sql: &[u8]) -> bool {
     mentions_any(sql)
@@ -216,19 +294,22 @@ pub fn read(sql: &[u8]) -> Effects {
     let Ok(toks) = tokens(&text) else {
         return fx;
     };
+    // Whether a statement so far may have set the session's sequence values.
+    let mut advanced = false;
     for statement in toks.split(|t| *t == Token::Punct(';')) {
-        one(statement, &mut fx);
+        one(statement, &mut fx, &mut advanced);
     }
     set_config_names(&text, &mut fx);
     fx
 }
 
-fn one(t: &[Token], fx: &mut Effects) {
+fn one(t: &[Token], fx: &mut Effects, advanced: &mut bool) {
     let start = t
         .iter()
         .position(|x| *x != Token::Punct('('))
         .unwrap_or(t.len());
     let t = &t[start..];
+    *advanced |= word(t, 0).is_some_and(|w| ADVANCING.contains(&w));
     match word(t, 0) {
         Some("set") => set(t, fx),
         Some("reset") => reset(t, fx),
@@ -272,6 +353,11 @@ fn one(t: &[Token], fx: &mut Effects) {
             | "pg_try_advisory_lock_shared" => fx.start.insert(Feature::AdvisoryLock),
             "pg_advisory_unlock" | "pg_advisory_unlock_shared" | "pg_advisory_unlock_all" => {
                 fx.end.insert(Feature::AdvisoryLock)
+            }
+            "currval" | "lastval" => fx.sequences.reads |= !*advanced,
+            "nextval" | "setval" => {
+                fx.sequences.advances = true;
+                *advanced = true;
             }
             _ => {}
         }
@@ -426,6 +512,64 @@ mod tests {
 
     fn names(list: &[&str]) -> Vec<String> {
         list.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn sequence_values_read_and_set_are_seen() {
+        let seq = |sql: &str| of(sql.as_bytes()).sequences;
+        let reads = Sequences {
+            reads: true,
+            advances: false,
+        };
+        let advances = Sequences {
+            reads: false,
+            advances: true,
+        };
+        assert_eq!(seq("SELECT lastval()"), reads);
+        assert_eq!(seq("select CURRVAL('t_id_seq')"), reads);
+        assert_eq!(seq("SELECT pg_catalog.currval ( 's' )"), reads);
+        assert_eq!(seq("SELECT \"lastval\"()"), reads);
+        assert_eq!(seq("SELECT nextval('s')"), advances);
+        assert_eq!(seq("SELECT setval('s', 4)"), advances);
+        // After a command that may call nextval, a read is not of an earlier one.
+        let none = Sequences::default();
+        assert_eq!(seq("INSERT INTO t VALUES (1); SELECT lastval()"), none);
+        assert_eq!(
+            seq("BEGIN; INSERT INTO t VALUES (1); SELECT currval('s')"),
+            none
+        );
+        assert_eq!(seq("SELECT nextval('s'), currval('s')"), advances);
+        assert_eq!(seq("SELECT lastval(); INSERT INTO t VALUES (1)"), reads);
+        assert_eq!(seq("SELECT currval FROM t"), Sequences::default());
+        assert_eq!(seq("SELECT 'lastval()'"), Sequences::default());
+        assert_eq!(
+            seq("SELECT interval '1 day', v FROM vals"),
+            Sequences::default()
+        );
+        // Sequence use alone is no effect on the session beyond the transaction.
+        assert!(of(b"SELECT nextval('s')").is_empty());
+        for sql in [
+            "INSERT INTO t VALUES (1)",
+            " (insert",
+            "COPY t FROM STDIN",
+            "call p()",
+            "DO $$ $$",
+            "merge into t",
+        ] {
+            assert!(may_advance_sequences(sql.as_bytes()), "{sql}");
+        }
+        assert!(may_advance_sequences(b"BEGIN; INSERT INTO t VALUES (1)"));
+        assert!(may_advance_sequences(b"SELECT 1;(COPY t FROM STDIN)"));
+        for sql in [
+            "SELECT 1",
+            "inserts",
+            "UPDATE t SET a = 1",
+            "",
+            "WITH x AS (INSERT INTO t VALUES (1)) SELECT 1",
+            "SELECT ';insert'",
+        ] {
+            assert!(!may_advance_sequences(sql.as_bytes()), "{sql}");
+        }
     }
 
     #[test]

@@ -13,6 +13,10 @@ use std::sync::{Arc, Mutex};
 const BUILT_IN: &[&str] = &[
     "nextval",
     "setval",
+    // Not writes, but they answer with what the session's nextval gave, which only the
+    // primary's servers hold.
+    "currval",
+    "lastval",
     "set_config",
     "pg_notify",
     "dblink_exec",

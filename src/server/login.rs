@@ -170,7 +170,7 @@ pub(super) async fn connect(target: &Target) -> Result<Box<ServerConn>, LoginErr
         prepared: Default::default(),
         created: now,
         last_used: now,
-        served: false,
+        stamp: 0,
         generation: 0,
         listed: None,
         ending: false,

@@ -115,8 +115,9 @@ pub struct ServerConn {
     pub prepared: prepared::PreparedCache,
     pub created: Instant,
     pub last_used: Instant,
-    /// It has been handed to a client: with server_lifetime 0 it is then spent.
-    pub served: bool,
+    /// Which handing out to a client was its last (`Pool::checkout_for` numbers them all, in
+    /// every pool, from 1); 0 if none yet. With server_lifetime 0 it is spent once handed out.
+    pub stamp: u64,
     /// The pool's generation when this connection was opened; see `Pool::reconfigure`.
     pub generation: u64,
     /// Its entry in its pool's list of servers, removed when the connection goes.
