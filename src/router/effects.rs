@@ -230,13 +230,15 @@ fn leads(text: &[u8]) -> bool {
 }
 
 /// Whether a statement of `sql` starts with one of `ADVANCING`, commands that may call
-/// `nextval` without naming it. The first statement's first word is looked at, and the text
-/// is read in full only if that is not one and it has a `;`.
+/// `nextval` without naming it. The first word, and the first word after each `;`, are
+/// looked at; only if one after a `;` is one of them is the text read in full (the `;` may be
+/// in a literal).
 pub fn may_advance_sequences(sql: &[u8]) -> bool {
     if first_advances(sql) {
         return true;
     }
-    if !sql.contains(&b';') {
+    let after_semicolon = |(at, b): (usize, &u8)| *b == b';' && first_advances(&sql[at + 1..]);
+    if !sql.iter().enumerate().any(after_semicolon) {
         return false;
     }
     let text = String::from_utf8_lossy(sql);
