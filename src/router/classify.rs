@@ -190,7 +190,8 @@ fn query(t: &[Token], write_functions: &WriteFunctions) -> Class {
 }
 
 /// Views whose rows are one server's own (its backends, statistics, prepared transactions,
-/// locks, replication): on a replica they describe the replica.
+/// locks, replication): on a replica they describe the replica. So do sequences' values: a
+/// replica has what the primary logged, up to 32 values ahead of what it has given out.
 fn server_state(name: &str) -> bool {
     name.starts_with("pg_")
         && (name.starts_with("pg_stat_")
@@ -202,6 +203,8 @@ fn server_state(name: &str) -> bool {
                     | "pg_replication_slots"
                     | "pg_replication_origin_status"
                     | "pg_backend_memory_contexts"
+                    | "pg_sequences"
+                    | "pg_sequence_last_value"
             ))
 }
 
@@ -269,6 +272,8 @@ mod tests {
         ("SELECT inet_server_port()", Read),
         ("SELECT pg_last_wal_replay_lsn()", Read),
         ("SELECT * FROM pg_stat_activity", Write(ServerState)),
+        ("SELECT last_value FROM pg_sequences", Write(ServerState)),
+        ("SELECT pg_sequence_last_value('s')", Write(ServerState)),
         ("SELECT EXISTS(SELECT 1 FROM t WHERE a = $1)", Read),
         ("SELECT CASE WHEN a > 0 THEN 'pos' ELSE 'neg' END FROM t", Read),
         ("SELECT a FROM t UNION ALL SELECT b FROM u", Read),
