@@ -1,11 +1,11 @@
 //! The session state machine: a client between login and logout.
 //!
-//! `State::Idle` holds no server (`idle.rs` waits for the client's next message). The first
-//! message that needs one links the client to a server (`link.rs`): the router places the work,
-//! the pool hands out a server, and the server is brought to this client's parameters. In
-//! `State::Linked` bytes flow both ways (`forward.rs`) until the link ends: released once the
-//! server owes nothing and is idle (transaction mode), run again elsewhere after a failure the
-//! router allows to be retried, or ended with the session. A client that leaves while linked
+//! Idle (`Session::idle_step`), it holds no server (`idle.rs` waits for the client's next
+//! message). The first message that needs one starts `Session::work`: it links the client to a
+//! server (`link.rs`): the router places the work, the pool hands out a server, and the server
+//! is brought to this client's parameters. Linked, bytes flow both ways (`forward.rs`) until
+//! the link ends: released once the server owes nothing and is idle (transaction mode), run
+//! again elsewhere after a failure the router allows to be retried, or ended with the session. A client that leaves while linked
 //! never passes its state on: the server is cleaned up (`server::reset`) or closed.
 
 use super::end::End;
@@ -30,11 +30,6 @@ use crate::stream::Stream;
 use bytes::BytesMut;
 use std::sync::Arc;
 use std::time::Instant;
-
-enum State {
-    Idle,
-    Linked(Box<Link>),
-}
 
 /// What an idle client's next message asks for.
 pub(super) enum Next {
@@ -280,43 +275,42 @@ impl<'a> Session<'a> {
 }
 
 impl Session<'_> {
-    /// The state machine: every transition between Idle and Linked is here.
+    /// The state machine: idle, then linked for a unit of work (`work`), then idle again,
+    /// until the client leaves or is parked.
     async fn serve(&mut self) -> Exit {
-        let mut state = State::Idle;
         loop {
-            state = match state {
-                State::Idle => match self.idle_step().await {
-                    Ok(Next::Stay) => State::Idle,
-                    Ok(Next::Park) => return Exit::Park,
-                    // Boxed: linking is a brief state, and an idle client should not carry
-                    // its size.
-                    Ok(Next::Link) => match Box::pin(self.link()).await {
-                        Ok(Some(link)) => State::Linked(link),
-                        Ok(None) => State::Idle,
-                        Err(end) => return Exit::End(Box::pin(self.tell(end)).await),
-                    },
-                    // Boxed: once per session, and an idle client should not carry its size.
-                    Err(end) => return Exit::End(Box::pin(self.tell(end)).await),
-                },
-                State::Linked(mut link) => {
-                    let how = Box::pin(self.pump(&mut link)).await;
-                    self.reg.slot.set(None);
-                    match how {
-                        Unlink::Release => {
-                            self.release(*link);
-                            State::Idle
-                        }
-                        Unlink::Retry(retry) => {
-                            self.retry_elsewhere(*link, retry);
-                            State::Idle
-                        }
-                        Unlink::End(end) => {
-                            return Exit::End(Box::pin(self.leave(link, end)).await)
-                        }
+            match self.idle_step().await {
+                Ok(Next::Stay) => {}
+                Ok(Next::Park) => return Exit::Park,
+                // Boxed, one allocation per unit of work for linking and forwarding both: they
+                // are brief, and an idle client should not carry their size.
+                Ok(Next::Link) => {
+                    if let Some(end) = Box::pin(self.work()).await {
+                        return Exit::End(end);
                     }
                 }
+                // Boxed: once per session, and an idle client should not carry its size.
+                Err(end) => return Exit::End(Box::pin(self.tell(end)).await),
             }
         }
+    }
+
+    /// Links the client to a server for its next work and forwards until the link ends:
+    /// None when the client is idle again, or how the session ended.
+    async fn work(&mut self) -> Option<End> {
+        let mut link = match self.link().await {
+            Ok(Some(link)) => link,
+            Ok(None) => return None,
+            Err(end) => return Some(self.tell(end).await),
+        };
+        let how = self.pump(&mut link).await;
+        self.reg.slot.set(None);
+        match how {
+            Unlink::Release => self.release(*link),
+            Unlink::Retry(retry) => self.retry_elsewhere(*link, retry),
+            Unlink::End(end) => return Some(Box::pin(self.leave(link, end)).await),
+        }
+        None
     }
 
     /// Transaction mode, between transactions: the server goes back to the pool, its
