@@ -1,11 +1,12 @@
 //! Checking a server out of a pool: an idle connection (checked first if it has been idle
 //! past server_check_delay), else a slot to open one, else a place in the FIFO wait queue,
-//! with the reserve after reserve_pool_timeout and an end at query_wait_timeout.
+//! with the reserve after reserve_pool_timeout and an end at query_wait_timeout, both kept by
+//! one task per pool while clients wait (`keep_line`).
 
 use super::{Inner, Pool, PoolError};
 use crate::server::{Listed, ServerConn, ServerInfo};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 /// The last stamp given to a server connection handed out (`ServerConn::stamp`).
@@ -25,6 +26,29 @@ pub(super) enum Grant {
 struct Ticket<'a> {
     pool: &'a Pool,
     rx: oneshot::Receiver<Grant>,
+}
+
+impl Ticket<'_> {
+    /// Waits for the grant; no timer of its own (`keep_line` ends the wait in time).
+    async fn wait(&mut self) -> Grant {
+        // The sender is dropped without a grant only when the pool itself goes.
+        (&mut self.rx)
+            .await
+            .unwrap_or(Grant::Failed(PoolError::WaitTimeout))
+    }
+}
+
+/// One pool's line keeper, while clients wait in its line: one timer for the whole line
+/// rather than one per waiting client.
+async fn keep_line(pool: Weak<Pool>) {
+    loop {
+        let next = match pool.upgrade() {
+            Some(pool) => pool.tend_line(Instant::now()),
+            None => return,
+        };
+        let Some(next) = next else { return };
+        tokio::time::sleep_until(next.into()).await;
+    }
 }
 
 impl Drop for Ticket<'_> {
@@ -94,13 +118,6 @@ enum Taken {
     Wait(oneshot::Receiver<Grant>),
 }
 
-/// How a wait in line ended well.
-pub(super) enum Granted {
-    Grant(Grant),
-    /// A reserve slot is counted for the client: it opens the connection itself.
-    Reserve,
-}
-
 /// How many of the most recently used idle servers a checkout looks through for one that
 /// already has the client's settings.
 const AFFINITY_DEPTH: usize = 8;
@@ -109,7 +126,7 @@ impl Pool {
     /// Takes a server connection, waiting in line (FIFO) when the pool is at its size. One
     /// that has been idle longer than server_check_delay must first answer
     /// server_check_query; one that does not is closed and another taken.
-    pub async fn checkout(&self) -> Result<Checkout, PoolError> {
+    pub async fn checkout(self: &Arc<Self>) -> Result<Checkout, PoolError> {
         self.checkout_for(None, Instant::now()).await
     }
 
@@ -117,7 +134,7 @@ impl Pool {
     /// settings have the fingerprint `settings`: it needs nothing applied before the client's
     /// work runs. `start` is now, as the caller read it.
     pub async fn checkout_for(
-        &self,
+        self: &Arc<Self>,
         settings: Option<u64>,
         start: Instant,
     ) -> Result<Checkout, PoolError> {
@@ -172,8 +189,12 @@ impl Pool {
     }
 
     /// Takes an idle connection, or a slot to open one, or a place in the wait queue.
-    async fn take(&self, start: Instant, settings: Option<u64>) -> Result<Checkout, PoolError> {
-        let ticket = match self.take_now(settings, start)? {
+    async fn take(
+        self: &Arc<Self>,
+        start: Instant,
+        settings: Option<u64>,
+    ) -> Result<Checkout, PoolError> {
+        let mut ticket = match self.take_now(settings, start)? {
             Taken::Idle(conn) => {
                 return Ok(Checkout {
                     conn,
@@ -191,10 +212,10 @@ impl Pool {
             }
             Taken::Wait(rx) => Ticket { pool: self, rx },
         };
-        let conn = match self.wait_in_line(ticket, start).await? {
-            Granted::Grant(Grant::Server(conn)) => conn,
-            Granted::Grant(Grant::Connect) | Granted::Reserve => self.open_counted(start).await?,
-            Granted::Grant(Grant::Failed(e)) => return Err(e),
+        let conn = match ticket.wait().await {
+            Grant::Server(conn) => conn,
+            Grant::Connect => self.open_counted(start).await?,
+            Grant::Failed(e) => return Err(e),
         };
         Ok(Checkout {
             conn,
@@ -205,9 +226,10 @@ impl Pool {
 
     /// What the pool has for a client right now. Expired idle connections met on the way
     /// are closed.
-    fn take_now(&self, settings: Option<u64>, now: Instant) -> Result<Taken, PoolError> {
+    fn take_now(self: &Arc<Self>, settings: Option<u64>, now: Instant) -> Result<Taken, PoolError> {
         let mut expired = Vec::new();
         let taken = {
+            let setup = self.setup();
             let mut inner = self.lock();
             if let Some(fp) = settings {
                 // The most recent is the likeliest to be warm: look a little further only
@@ -223,7 +245,7 @@ impl Pool {
             }
             let mut found = None;
             while let Some(conn) = inner.idle.pop() {
-                if self.expired(&conn, now) {
+                if Pool::expired(&setup, &conn, now) {
                     inner.total -= 1;
                     expired.push((conn, "server_lifetime"));
                 } else if conn.closed_while_idle() {
@@ -239,7 +261,7 @@ impl Pool {
             }
             match found {
                 Some(conn) => Taken::Idle(conn),
-                None if inner.total < self.setup().settings.pool_size => {
+                None if inner.total < setup.settings.pool_size => {
                     self.may_connect(&inner, now)?;
                     inner.total += 1;
                     Taken::Connect
@@ -247,6 +269,11 @@ impl Pool {
                 None => {
                     let (tx, rx) = oneshot::channel();
                     inner.waiters.push_back((now, tx));
+                    let t = &setup.timeouts;
+                    if !inner.keeper && (t.query_wait.is_some() || t.reserve_size > 0) {
+                        inner.keeper = true;
+                        tokio::spawn(keep_line(Arc::downgrade(self)));
+                    }
                     Taken::Wait(rx)
                 }
             }
@@ -255,57 +282,6 @@ impl Pool {
             tokio::spawn(conn.close(why));
         }
         Ok(taken)
-    }
-
-    /// Waits in line for a grant, taking the reserve once after reserve_pool_timeout, until
-    /// query_wait_timeout.
-    async fn wait_in_line(
-        &self,
-        mut ticket: Ticket<'_>,
-        start: Instant,
-    ) -> Result<Granted, PoolError> {
-        let rx = &mut ticket.rx;
-        let deadline = self.setup().timeouts.query_wait.map(|t| start + t);
-        let mut reserve_at = (self.setup().timeouts.reserve_size > 0)
-            .then(|| start + self.setup().timeouts.reserve_after);
-        loop {
-            let wake = match (deadline, reserve_at) {
-                (Some(d), Some(r)) => Some(d.min(r)),
-                (d, r) => d.or(r),
-            };
-            let received = match wake {
-                Some(at) => tokio::time::timeout_at(at.into(), &mut *rx).await.ok(),
-                None => Some((&mut *rx).await),
-            };
-            match received {
-                Some(Ok(grant)) => return Ok(Granted::Grant(grant)),
-                // The sender was dropped without a grant: only when the pool itself is gone.
-                Some(Err(_)) => return Err(PoolError::WaitTimeout),
-                None => {}
-            }
-            let now = Instant::now();
-            if reserve_at.is_some_and(|r| now >= r) && deadline.is_none_or(|d| now < d) {
-                // One try at the reserve; afterwards only a grant or the deadline wakes us.
-                reserve_at = None;
-                if self.take_reserve_slot(now) {
-                    rx.close();
-                    if let Ok(grant) = rx.try_recv() {
-                        // A grant raced with us: take it and give the reserve slot back.
-                        self.give_back_slot();
-                        return Ok(Granted::Grant(grant));
-                    }
-                    tracing::debug!(db = %self.database, user = %self.user, node = %self.setup().target.addr(), "using reserve pool");
-                    return Ok(Granted::Reserve);
-                }
-            }
-            if deadline.is_some_and(|d| now >= d) {
-                rx.close();
-                return match rx.try_recv() {
-                    Ok(grant) => Ok(Granted::Grant(grant)),
-                    Err(_) => Err(PoolError::WaitTimeout),
-                };
-            }
-        }
     }
 
     /// A grant that reached a waiter who no longer wants it goes back to the pool.
@@ -317,15 +293,58 @@ impl Pool {
         }
     }
 
-    fn take_reserve_slot(&self, now: Instant) -> bool {
+    /// Ends the waits in line that have passed query_wait_timeout and gives a reserve slot,
+    /// while there is room, to those past reserve_pool_timeout, oldest first. When the next of
+    /// these is due; none once no one waits (the keeper then ends).
+    fn tend_line(&self, now: Instant) -> Option<Instant> {
+        let setup = self.setup();
+        let t = &setup.timeouts;
         let mut inner = self.lock();
-        let room =
-            inner.total < self.setup().settings.pool_size + self.setup().timeouts.reserve_size;
-        if room && self.may_connect(&inner, now).is_ok() {
-            inner.total += 1;
-            return true;
+        // The line is in order of arrival: the longest waits are at its front.
+        if let Some(wait) = t.query_wait {
+            while inner
+                .waiters
+                .front()
+                .is_some_and(|(since, _)| now >= *since + wait)
+            {
+                if let Some((_, w)) = inner.waiters.pop_front() {
+                    let _ = w.send(Grant::Failed(PoolError::WaitTimeout));
+                }
+            }
         }
-        false
+        if t.reserve_size > 0 {
+            while inner
+                .waiters
+                .front()
+                .is_some_and(|(since, _)| now >= *since + t.reserve_after)
+                && inner.total < setup.settings.pool_size + t.reserve_size
+                && self.may_connect(&inner, now).is_ok()
+            {
+                let Some((_, w)) = inner.waiters.pop_front() else {
+                    break;
+                };
+                inner.total += 1;
+                if w.send(Grant::Connect).is_err() {
+                    inner.total -= 1;
+                } else {
+                    tracing::debug!(db = %self.database, user = %self.user, node = %setup.target.addr(), "using reserve pool");
+                }
+            }
+        }
+        let Some((head, _)) = inner.waiters.front() else {
+            inner.keeper = false;
+            return None;
+        };
+        // Within a second at most: a reload may shorten the timeouts, and room in the
+        // reserve may come.
+        let mut next = now + Duration::from_secs(1);
+        if let Some(wait) = t.query_wait {
+            next = next.min(*head + wait);
+        }
+        if t.reserve_size > 0 && *head + t.reserve_after > now {
+            next = next.min(*head + t.reserve_after);
+        }
+        Some(next)
     }
 
     /// A counted slot goes unused: uncount it, and let a waiter have it.

@@ -48,17 +48,14 @@ impl Pool {
         let now = Instant::now();
         let mut closing = Vec::new();
         {
+            let setup = self.setup();
             let mut inner = self.lock();
             let mut keep = Vec::with_capacity(inner.idle.len());
             let mut total = inner.total;
             for conn in inner.idle.drain(..) {
-                let idle_out = self
-                    .setup()
-                    .timeouts
-                    .idle
-                    .is_some_and(|t| conn.idle_for(now) >= t)
-                    && total > self.setup().settings.min_pool_size;
-                if idle_out || self.expired(&conn, now) {
+                let idle_out = setup.timeouts.idle.is_some_and(|t| conn.idle_for(now) >= t)
+                    && total > setup.settings.min_pool_size;
+                if idle_out || Pool::expired(&setup, &conn, now) {
                     total -= 1;
                     closing.push((
                         conn,

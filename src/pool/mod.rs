@@ -84,6 +84,9 @@ struct Inner {
     /// When a client last found no idle connection: a failed login is tried again in the
     /// background only while clients still want one.
     wanted: Option<Instant>,
+    /// Whether the task that ends waits at query_wait_timeout and hands out the reserve
+    /// (`checkout::keep_line`) runs.
+    keeper: bool,
 }
 
 /// Server logins that failed in a row, the last one's time and error.
@@ -196,6 +199,7 @@ impl Pool {
                 last_failure: None,
                 opening: 0,
                 wanted: None,
+                keeper: false,
             }),
             server_params: Mutex::new(None),
             maintaining: Default::default(),
@@ -221,10 +225,10 @@ impl Pool {
         self.setup().timeouts.lifetime.is_zero()
     }
 
-    /// Whether `conn` is past server_lifetime: older than it, or, when it is 0, handed to a
-    /// client once already.
-    fn expired(&self, conn: &ServerConn, now: Instant) -> bool {
-        match self.setup().timeouts.lifetime {
+    /// Whether `conn` is past server_lifetime (`setup`'s): older than it, or, when it is 0,
+    /// handed to a client once already.
+    fn expired(setup: &Setup, conn: &ServerConn, now: Instant) -> bool {
+        match setup.timeouts.lifetime {
             l if l.is_zero() => conn.stamp != 0,
             l => conn.age(now) >= l,
         }
@@ -262,7 +266,7 @@ impl Pool {
         let mut inner = self.lock();
         let why = if !reusable {
             Some("state unknown after client left")
-        } else if self.expired(&conn, now) {
+        } else if Pool::expired(&setup, &conn, now) {
             Some("server_lifetime")
         } else if conn.generation != setup.generation {
             Some("server settings changed by a reload")
