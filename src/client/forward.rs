@@ -175,32 +175,30 @@ impl Session<'_> {
             if link.pace.held() {
                 link.replay.extend_from_slice(original);
             }
-            // Most statements do nothing to the session: they cost one cheap test.
-            let fx = match frame.msg {
-                Message::Query(sql) | Message::Parse { query: sql, .. } => {
-                    effects::may_affect(sql).then(|| effects::of(sql))
-                }
-                Message::Bind { statement, .. } if !statement.is_empty() => names
-                    .statements
-                    .get(statement)
-                    .map(|s| s.effects())
-                    .filter(|fx| !fx.is_empty() || fx.sequences != Default::default())
-                    .cloned(),
-                _ => None,
-            };
-            let verdict = if link.sequences == SequenceValues::Foreign {
-                let text = match frame.msg {
-                    Message::Query(sql) | Message::Parse { query: sql, .. } => Some(sql),
-                    Message::Bind { statement, .. } if !statement.is_empty() => {
-                        names.statements.get(statement).map(|s| s.text())
+            // Most statements do nothing to the session: they cost one cheap test. The text
+            // is what the sequence check reads (a Bind's statement looked up once).
+            let (fx, text) = match frame.msg {
+                Message::Query(sql) | Message::Parse { query: sql, .. } => (
+                    effects::may_affect(sql).then(|| effects::of(sql)),
+                    Some(sql),
+                ),
+                Message::Bind { statement, .. } if !statement.is_empty() => {
+                    match names.statements.get(statement) {
+                        Some(s) => {
+                            let fx = s.effects();
+                            let used = !fx.is_empty() || fx.sequences != Default::default();
+                            (used.then(|| fx.clone()), Some(s.text()))
+                        }
+                        None => (None, None),
                     }
-                    _ => None,
-                };
-                text.map_or(Verdict::Pass, |text| {
+                }
+                _ => (None, None),
+            };
+            let verdict = match text {
+                Some(text) if link.sequences == SequenceValues::Foreign => {
                     sequences::judge(&mut link.sequences, frame.msg, text, fx.as_ref())
-                })
-            } else {
-                Verdict::Pass
+                }
+                _ => Verdict::Pass,
             };
             let refuse_bind = verdict == Verdict::Refuse && tag == b'B';
             let refused = if verdict == Verdict::Refuse {
