@@ -64,7 +64,7 @@ pub(super) enum SequenceValues {
     /// (or it is the client's for the session), or the client has called nextval on it in
     /// this link.
     Own,
-    /// Maybe another client's: a currval or lastval is refused (`refusal::sequences`).
+    /// Maybe another client's: a currval or lastval is refused (`sequences::judge`).
     Foreign,
 }
 
@@ -232,8 +232,8 @@ impl Session<'_> {
             SequenceValues::Foreign
         };
         if node == self.members.cluster.primary() {
-            // Known again once this link ends as it should with the values the client's own
-            // (`Session::release`).
+            // Known again only once this link ends as it should, with the values the
+            // client's own (`Session::release`).
             self.sequence_home = 0;
         }
         self.waited_for_replay(node);

@@ -5,8 +5,9 @@
 //! server (`link.rs`): the router places the work, the pool hands out a server, and the server
 //! is brought to this client's parameters. Linked, bytes flow both ways (`forward.rs`) until
 //! the link ends: released once the server owes nothing and is idle (transaction mode), run
-//! again elsewhere after a failure the router allows to be retried, or ended with the session. A client that leaves while linked
-//! never passes its state on: the server is cleaned up (`server::reset`) or closed.
+//! again elsewhere after a failure the router allows to be retried, or ended with the
+//! session. A client that leaves while linked never passes its state on: the server is
+//! cleaned up (`server::reset`) or closed.
 
 use super::end::End;
 use super::forward::Unlink;
