@@ -1,6 +1,7 @@
 //! Idle clients parked without a task of their own (more than 64 connected): what they set
-//! and prepared is there when they come back, and KILL, cancel requests, client_idle_timeout
-//! and a shutdown reach them while they are parked.
+//! and prepared is there when they come back, KILL, cancel requests, client_idle_timeout
+//! and a shutdown reach them while they are parked, and one that works in a rhythm is not
+//! parked between its transactions.
 
 mod support;
 
@@ -166,4 +167,31 @@ async fn client_idle_timeout_and_shutdown_reach_parked_clients() {
         .ctx
         .client_count()
         == 0));
+}
+
+/// A client that comes back in a rhythm (every half second here) is not parked between its
+/// transactions once its pauses are seen, also when it was taken up from the lot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_in_a_rhythm_is_not_parked_between_its_transactions() {
+    let pg = support::primary();
+    let pooler = Pooler::start(&pg, TRUST);
+    let all = clients(&pooler, MANY).await;
+    assert!(all_parked(&pooler, MANY), "parked: {}", parked(&pooler));
+    let parkings = || pooler.ctx.metrics.parkings.get();
+    let (a, _) = &all[0];
+    // Taken up from the lot; then its pauses are seen.
+    for _ in 0..3 {
+        a.simple_query("SELECT 1").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let before = parkings();
+    for _ in 0..6 {
+        a.simple_query("SELECT 1").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert_eq!(
+        parkings(),
+        before,
+        "parked between transactions half a second apart"
+    );
 }

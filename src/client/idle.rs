@@ -247,14 +247,20 @@ impl Session<'_> {
                 }
             })
             .await;
-            if parkable {
+            // Kept for a wake of the slot, which may be the lot asking it to park: the lot
+            // takes the stamp with the client (`Lot::park`), to learn its rhythm.
+            if parkable && !matches!(woke, Woke::Control) {
                 slot.idle_since.store(0, Ordering::Relaxed);
             }
             match woke {
                 Woke::Data if parkable => {
+                    // Data there at once (as for a client just taken up from the lot, which
+                    // learnt its pause there) says nothing of its rhythm.
                     let gap = tick.load(Ordering::Relaxed).wrapping_sub(since);
-                    let wait = super::parked::rhythm(gap);
-                    slot.park_after.store(wait, Ordering::Relaxed);
+                    if gap > 0 {
+                        let wait = super::parked::rhythm(gap);
+                        slot.park_after.store(wait, Ordering::Relaxed);
+                    }
                 }
                 Woke::Data => {}
                 Woke::Note(n) => {

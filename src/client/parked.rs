@@ -24,12 +24,15 @@ use tokio::io::Interest;
 /// task while many log in at once (whose freed memory the allocator seldom gives back to the
 /// system).
 const PARK_AFTER_TICKS: u32 = 1;
-/// But a client that works in a quick rhythm (a pool's connection used every second, say) is
-/// not parked between its transactions: taking it up costs a task and a few system calls each
-/// time, and the latency of its next message. One that paused at most half this long last
-/// time waits twice that pause before it is asked.
-const RHYTHM_TICKS: u32 = 8;
+/// But a client that works in a quick rhythm (a pool's connection used every second or so)
+/// is not parked between its transactions: taking it up costs a task and a few system calls
+/// each time, and the latency of its next message. One that paused at most half this long
+/// last time waits twice that pause before it is asked; one that paused longer is parked as
+/// soon as any, so that the memory of a crowd that worked once is back at once.
+const RHYTHM_TICKS: u32 = 12;
+
 const TICK: Duration = Duration::from_millis(250);
+
 /// Readiness events taken from the lot's epoll at once.
 const EVENTS: usize = 256;
 
@@ -51,6 +54,8 @@ struct Parked {
     reg: Registration,
     admitted: Admitted,
     rest: Box<Resting>,
+    /// The coarse clock's tick its idleness began at (0: unknown).
+    since: u32,
 }
 
 /// The parked clients, by their epoll token; freed tokens are used again.
@@ -79,10 +84,14 @@ impl Shelf {
         }
     }
 
+    /// Takes the client off the shelf; its token is used again only once `free`d (its socket
+    /// may still stir the epoll under it until deregistered).
     fn take(&mut self, token: usize) -> Option<Parked> {
-        let parked = self.places.get_mut(token)?.take()?;
+        self.places.get_mut(token)?.take()
+    }
+
+    fn free(&mut self, token: usize) {
         self.free.push(token);
-        Some(parked)
     }
 
     /// The tokens of the parked clients `due` picks.
@@ -198,6 +207,8 @@ impl Lot {
             }
         };
         let pid = reg.process_id;
+        // Parked, it is not asked again (the sweep passes over a slot without a stamp).
+        let since = reg.slot.idle_since.swap(0, Ordering::Relaxed);
         let mut socket = match tcp.into_std() {
             Ok(socket) => mio::net::TcpStream::from_std(socket),
             Err(e) => {
@@ -228,6 +239,7 @@ impl Lot {
                     reg,
                     admitted,
                     rest,
+                    since,
                 });
                 return;
             }
@@ -236,9 +248,11 @@ impl Lot {
                 reg,
                 admitted,
                 rest,
+                since,
             })
         };
         self.ctx.metrics.parked.inc();
+        self.ctx.metrics.parkings.inc();
         tracing::debug!(pid, token, "parked");
         // A wake from here on stirs the lot; one that came before is seen now.
         if slot.wake.watch(&self.stir_waker) {
@@ -246,37 +260,39 @@ impl Lot {
         }
     }
 
-    /// Takes the client parked under `token` up in a new task (nothing if it is gone).
+    /// Takes the client parked under `token` up in a new task (nothing if it is gone). The
+    /// system calls that moves its socket back to tokio are the new task's, not the lot's:
+    /// a crowd stirring at once is taken up by every worker, not one after another here.
     fn take_up(self: &Arc<Self>, token: usize) {
         let Some(mut parked) = self.shelf().take(token) else {
             return;
         };
         self.ctx.metrics.parked.dec();
         tracing::debug!(pid = parked.reg.process_id, token, "taken up");
-        let _ = self.registry.deregister(&mut parked.socket);
-        self.resume(parked);
+        if parked.since != 0 {
+            // As a session learns it when data ends its wait (`read_idle`): a client that
+            // comes back in a rhythm is not parked between its transactions.
+            let gap = self
+                .ctx
+                .tick
+                .load(Ordering::Relaxed)
+                .wrapping_sub(parked.since);
+            let slot = &parked.reg.slot;
+            slot.park_after.store(rhythm(gap), Ordering::Relaxed);
+        }
+        let lot = self.clone();
+        tokio::spawn(async move {
+            let _ = lot.registry.deregister(&mut parked.socket);
+            lot.shelf().free(token);
+            if let Some((client, rest)) = unpark(parked) {
+                live(lot, client, rest, BytesMut::new()).await;
+            }
+        });
     }
 
     fn resume(self: &Arc<Self>, parked: Parked) {
-        let Parked {
-            socket,
-            reg,
-            admitted,
-            rest,
-        } = parked;
-        match tokio::net::TcpStream::from_std(socket.into()) {
-            Ok(tcp) => {
-                let client = Client {
-                    stream: Stream::Plain(tcp),
-                    reg,
-                    admitted,
-                };
-                tokio::spawn(live(self.clone(), client, rest, BytesMut::new()));
-            }
-            Err(e) => {
-                let pid = reg.process_id;
-                tracing::warn!(pid, error = %e, "parked client lost: its socket could not be taken up");
-            }
+        if let Some((client, rest)) = unpark(parked) {
+            tokio::spawn(live(self.clone(), client, rest, BytesMut::new()));
         }
     }
 
@@ -303,13 +319,39 @@ impl Lot {
     }
 }
 
+/// A parked client's socket back with tokio, and its session; None if the socket is lost.
+fn unpark(parked: Parked) -> Option<(Client, Box<Resting>)> {
+    let Parked {
+        socket,
+        reg,
+        admitted,
+        rest,
+        ..
+    } = parked;
+    match tokio::net::TcpStream::from_std(socket.into()) {
+        Ok(tcp) => {
+            let client = Client {
+                stream: Stream::Plain(tcp),
+                reg,
+                admitted,
+            };
+            Some((client, rest))
+        }
+        Err(e) => {
+            let pid = reg.process_id;
+            tracing::warn!(pid, error = %e, "parked client lost: its socket could not be taken up");
+            None
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn a_quick_rhythm_waits_longer_before_parking() {
-        // Came back at once, or after up to a second: twice that pause.
+        // Came back at once, or after up to a second and a half: twice that pause.
         assert_eq!(rhythm(0), 0);
         assert_eq!(rhythm(3), 6);
         assert_eq!(rhythm(RHYTHM_TICKS / 2), RHYTHM_TICKS);

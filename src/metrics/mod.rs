@@ -21,6 +21,8 @@ pub struct Metrics {
     pub cancels: IntCounter,
     /// Idle clients waiting without a task of their own (`client::parked`).
     pub parked: IntGauge,
+    /// Clients parked so far: against the transactions, how often clients are taken up.
+    pub parkings: IntCounter,
     pub(crate) gauges: report::Gauges,
 }
 
@@ -67,6 +69,19 @@ impl Metrics {
                 .expect("valid metric");
                 r.register(Box::new(g.clone())).expect("unique metric");
                 g
+            },
+            parkings: {
+                let c = IntCounter::with_opts(
+                    Opts::new(
+                        "pgsluice_client_parkings_total",
+                        "Times an idle client was parked (each is taken up again by its next \
+                         message).",
+                    )
+                    .const_label("instance", instance),
+                )
+                .expect("valid metric");
+                r.register(Box::new(c.clone())).expect("unique metric");
+                c
             },
             gauges: report::Gauges::new(&r),
             instance: instance.to_owned(),
