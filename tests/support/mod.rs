@@ -609,7 +609,11 @@ pub fn read_until_ready(s: &mut std::net::TcpStream) -> Vec<u8> {
     let mut got = Vec::new();
     let mut chunk = [0u8; 4096];
     while !(got.len() >= 6 && got[got.len() - 6] == b'Z') {
-        let n = s.read(&mut chunk).unwrap();
+        // A signal (a child process of the harness ending) may interrupt the read.
+        let n = match s.read(&mut chunk) {
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            r => r.unwrap(),
+        };
         assert!(n > 0, "connection closed: {got:?}");
         got.extend_from_slice(&chunk[..n]);
     }
