@@ -4,21 +4,8 @@
 
 mod support;
 
-use support::{connect, Replicated, APP_PASSWORD};
+use support::{connect, one, Replicated, APP_PASSWORD};
 use tokio_postgres::{Client, SimpleQueryMessage};
-
-/// The first column of the first row `sql` returns.
-async fn one(c: &Client, sql: &str) -> String {
-    c.simple_query(sql)
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e:?}"))
-        .into_iter()
-        .find_map(|m| match m {
-            SimpleQueryMessage::Row(r) => Some(r.get(0).unwrap_or("NULL").to_owned()),
-            _ => None,
-        })
-        .unwrap_or_else(|| panic!("{sql}: no row"))
-}
 
 /// Asserts that `sql`, run by `c`, is refused as a read of another client's values.
 async fn refused(c: &Client, sql: &str) {

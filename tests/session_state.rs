@@ -7,21 +7,8 @@ mod support;
 
 use std::process::Command;
 use std::time::Duration;
-use support::{connect, Pooler, Replicated, APP_PASSWORD};
+use support::{connect, one, Pooler, Replicated, APP_PASSWORD};
 use tokio_postgres::{Client, SimpleQueryMessage};
-
-/// The first column of the first row `sql` returns.
-async fn one(c: &Client, sql: &str) -> String {
-    c.simple_query(sql)
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"))
-        .into_iter()
-        .find_map(|m| match m {
-            SimpleQueryMessage::Row(r) => Some(r.get(0).unwrap_or("NULL").to_owned()),
-            _ => None,
-        })
-        .unwrap_or_else(|| panic!("{sql}: no row"))
-}
 
 /// Every first column `sql` returns, across its statements.
 async fn column(c: &Client, sql: &str) -> Vec<String> {

@@ -80,6 +80,8 @@ impl Session<'_> {
             self.read_idle().await?;
             return Ok(Next::Stay);
         };
+        // Work: no longer idle, whatever a wake left stamped (`read_idle`).
+        self.reg.slot.idle_since.store(0, Ordering::Relaxed);
         match frame.msg {
             Message::Query(sql) => {
                 if let Some(cmd) = std::str::from_utf8(sql).ok().and_then(command::parse) {

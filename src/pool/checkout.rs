@@ -8,10 +8,10 @@ use crate::server::{Listed, ServerConn, ServerInfo};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
+use tokio::sync::oneshot;
 
 /// The last stamp given to a server connection handed out (`ServerConn::stamp`).
 static STAMPS: AtomicU64 = AtomicU64::new(0);
-use tokio::sync::oneshot;
 
 pub(super) enum Grant {
     Server(Box<ServerConn>),

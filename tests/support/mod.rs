@@ -620,6 +620,21 @@ pub fn read_until_ready(s: &mut std::net::TcpStream) -> Vec<u8> {
     got
 }
 
+/// The first column of the first row `sql` returns, run by `c` as a simple Query.
+pub async fn one(c: &tokio_postgres::Client, sql: &str) -> String {
+    c.simple_query(sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e:?}"))
+        .into_iter()
+        .find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => {
+                Some(r.get(0).unwrap_or("NULL").to_owned())
+            }
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("{sql}: no row"))
+}
+
 /// Logs in as `app` to database `app` with no password (auth_type = "trust").
 pub fn logged_in_trust(pooler: &Pooler) -> std::net::TcpStream {
     logged_in_trust_at(pooler.port())
