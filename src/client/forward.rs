@@ -226,20 +226,15 @@ impl Session<'_> {
                     (frame.msg, original)
                 }
             };
+            let to = Target {
+                ex: &mut link.ex,
+                describing: &mut link.describing,
+                refusal: &mut link.refusal,
+            };
             let rewritten = if refuse_bind {
-                let to = Target {
-                    ex: &mut link.ex,
-                    describing: &mut link.describing,
-                    refusal: &mut link.refusal,
-                };
                 names.refuse_bind(to, foreign_sequences_error());
                 Rewritten::Sent
             } else if capacity > 0 {
-                let to = Target {
-                    ex: &mut link.ex,
-                    describing: &mut link.describing,
-                    refusal: &mut link.refusal,
-                };
                 names.rewrite(msg, bytes, to)
             } else {
                 Rewritten::AsIs
