@@ -34,6 +34,16 @@ pub(crate) fn gauge(registry: &Registry, name: &str, help: &str, labels: &[&str]
     g
 }
 
+/// A counter of the whole process, labelled with its instance only.
+fn instance_counter(registry: &Registry, instance: &str, name: &str, help: &str) -> IntCounter {
+    let c = IntCounter::with_opts(Opts::new(name, help).const_label("instance", instance))
+        .expect("valid metric");
+    registry
+        .register(Box::new(c.clone()))
+        .expect("unique metric");
+    c
+}
+
 impl Metrics {
     pub fn new(instance: &str) -> Metrics {
         let r = Registry::new();
@@ -45,18 +55,12 @@ impl Metrics {
                 "Client logins refused for a wrong password or an unknown user.",
                 &["database", "user", "instance"],
             ),
-            cancels: {
-                let c = IntCounter::with_opts(
-                    Opts::new(
-                        "pgsluice_cancel_requests_total",
-                        "Cancel requests received from clients.",
-                    )
-                    .const_label("instance", instance),
-                )
-                .expect("valid metric");
-                r.register(Box::new(c.clone())).expect("unique metric");
-                c
-            },
+            cancels: instance_counter(
+                &r,
+                instance,
+                "pgsluice_cancel_requests_total",
+                "Cancel requests received from clients.",
+            ),
             parked: {
                 let g = IntGauge::with_opts(
                     Opts::new(
@@ -70,19 +74,12 @@ impl Metrics {
                 r.register(Box::new(g.clone())).expect("unique metric");
                 g
             },
-            parkings: {
-                let c = IntCounter::with_opts(
-                    Opts::new(
-                        "pgsluice_client_parkings_total",
-                        "Times an idle client was parked (each is taken up again by its next \
-                         message).",
-                    )
-                    .const_label("instance", instance),
-                )
-                .expect("valid metric");
-                r.register(Box::new(c.clone())).expect("unique metric");
-                c
-            },
+            parkings: instance_counter(
+                &r,
+                instance,
+                "pgsluice_client_parkings_total",
+                "Times an idle client was parked (each is taken up again by its next message).",
+            ),
             gauges: report::Gauges::new(&r),
             instance: instance.to_owned(),
             registry: r,
