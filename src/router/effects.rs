@@ -172,24 +172,14 @@ fn mentions_any(sql: &[u8]) -> bool {
 fn effect_at(sql: &[u8], at: usize) -> bool {
     match sql[at] {
         b';' => leads(&sql[at + 1..]),
-        b'_' => {
-            let start = sql[..at]
-                .iter()
-                .rposition(|b| !WORD[*b as usize])
-                .map_or(0, |p| p + 1);
-            inside(&sql[start..])
-        }
+        b'_' => inside(&sql[word_start(sql, at)..]),
         b'm' | b'M' => match at.checked_sub(2) {
             // `m` is the third letter of `temp`.
-            Some(s) if s == 0 || !WORD[sql[s - 1] as usize] => inside(&sql[s..]),
+            Some(s) if word_start(sql, s) == s => inside(&sql[s..]),
             _ => false,
         },
         b'v' | b'V' => {
-            let start = sql[..at]
-                .iter()
-                .rposition(|b| !WORD[*b as usize])
-                .map_or(0, |p| p + 1);
-            let word = &sql[start..];
+            let word = &sql[word_start(sql, at)..];
             SEQUENCE.iter().any(|w| {
                 word.get(..w.len())
                     .is_some_and(|p| p.eq_ignore_ascii_case(w))
@@ -197,6 +187,16 @@ fn effect_at(sql: &[u8], at: usize) -> bool {
         }
         _ => false,
     }
+}
+
+/// Where the word holding `at` starts, if it is one the prefilter looks for: those are
+/// letters and `_` up to the byte at `at`. A `$` or digit before them ends the walk, as the
+/// lexer may start a word there (after `$$` closing a string, or a parameter `$1`).
+fn word_start(sql: &[u8], at: usize) -> usize {
+    sql[..at]
+        .iter()
+        .rposition(|b| !(b.is_ascii_alphabetic() || *b == b'_'))
+        .map_or(0, |p| p + 1)
 }
 
 fn inside(word: &[u8]) -> bool {

@@ -95,6 +95,18 @@ fn statements_without_effects_cost_one_scan() {
     ] {
         assert!(!of(sql.as_bytes()).is_empty(), "{sql}");
     }
+    // A word right after a string's closing `$$` or a parameter `$1` is a word of its own
+    // (the first found by the `sql` fuzz target).
+    for sql in [
+        &b"SSA;;;((((\x06(((\x01\x00\x00\x00\x00\x00\x00\x06(((((((($$x\\\xd8\\\xd8/(((\x06$$lastval((( s\\\xd8;/"[..],
+        b"SELECT $$x$$lastval()",
+        b"SELECT $1currval('s')",
+        b"SELECT $$x$$pg_advisory_lock(1)",
+        b"SELECT * FROM $$x$$pg_temp.t",
+    ] {
+        assert_eq!(of(sql), read(sql), "{sql:?}");
+        assert_ne!(read(sql), Effects::default(), "{sql:?}");
+    }
 }
 
 #[test]
