@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Two builds of pgsluice side by side, in one run on this machine: pgbench -S in simple and
 # prepared mode through each (same pool, transaction mode, rounds interleaved so drift hits
-# both alike, median TPS), then callgrind's instructions per transaction of each (pgbench -S,
+# both alike; median TPS and median CPU µs per transaction of the pooler process), then callgrind's instructions per transaction of each (pgbench -S,
 # 1 client; the difference of two runs of different lengths, so start-up and login drop out).
 # For changes that must not make pgsluice slower: report the new/old ratios.
 #
@@ -83,43 +83,59 @@ new_port=$(free_port)
 config old "$old_port"
 config new "$new_port"
 RUST_LOG=warn "$old" --config "$work/old.toml" >"$work/old.log" 2>&1 &
-pids+=($!)
+old_pid=$!
+pids+=("$old_pid")
 RUST_LOG=warn "$new" --config "$work/new.toml" >"$work/new.log" 2>&1 &
-pids+=($!)
+new_pid=$!
+pids+=("$new_pid")
 wait_port "$old_port"
 wait_port "$new_port"
 
-# One pgbench run: prints "tps latency_ms".
+# CPU time (user + system) `pid` has used, in clock ticks.
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+hz=$(getconf CLK_TCK)
+
+# One pgbench run through the pooler `pid` listening on `port`: prints "tps latency_ms
+# cpu_us_per_txn".
 run() {
-    local port=$1 mode=$2 clients=$3
+    local port=$1 pid=$2 mode=$3 clients=$4
     local jobs=$((clients < 2 ? 1 : 2))
     # -j = -c in prepared mode: pgbench's synchronous prepare needs a thread per client
     # through a transaction pooler.
     [ "$mode" = prepared ] && jobs=$clients
+    local before after
+    before=$(cpu_ticks "$pid")
     "$bindir/pgbench" -h 127.0.0.1 -p "$port" -U postgres -n -S -M "$mode" -c "$clients" -j "$jobs" \
-        -T "$DURATION" postgres 2>&1 |
-        awk '/^latency average/ {lat=$4} /^tps/ {tps=$3} END {printf "%.0f %.3f\n", tps, lat}'
+        -T "$DURATION" postgres >"$work/pgbench.out" 2>&1
+    after=$(cpu_ticks "$pid")
+    awk -v ticks=$((after - before)) -v hz="$hz" '
+        /^latency average/ {lat=$4} /^tps/ {tps=$3}
+        /^number of transactions actually processed/ {n=$NF; sub(/\/.*/, "", n)}
+        END {printf "%.0f %.3f %.1f\n", tps, lat, (n > 0 ? ticks * 1e6 / hz / n : 0)}' "$work/pgbench.out"
 }
-median() { sort -n | awk '{a[NR]=$0} END {print a[int((NR+1)/2)]}'; }
+# The median of column `col` of the lines on stdin.
+median() { sort -n -k"$1" | awk -v c="$1" '{a[NR]=$c} END {print a[int((NR+1)/2)]}'; }
 
-printf '%-8s %7s | %10s %8s | %10s %8s | %9s\n' mode clients old_tps lat_ms new_tps lat_ms new/old
+printf '%-8s %7s | %9s %7s %7s | %9s %7s %7s | %8s %8s\n' mode clients old_tps lat_ms cpu_us \
+    new_tps lat_ms cpu_us tps_n/o cpu_n/o
 for mode in $MODES; do
     for c in $CLIENTS; do
         : >"$work/r.old" >"$work/r.new"
         for i in $(seq "$ROUNDS"); do
             # Alternate which goes first, so neither always runs on a warmer machine.
             if [ $((i % 2)) = 1 ]; then
-                run "$old_port" "$mode" "$c" >>"$work/r.old"
-                run "$new_port" "$mode" "$c" >>"$work/r.new"
+                run "$old_port" "$old_pid" "$mode" "$c" >>"$work/r.old"
+                run "$new_port" "$new_pid" "$mode" "$c" >>"$work/r.new"
             else
-                run "$new_port" "$mode" "$c" >>"$work/r.new"
-                run "$old_port" "$mode" "$c" >>"$work/r.old"
+                run "$new_port" "$new_pid" "$mode" "$c" >>"$work/r.new"
+                run "$old_port" "$old_pid" "$mode" "$c" >>"$work/r.old"
             fi
         done
-        read -r o_tps o_lat < <(median <"$work/r.old")
-        read -r n_tps n_lat < <(median <"$work/r.new")
-        printf '%-8s %7s | %10s %8s | %10s %8s | %8.2fx\n' "$mode" "$c" "$o_tps" "$o_lat" "$n_tps" "$n_lat" \
-            "$(awk -v n="$n_tps" -v o="$o_tps" 'BEGIN {if (o > 0) print n / o; else print 0}')"
+        o_tps=$(median 1 <"$work/r.old") o_lat=$(median 2 <"$work/r.old") o_cpu=$(median 3 <"$work/r.old")
+        n_tps=$(median 1 <"$work/r.new") n_lat=$(median 2 <"$work/r.new") n_cpu=$(median 3 <"$work/r.new")
+        ratio() { awk -v n="$1" -v o="$2" 'BEGIN {if (o > 0) printf "%.2fx", n / o; else print "-"}'; }
+        printf '%-8s %7s | %9s %7s %7s | %9s %7s %7s | %8s %8s\n' "$mode" "$c" "$o_tps" "$o_lat" "$o_cpu" \
+            "$n_tps" "$n_lat" "$n_cpu" "$(ratio "$n_tps" "$o_tps")" "$(ratio "$n_cpu" "$o_cpu")"
     done
 done
 

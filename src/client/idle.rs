@@ -277,8 +277,7 @@ impl Session<'_> {
             }
             // Readiness may be stale (left from the last read): a read that finds nothing
             // waits again here, where the client may be parked, rather than in a read.
-            buf.reserve(READ_CHUNK);
-            match tcp.try_read_buf(buf) {
+            match read_drained(tcp, buf) {
                 Ok(0) => return Err(End::ClientGone),
                 Ok(_) => {
                     self.idle_since = None;
@@ -321,6 +320,30 @@ impl Session<'_> {
             Woke::Gone => Err(End::ClientGone),
             Woke::Timeout => Err(End::IdleTimeout),
         }
+    }
+}
+
+/// Reads what `tcp` holds into `buf`, and marks the socket drained when the read came short
+/// of the room it had, as tokio's own reads do: the pump then does not try a read that finds
+/// nothing (a system call per transaction) once the client's query is on its way. Readiness
+/// is cleared only if no new edge came since it was looked at, so no wake-up is lost.
+fn read_drained(tcp: &tokio::net::TcpStream, buf: &mut BytesMut) -> std::io::Result<usize> {
+    buf.reserve(READ_CHUNK);
+    let room = buf.capacity() - buf.len();
+    let mut got = None;
+    let drained = tcp.try_io(tokio::io::Interest::READABLE, || {
+        let n = tcp.try_read_buf(buf)?;
+        got = Some(n);
+        if n > 0 && n < room {
+            Err(std::io::ErrorKind::WouldBlock.into())
+        } else {
+            Ok(())
+        }
+    });
+    match got {
+        Some(n) => Ok(n),
+        // Not ready, or the read failed (its error is the result).
+        None => drained.and(Err(std::io::ErrorKind::WouldBlock.into())),
     }
 }
 
