@@ -348,11 +348,15 @@ fn read_drained(tcp: &tokio::net::TcpStream, buf: &mut BytesMut) -> std::io::Res
 }
 
 /// Resolves true when the client has closed its connection, false as soon as it has sent more
-/// bytes (which stay unread).
+/// bytes (which stay unread). Polled through the socket's own reader waker, which only the
+/// session's task uses while it waits: cheaper than `peek`'s future, which joins a list of
+/// waiters under a lock.
 pub(super) async fn client_gone(client: &Stream) -> bool {
-    let mut probe = [0u8; 1];
-    match client.tcp() {
-        Some(tcp) => !matches!(tcp.peek(&mut probe).await, Ok(n) if n > 0),
-        None => true,
-    }
+    let Some(tcp) = client.tcp() else {
+        return true;
+    };
+    let mut byte = [0u8; 1];
+    let mut probe = tokio::io::ReadBuf::new(&mut byte);
+    let peeked = std::future::poll_fn(|cx| tcp.poll_peek(cx, &mut probe)).await;
+    !matches!(peeked, Ok(n) if n > 0)
 }

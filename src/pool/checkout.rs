@@ -162,7 +162,8 @@ impl Pool {
         if conn.idle_for(now) < *delay {
             return true;
         }
-        let check = crate::server::query::simple(conn, query);
+        // Boxed: seldom due, and its space would be in every unit of work.
+        let check = Box::pin(crate::server::query::simple(conn, query));
         matches!(
             tokio::time::timeout(setup.timeouts.connect, check).await,
             Ok(Ok(_))
@@ -202,8 +203,10 @@ impl Pool {
                     previous: 0,
                 })
             }
+            // Boxed, here and below: a login is rare and its future large, and every
+            // client's unit of work would carry its space in place.
             Taken::Connect => {
-                let conn = self.open_counted(start).await?;
+                let conn = Box::pin(self.open_counted(start)).await?;
                 return Ok(Checkout {
                     conn,
                     waited: start.elapsed(),
@@ -214,7 +217,7 @@ impl Pool {
         };
         let conn = match ticket.wait().await {
             Grant::Server(conn) => conn,
-            Grant::Connect => self.open_counted(start).await?,
+            Grant::Connect => Box::pin(self.open_counted(start)).await?,
             Grant::Failed(e) => return Err(e),
         };
         Ok(Checkout {
