@@ -256,13 +256,8 @@ impl Session<'_> {
             }
             match woke {
                 Woke::Data if parkable => {
-                    // Data there at once (as for a client just taken up from the lot, which
-                    // learnt its pause there) says nothing of its rhythm.
                     let gap = tick.load(Ordering::Relaxed).wrapping_sub(since);
-                    if gap > 0 {
-                        let wait = super::parked::rhythm(gap);
-                        slot.park_after.store(wait, Ordering::Relaxed);
-                    }
+                    super::parked::learn(slot, gap);
                 }
                 Woke::Data => {}
                 Woke::Note(n) => {

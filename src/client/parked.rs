@@ -8,7 +8,7 @@
 //! tokio task and IO registration would cost about 1.3 KiB more.
 
 use super::session::{live, Client, Resting};
-use crate::context::clients::{Registration, Wake};
+use crate::context::clients::{Registration, Slot, Wake};
 use crate::context::{Admitted, Context};
 use crate::stream::Stream;
 use bytes::BytesMut;
@@ -20,10 +20,13 @@ use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 
 /// A session that has waited idle for more than this many ticks of the coarse clock is asked
-/// to park: after 250 to 500 ms of idleness. Parking later would leave more clients holding a
-/// task while many log in at once (whose freed memory the allocator seldom gives back to the
-/// system).
+/// to park: after 250 to 500 ms of idleness. A client that has sent nothing since its login
+/// (`FRESH`) is asked at the first tick it is seen idle: a crowd logging in at once (after a
+/// restart, a deploy) would otherwise hold a task each for longer, and the memory freed
+/// from those the allocator seldom gives back to the system.
 const PARK_AFTER_TICKS: u32 = 1;
+/// `Slot::park_after` of a client that has sent nothing since its login.
+const FRESH: u32 = 0;
 /// But a client that works in a quick rhythm (a pool's connection used every second or so)
 /// is not parked between its transactions: taking it up costs a task and a few system calls
 /// each time, and the latency of its next message. One that paused at most half this long
@@ -38,12 +41,29 @@ const EVENTS: usize = 256;
 
 /// How long (in ticks) a client that last paused `gap` ticks waits idle before it is asked
 /// to park (`PARK_AFTER_TICKS` at least).
-pub(super) fn rhythm(gap: u32) -> u32 {
+fn rhythm(gap: u32) -> u32 {
     if gap <= RHYTHM_TICKS / 2 {
-        gap * 2
+        PARK_AFTER_TICKS.max(gap * 2)
     } else {
-        0
+        PARK_AFTER_TICKS
     }
+}
+
+/// What a client's wait before being asked to park is once it has sent something after
+/// waiting `gap` ticks: its rhythm, if the pause says anything of it (data there at once,
+/// as for a client just taken up from the lot, which learnt its pause there, does not).
+pub(super) fn learn(slot: &Slot, gap: u32) {
+    if gap > 0 {
+        slot.park_after.store(rhythm(gap), Ordering::Relaxed);
+    } else if slot.park_after.load(Ordering::Relaxed) == FRESH {
+        slot.park_after.store(PARK_AFTER_TICKS, Ordering::Relaxed);
+    }
+}
+
+/// Whether a client idle since tick `since` (0: not idle where it may park), at tick `now`,
+/// has waited long enough to be asked to park.
+fn due(now: u32, since: u32, park_after: u32) -> bool {
+    since != 0 && now.wrapping_sub(since) > park_after
 }
 
 /// A parked client: its socket (watched by the lot), what its connection holds, its session
@@ -277,8 +297,7 @@ impl Lot {
                 .tick
                 .load(Ordering::Relaxed)
                 .wrapping_sub(parked.since);
-            let slot = &parked.reg.slot;
-            slot.park_after.store(rhythm(gap), Ordering::Relaxed);
+            learn(&parked.reg.slot, gap);
         }
         let lot = self.clone();
         tokio::spawn(async move {
@@ -303,8 +322,7 @@ impl Lot {
         if self.ctx.client_count() > super::idle::FEW_CLIENTS {
             self.ctx.cancels.each(|slot| {
                 let since = slot.idle_since.load(Ordering::Relaxed);
-                let wait = PARK_AFTER_TICKS.max(slot.park_after.load(Ordering::Relaxed));
-                if since != 0 && now.wrapping_sub(since) > wait {
+                if due(now, since, slot.park_after.load(Ordering::Relaxed)) {
                     slot.ask_to_park();
                 }
             });
@@ -351,12 +369,35 @@ mod tests {
 
     #[test]
     fn a_quick_rhythm_waits_longer_before_parking() {
-        // Came back at once, or after up to a second and a half: twice that pause.
-        assert_eq!(rhythm(0), 0);
+        // Came back after up to a second and a half: twice that pause.
         assert_eq!(rhythm(3), 6);
         assert_eq!(rhythm(RHYTHM_TICKS / 2), RHYTHM_TICKS);
         // A longer pause says nothing about the next: parked as soon as any client.
-        assert_eq!(rhythm(RHYTHM_TICKS / 2 + 1), 0);
-        assert_eq!(rhythm(u32::MAX), 0);
+        assert_eq!(rhythm(RHYTHM_TICKS / 2 + 1), PARK_AFTER_TICKS);
+        assert_eq!(rhythm(u32::MAX), PARK_AFTER_TICKS);
+    }
+
+    #[test]
+    fn a_client_fresh_from_its_login_is_parked_at_the_first_tick() {
+        let cancels = crate::context::clients::Cancels::new(1);
+        let reg = cancels.register("127.0.0.1:5432".parse().unwrap());
+        let slot = &reg.slot;
+        assert_eq!(slot.park_after.load(Ordering::Relaxed), FRESH);
+        // Idle since tick 10: fresh, asked at tick 11; not while it is not idle.
+        assert!(!due(10, 10, FRESH));
+        assert!(due(11, 10, FRESH));
+        assert!(!due(11, 0, FRESH));
+        // Once it has sent something, even at once, it waits the usual two ticks.
+        learn(slot, 0);
+        let wait = slot.park_after.load(Ordering::Relaxed);
+        assert_eq!(wait, PARK_AFTER_TICKS);
+        assert!(!due(11, 10, wait));
+        assert!(due(12, 10, wait));
+        // A rhythm learnt is kept when data comes at once (taken up from the lot).
+        learn(slot, 3);
+        learn(slot, 0);
+        assert_eq!(slot.park_after.load(Ordering::Relaxed), 6);
+        // The clock wraps.
+        assert!(due(2, u32::MAX - 1, PARK_AFTER_TICKS));
     }
 }

@@ -96,8 +96,9 @@ pub struct Slot {
     pub idle_since: AtomicU32,
     /// Set by the parking lot: the session parks at its next chance, if it still may.
     park: AtomicBool,
-    /// How many ticks an idle wait must last before the session is asked to park: longer
-    /// for a client that came back after a short pause last time (`client::parked::rhythm`).
+    /// How many ticks an idle wait must last before the session is asked to park: none for a
+    /// client that has sent nothing since its login, longer for one that came back after a
+    /// short pause last time (`client::parked::learn`).
     pub park_after: AtomicU32,
     server: Mutex<Option<Arc<CancelKey>>>,
     pub peer: SocketAddr,
