@@ -4,8 +4,9 @@
 # Prints, for every pgbench case, each pooler's TPS and CPU time per transaction (the pooler's
 # /proc utime+stime over the run, divided by the transactions it served) with the ratios; then
 # latency p50/p99/max from pgbench --log; then latency with 10,000 clients connected and 64
-# busy (benches/many_clients.rs); then each pooler's RSS holding many idle logged-in
-# clients (idle for IDLE_SETTLE seconds: pgsluice parks a client idle for 250 to 500 ms), and again
+# busy (benches/many_clients.rs), and PostgreSQL's own with only the 64 connected; then each
+# pooler's RSS holding many idle logged-in clients (idle for IDLE_SETTLE seconds: pgsluice
+# parks a client idle for 250 to 500 ms, one fresh from its login sooner), and again
 # once they are idle again after each ran one query with a 64 kB result; then pgsluice's CPU
 # per transaction with two streaming replicas against the primary only.
 #
@@ -223,6 +224,15 @@ if [ -n "$MANY_CLIENTS" ]; then
         read -r sn s50 s99 _ <"$work/many_sluice"
         printf '%-8s %12s | %8s %8s %8s %8s | %8s %8s %8s %8s | %9s\n' -S "$m" "$bn" "$b50" "$b99" \
             "$(ratio "$b99" "$b50")" "$sn" "$s50" "$s99" "$(ratio "$s99" "$s50")" "$(ratio "$s99" "$b99")"
+        # The floor: PostgreSQL itself with only the busy clients connected, no pooler. Its
+        # p99/p50 is this machine's (two cores shared by client, server and pooler).
+        busy=${m##*/}
+        (cd "$root" && timeout $((MANY_SECONDS + 900)) cargo bench -q --bench many_clients -- \
+            "$pg_port" "$busy" "$busy" "$MANY_SECONDS" 2>/dev/null) >"$work/many_direct" ||
+            { echo "many clients straight to PostgreSQL failed" >&2; exit 1; }
+        read -r dn d50 d99 _ <"$work/many_direct"
+        printf '%-8s %12s | %8s %8s %8s %8s | PostgreSQL itself, no pooler\n' direct "$busy/$busy" \
+            "$dn" "$d50" "$d99" "$(ratio "$d99" "$d50")"
     done
 fi
 
