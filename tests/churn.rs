@@ -192,9 +192,8 @@ async fn load(conn: String, until: Instant, tally: Arc<Tally>, window: Arc<Windo
                             Ok(c) => client = Some(c),
                             Err(e) => {
                                 failed(&tally, &window, "connect", &e, at);
-                                // Long enough for the query to reach a server (or the pool's queue) however busy
-                                // the machine: a cancel that reaches PostgreSQL before the query does is dropped
-                                // there too.
+                                // A pause before connecting again (the pooler or its server
+                                // may be down for a moment).
                                 tokio::time::sleep(Duration::from_millis(500)).await;
                                 continue;
                             }

@@ -1,6 +1,7 @@
 //! A replica dies under load and comes back: reads outside transactions never see an error,
-//! and the replica gets reads again once it passes a health check. With `role = "auto"`, a
-//! promoted replica takes the writes once the primary is gone.
+//! and the replica gets reads again once it passes a health check; a cancel sent to a replica
+//! that is then lost holds for the read placed again. With `role = "auto"`, a promoted
+//! replica takes the writes once the primary is gone.
 
 mod support;
 
@@ -9,7 +10,44 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use support::{connect, port_of, Replicated, APP_PASSWORD};
+use support::{connect, port_of, signal, Replicated, APP_PASSWORD};
+
+/// A read whose cancel went to a replica that could not act on it (its backend stopped) and
+/// was then lost (the backend killed): the read, placed again on another node, is answered
+/// as cancelled, as the client asked, instead of running in full there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_sent_to_a_lost_replica_holds_for_the_read_placed_again() {
+    let pg = Replicated::start();
+    let pooler = pg.pooler("", "");
+    let client = connect(&pooler, "app", APP_PASSWORD).await;
+    let token = client.cancel_token();
+    let slow = tokio::spawn(async move {
+        client
+            .simple_query("SELECT pg_sleep(30), 'lost cancel'")
+            .await
+            .map(|_| ())
+    });
+    let sql = "SELECT pid FROM pg_stat_activity WHERE query LIKE '%lost cancel%' \
+               AND pid <> pg_backend_pid() AND state = 'active'";
+    let mut pid = None;
+    assert!(support::wait_for(Duration::from_secs(15), || {
+        pid = pg
+            .replicas
+            .iter()
+            .find_map(|r| r.psql(sql).ok().filter(|p| !p.is_empty()));
+        pid.is_some()
+    }));
+    let pid = pid.unwrap();
+    signal(&pid, "STOP");
+    token.cancel_query(tokio_postgres::NoTls).await.unwrap();
+    signal(&pid, "KILL");
+    let e = slow.await.unwrap().expect_err("the read was cancelled");
+    assert_eq!(
+        e.code(),
+        Some(&tokio_postgres::error::SqlState::QUERY_CANCELED),
+        "{e}"
+    );
+}
 
 #[derive(Default)]
 struct Seen {

@@ -5,7 +5,7 @@ mod support;
 
 use std::io::Read;
 use std::time::{Duration, Instant};
-use support::{connect, primary, Pooler, APP_PASSWORD};
+use support::{connect, primary, signal, Pooler, APP_PASSWORD};
 
 /// Runs eight clients per connection string, ten short queries each, and returns the most
 /// server connections matching `filter` that the primary had meanwhile.
@@ -252,15 +252,6 @@ fn backend_running(pg: &pgsluice::localpg::LocalPostgres, marker: &str) -> Optio
         pid.is_some()
     });
     pid
-}
-
-fn signal(pid: &str, name: &str) {
-    let ok = std::process::Command::new("kill")
-        .args([&format!("-{name}"), pid])
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok, "kill -{name} {pid}");
 }
 
 /// A server that stops answering mid-query (its backend stopped with SIGSTOP, as a network

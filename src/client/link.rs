@@ -356,6 +356,12 @@ impl Session<'_> {
     pub(super) fn retry_elsewhere(&mut self, link: Link, retry: Retry) {
         let node = link.node;
         tracing::info!(db = %self.members.cluster.database, node = %self.members.cluster.nodes[node].addr, reason = retry.why, "retrying a read on another node");
+        // A cancel sent to that server for this work may have reached it too late to act,
+        // or not at all (a restarting replica): it holds for the work placed again, which
+        // is then answered as cancelled instead of running in full elsewhere.
+        if link.ex.conn.cancel_key.cancelling() {
+            self.reg.slot.keep_cancel();
+        }
         self.members.pools[node].release(link.ex.conn, false);
         if let Pace::Held { mark } = link.pace {
             self.to_client.truncate(mark);

@@ -159,6 +159,12 @@ impl Slot {
         self.cancelled.swap(false, Ordering::Relaxed)
     }
 
+    /// Keeps a cancel request for the session's work as if it came now: for work placed
+    /// again after the server the request went to was lost.
+    pub fn keep_cancel(&self) {
+        self.cancelled.store(true, Ordering::Relaxed);
+    }
+
     /// Asks the session to park (and wakes it); false if it was asked already.
     pub fn ask_to_park(&self) -> bool {
         let first = !self.park.swap(true, Ordering::Relaxed);

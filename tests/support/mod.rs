@@ -318,6 +318,16 @@ pub fn running(pg: &LocalPostgres, text: &str) -> bool {
     running_on(pg.port, text)
 }
 
+/// Sends signal `name` (STOP, CONT, KILL, …) to process `pid`.
+pub fn signal(pid: &str, name: &str) {
+    let ok = Command::new("kill")
+        .args([&format!("-{name}"), pid])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill -{name} {pid}");
+}
+
 /// `running`, for the server listening on `port`.
 pub fn running_on(port: u16, text: &str) -> bool {
     let sql = format!(
