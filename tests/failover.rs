@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use support::{connect, port_of, signal, Replicated, APP_PASSWORD};
+use support::{backend_running, connect, port_of, signal, Replicated, APP_PASSWORD};
 
 /// A read whose cancel went to a replica that could not act on it (its backend stopped) and
 /// was then lost (the backend killed): the read, placed again on another node, is answered
@@ -27,17 +27,7 @@ async fn a_cancel_sent_to_a_lost_replica_holds_for_the_read_placed_again() {
             .await
             .map(|_| ())
     });
-    let sql = "SELECT pid FROM pg_stat_activity WHERE query LIKE '%lost cancel%' \
-               AND pid <> pg_backend_pid() AND state = 'active'";
-    let mut pid = None;
-    assert!(support::wait_for(Duration::from_secs(15), || {
-        pid = pg
-            .replicas
-            .iter()
-            .find_map(|r| r.psql(sql).ok().filter(|p| !p.is_empty()));
-        pid.is_some()
-    }));
-    let pid = pid.unwrap();
+    let pid = backend_running(&pg.replicas, "lost cancel").expect("the read runs on a replica");
     signal(&pid, "STOP");
     token.cancel_query(tokio_postgres::NoTls).await.unwrap();
     signal(&pid, "KILL");

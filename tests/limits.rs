@@ -5,7 +5,7 @@ mod support;
 
 use std::io::Read;
 use std::time::{Duration, Instant};
-use support::{connect, primary, signal, Pooler, APP_PASSWORD};
+use support::{backend_running, connect, primary, signal, Pooler, APP_PASSWORD};
 
 /// Runs eight clients per connection string, ten short queries each, and returns the most
 /// server connections matching `filter` that the primary had meanwhile.
@@ -240,20 +240,6 @@ async fn idle_clients_and_idle_transactions_time_out() {
         .unwrap();
 }
 
-/// The pid of the primary's backend running a query that contains `marker`, once it runs.
-fn backend_running(pg: &pgsluice::localpg::LocalPostgres, marker: &str) -> Option<String> {
-    let sql = format!(
-        "SELECT pid FROM pg_stat_activity WHERE query LIKE '%{marker}%' \
-         AND pid <> pg_backend_pid() AND state = 'active'"
-    );
-    let mut pid = None;
-    support::wait_for(Duration::from_secs(10), || {
-        pid = pg.psql(&sql).ok().filter(|p| !p.is_empty());
-        pid.is_some()
-    });
-    pid
-}
-
 /// A server that stops answering mid-query (its backend stopped with SIGSTOP, as a network
 /// partition would leave it): the client gets "query timeout" within query_timeout (+1 s),
 /// the others are served meanwhile, and so is the next client after it.
@@ -267,7 +253,7 @@ async fn a_server_that_stops_answering_is_bounded_by_query_timeout() {
         let r = stuck.simple_query("SELECT 'stop-me', pg_sleep(0.5)").await;
         (r, start.elapsed())
     });
-    let pid = backend_running(&pg, "stop-me").expect("the query runs");
+    let pid = backend_running(std::slice::from_ref(&pg), "stop-me").expect("the query runs");
     signal(&pid, "STOP");
     let other = connect(&pooler, "app", APP_PASSWORD).await;
     for _ in 0..20 {

@@ -172,19 +172,13 @@ fn mentions_any(sql: &[u8]) -> bool {
 fn effect_at(sql: &[u8], at: usize) -> bool {
     match sql[at] {
         b';' => leads(&sql[at + 1..]),
-        b'_' => inside(&sql[word_start(sql, at)..]),
+        b'_' => starts_with_any(&sql[word_start(sql, at)..], &INSIDE),
         b'm' | b'M' => match at.checked_sub(2) {
             // `m` is the third letter of `temp`.
-            Some(s) if word_start(sql, s) == s => inside(&sql[s..]),
+            Some(s) if word_start(sql, s) == s => starts_with_any(&sql[s..], &INSIDE),
             _ => false,
         },
-        b'v' | b'V' => {
-            let word = &sql[word_start(sql, at)..];
-            SEQUENCE.iter().any(|w| {
-                word.get(..w.len())
-                    .is_some_and(|p| p.eq_ignore_ascii_case(w))
-            })
-        }
+        b'v' | b'V' => starts_with_any(&sql[word_start(sql, at)..], &SEQUENCE),
         _ => false,
     }
 }
@@ -199,8 +193,9 @@ fn word_start(sql: &[u8], at: usize) -> usize {
         .map_or(0, |p| p + 1)
 }
 
-fn inside(word: &[u8]) -> bool {
-    INSIDE.iter().any(|w| {
+/// Whether `word` starts with one of `words`, in any case.
+fn starts_with_any(word: &[u8], words: &[&[u8]]) -> bool {
+    words.iter().any(|w| {
         word.get(..w.len())
             .is_some_and(|p| p.eq_ignore_ascii_case(w))
     })

@@ -318,6 +318,23 @@ pub fn running(pg: &LocalPostgres, text: &str) -> bool {
     running_on(pg.port, text)
 }
 
+/// The pid of a backend of one of `servers` running a query that contains `marker`, once it
+/// runs (None if none does within 15 s).
+pub fn backend_running(servers: &[LocalPostgres], marker: &str) -> Option<String> {
+    let sql = format!(
+        "SELECT pid FROM pg_stat_activity WHERE query LIKE '%{marker}%' \
+         AND pid <> pg_backend_pid() AND state = 'active'"
+    );
+    let mut pid = None;
+    wait_for(Duration::from_secs(15), || {
+        pid = servers
+            .iter()
+            .find_map(|pg| pg.psql(&sql).ok().filter(|p| !p.is_empty()));
+        pid.is_some()
+    });
+    pid
+}
+
 /// Sends signal `name` (STOP, CONT, KILL, …) to process `pid`.
 pub fn signal(pid: &str, name: &str) {
     let ok = Command::new("kill")
