@@ -25,6 +25,10 @@ pub(super) struct Limits {
 impl Limits {
     /// The first of them to run out from here, and how the session then ends.
     pub fn next(&self, link: &Link) -> Option<(Instant, End)> {
+        // All off, as by default: asked before every wait of a link, so said at once.
+        if self.idle_transaction.is_none() && self.query.is_none() && self.transaction.is_none() {
+            return None;
+        }
         let t = &link.ex.tracker;
         let idle_in_tx = t.status != TxStatus::Idle && !t.busy() && link.ex.to_server.is_empty();
         let idle = self

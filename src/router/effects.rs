@@ -168,29 +168,33 @@ fn mentions_any(sql: &[u8]) -> bool {
     false
 }
 
-/// Whether the byte at `at` (a candidate of `mentions_any`) is where an effect shows.
+/// Whether the byte at `at` (a candidate of `mentions_any`) is where an effect shows. Each
+/// word looked for is found at one of its letters, where it starts a known number of bytes
+/// back: no walk to the start of the word around it (text in snake_case is full of `_`).
 fn effect_at(sql: &[u8], at: usize) -> bool {
     match sql[at] {
         b';' => leads(&sql[at + 1..]),
-        b'_' => starts_with_any(&sql[word_start(sql, at)..], &INSIDE),
-        b'm' | b'M' => match at.checked_sub(2) {
-            // `m` is the third letter of `temp`.
-            Some(s) if word_start(sql, s) == s => starts_with_any(&sql[s..], &INSIDE),
-            _ => false,
-        },
-        b'v' | b'V' => starts_with_any(&sql[word_start(sql, at)..], &SEQUENCE),
+        // The first `_` of every function of INSIDE follows `pg` or `set`.
+        b'_' => word_at(sql, at, 2, &INSIDE) || word_at(sql, at, 3, &INSIDE),
+        // `m` is the third letter of `temp`.
+        b'm' | b'M' => word_at(sql, at, 2, &INSIDE),
+        // `v` is the fifth letter of currval, lastval and nextval, the fourth of setval.
+        b'v' | b'V' => word_at(sql, at, 4, &SEQUENCE) || word_at(sql, at, 3, &SEQUENCE),
         _ => false,
     }
 }
 
-/// Where the word holding `at` starts, if it is one the prefilter looks for: those are
-/// letters and `_` up to the byte at `at`. A `$` or digit before them ends the walk, as the
-/// lexer may start a word there (after `$$` closing a string, or a parameter `$1`).
-fn word_start(sql: &[u8], at: usize) -> usize {
-    sql[..at]
-        .iter()
-        .rposition(|b| !(b.is_ascii_alphabetic() || *b == b'_'))
-        .map_or(0, |p| p + 1)
+/// Whether a word starting `back` bytes before `at` starts with one of `words`.
+fn word_at(sql: &[u8], at: usize, back: usize, words: &[&[u8]]) -> bool {
+    at.checked_sub(back)
+        .is_some_and(|s| starts_word(sql, s) && starts_with_any(&sql[s..], words))
+}
+
+/// Whether a word the prefilter looks for may start at `s`: not after a letter or `_`, which
+/// would make it part of a longer word. A `$` or digit before it may end a word (after `$$`
+/// closing a string, or a parameter `$1`, the lexer starts a new one).
+fn starts_word(sql: &[u8], s: usize) -> bool {
+    s == 0 || !(sql[s - 1].is_ascii_alphabetic() || sql[s - 1] == b'_')
 }
 
 /// Whether `word` starts with one of `words`, in any case.

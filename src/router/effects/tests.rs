@@ -77,6 +77,9 @@ fn statements_without_effects_cost_one_scan() {
         "INSERT INTO t VALUES (1)",
         "BEGIN",
         "COMMIT",
+        "UPDATE pgbench_accounts SET abalance = abalance + -5 WHERE aid = 3",
+        "INSERT INTO pgbench_history (tid, mtime) VALUES (1, CURRENT_TIMESTAMP)",
+        "SELECT my_pg_advisory_lock(1), xsetval(2), user_settings.level FROM user_settings",
     ] {
         assert!(!mentions_any(sql.as_bytes()), "{sql}");
         assert!(of(sql.as_bytes()).is_empty());
@@ -92,8 +95,20 @@ fn statements_without_effects_cost_one_scan() {
         "SELECT x INTO TEMPORARY t2 FROM t",
         "SELECT a, b, c, d, e, f, g, pg_catalog.PG_ADVISORY_LOCK(1)",
         "SELECT 12345678 INTO temp t3",
+        "SELECT(pg_try_advisory_lock(1))",
+        "select set_config('a', 'b', false)",
     ] {
         assert!(!of(sql.as_bytes()).is_empty(), "{sql}");
+    }
+    // The sequence functions, wherever their `v` is.
+    for sql in [
+        "SELECT setval('s', 1)",
+        "SELECT nextval('s')",
+        "select 1;select CURRVAL('s')",
+        "SELECT(lastval())",
+    ] {
+        assert!(mentions_any(sql.as_bytes()), "{sql}");
+        assert_ne!(of(sql.as_bytes()).sequences, Sequences::default(), "{sql}");
     }
     // A word right after a string's closing `$$` or a parameter `$1` is a word of its own
     // (the first found by the `sql` fuzz target).
