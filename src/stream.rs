@@ -166,6 +166,24 @@ impl Stream {
         }
     }
 
+    /// Sends what `out` holds now if the socket takes it without waiting (the usual case: a
+    /// query, an answer), so that a link need not turn its loop once more to write it. What
+    /// is left, or an error, the next wait meets; TLS, which writes through its own buffer,
+    /// always waits.
+    pub fn send_now(&self, out: &mut bytes::BytesMut) {
+        if out.is_empty() {
+            return;
+        }
+        let sent = match self {
+            Stream::Plain(s) => s.try_write(out),
+            Stream::Unix(s) => s.try_write(out),
+            Stream::Tls(_) | Stream::Upgrading => return,
+        };
+        if let Ok(n) = sent {
+            bytes::Buf::advance(out, n);
+        }
+    }
+
     pub fn is_tls(&self) -> bool {
         matches!(self, Stream::Tls(_))
     }

@@ -385,6 +385,7 @@ impl Session<'_> {
                 if progress == Progress::Fresh && link.ex.to_server.len() > before {
                     progress = Progress::Forwarded;
                 }
+                link.ex.conn.stream.send_now(&mut link.ex.to_server);
                 // (A statement described before the client's Bind is not the client's work.)
                 if !was_busy && link.ex.tracker.busy() && link.verify != Verify::Waiting {
                     let now = Instant::now();
@@ -481,7 +482,15 @@ impl Session<'_> {
         if server_failed {
             return Some(self.lost(link));
         }
-        self.take_in(link)
+        let how = self.take_in(link);
+        // Unless the pooler has to learn something before the client may see its work end:
+        // what it did to the session (a LISTEN), its writes' position (read_your_writes).
+        let learning =
+            !link.touched.is_empty() || matches!(link.floor, FloorDue::Writes { owed: true, .. });
+        if how.is_none() && !link.pace.held() && !learning {
+            self.client.send_now(&mut self.to_client);
+        }
+        how
     }
 
     /// The server's connection broke: a held unit may run again elsewhere if the router
