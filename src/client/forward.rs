@@ -485,8 +485,8 @@ impl Session<'_> {
         let how = self.take_in(link);
         // Unless the pooler has to learn something before the client may see its work end:
         // what it did to the session (a LISTEN), its writes' position (read_your_writes).
-        let learning =
-            !link.touched.is_empty() || matches!(link.floor, FloorDue::Writes { owed: true, .. });
+        let owed = matches!(link.floor, FloorDue::Writes { owed: true, .. });
+        let learning = !link.touched.is_empty() || (owed && link.ex.tracker.idle());
         if how.is_none() && !link.pace.held() && !learning {
             self.client.send_now(&mut self.to_client);
         }
