@@ -483,8 +483,9 @@ impl Session<'_> {
             return Some(self.lost(link));
         }
         let how = self.take_in(link);
-        // Unless the pooler has to learn something before the client may see its work end:
-        // what it did to the session (a LISTEN), its writes' position (read_your_writes).
+        // The answer goes out at once, unless the pooler must first learn what the work did:
+        // to the session (a LISTEN; `settle`), or its writes' position at the transaction's
+        // end (`learn_floor`). The client must not see its work end before either.
         let owed = matches!(link.floor, FloorDue::Writes { owed: true, .. });
         let learning = !link.touched.is_empty() || (owed && link.ex.tracker.idle());
         if how.is_none() && !link.pace.held() && !learning {
