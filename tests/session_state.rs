@@ -475,6 +475,24 @@ async fn listen_pins_in_pin_mode_and_notifications_arrive() {
     assert!(pinned.contains(&"listen".to_owned()), "{pinned:?}");
     let b = connect(&pooler, "app", APP_PASSWORD).await;
     notified_after_transactions(&a, &mut rx, &b).await;
+    // One that reaches its server while the pooler asks what the client's SET did (the
+    // probe after each) is the client's all the same, in order.
+    let sender = tokio::spawn(async move {
+        for i in 0..200 {
+            let notify = format!("NOTIFY jobs, 'n{i}'");
+            b.batch_execute(&notify).await.unwrap();
+        }
+    });
+    for i in 0..200 {
+        let set = format!("SET application_name = 'probed {i}'");
+        a.batch_execute(&set).await.unwrap();
+    }
+    sender.await.unwrap();
+    for i in 0..200 {
+        let got = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await;
+        let got = got.unwrap_or_else(|_| panic!("notification n{i} lost"));
+        assert_eq!(got, Some(("jobs".to_owned(), format!("n{i}"))));
+    }
     a.batch_execute("UNLISTEN *").await.unwrap();
     let unpinned = pooler.admin_column("SHOW CLIENTS", "pinned");
     assert!(unpinned.iter().all(|p| p.is_empty()), "{unpinned:?}");

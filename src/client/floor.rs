@@ -65,22 +65,28 @@ impl Session<'_> {
             .then(|| self.members.clone());
         let _pending = pool.as_deref().map(Pending::new);
         let timeout = self.config.general.server_connect_timeout.0;
-        let ask = query::simple(&mut link.ex.conn, POSITION);
-        tokio::pin!(ask);
-        let late = tokio::time::sleep(timeout);
-        tokio::pin!(late);
-        let to_client = &mut self.to_client;
-        let rows = loop {
-            tokio::select! {
-                biased;
-                rows = &mut ask => break rows,
-                w = self.client.write(to_client), if !to_client.is_empty() => match w {
-                    Ok(n) if n > 0 => to_client.advance(n),
-                    _ => return Err(End::ClientGone),
-                },
-                _ = &mut late => return Err(End::ServerGone),
+        // A notification that reaches the server meanwhile is the client's, after its answer.
+        let mut notes = bytes::BytesMut::new();
+        let rows = {
+            let ask = query::several(&mut link.ex.conn, POSITION, |_, _| {}, &mut notes);
+            tokio::pin!(ask);
+            let late = tokio::time::sleep(timeout);
+            tokio::pin!(late);
+            let to_client = &mut self.to_client;
+            loop {
+                tokio::select! {
+                    biased;
+                    rows = &mut ask => break rows,
+                    w = self.client.write(to_client), if !to_client.is_empty() => match w {
+                        Ok(n) if n > 0 => to_client.advance(n),
+                        _ => return Err(End::ClientGone),
+                    },
+                    _ = &mut late => return Err(End::ServerGone),
+                }
             }
         };
+        self.to_client.extend_from_slice(&notes);
+        let rows = rows.and_then(|(rows, error)| error.map_or(Ok(rows), Err));
         let lsn = match rows {
             Ok(rows) => rows
                 .first()

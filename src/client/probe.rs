@@ -181,9 +181,14 @@ impl Session<'_> {
         let timeout = self.config.general.server_connect_timeout.0;
         let conn = &mut link.ex.conn;
         let mut reported: Vec<(String, String)> = Vec::new();
-        let run = query::several(conn, sql, |n, v| {
-            reported.push((n.to_owned(), v.to_owned()))
-        });
+        // A notification that reaches the server meanwhile is the client's, after its answer.
+        let notes = &mut self.to_client;
+        let run = query::several(
+            conn,
+            sql,
+            |n, v| reported.push((n.to_owned(), v.to_owned())),
+            notes,
+        );
         let result = match tokio::time::timeout(timeout, run).await {
             Ok(Ok(r)) => r,
             Ok(Err(e)) => return Err(End::Params(format!("session state unknown: {e}"))),

@@ -1,5 +1,6 @@
-//! A simple-protocol query on a connection of the pooler's own, for the control plane (health
-//! checks, lag polling): text results only, small and bounded.
+//! A simple-protocol query of the pooler's own: on its control-plane connections (health
+//! checks, lag polling) and on a client's server between its work (what the session holds,
+//! the write position). Text results only, small and bounded.
 
 use super::ServerConn;
 use bytes::BytesMut;
@@ -24,7 +25,7 @@ pub type Row = Vec<Option<String>>;
 
 /// Runs `sql` and returns its rows once the server is ready again. The caller bounds the time.
 pub async fn simple(conn: &mut ServerConn, sql: &str) -> Result<Vec<Row>, QueryError> {
-    match several(conn, sql, |_, _| {}).await? {
+    match several(conn, sql, |_, _| {}, &mut BytesMut::new()).await? {
         (_, Some(e)) => Err(e),
         (rows, None) => Ok(rows),
     }
@@ -32,16 +33,18 @@ pub async fn simple(conn: &mut ServerConn, sql: &str) -> Result<Vec<Row>, QueryE
 
 /// Runs `sql`, which may hold several statements, and returns the rows of those that ran
 /// with the error that stopped the rest, if any. `parameter` hears what the server reports
-/// on the way (lowercase names). The caller bounds the time.
+/// on the way (lowercase names); notifications that come meanwhile (on a server of a client
+/// that LISTENs) are added to `notes` as they came. The caller bounds the time.
 pub async fn several(
     conn: &mut ServerConn,
     sql: &str,
     mut parameter: impl FnMut(&str, &str),
+    notes: &mut BytesMut,
 ) -> Result<(Vec<Row>, Option<QueryError>), QueryError> {
     let mut out = BytesMut::new();
     crate::protocol::frontend::encode_query(&mut out, sql);
     conn.stream.write_all(&out).await?;
-    replies(conn, &mut parameter).await
+    replies(conn, &mut parameter, Some(notes)).await
 }
 
 /// Runs `sql` with `param` as its $1 (the extended protocol: the value never becomes part of
@@ -72,22 +75,29 @@ pub async fn with_param(
     frontend::execute("", 0, &mut out).map_err(encoding)?;
     frontend::sync(&mut out);
     conn.stream.write_all(&out).await?;
-    match replies(conn, &mut |_, _| {}).await? {
+    match replies(conn, &mut |_, _| {}, None).await? {
         (_, Some(e)) => Err(e),
         (rows, None) => Ok(rows),
     }
 }
 
-/// The replies to what was sent, up to ReadyForQuery.
+/// The replies to what was sent, up to ReadyForQuery; notifications, whole, to `notes`.
 async fn replies(
     conn: &mut ServerConn,
     parameter: &mut impl FnMut(&str, &str),
+    mut notes: Option<&mut BytesMut>,
 ) -> Result<(Vec<Row>, Option<QueryError>), QueryError> {
     use fallible_iterator::FallibleIterator;
     let mut rows = Vec::new();
     let mut error = None;
     loop {
         let msg = loop {
+            if let Some(notes) = notes.as_deref_mut() {
+                if let Some(len) = notification_len(&conn.buf) {
+                    notes.extend_from_slice(&conn.buf.split_to(len));
+                    continue;
+                }
+            }
             if let Some(m) = Message::parse(&mut conn.buf).map_err(|_| QueryError::Protocol)? {
                 break m;
             }
@@ -127,4 +137,13 @@ async fn replies(
             _ => {}
         }
     }
+}
+
+/// The length of the NotificationResponse at the start of `buf`, if one is there whole.
+fn notification_len(buf: &[u8]) -> Option<usize> {
+    let [b'A', a, b, c, d, ..] = *buf else {
+        return None;
+    };
+    let body = u32::from_be_bytes([a, b, c, d]) as usize;
+    (body >= 4 && buf.len() > body).then_some(1 + body)
 }
