@@ -364,6 +364,12 @@ impl Session<'_> {
             {
                 return Unlink::Release;
             }
+            // What the server answered goes out now, not on the next wait: only here, once
+            // what the work did is learnt above (`settle`, `learn_floor`), as the client must
+            // not see its work end before.
+            if !link.pace.held() {
+                self.client.send_now(&mut self.to_client);
+            }
             // One unit at a time: the next is taken once this one is answered. And once the
             // client's work is all answered, the position query behind it is waited for: the
             // next work is then placed afresh (and knows its floor), or answered by the pooler.
@@ -482,16 +488,7 @@ impl Session<'_> {
         if server_failed {
             return Some(self.lost(link));
         }
-        let how = self.take_in(link);
-        // The answer goes out at once, unless the pooler must first learn what the work did:
-        // to the session (a LISTEN; `settle`), or its writes' position at the transaction's
-        // end (`learn_floor`). The client must not see its work end before either.
-        let owed = matches!(link.floor, FloorDue::Writes { owed: true, .. });
-        let learning = !link.touched.is_empty() || (owed && link.ex.tracker.idle());
-        if how.is_none() && !link.pace.held() && !learning {
-            self.client.send_now(&mut self.to_client);
-        }
-        how
+        self.take_in(link)
     }
 
     /// The server's connection broke: a held unit may run again elsewhere if the router
