@@ -68,7 +68,7 @@ impl Session<'_> {
         // A notification that reaches the server meanwhile is the client's, after its answer.
         let mut notes = bytes::BytesMut::new();
         let rows = {
-            let ask = query::several(&mut link.ex.conn, POSITION, |_, _| {}, &mut notes);
+            let ask = query::several(&mut link.ex.conn, POSITION, |_, _| {}, Some(&mut notes));
             tokio::pin!(ask);
             let late = tokio::time::sleep(timeout);
             tokio::pin!(late);

@@ -187,7 +187,7 @@ impl Session<'_> {
             conn,
             sql,
             |n, v| reported.push((n.to_owned(), v.to_owned())),
-            notes,
+            Some(notes),
         );
         let result = match tokio::time::timeout(timeout, run).await {
             Ok(Ok(r)) => r,

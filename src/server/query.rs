@@ -25,7 +25,7 @@ pub type Row = Vec<Option<String>>;
 
 /// Runs `sql` and returns its rows once the server is ready again. The caller bounds the time.
 pub async fn simple(conn: &mut ServerConn, sql: &str) -> Result<Vec<Row>, QueryError> {
-    match several(conn, sql, |_, _| {}, &mut BytesMut::new()).await? {
+    match several(conn, sql, |_, _| {}, None).await? {
         (_, Some(e)) => Err(e),
         (rows, None) => Ok(rows),
     }
@@ -34,17 +34,18 @@ pub async fn simple(conn: &mut ServerConn, sql: &str) -> Result<Vec<Row>, QueryE
 /// Runs `sql`, which may hold several statements, and returns the rows of those that ran
 /// with the error that stopped the rest, if any. `parameter` hears what the server reports
 /// on the way (lowercase names); notifications that come meanwhile (on a server of a client
-/// that LISTENs) are added to `notes` as they came. The caller bounds the time.
+/// that LISTENs) are added to `notes` as they came (None: dropped). The caller bounds the
+/// time.
 pub async fn several(
     conn: &mut ServerConn,
     sql: &str,
     mut parameter: impl FnMut(&str, &str),
-    notes: &mut BytesMut,
+    notes: Option<&mut BytesMut>,
 ) -> Result<(Vec<Row>, Option<QueryError>), QueryError> {
     let mut out = BytesMut::new();
     crate::protocol::frontend::encode_query(&mut out, sql);
     conn.stream.write_all(&out).await?;
-    replies(conn, &mut parameter, Some(notes)).await
+    replies(conn, &mut parameter, notes).await
 }
 
 /// Runs `sql` with `param` as its $1 (the extended protocol: the value never becomes part of
