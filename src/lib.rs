@@ -7,6 +7,7 @@ pub mod cluster;
 pub mod config;
 pub mod context;
 pub mod demo;
+pub mod listen;
 pub mod localpg;
 pub mod metrics;
 pub mod pool;

@@ -7,19 +7,23 @@ use crate::cluster::health::Checker;
 use crate::cluster::replay::Follower;
 use crate::cluster::Cluster;
 use crate::config::Config;
+use crate::context::clients::Peer;
 use crate::context::{Context, Phase};
+use crate::listen::{Existing, SocketFile};
 use crate::protocol::sqlstate;
 use crate::router::WriteFunctions;
 use crate::stream::Stream;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 
 /// A bound but not yet serving pooler; tests bind port 0 and read the address back.
 pub struct Service {
     pub ctx: Arc<Context>,
     listener: TcpListener,
+    /// The Unix socket in unix_socket_dir, if one is configured.
+    unix: Option<SocketFile>,
     http: Option<TcpListener>,
     /// Where idle clients wait without a task, and the epoll it watches.
     lot: Arc<Lot>,
@@ -34,11 +38,16 @@ impl Service {
         };
         let reuse = config.general.so_reuseport;
         let addr = crate::config::host_port(host, config.general.listen_port);
-        let listener = listen(&addr, reuse).await?;
+        let listener = crate::listen::tcp(&addr, reuse).await?;
+        let unix = match config.general.unix_socket_dir.as_str() {
+            "" => None,
+            // Named for the port bound (listen_port 0 takes any).
+            dir => Some(unix_socket(dir, listener.local_addr()?.port(), &config)?),
+        };
         let http =
             match config.general.http_listen.as_str() {
                 "" => None,
-                addr => Some(listen(addr, reuse).await.map_err(|e| {
+                addr => Some(crate::listen::tcp(addr, reuse).await.map_err(|e| {
                     std::io::Error::new(e.kind(), format!("http_listen {addr}: {e}"))
                 })?),
             };
@@ -47,6 +56,7 @@ impl Service {
         Ok(Service {
             ctx,
             listener,
+            unix,
             http,
             lot,
             lot_poll: Some(lot_poll),
@@ -68,6 +78,9 @@ impl Service {
     /// lets clients finish as the shutdown asks, and returns once they are gone.
     pub async fn serve(mut self) {
         tracing::info!(addr = %self.local_addr(), "listening");
+        if let Some(unix) = &self.unix {
+            tracing::info!(path = %unix.path().display(), "listening");
+        }
         let mut background = tokio::task::JoinSet::new();
         if let Some(http) = self.http.take() {
             tracing::info!(addr = %http.local_addr().map(|a| a.to_string()).unwrap_or_default(), "http listening");
@@ -83,7 +96,8 @@ impl Service {
         let mut control = self.ctx.control.subscribe();
         loop {
             let accepted = tokio::select! {
-                a = self.listener.accept() => a,
+                a = self.listener.accept() => a.map(|(tcp, peer)| (Stream::Plain(tcp), Peer::Tcp(peer))),
+                a = accept_unix(self.unix.as_ref()) => a.map(|unix| (Stream::Unix(unix), self.unix_peer())),
                 _ = control.wait_for(|p| *p != Phase::Running) => break,
             };
             match accepted {
@@ -101,11 +115,17 @@ impl Service {
             while let Ok(Ok((stream, peer))) =
                 tokio::time::timeout(Duration::ZERO, self.listener.accept()).await
             {
-                self.accepted(stream, peer);
+                self.accepted(Stream::Plain(stream), Peer::Tcp(peer));
+            }
+            while let Ok(Ok(unix)) =
+                tokio::time::timeout(Duration::ZERO, accept_unix(self.unix.as_ref())).await
+            {
+                self.accepted(Stream::Unix(unix), self.unix_peer());
             }
         }
         // New clients are refused from here on; /ready already says 503.
         drop(self.listener);
+        drop(self.unix.take());
         let timeout = self.ctx.config.load().general.shutdown_timeout.0;
         tracing::info!(clients = self.ctx.client_count(), ?timeout, "shutting down");
         let gone = |ctx: &Context| ctx.client_count() == 0;
@@ -124,38 +144,18 @@ impl Service {
         tracing::info!("shut down");
     }
 
+    fn unix_peer(&self) -> Peer {
+        Peer::Unix {
+            port: self.local_addr().port(),
+        }
+    }
+
     /// A new connection: counted for max_client_conn, then served by a task of its own.
-    fn accepted(&self, stream: TcpStream, peer: SocketAddr) {
+    fn accepted(&self, stream: Stream, peer: Peer) {
         let admitted = self.ctx.admit();
         let lot = self.lot.clone();
         tokio::spawn(handle(self.ctx.clone(), lot, stream, peer, admitted));
     }
-}
-
-/// A listening socket on `addr` ("host:port", the host perhaps an IPv6 address in brackets);
-/// with `reuse_port`, one that another process may bind too (SO_REUSEPORT), so a new
-/// pgsluice can take over the port while this one drains.
-async fn listen(addr: &str, reuse_port: bool) -> std::io::Result<TcpListener> {
-    if !reuse_port {
-        return TcpListener::bind(addr).await;
-    }
-    let addr = tokio::net::lookup_host(addr).await?.next().ok_or_else(|| {
-        std::io::Error::new(
-            std::io::ErrorKind::InvalidInput,
-            format!("{addr}: no address"),
-        )
-    })?;
-    let socket = socket2::Socket::new(
-        socket2::Domain::for_address(addr),
-        socket2::Type::STREAM,
-        None,
-    )?;
-    socket.set_reuse_address(true)?;
-    socket.set_reuse_port(true)?;
-    socket.set_nonblocking(true)?;
-    socket.bind(&addr.into())?;
-    socket.listen(1024)?;
-    TcpListener::from_std(socket.into())
 }
 
 /// Serves one client from accept to close. An idle client's memory is mostly this future
@@ -164,14 +164,15 @@ async fn listen(addr: &str, reuse_port: bool) -> std::io::Result<TcpListener> {
 async fn handle(
     ctx: Arc<Context>,
     lot: Arc<Lot>,
-    stream: TcpStream,
-    peer: SocketAddr,
+    mut stream: Stream,
+    peer: Peer,
     admitted: Option<crate::context::Admitted>,
 ) {
-    let _ = stream.set_nodelay(true);
     let config = ctx.config.load_full();
-    crate::stream::tune(&stream, &crate::server::tcp_tuning(&config.general));
-    let mut stream = Stream::Plain(stream);
+    if let Some(tcp) = stream.tcp() {
+        let _ = tcp.set_nodelay(true);
+        crate::stream::tune(tcp, &crate::server::tcp_tuning(&config.general));
+    }
     let Some(admitted) = admitted else {
         tracing::warn!(%peer, "client refused: max_client_conn reached");
         let message = "no more connections allowed (max_client_conn)";
@@ -204,7 +205,7 @@ async fn log_in(
     ctx: &Context,
     config: &Config,
     stream: &mut Stream,
-    peer: SocketAddr,
+    peer: Peer,
     registration: &crate::context::clients::Registration,
 ) -> Option<Box<client::login::LoggedIn>> {
     let login = tokio::time::timeout(
@@ -230,6 +231,28 @@ async fn log_in(
                 .await;
             None
         }
+    }
+}
+
+/// Listens on the Unix socket in `dir` for `port`, as the configuration says; under
+/// so_reuseport a live socket there is taken over (a handover), else it is an error.
+fn unix_socket(dir: &str, port: u16, config: &Config) -> std::io::Result<SocketFile> {
+    let g = &config.general;
+    let invalid = |e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e);
+    let mode = crate::config::file_mode(&g.unix_socket_mode).map_err(invalid)?;
+    let existing = match g.so_reuseport {
+        true => Existing::TakeOver,
+        false => Existing::Refuse,
+    };
+    SocketFile::bind(dir, port, mode, &g.unix_socket_group, existing)
+        .map_err(|e| std::io::Error::new(e.kind(), format!("unix_socket_dir {dir}: {e}")))
+}
+
+/// The next client on the Unix socket; with none configured, never.
+async fn accept_unix(unix: Option<&SocketFile>) -> std::io::Result<tokio::net::UnixStream> {
+    match unix {
+        Some(unix) => unix.accept().await,
+        None => std::future::pending().await,
     }
 }
 

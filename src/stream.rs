@@ -1,5 +1,5 @@
-//! A connection that is plain TCP, TLS over TCP or (to a server) a Unix socket, for clients
-//! and servers alike, and how one is opened. Plain connections split into borrowed halves at
+//! A connection that is plain TCP, TLS over TCP or a Unix socket, for clients and servers
+//! alike, and how one is opened. Plain connections split into borrowed halves at
 //! no cost; TLS ones through tokio's split.
 
 use std::io;
@@ -14,7 +14,7 @@ use tokio_rustls::TlsStream;
 /// (`.s.PGSQL.PORT`); anything else is a TCP host (an IPv6 one in brackets).
 pub fn address(host: &str, port: u16) -> String {
     if host.starts_with('/') {
-        format!("{}/.s.PGSQL.{port}", host.trim_end_matches('/'))
+        crate::config::socket_path(host, port)
     } else {
         crate::config::host_port(host, port)
     }
@@ -68,10 +68,66 @@ pub fn tune(tcp: &TcpStream, t: &TcpTuning) {
     }
 }
 
+/// A plain socket, borrowed: waited on and read without a future, TCP and Unix alike.
+#[derive(Clone, Copy)]
+pub enum Plain<'a> {
+    Tcp(&'a TcpStream),
+    Unix(&'a UnixStream),
+}
+
+impl Plain<'_> {
+    pub fn poll_read_ready(self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self {
+            Plain::Tcp(s) => s.poll_read_ready(cx),
+            Plain::Unix(s) => s.poll_read_ready(cx),
+        }
+    }
+
+    /// Runs `f`, an IO on the socket; its WouldBlock clears the socket's readiness for
+    /// `interest`, unless a new edge came meanwhile.
+    pub fn try_io<R>(
+        self,
+        interest: tokio::io::Interest,
+        f: impl FnOnce() -> io::Result<R>,
+    ) -> io::Result<R> {
+        match self {
+            Plain::Tcp(s) => s.try_io(interest, f),
+            Plain::Unix(s) => s.try_io(interest, f),
+        }
+    }
+
+    pub fn try_read_buf(self, buf: &mut bytes::BytesMut) -> io::Result<usize> {
+        match self {
+            Plain::Tcp(s) => s.try_read_buf(buf),
+            Plain::Unix(s) => s.try_read_buf(buf),
+        }
+    }
+
+    /// Ready with how many bytes wait to be read (at most one; 0: the peer closed), taking
+    /// none of them.
+    pub fn poll_peek_one(self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        let mut byte = [0u8; 1];
+        match self {
+            Plain::Tcp(s) => s.poll_peek(cx, &mut ReadBuf::new(&mut byte)),
+            // tokio has no peek for Unix sockets: the readiness, then MSG_PEEK.
+            Plain::Unix(s) => loop {
+                std::task::ready!(s.poll_read_ready(cx))?;
+                let mut byte = [std::mem::MaybeUninit::uninit()];
+                let peek = || socket2::SockRef::from(s).peek(&mut byte);
+                match s.try_io(tokio::io::Interest::READABLE, peek) {
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                    done => return Poll::Ready(done),
+                }
+            },
+        }
+    }
+}
+
 pub enum Stream {
     Plain(TcpStream),
     Tls(Box<TlsStream<TcpStream>>),
-    /// To a server on this host: PostgreSQL offers no TLS there, and needs no TCP tuning.
+    /// A client or server on this host: PostgreSQL offers no TLS there, and needs no TCP
+    /// tuning.
     Unix(UnixStream),
     /// Between taking the plain stream out and putting the TLS one in.
     Upgrading,
@@ -134,6 +190,24 @@ impl Stream {
         }
     }
 
+    /// The socket of a plain (TCP or Unix) stream, which holds nothing a read has not taken
+    /// from it: waiting for it is waiting for data. None for TLS.
+    pub fn plain(&self) -> Option<Plain<'_>> {
+        match self {
+            Stream::Plain(s) => Some(Plain::Tcp(s)),
+            Stream::Unix(s) => Some(Plain::Unix(s)),
+            Stream::Tls(_) | Stream::Upgrading => None,
+        }
+    }
+
+    /// The socket underneath, TLS's too: for a look at whether the peer is still there.
+    pub fn socket(&self) -> Option<Plain<'_>> {
+        match self {
+            Stream::Tls(s) => Some(Plain::Tcp(s.get_ref().0)),
+            other => other.plain(),
+        }
+    }
+
     /// The TCP socket underneath.
     pub fn tcp(&self) -> Option<&TcpStream> {
         match self {
@@ -186,6 +260,10 @@ impl Stream {
 
     pub fn is_tls(&self) -> bool {
         matches!(self, Stream::Tls(_))
+    }
+
+    pub fn is_unix(&self) -> bool {
+        matches!(self, Stream::Unix(_))
     }
 
     /// Takes the plain TCP stream out, to wrap it in TLS.

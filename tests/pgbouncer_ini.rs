@@ -31,8 +31,20 @@ fn run(config: &Path, log: &Path) -> Child {
 }
 
 fn psql(port: u16, user: &str, password: &str, db: &str, sql: &str) -> std::process::Output {
+    psql_at("127.0.0.1", port, user, password, db, sql)
+}
+
+/// `psql` to `host`, an address or a socket's directory.
+fn psql_at(
+    host: &str,
+    port: u16,
+    user: &str,
+    password: &str,
+    db: &str,
+    sql: &str,
+) -> std::process::Output {
     Command::new(pgsluice::localpg::pg_bindir().join("psql"))
-        .args(["-X", "-h", "127.0.0.1", "-p", &port.to_string(), "-U", user])
+        .args(["-X", "-h", host, "-p", &port.to_string(), "-U", user])
         .args(["-d", db, "-Atc", sql])
         .env("PGPASSWORD", password)
         .output()
@@ -62,8 +74,13 @@ fn app_ini(dir: &Path, databases: &str, extra: &str) -> (std::path::PathBuf, u16
         format!(
             "[databases]\n{databases}\n[pgbouncer]\nlisten_addr = 127.0.0.1\n\
              listen_port = {port}\nauth_type = md5\nauth_file = {userlist}\n\
-             http_listen = 127.0.0.1:{http}\n{extra}\n",
+             http_listen = 127.0.0.1:{http}\n{socket}{extra}\n",
             userlist = userlist.display(),
+            // Its own directory for the socket, not PgBouncer's /tmp, unless `extra` says.
+            socket = match extra.contains("unix_socket_dir") {
+                true => String::new(),
+                false => format!("unix_socket_dir = {}\n", dir.display()),
+            },
         ),
     )
     .unwrap();
@@ -102,13 +119,14 @@ fn a_pgbouncer_ini_and_userlist_run_as_they_are() {
              app = host=127.0.0.1 port={pg_port} dbname=app\n\n\
              [pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = {port}\n\
              auth_type = md5\nauth_file = {userlist}\n\
-             logfile = /var/log/pgbouncer/pgbouncer.log\nunix_socket_dir = /tmp\n\n\
+             logfile = /var/log/pgbouncer/pgbouncer.log\nunix_socket_dir = {socket_dir}\n\n\
              # Pool sizing\npool_mode = transaction\n\
              max_client_conn = 300  # Total from all app instances\n\
              default_pool_size = 25 # Actual DB connections\nreserve_pool_size = 5\n\
              admin_users = app\nhttp_listen = 127.0.0.1:{http}\n",
             pg_port = pg.port,
             userlist = userlist.display(),
+            socket_dir = dir.path().display(),
         ),
     )
     .unwrap();
@@ -116,9 +134,11 @@ fn a_pgbouncer_ini_and_userlist_run_as_they_are() {
     let check = pgsluice(&["check", "--config"], &ini);
     let warnings = String::from_utf8_lossy(&check.stderr);
     assert!(check.status.success(), "{warnings}");
-    for key in ["[pgbouncer] logfile", "[pgbouncer] unix_socket_dir"] {
-        assert!(warnings.contains(key), "no warning names {key}: {warnings}");
-    }
+    assert!(
+        warnings.contains("[pgbouncer] logfile"),
+        "no warning names logfile: {warnings}"
+    );
+    assert!(!warnings.contains("unix_socket_dir"), "{warnings}");
 
     let log = dir.path().join("ini.log");
     let mut child = run(&ini, &log);
@@ -130,6 +150,10 @@ fn a_pgbouncer_ini_and_userlist_run_as_they_are() {
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "md5user");
     let out = psql(port, "md5user", "wrong", "app", "SELECT 1");
     assert!(String::from_utf8_lossy(&out.stderr).contains("password authentication failed"));
+    // And on the Unix socket in unix_socket_dir, as PgBouncer listens there.
+    let dir_name = dir.path().display().to_string();
+    let out = psql_at(&dir_name, port, "md5user", "md5 pw", "app", "SELECT 7");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "7", "{out:?}");
     pgbench(port, &["-i", "-s", "1", "-q"]);
     let text = pgbench(port, &["-n", "-c", "8", "-j", "2", "-t", "50"]);
     assert!(

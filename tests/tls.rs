@@ -4,9 +4,10 @@
 
 mod support;
 
+use std::io::{Read, Write};
 use std::path::Path;
 use std::process::Command;
-use support::{primary, Pooler, APP_PASSWORD};
+use support::{primary, stdout, Pooler, APP_PASSWORD};
 
 fn openssl(dir: &Path, args: &[&str]) {
     let out = Command::new("openssl")
@@ -105,7 +106,7 @@ fn psql_with_sslmode_require_and_plain_clients_refused() {
         &pg,
         &format!(
             "client_tls_sslmode = \"require\"\nclient_tls_cert_file = \"{d}/cert.pem\"\n\
-             client_tls_key_file = \"{d}/key.pem\""
+             client_tls_key_file = \"{d}/key.pem\"\nunix_socket_dir = \"{d}\""
         ),
     );
     let out = psql(&pooler, "require");
@@ -120,6 +121,24 @@ fn psql_with_sslmode_require_and_plain_clients_refused() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("SSL required"), "{err}");
+    // On this host's Unix socket, as in PostgreSQL: TLS is not offered, nor required.
+    let socket = dir.path().join(format!(".s.PGSQL.{}", pooler.port()));
+    let mut raw = std::os::unix::net::UnixStream::connect(&socket).unwrap();
+    raw.write_all(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f])
+        .unwrap();
+    let mut answer = [0u8; 1];
+    raw.read_exact(&mut answer).unwrap();
+    assert_eq!(&answer, b"N");
+    let out = Command::new(pgsluice::localpg::pg_bindir().join("psql"))
+        .arg(format!(
+            "host={d} port={} user=app dbname=app",
+            pooler.port()
+        ))
+        .args(["-X", "-A", "-t", "-c", "SELECT 1"])
+        .env("PGPASSWORD", APP_PASSWORD)
+        .output()
+        .unwrap();
+    assert_eq!(stdout(&out), "1");
     // verify-full against our CA: the certificate names 127.0.0.1.
     let out = Command::new(pgsluice::localpg::pg_bindir().join("psql"))
         .arg(format!(

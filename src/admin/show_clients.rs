@@ -2,6 +2,7 @@
 //! KILL_CLIENT takes) and `pinned` (the session-only features that keep its server, if any).
 
 use super::{timestamp, Cell, Kind, Table};
+use crate::context::clients::Peer;
 use crate::context::Context;
 use crate::router::effects::Features;
 use std::sync::atomic::Ordering;
@@ -25,15 +26,19 @@ pub fn table(ctx: &Context) -> Table {
             (None, _) => "idle",
         };
         let last = slot.last_request.load(Ordering::Relaxed);
+        let local = match slot.peer {
+            Peer::Tcp(_) => (g.listen_addr.as_str(), g.listen_port),
+            Peer::Unix { port } => ("unix", port),
+        };
         t.row(vec![
             Cell::from("C"),
             Cell::from(user),
             Cell::from(database),
             Cell::from(state),
-            Cell::from(slot.peer.ip().to_string()),
+            Cell::from(slot.peer.addr()),
             Cell::from(slot.peer.port()),
-            Cell::from(&g.listen_addr),
-            Cell::from(g.listen_port),
+            Cell::from(local.0),
+            Cell::from(local.1),
             Cell::from(timestamp(slot.connected_at)),
             Cell::from(timestamp(if last > 0 { last } else { slot.connected_at })),
             Cell::from(0),

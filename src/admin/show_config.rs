@@ -2,17 +2,8 @@
 //! reload can change it.
 
 use super::{Cell, Table};
-use crate::config::General;
+use crate::config::{General, NEEDS_RESTART};
 use crate::context::Context;
-
-/// Settings a reload cannot change: sockets and keys already handed out.
-const NEEDS_RESTART: &[&str] = &[
-    "listen_addr",
-    "listen_port",
-    "http_listen",
-    "peer_id",
-    "so_reuseport",
-];
 
 fn text(v: &toml::Value) -> String {
     match v {

@@ -12,7 +12,7 @@ use crate::protocol::frontend::Message;
 use crate::protocol::sqlstate;
 use crate::router::command::{self, RouteCommand};
 use crate::server::exchange::READ_CHUNK;
-use crate::stream::Stream;
+use crate::stream::{Plain, Stream};
 use bytes::BytesMut;
 use std::future::Future;
 use std::sync::atomic::Ordering;
@@ -196,12 +196,12 @@ impl Session<'_> {
         self.notes.is_none()
             && self.pinned.is_empty()
             && self.waiting.is_none()
-            && self.client.tcp().is_some_and(|_| !self.client.is_tls())
+            && self.client.plain().is_some()
     }
 
     /// Waits for client bytes with no server held. An idle client keeps no read buffer.
     async fn read_idle(&mut self) -> Result<(), End> {
-        let Some(tcp) = self.client.tcp().filter(|_| !self.client.is_tls()) else {
+        let Some(socket) = self.client.plain() else {
             // TLS may hold decrypted bytes the socket no longer shows: read through it
             // instead of waiting for the socket. Boxed, so that plain clients do not carry
             // this path's space.
@@ -240,7 +240,7 @@ impl Session<'_> {
                         return Poll::Ready(Woke::Note(note));
                     }
                 }
-                if tcp.poll_read_ready(cx).is_ready() {
+                if socket.poll_read_ready(cx).is_ready() {
                     return Poll::Ready(Woke::Data);
                 }
                 match timer.as_mut().map(|t| t.as_mut().poll(cx)) {
@@ -272,7 +272,7 @@ impl Session<'_> {
             }
             // Readiness may be stale (left from the last read): a read that finds nothing
             // waits again here, where the client may be parked, rather than in a read.
-            match read_drained(tcp, buf) {
+            match read_drained(socket, buf) {
                 Ok(0) => return Err(End::ClientGone),
                 Ok(_) => {
                     self.idle_since = None;
@@ -318,16 +318,16 @@ impl Session<'_> {
     }
 }
 
-/// Reads what `tcp` holds into `buf`, and marks the socket drained when the read came short
+/// Reads what `socket` holds into `buf`, and marks the socket drained when the read came short
 /// of the room it had, as tokio's own reads do: the pump then does not try a read that finds
 /// nothing (a system call per transaction) once the client's query is on its way. Readiness
 /// is cleared only if no new edge came since it was looked at, so no wake-up is lost.
-fn read_drained(tcp: &tokio::net::TcpStream, buf: &mut BytesMut) -> std::io::Result<usize> {
+fn read_drained(socket: Plain<'_>, buf: &mut BytesMut) -> std::io::Result<usize> {
     buf.reserve(READ_CHUNK);
     let room = buf.capacity() - buf.len();
     let mut got = None;
-    let drained = tcp.try_io(tokio::io::Interest::READABLE, || {
-        let n = tcp.try_read_buf(buf)?;
+    let drained = socket.try_io(tokio::io::Interest::READABLE, || {
+        let n = socket.try_read_buf(buf)?;
         got = Some(n);
         if n > 0 && n < room {
             Err(std::io::ErrorKind::WouldBlock.into())
@@ -347,11 +347,9 @@ fn read_drained(tcp: &tokio::net::TcpStream, buf: &mut BytesMut) -> std::io::Res
 /// session's task uses while it waits: cheaper than `peek`'s future, which joins a list of
 /// waiters under a lock.
 pub(super) async fn client_gone(client: &Stream) -> bool {
-    let Some(tcp) = client.tcp() else {
+    let Some(socket) = client.socket() else {
         return true;
     };
-    let mut byte = [0u8; 1];
-    let mut probe = tokio::io::ReadBuf::new(&mut byte);
-    let peeked = std::future::poll_fn(|cx| tcp.poll_peek(cx, &mut probe)).await;
+    let peeked = std::future::poll_fn(|cx| socket.poll_peek_one(cx)).await;
     !matches!(peeked, Ok(n) if n > 0)
 }

@@ -293,7 +293,8 @@ async fn read_startup(
                     return None;
                 }
             }
-            Ok(Some(StartupPacket::Ssl)) if !stream.is_tls() => {
+            // Over a Unix socket, as PostgreSQL does: no TLS, and none required.
+            Ok(Some(StartupPacket::Ssl)) if !stream.is_tls() && !stream.is_unix() => {
                 // A client that pipelined bytes after the request is broken or malicious
                 // (and would smuggle them past the handshake).
                 if !buf.is_empty() {
@@ -351,6 +352,7 @@ async fn read_startup(
             Ok(Some(StartupPacket::Startup(s))) => {
                 if config.general.client_tls_sslmode == crate::tls::ClientMode::Require
                     && !stream.is_tls()
+                    && !stream.is_unix()
                 {
                     stream
                         .fatal(&[], sqlstate::INVALID_AUTHORIZATION, "SSL required")

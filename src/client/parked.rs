@@ -12,6 +12,7 @@ use crate::context::clients::{Registration, Slot, Wake};
 use crate::context::{Admitted, Context};
 use crate::stream::Stream;
 use bytes::BytesMut;
+use std::io;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::Waker;
@@ -74,12 +75,75 @@ fn due(now: u32, since: u32, park_after: u32) -> bool {
 /// (boxed: in place, the shelf would hold the space of as many as were ever parked at once,
 /// where a box reuses the holes the clients' tasks left).
 struct Parked {
-    socket: mio::net::TcpStream,
+    socket: Socket,
     reg: Registration,
     admitted: Admitted,
     rest: Box<Resting>,
     /// The coarse clock's tick its idleness began at (0: unknown).
     since: u32,
+}
+
+/// A parked client's socket, as the lot's epoll watches it.
+enum Socket {
+    Tcp(mio::net::TcpStream),
+    Unix(mio::net::UnixStream),
+}
+
+impl Socket {
+    /// The socket of a plain stream, out of tokio's IO driver; None for TLS, which keeps
+    /// state beside its socket and does not park.
+    fn of(stream: Stream) -> Result<io::Result<Socket>, Stream> {
+        match stream {
+            Stream::Plain(tcp) => Ok(tcp
+                .into_std()
+                .map(|s| Socket::Tcp(mio::net::TcpStream::from_std(s)))),
+            Stream::Unix(unix) => Ok(unix
+                .into_std()
+                .map(|s| Socket::Unix(mio::net::UnixStream::from_std(s)))),
+            other => Err(other),
+        }
+    }
+
+    /// The socket back with tokio.
+    fn into_stream(self) -> io::Result<Stream> {
+        match self {
+            Socket::Tcp(s) => tokio::net::TcpStream::from_std(s.into()).map(Stream::Plain),
+            Socket::Unix(s) => tokio::net::UnixStream::from_std(s.into()).map(Stream::Unix),
+        }
+    }
+}
+
+impl mio::event::Source for Socket {
+    fn register(
+        &mut self,
+        registry: &mio::Registry,
+        token: mio::Token,
+        interests: mio::Interest,
+    ) -> io::Result<()> {
+        match self {
+            Socket::Tcp(s) => s.register(registry, token, interests),
+            Socket::Unix(s) => s.register(registry, token, interests),
+        }
+    }
+
+    fn reregister(
+        &mut self,
+        registry: &mio::Registry,
+        token: mio::Token,
+        interests: mio::Interest,
+    ) -> io::Result<()> {
+        match self {
+            Socket::Tcp(s) => s.reregister(registry, token, interests),
+            Socket::Unix(s) => s.reregister(registry, token, interests),
+        }
+    }
+
+    fn deregister(&mut self, registry: &mio::Registry) -> io::Result<()> {
+        match self {
+            Socket::Tcp(s) => s.deregister(registry),
+            Socket::Unix(s) => s.deregister(registry),
+        }
+    }
 }
 
 /// The parked clients, by their epoll token; freed tokens are used again.
@@ -219,16 +283,16 @@ impl Lot {
     }
 
     /// Parks a client whose session gave up its task (`Exit::Park`). Only a plain socket
-    /// parks, while the lot is watched; anything else goes on in a new task at once.
+    /// (TCP or Unix) parks, while the lot is watched; anything else goes on in a new task at once.
     pub(super) fn park(self: &Arc<Self>, client: Client, rest: Box<Resting>) {
         let Client {
             stream,
             reg,
             admitted,
         } = client;
-        let tcp = match stream {
-            Stream::Plain(tcp) => tcp,
-            stream => {
+        let socket = match Socket::of(stream) {
+            Ok(socket) => socket,
+            Err(stream) => {
                 let client = Client {
                     stream,
                     reg,
@@ -241,8 +305,8 @@ impl Lot {
         let pid = reg.process_id;
         // Parked, it is not asked again (the sweep passes over a slot without a stamp).
         let since = reg.slot.idle_since.swap(0, Ordering::Relaxed);
-        let mut socket = match tcp.into_std() {
-            Ok(socket) => mio::net::TcpStream::from_std(socket),
+        let mut socket = match socket {
+            Ok(socket) => socket,
             Err(e) => {
                 tracing::warn!(pid, error = %e, "client lost while being parked");
                 return;
@@ -395,10 +459,10 @@ fn unpark(parked: Parked) -> Option<(Client, Box<Resting>)> {
         rest,
         ..
     } = parked;
-    match tokio::net::TcpStream::from_std(socket.into()) {
-        Ok(tcp) => {
+    match socket.into_stream() {
+        Ok(stream) => {
             let client = Client {
-                stream: Stream::Plain(tcp),
+                stream,
                 reg,
                 admitted,
             };
@@ -415,6 +479,7 @@ fn unpark(parked: Parked) -> Option<(Client, Box<Resting>)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::context::clients::Peer;
 
     #[test]
     fn a_quick_rhythm_waits_longer_before_parking() {
@@ -429,7 +494,7 @@ mod tests {
     #[test]
     fn a_client_fresh_from_its_login_is_parked_at_the_first_tick() {
         let cancels = crate::context::clients::Cancels::new(1);
-        let reg = cancels.register("127.0.0.1:5432".parse().unwrap());
+        let reg = cancels.register(Peer::Tcp("127.0.0.1:5432".parse().unwrap()));
         let slot = &reg.slot;
         assert_eq!(slot.park_after.load(Ordering::Relaxed), FRESH);
         // Idle since tick 10: fresh, asked at tick 11; not while it is not idle.

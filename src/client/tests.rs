@@ -119,7 +119,10 @@ impl Setup {
             .await
             .unwrap();
         let (server_side, peer) = listener.accept().await.unwrap();
-        let reg = self.ctx.cancels.register(peer);
+        let reg = self
+            .ctx
+            .cancels
+            .register(crate::context::clients::Peer::Tcp(peer));
         let login = LoggedIn {
             user: "postgres".into(),
             database: "postgres".into(),

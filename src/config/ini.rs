@@ -21,8 +21,8 @@ pub struct Converted {
     pub skipped: Vec<(String, String)>,
     /// Each key path of `table` ("listen_port", "databases.app.port") and where it was set.
     origins: Vec<(String, At)>,
-    /// `[pgbouncer] unix_socket_dir`, where PgBouncer reaches the server of a database
-    /// entry without `host=`; those entries, once the whole file is read.
+    /// `[pgbouncer] unix_socket_dir`, where PgBouncer listens and reaches the server of a
+    /// database entry without `host=`; those entries, once the whole file is read.
     unix_socket_dir: Option<String>,
     hostless: Vec<(String, At)>,
 }
@@ -58,8 +58,12 @@ pub fn convert(text: &str, file: &str) -> Result<Converted, ConfigError> {
     };
     let mut section = String::new();
     read(text, file, &general, &mut section, &mut out, 0)?;
-    // PgBouncer's own default when the file names none (a distribution's file usually does).
-    let dir = out.unix_socket_dir.take().unwrap_or_else(|| "/tmp".into());
+    // PgBouncer's own default when the file names none (a distribution's file usually does):
+    // it listens there too.
+    let dir = out.unix_socket_dir.take().unwrap_or_else(|| {
+        out.table.insert("unix_socket_dir".into(), "/tmp".into());
+        "/tmp".into()
+    });
     for (name, at) in std::mem::take(&mut out.hostless) {
         if !dir.starts_with('/') {
             return Err(key_error(
@@ -228,11 +232,6 @@ fn without(key: &str) -> &'static str {
             "pgsluice logs to stderr; choose what with RUST_LOG"
         }
         "pidfile" | "user" => "the service manager or container runs pgsluice as it should",
-        "unix_socket_dir" => {
-            "pgsluice listens on TCP only (a database entry without host= reaches its \
-             server's socket in this directory, as in PgBouncer)"
-        }
-        "unix_socket_mode" | "unix_socket_group" => "pgsluice listens on TCP only",
         "ignore_startup_parameters" => {
             "pgsluice accepts every startup parameter and gives each client its own"
         }

@@ -8,11 +8,15 @@ mod console;
 mod duration;
 pub mod ini;
 mod reload;
+mod replicas;
 mod userlist;
 mod validate;
 
 pub use console::{Access, CONSOLE_DATABASES};
 pub use duration::Seconds;
+pub use reload::NEEDS_RESTART;
+pub use replicas::{LoadBalance, ReadFromPrimary, Replica, ReplicaSpec, ReplicaTable, Roles};
+pub use validate::file_mode;
 
 pub use crate::tls::{ClientMode, ServerMode};
 use serde::{Deserialize, Serialize};
@@ -77,6 +81,12 @@ pub const DEFAULT_AUTH_QUERY: &str = "SELECT rolname, CASE WHEN rolvaliduntil < 
 pub struct General {
     pub listen_addr: String,
     pub listen_port: u16,
+    /// A directory for a Unix socket `.s.PGSQL.<listen_port>` beside the TCP port (empty: none).
+    pub unix_socket_dir: String,
+    /// The socket file's permissions, in octal as PgBouncer writes them ("0777").
+    pub unix_socket_mode: String,
+    /// The socket file's group (empty: the process's).
+    pub unix_socket_group: String,
     pub pool_mode: PoolMode,
     pub auth_type: AuthType,
     pub auth_file: String,
@@ -153,6 +163,9 @@ impl Default for General {
         General {
             listen_addr: "127.0.0.1".into(),
             listen_port: 6432,
+            unix_socket_dir: String::new(),
+            unix_socket_mode: "0777".into(),
+            unix_socket_group: String::new(),
             pool_mode: PoolMode::Transaction,
             auth_type: AuthType::Md5,
             auth_file: String::new(),
@@ -254,96 +267,6 @@ pub struct Database {
     pub auth_dbname: Option<String>,
 }
 
-/// How the nodes of a database get their roles.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Roles {
-    /// `host` is the primary, `replicas` are replicas.
-    #[default]
-    Primary,
-    /// `host` and `replicas` are all candidates: the one that is not in recovery
-    /// (`pg_is_in_recovery()`) is the primary, so a promotion is followed.
-    Auto,
-}
-
-/// One entry of `replicas`: `"host:port"`, or a table with a weight.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(untagged)]
-pub enum ReplicaSpec {
-    Addr(String),
-    Table(ReplicaTable),
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ReplicaTable {
-    pub host: String,
-    #[serde(default = "default_port")]
-    pub port: u16,
-    #[serde(default = "default_weight")]
-    pub weight: u32,
-}
-
-fn default_weight() -> u32 {
-    1
-}
-
-/// A replica as the rest of the program sees it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Replica {
-    pub host: String,
-    pub port: u16,
-    pub weight: u32,
-}
-
-impl ReplicaSpec {
-    pub fn resolve(&self) -> Result<Replica, String> {
-        match self {
-            ReplicaSpec::Table(t) => Ok(Replica {
-                host: t.host.clone(),
-                port: t.port,
-                weight: t.weight,
-            }),
-            ReplicaSpec::Addr(a) => {
-                let bad = || format!("\"{a}\" is not host:port");
-                let (host, port) = a.rsplit_once(':').ok_or_else(bad)?;
-                let host = host.trim_start_matches('[').trim_end_matches(']');
-                if host.is_empty() {
-                    return Err(bad());
-                }
-                Ok(Replica {
-                    host: host.to_owned(),
-                    port: port.parse().map_err(|_| bad())?,
-                    weight: 1,
-                })
-            }
-        }
-    }
-}
-
-/// Whether the primary serves reads too.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ReadFromPrimary {
-    /// Reads go to replicas only; when none is usable, a read fails rather than load the
-    /// primary (a database without replicas still reads from its primary).
-    Never,
-    /// Reads go to the primary only when no replica is usable.
-    #[default]
-    Fallback,
-    /// The primary is one more member of the read rotation.
-    Always,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum LoadBalance {
-    #[default]
-    RoundRobin,
-    LeastOutstanding,
-    Random,
-}
-
 fn default_host() -> String {
     "127.0.0.1".into()
 }
@@ -371,6 +294,11 @@ pub fn host_port(host: &str, port: u16) -> String {
     } else {
         format!("{host}:{port}")
     }
+}
+
+/// The Unix socket of port `port` in directory `dir`, named as PostgreSQL and libpq name it.
+pub fn socket_path(dir: &str, port: u16) -> String {
+    format!("{}/.s.PGSQL.{port}", dir.trim_end_matches('/'))
 }
 
 /// The name of the fallback database section: it serves clients of any database not listed.

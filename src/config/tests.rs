@@ -125,3 +125,28 @@ fn documented_defaults_match_code() {
     assert_eq!(documented, code);
     Config::parse(text, "config/pgsluice.toml").unwrap();
 }
+
+#[test]
+fn the_unix_socket_settings_are_checked() {
+    for bad in [
+        "unix_socket_mode = \"0800\"",
+        "unix_socket_mode = \"rwx\"",
+        "unix_socket_mode = \"1777\"",
+    ] {
+        assert_eq!(key_of(&format!("{bad}\n{MINIMAL}")), "unix_socket_mode");
+    }
+    let long = format!("/{}", "d".repeat(100));
+    for bad in ["run/pgsluice", "@pgsluice", long.as_str()] {
+        let text = format!("unix_socket_dir = \"{bad}\"\n{MINIMAL}");
+        assert_eq!(key_of(&text), "unix_socket_dir", "{bad}");
+    }
+    assert_eq!(file_mode("0770"), Ok(0o770));
+    assert_eq!(
+        file_mode("511"),
+        Ok(0o777),
+        "decimal without a leading 0, as strtol reads it"
+    );
+    assert_eq!(file_mode("0"), Ok(0));
+    let text = format!("unix_socket_dir = \"/run/\"\nunix_socket_mode = \"0700\"\n{MINIMAL}");
+    assert!(Config::parse(&text, "t.toml").is_ok());
+}

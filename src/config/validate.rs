@@ -5,6 +5,24 @@ use super::{ClientMode, Config, ServerMode};
 use crate::auth::Secret;
 use std::net::IpAddr;
 
+/// The longest path a Unix socket may have (`sun_path` less its NUL).
+const MAX_SOCKET_PATH: usize = 107;
+
+/// A file mode as PgBouncer reads one (C's `strtol` with base 0): octal after a leading 0,
+/// else decimal.
+pub fn file_mode(text: &str) -> Result<u32, String> {
+    let t = text.trim();
+    let mode = match t.strip_prefix('0') {
+        Some("") => Ok(0),
+        Some(octal) => u32::from_str_radix(octal, 8),
+        None => t.parse(),
+    };
+    match mode {
+        Ok(m) if m <= 0o777 => Ok(m),
+        _ => Err(format!("\"{text}\" is not a file mode such as \"0777\"")),
+    }
+}
+
 /// An error naming `key`.
 fn bad<T>(key: &str, msg: String) -> Result<T, (String, String)> {
     Err((key.to_owned(), msg))
@@ -24,6 +42,23 @@ impl Config {
                 "listen_addr",
                 format!("\"{}\" is not an IP address or *", g.listen_addr),
             );
+        }
+        file_mode(&g.unix_socket_mode).or_else(|m| bad("unix_socket_mode", m))?;
+        let dir = g.unix_socket_dir.as_str();
+        if dir.starts_with('@') {
+            let why = "abstract Unix sockets are not supported: give a directory".into();
+            return bad("unix_socket_dir", why);
+        }
+        if !dir.is_empty() && !dir.starts_with('/') {
+            return bad(
+                "unix_socket_dir",
+                format!("\"{dir}\" is not an absolute path"),
+            );
+        }
+        let path = super::socket_path(dir, g.listen_port);
+        if !dir.is_empty() && path.len() > MAX_SOCKET_PATH {
+            let why = format!("the socket's path {path} is longer than {MAX_SOCKET_PATH} bytes");
+            return bad("unix_socket_dir", why);
         }
         if g.default_pool_size == 0 {
             return bad("default_pool_size", "must be at least 1".into());

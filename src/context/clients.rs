@@ -13,6 +13,40 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 const SEQ_BITS: u32 = 17;
 
+/// Where a client connected from: a TCP address, or the Unix socket in unix_socket_dir (which
+/// tells nothing of the client; PgBouncer shows it as `unix` and the listening port).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Peer {
+    Tcp(SocketAddr),
+    Unix { port: u16 },
+}
+
+impl Peer {
+    /// The address SHOW CLIENTS gives: an IP address or `unix`.
+    pub fn addr(&self) -> String {
+        match self {
+            Peer::Tcp(a) => a.ip().to_string(),
+            Peer::Unix { .. } => "unix".into(),
+        }
+    }
+
+    pub fn port(&self) -> u16 {
+        match self {
+            Peer::Tcp(a) => a.port(),
+            Peer::Unix { port } => *port,
+        }
+    }
+}
+
+impl std::fmt::Display for Peer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Peer::Tcp(a) => a.fmt(f),
+            Peer::Unix { port } => write!(f, "unix:{port}"),
+        }
+    }
+}
+
 /// A logged-in client's database and user, in one allocation: every connected client keeps
 /// them, for SHOW CLIENTS and KILL.
 pub struct LoginNames(Box<str>);
@@ -101,7 +135,7 @@ pub struct Slot {
     /// short pause last time (`client::parked::learn`).
     pub park_after: AtomicU32,
     server: Mutex<Option<Arc<CancelKey>>>,
-    pub peer: SocketAddr,
+    pub peer: Peer,
     /// Unix time of the connection, in microseconds.
     pub connected_at: u64,
     /// Unix time of the client's last transaction start, in microseconds.
@@ -234,7 +268,7 @@ impl Cancels {
         u32::from(Cancels::issuer(process_id)) == self.peer_id
     }
 
-    pub fn register(&self, peer: SocketAddr) -> Registration {
+    pub fn register(&self, peer: Peer) -> Registration {
         let secret: i32 = rand::random();
         let slot = Arc::new(Slot {
             secret,
@@ -348,7 +382,7 @@ mod tests {
     #[test]
     fn keys_carry_peer_id_and_need_the_secret() {
         let c = Cancels::new(5);
-        let r = c.register("127.0.0.1:1".parse().unwrap());
+        let r = c.register(Peer::Tcp("127.0.0.1:1".parse().unwrap()));
         assert_eq!(r.process_id >> SEQ_BITS, 5);
         let key = Arc::new(CancelKey::new("x:1".into(), 1, 2));
         let target = |secret| match c.cancel(r.process_id, secret) {
