@@ -266,6 +266,17 @@ impl Stream {
         matches!(self, Stream::Unix(_))
     }
 
+    /// Whether the peer is a process of this one's own user, on a Unix socket (the kernel
+    /// says, as PostgreSQL's `peer` authentication asks it).
+    pub fn peer_is_own_user(&self) -> bool {
+        let Stream::Unix(s) = self else {
+            return false;
+        };
+        // SAFETY: getuid cannot fail and touches no memory of ours.
+        let own = unsafe { libc::getuid() };
+        s.peer_cred().is_ok_and(|c| c.uid() == own)
+    }
+
     /// Takes the plain TCP stream out, to wrap it in TLS.
     pub fn take_plain(&mut self) -> Option<TcpStream> {
         match std::mem::replace(self, Stream::Upgrading) {

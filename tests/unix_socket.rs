@@ -179,3 +179,51 @@ async fn idle_clients_on_the_socket_park_and_come_back() {
         assert_eq!(row.get::<_, String>(0), format!("sock{i}"));
     }
 }
+
+/// psql on the console as `user` with no password (`-w`: never asked), at `host`; run as
+/// the OS user `os_user` if given.
+fn console_without_password(host: &str, port: u16, user: &str, os_user: Option<&str>) -> Output {
+    let psql = pgsluice::localpg::pg_bindir().join("psql");
+    let mut command = match os_user {
+        Some(os_user) => {
+            let mut c = Command::new("runuser");
+            c.args(["-u", os_user, "--"]).arg(psql);
+            c
+        }
+        None => Command::new(psql),
+    };
+    command
+        .arg(format!(
+            "host={host} port={port} user={user} dbname=pgsluice"
+        ))
+        .args(["-X", "-A", "-t", "-w", "-c", "SHOW DATABASES"])
+        .env_remove("PGPASSWORD")
+        .env("PGCONNECT_TIMEOUT", "10")
+        .output()
+        .unwrap()
+}
+
+/// As PgBouncer lets its own user in: a process of the user pgsluice runs as reaches the
+/// console on the socket as `pgsluice` (or `pgbouncer`) without a password; over TCP, or
+/// from another user, that name is asked for one like any other.
+#[test]
+fn pgsluices_own_user_reaches_the_console_on_the_socket() {
+    let pg = primary();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let pooler = Pooler::with_config(config(pg.port, 0, dir.path(), ""));
+    let (host, port) = (dir.path().display().to_string(), pooler.port());
+    for user in ["pgsluice", "pgbouncer"] {
+        let out = console_without_password(&host, port, user, None);
+        assert!(stdout(&out).starts_with("app|127.0.0.1|"), "{out:?}");
+    }
+    let out = console_without_password("127.0.0.1", port, "pgsluice", None);
+    assert!(!out.status.success(), "{out:?}");
+    // SAFETY: getuid cannot fail.
+    if unsafe { libc::getuid() } == 0 {
+        let out = console_without_password(&host, port, "pgsluice", Some("postgres"));
+        assert!(!out.status.success(), "{out:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("password"), "{err}");
+    }
+}

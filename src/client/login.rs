@@ -3,7 +3,7 @@
 
 use super::authenticate::authenticate;
 use crate::cluster::Lsn;
-use crate::config::Config;
+use crate::config::{Access, Config, CONSOLE_DATABASES};
 use crate::context::clients::{CancelTarget, LoginNames, Registration};
 use crate::context::Context;
 use crate::pool::Members;
@@ -54,7 +54,8 @@ pub enum Login {
     },
 }
 
-/// The admin console's login: the same authentication, then admin_users or stats_users.
+/// The admin console's login: the same authentication, then admin_users or stats_users; or,
+/// on the Unix socket, pgsluice's own user as `pgsluice` (or `pgbouncer`).
 async fn console_login(
     ctx: &Context,
     config: &Config,
@@ -65,14 +66,22 @@ async fn console_login(
     reg: &Registration,
 ) -> Option<Login> {
     let database = "pgsluice";
-    if authenticate(ctx, config, stream, &mut buf, &mut out, None, &user)
-        .await
-        .is_none()
+    // As PgBouncer lets its own user in: no password asked of a process of the user pgsluice
+    // runs as, on the Unix socket, that logs in by the console's name.
+    let own = CONSOLE_DATABASES.contains(&user.as_str()) && stream.peer_is_own_user();
+    if !own
+        && authenticate(ctx, config, stream, &mut buf, &mut out, None, &user)
+            .await
+            .is_none()
     {
         ctx.metrics.auth_failed(database, &user);
         return None;
     }
-    let Some(access) = config.console_access(&user) else {
+    let access = match own {
+        true => Some(Access::Admin),
+        false => config.console_access(&user),
+    };
+    let Some(access) = access else {
         stream
             .fatal(
                 &out,
