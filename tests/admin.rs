@@ -337,3 +337,81 @@ async fn shutdown_from_the_console() {
         std::net::TcpStream::connect(pooler.addr).is_err()
     }));
 }
+
+/// Sends SIGCONT to a stopped process when dropped, also when the test fails.
+struct Stopped(String);
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        support::signal(&self.0, "CONT");
+    }
+}
+
+/// A cancel request in SHOW POOLS: on its way (the server's postmaster stopped, so the
+/// request waits for it) in cl_active_cancel_req and sv_active_cancel; the server it went to
+/// in sv_being_canceled until its client lets it go and it is closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn show_pools_counts_cancel_requests() {
+    let pg = primary();
+    let pooler = Pooler::start(&pg, ADMIN);
+    let client = connect(&pooler, "app", APP_PASSWORD).await;
+    client.batch_execute("BEGIN").await.unwrap();
+    let token = client.cancel_token();
+    let slow = tokio::spawn(async move {
+        let ran = client
+            .simple_query("SELECT pg_sleep(60), 'to cancel'")
+            .await;
+        (client, ran)
+    });
+    let pgs = [pg];
+    let backend = support::backend_running(&pgs, "to cancel").expect("the query runs");
+    let stat = std::fs::read_to_string(format!("/proc/{backend}/stat")).unwrap();
+    let postmaster = stat
+        .rsplit(')')
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .nth(1)
+        .unwrap();
+    support::signal(postmaster, "STOP");
+    let stopped = Stopped(postmaster.to_owned());
+    let cancel = tokio::spawn(async move { token.cancel_query(tokio_postgres::NoTls).await });
+    let counts = |columns: &[&str]| -> Vec<String> {
+        columns
+            .iter()
+            .map(|c| pooler.admin_column("SHOW POOLS", c).join(","))
+            .collect()
+    };
+    let all = [
+        "cl_active_cancel_req",
+        "cl_waiting_cancel_req",
+        "sv_active_cancel",
+        "sv_being_canceled",
+    ];
+    let mut seen = Vec::new();
+    let on_its_way = support::wait_for(Duration::from_secs(10), || {
+        seen = counts(&all);
+        seen == ["1", "0", "1", "1"]
+    });
+    assert!(on_its_way, "{seen:?}");
+    drop(stopped);
+    cancel.await.unwrap().unwrap();
+    let (client, ran) = slow.await.unwrap();
+    let e = ran.expect_err("cancelled");
+    assert_eq!(
+        e.code(),
+        Some(&tokio_postgres::error::SqlState::QUERY_CANCELED)
+    );
+    // Delivered; its server is still the client's, in the failed transaction.
+    let delivered = support::wait_for(Duration::from_secs(10), || {
+        seen = counts(&all);
+        seen == ["0", "0", "0", "1"]
+    });
+    assert!(delivered, "{seen:?}");
+    client.batch_execute("ROLLBACK").await.unwrap();
+    let closed = support::wait_for(Duration::from_secs(10), || {
+        seen = counts(&["sv_being_canceled", "sv_active", "sv_idle"]);
+        seen == ["0", "0", "0"]
+    });
+    assert!(closed, "{seen:?}");
+}

@@ -1,5 +1,10 @@
 //! SHOW POOLS: one row per pool, PgBouncer's columns (waits in seconds and µs), plus `node`.
-//! Idle clients count as cl_active on the primary's row, as PgBouncer counts them.
+//! Idle clients count as cl_active on the primary's row, as PgBouncer counts them. A cancel
+//! request is sent on at once, on a connection of its own: while it (or a resend) is on its
+//! way it counts in cl_active_cancel_req and sv_active_cancel (none waits:
+//! cl_waiting_cancel_req is 0);
+//! the server it went to counts in sv_being_canceled until it is closed (it is never pooled
+//! again) as well as in sv_active.
 
 use super::{Cell, Kind, Table};
 use crate::context::Context;
@@ -38,16 +43,17 @@ pub fn table(ctx: &Context) -> Table {
                 crate::config::PoolMode::Session => "session",
                 crate::config::PoolMode::Transaction => "transaction",
             };
+            let (being_canceled, delivering) = pool.cancels();
             t.row(vec![
                 Cell::from(&m.cluster.database),
                 Cell::from(&m.user),
                 Cell::from(s.active + idle_clients),
                 Cell::from(s.waiting),
-                Cell::from(0),
+                Cell::from(delivering),
                 Cell::from(0),
                 Cell::from(s.active),
-                Cell::from(0),
-                Cell::from(0),
+                Cell::from(delivering),
+                Cell::from(being_canceled),
                 Cell::from(s.idle),
                 Cell::from(s.used),
                 Cell::from(0),

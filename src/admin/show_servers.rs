@@ -20,7 +20,7 @@ pub fn table(ctx: &Context) -> Table {
     for m in ctx.pools.all_members() {
         for pool in &m.pools {
             for (info, idle) in pool.servers() {
-                let link = holders.get(&info.remote_pid);
+                let link = holders.get(&info.cancel_key.process_id);
                 let state = if idle {
                     "idle"
                 } else if link.is_some() {
@@ -44,7 +44,7 @@ pub fn table(ctx: &Context) -> Table {
                     Cell::from(0),
                     Cell::from(format!("{:x}", info.id)),
                     Cell::from(link.map(|pid| format!("{pid:x}"))),
-                    Cell::from(info.remote_pid),
+                    Cell::from(info.cancel_key.process_id),
                     Cell::from(""),
                     Cell::from(""),
                     Cell::from(&m.cluster.nodes[pool.node].addr),

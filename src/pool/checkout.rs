@@ -437,7 +437,7 @@ impl Pool {
                         .tcp()
                         .and_then(|t| t.local_addr().ok())
                         .map_or(0, |a| a.port()),
-                    remote_pid: conn.cancel_key.process_id,
+                    cancel_key: conn.cancel_key.clone(),
                     connected_at: crate::stats::unix_micros(),
                 };
                 conn.listed = Some(Listed::new(&self.servers, info));

@@ -320,6 +320,17 @@ impl Pool {
         }
     }
 
+    /// Its servers a client's cancel request was sent to (closed, not pooled, once their
+    /// client lets them go), and the cancel requests on their way to its servers now.
+    pub fn cancels(&self) -> (usize, usize) {
+        let list = self.servers.lock().unwrap_or_else(|e| e.into_inner());
+        list.values().fold((0, 0), |(marked, delivering), i| {
+            let key = &i.cancel_key;
+            let on_way = key.delivering() as usize;
+            (marked + usize::from(key.cancelling()), delivering + on_way)
+        })
+    }
+
     /// Every server connection, and whether it is idle in the pool.
     pub fn servers(&self) -> Vec<(ServerInfo, bool)> {
         let idle: Vec<u64> = self.lock().idle.iter().map(|c| c.id).collect();

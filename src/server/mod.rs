@@ -58,6 +58,8 @@ pub struct CancelKey {
     pub process_id: i32,
     pub secret_key: i32,
     cancelled: std::sync::atomic::AtomicBool,
+    /// Cancel requests on their way to it now (`cancel`): sent, the server not yet done.
+    delivering: std::sync::atomic::AtomicU32,
 }
 
 impl CancelKey {
@@ -67,7 +69,13 @@ impl CancelKey {
             process_id,
             secret_key,
             cancelled: Default::default(),
+            delivering: Default::default(),
         }
+    }
+
+    /// How many cancel requests are on their way to this server now.
+    pub fn delivering(&self) -> u32 {
+        self.delivering.load(Ordering::Relaxed)
     }
 
     /// Whether a client's cancel request was sent to this server. Such a server is never
@@ -135,7 +143,8 @@ pub struct ServerInfo {
     pub port: u16,
     pub local_addr: String,
     pub local_port: u16,
-    pub remote_pid: i32,
+    /// Its process id and secret, and whether a cancel request was sent to it.
+    pub cancel_key: std::sync::Arc<CancelKey>,
     /// Unix time of the connection, in microseconds.
     pub connected_at: u64,
 }
@@ -220,7 +229,18 @@ impl ServerConn {
 /// Sends a CancelRequest on a connection of its own, as the protocol requires.
 pub async fn cancel(key: &CancelKey) -> std::io::Result<()> {
     let packet = crate::protocol::startup::cancel_request(key.process_id, key.secret_key, false);
+    key.delivering.fetch_add(1, Ordering::Relaxed);
+    // Counted down also when the sending is dropped half-way.
+    let _delivered = Delivered(&key.delivering);
     send_cancel(&key.addr, &packet).await
+}
+
+struct Delivered<'a>(&'a std::sync::atomic::AtomicU32);
+
+impl Drop for Delivered<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// Sends a cancel request packet to `addr` (host:port, or a Unix socket's path) and waits (5 s
