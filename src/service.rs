@@ -350,7 +350,7 @@ async fn follow(ctx: Arc<Context>, cluster: Arc<Cluster>) {
     }
 }
 
-/// Reads which user functions write from the primary's catalog: at start, after each reload
+/// Reads which user functions write, and the sequences, from the primary's catalog: at start, after each reload
 /// and every catalog_refresh_interval, for as long as the cluster is configured. Until a read
 /// succeeds, it is tried again every health_check_interval.
 async fn read_catalog(ctx: Arc<Context>, cluster: Arc<Cluster>) {
@@ -368,13 +368,14 @@ async fn read_catalog(ctx: Arc<Context>, cluster: Arc<Cluster>) {
         known.as_mut().enable();
         let config = ctx.config.load_full();
         let general = &config.general;
-        let read = reader.volatile_functions(&cluster, general).await;
+        let read = reader.names(&cluster, general).await;
         let wait = match &read {
             Some(names) => {
                 let configured = general.write_functions.iter().map(String::as_str);
-                let functions =
-                    WriteFunctions::new(configured.chain(names.iter().map(String::as_str)));
-                tracing::debug!(db = %cluster.database, functions = functions.len(), "write functions read from the catalog");
+                let volatile = names.volatile_functions.iter().map(String::as_str);
+                let functions = WriteFunctions::new(configured.chain(volatile))
+                    .with_sequences(names.sequences.iter().map(String::as_str));
+                tracing::debug!(db = %cluster.database, functions = functions.len(), sequences = functions.sequences(), "write functions and sequences read from the catalog");
                 catalog.set_functions(functions);
                 general.catalog_refresh_interval.enabled()
             }

@@ -4,6 +4,7 @@
 
 mod support;
 
+use std::time::Duration;
 use support::{connect, one, Replicated, APP_PASSWORD};
 use tokio_postgres::{Client, SimpleQueryMessage};
 
@@ -81,4 +82,46 @@ async fn currval_and_lastval_answer_for_their_own_client_or_not_at_all() {
     let _ = one(&b, insert).await;
     let id = one(&a, "SELECT nextval('ids')").await;
     assert_eq!(one(&a, "SELECT currval('ids')").await, id);
+}
+
+/// A read of a sequence itself goes to the primary: a replica has the value the primary
+/// logged, up to 32 ahead of the one it gave out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_of_a_sequence_answers_as_the_primary_would() {
+    let cluster = Replicated::start();
+    cluster
+        .primary
+        .psql_in(
+            "app",
+            "CREATE SEQUENCE counted; CREATE SEQUENCE \"Quoted\"; \
+             GRANT SELECT ON counted, \"Quoted\" TO app; \
+             SELECT nextval('counted'), nextval('\"Quoted\"')",
+        )
+        .unwrap();
+    // What a replica would answer: the logged values, once replayed.
+    for replica in &cluster.replicas {
+        let logged = |sql: &str| {
+            let value = replica.psql_in("app", sql).unwrap_or_default();
+            value.parse::<i64>().is_ok_and(|v| v > 1)
+        };
+        assert!(support::wait_for(Duration::from_secs(15), || {
+            logged("SELECT last_value FROM counted") && logged("SELECT last_value FROM \"Quoted\"")
+        }));
+    }
+    let pooler = cluster.pooler("", "");
+    let c = connect(&pooler, "app", APP_PASSWORD).await;
+    // The catalog is read once a login has given the pooler its credentials.
+    let catalog = pooler.ctx.catalogs.of("app");
+    assert!(support::wait_for(Duration::from_secs(15), || {
+        catalog.functions().sequences() >= 4
+    }));
+    // Several times: reads take turns over the replicas.
+    for _ in 0..4 {
+        assert_eq!(one(&c, "SELECT last_value FROM counted").await, "1");
+        assert_eq!(
+            one(&c, "SELECT last_value FROM public.\"Quoted\"").await,
+            "1"
+        );
+        assert_eq!(one(&c, "SELECT count(*) FROM items").await, "10");
+    }
 }

@@ -46,7 +46,8 @@ pub enum WriteReason {
     /// A call of a function known to write (nextval, pg_advisory_lock, …).
     WriteFunction,
     /// A view of one server's own state (pg_stat_activity, pg_prepared_xacts, pg_locks, …):
-    /// a client asks about the server it thinks it is connected to, the primary.
+    /// a client asks about the server it thinks it is connected to, the primary. And a
+    /// sequence's values, which only the primary has right.
     ServerState,
     /// Text the classifier cannot tokenize.
     Unreadable,
@@ -91,24 +92,24 @@ pub fn analyze(sql: &str, write_functions: &WriteFunctions) -> (Class, Option<Hi
         });
         toks.retain(|t| !matches!(t, Token::Hint(_)));
     }
-    (statements(&toks, write_functions), hint)
+    (statements(&toks, sql, write_functions), hint)
 }
 
-fn statements(toks: &[Token], write_functions: &WriteFunctions) -> Class {
+fn statements(toks: &[Token], sql: &str, write_functions: &WriteFunctions) -> Class {
     let mut statements = toks
         .split(|t| *t == Token::Punct(';'))
         .filter(|s| !s.is_empty());
     let Some(first) = statements.next() else {
         return Class::Read; // an empty query reaches no data
     };
-    let class = statement(first, write_functions);
+    let class = statement(first, sql, write_functions);
     let mut rest = statements.peekable();
     if rest.peek().is_none() {
         return class;
     }
     // Several statements: a read only if every one of them is.
     std::iter::once(class)
-        .chain(rest.map(|s| statement(s, write_functions)))
+        .chain(rest.map(|s| statement(s, sql, write_functions)))
         .find(|c| *c != Class::Read)
         .map_or(Class::Read, |c| match c {
             Class::Write(r) => Class::Write(r),
@@ -116,7 +117,7 @@ fn statements(toks: &[Token], write_functions: &WriteFunctions) -> Class {
         })
 }
 
-fn statement(t: &[Token], write_functions: &WriteFunctions) -> Class {
+fn statement(t: &[Token], sql: &str, write_functions: &WriteFunctions) -> Class {
     // A parenthesised query: look at what starts it.
     let start = t
         .iter()
@@ -126,9 +127,9 @@ fn statement(t: &[Token], write_functions: &WriteFunctions) -> Class {
         return Class::Write(WriteReason::Statement);
     };
     match first {
-        "select" | "values" | "table" | "with" => query(t, write_functions),
+        "select" | "values" | "table" | "with" => query(t, sql, write_functions),
         "show" => Class::Read,
-        "explain" => explain(&t[start + 1..], write_functions),
+        "explain" => explain(&t[start + 1..], sql, write_functions),
         "begin" | "start" => Class::Begin {
             read_only: read_only(t),
         },
@@ -160,14 +161,26 @@ fn read_only(t: &[Token]) -> bool {
     has_words(t, ["read", "only"]) && !t.iter().any(|x| *x == Token::Word("serializable".into()))
 }
 
-/// SELECT / VALUES / TABLE / WITH: a read unless something in it writes or locks.
-fn query(t: &[Token], write_functions: &WriteFunctions) -> Class {
+/// SELECT / VALUES / TABLE / WITH: a read unless something in it writes or locks, or reads
+/// what only the primary has.
+fn query(t: &[Token], sql: &str, write_functions: &WriteFunctions) -> Class {
     for (i, tok) in t.iter().enumerate() {
         let w = match tok {
             Token::Word(w) => w,
             // Quoted, the name is exact: never a keyword, but still a function.
             Token::QuotedCall(name) if write_functions.contains(name) => {
                 return Class::Write(WriteReason::WriteFunction);
+            }
+            Token::QuotedIdent(from, to) if may_name_relation(t, i) => {
+                let name = sql.get(*from as usize..*to as usize).unwrap_or_default();
+                let name = match name.contains("\"\"") {
+                    true => std::borrow::Cow::Owned(name.replace("\"\"", "\"")),
+                    false => std::borrow::Cow::Borrowed(name),
+                };
+                if write_functions.is_sequence(&name) {
+                    return Class::Write(WriteReason::ServerState);
+                }
+                continue;
             }
             _ => continue,
         };
@@ -183,15 +196,29 @@ fn query(t: &[Token], write_functions: &WriteFunctions) -> Class {
                 return Class::Write(WriteReason::WriteFunction);
             }
             name if server_state(name) => return Class::Write(WriteReason::ServerState),
+            name if may_name_relation(t, i) && write_functions.is_sequence(name) => {
+                return Class::Write(WriteReason::ServerState);
+            }
             _ => {}
         }
     }
     Class::Read
 }
 
+/// Whether the name at `i` may be a relation read: it follows FROM, JOIN, TABLE, a comma or
+/// a schema's dot. (A column so named, after a comma or a dot, only costs a look.)
+fn may_name_relation(t: &[Token], i: usize) -> bool {
+    match i.checked_sub(1).and_then(|p| t.get(p)) {
+        Some(Token::Word(w)) => matches!(w.as_str(), "from" | "join" | "table"),
+        Some(Token::Punct(',' | '.')) => true,
+        _ => false,
+    }
+}
+
 /// Views whose rows are one server's own (its backends, statistics, prepared transactions,
 /// locks, replication): on a replica they describe the replica. So do sequences' values: a
-/// replica has what the primary logged, up to 32 values ahead of what it has given out.
+/// replica has what the primary logged, up to 32 values ahead of what it has given out (the
+/// sequences themselves, read as relations, are the catalog's: `WriteFunctions::is_sequence`).
 fn server_state(name: &str) -> bool {
     name.starts_with("pg_")
         && (name.starts_with("pg_stat_")
@@ -209,7 +236,7 @@ fn server_state(name: &str) -> bool {
 }
 
 /// EXPLAIN runs its statement only with ANALYZE: then it is what that statement is.
-fn explain(t: &[Token], write_functions: &WriteFunctions) -> Class {
+fn explain(t: &[Token], sql: &str, write_functions: &WriteFunctions) -> Class {
     let mut i = 0;
     let mut analyze = false;
     if t.first() == Some(&Token::Punct('(')) {
@@ -228,7 +255,7 @@ fn explain(t: &[Token], write_functions: &WriteFunctions) -> Class {
         }
     }
     let inner = t.get(i..).unwrap_or(&[]);
-    match statement(inner, write_functions) {
+    match statement(inner, sql, write_functions) {
         Class::Read => Class::Read,
         Class::Write(r) if analyze => Class::Write(r),
         _ if analyze => Class::Write(WriteReason::Statement),
@@ -408,6 +435,38 @@ mod tests {
         assert_eq!(classify("SELECT audit_log('x')", &extra), FUNC);
         assert_eq!(classify("SELECT AUDIT_LOG('x')", &extra), FUNC);
         assert_eq!(classify("SELECT audit_log_count()", &extra), Read);
+    }
+
+    #[test]
+    fn reads_of_the_catalogs_sequences_are_the_primarys() {
+        let known = WriteFunctions::default().with_sequences(["orders_id_seq", "Mixed\"Seq"]);
+        let state = Write(ServerState);
+        for sql in [
+            "SELECT last_value FROM orders_id_seq",
+            "select last_value, is_called from public.orders_id_seq",
+            "SELECT * FROM t, Orders_Id_Seq",
+            "SELECT s.last_value FROM t JOIN orders_id_seq s ON true",
+            "TABLE orders_id_seq",
+            "SELECT last_value FROM \"public\".\"orders_id_seq\"",
+            "SELECT last_value FROM \"Mixed\"\"Seq\"",
+            "EXPLAIN ANALYZE SELECT * FROM orders_id_seq",
+        ] {
+            assert_eq!(classify(sql, &known), state, "{sql}");
+        }
+        for sql in [
+            "SELECT last_value FROM orders",
+            "SELECT 'orders_id_seq' FROM t",
+            "SELECT last_value FROM \"Orders_Id_Seq\"",
+            "SELECT orders_id_seq FROM t",
+            "SELECT last_value FROM \"mixed\"\"seq\"",
+        ] {
+            assert_eq!(classify(sql, &known), Read, "{sql}");
+        }
+        let none = WriteFunctions::default();
+        assert_eq!(
+            classify("SELECT last_value FROM orders_id_seq", &none),
+            Read
+        );
     }
 
     proptest::proptest! {

@@ -1,7 +1,9 @@
 //! Which reads write: calls of the functions that write (the built-in list, the configured
 //! `write_functions`, and the user functions the catalog says are VOLATILE: one sorted list per
 //! database, looked up by name, without schema and in any case), and statement texts a replica
-//! refused with 25006, remembered per database.
+//! refused with 25006, remembered per database. Beside them, the database's sequences: a read
+//! of one is the primary's to answer (a replica has the value the primary logged, up to 32
+//! ahead of the one it gave out).
 
 use arc_swap::{ArcSwap, Guard};
 use std::collections::{BTreeMap, HashSet};
@@ -50,10 +52,12 @@ const PREFIXES: &[&str] = &[
     "lo_",
 ];
 
-/// The names beyond the built-in ones, sorted and lowercase.
+/// The names beyond the built-in ones, sorted and lowercase; and the sequences' names, as
+/// PostgreSQL keeps them, sorted.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct WriteFunctions {
     names: Vec<Box<str>>,
+    sequences: Vec<Box<str>>,
 }
 
 impl WriteFunctions {
@@ -65,7 +69,29 @@ impl WriteFunctions {
             .collect();
         names.sort_unstable();
         names.dedup();
-        WriteFunctions { names }
+        WriteFunctions {
+            names,
+            sequences: Vec::new(),
+        }
+    }
+
+    /// With the database's sequences, by name (without schema).
+    pub fn with_sequences<'a>(mut self, names: impl IntoIterator<Item = &'a str>) -> Self {
+        let mut sequences: Vec<Box<str>> = names.into_iter().map(Box::from).collect();
+        sequences.sort_unstable();
+        sequences.dedup();
+        self.sequences = sequences;
+        self
+    }
+
+    /// Whether `name` (lowercase, as the tokenizer gives a word; exact, as a quoted name) may
+    /// be a sequence's.
+    pub fn is_sequence(&self, name: &str) -> bool {
+        !self.sequences.is_empty()
+            && self
+                .sequences
+                .binary_search_by(|n| n.as_ref().cmp(name))
+                .is_ok()
     }
 
     /// Whether a call of `function` (lowercase, as the tokenizer gives a word; exact, as a
@@ -90,6 +116,10 @@ impl WriteFunctions {
 
     pub fn len(&self) -> usize {
         self.names.len()
+    }
+
+    pub fn sequences(&self) -> usize {
+        self.sequences.len()
     }
 
     pub fn is_empty(&self) -> bool {

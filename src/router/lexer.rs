@@ -2,12 +2,13 @@
 //! never mistake text inside a string literal, quoted identifier, dollar-quoted body or
 //! comment for a keyword.
 
-/// One token. Words are lowercased; literals and quoted identifiers carry no text because
-/// the classifier never needs it.
+/// One token. Words are lowercased; literals carry no text because the classifier never
+/// needs it, and a quoted identifier only where its text is in `sql` (a range, not a copy).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Token {
     Word(String),
-    QuotedIdent,
+    /// The bytes between the quotes (`""` still doubled).
+    QuotedIdent(u32, u32),
     /// A quoted identifier followed by `(`, with its exact text.
     QuotedCall(String),
     Literal,
@@ -55,7 +56,7 @@ pub fn tokens(sql: &str) -> Result<Vec<Token>, ()> {
                         sql[start + 1..i - 1].replace("\"\"", "\""),
                     ));
                 } else {
-                    out.push(Token::QuotedIdent);
+                    out.push(Token::QuotedIdent(start as u32 + 1, i as u32 - 1));
                 }
             }
             b'$' if b.get(i + 1).is_some_and(u8::is_ascii_digit) => {
@@ -149,12 +150,13 @@ fn word(sql: &str, mut i: usize) -> Result<(usize, Token), ()> {
         && matches!(b.get(i + 1), Some(b'\'' | b'"'))
     {
         let q = b[i + 1];
-        let i = skip_quoted(b, i + 1, q, false)?;
+        let end = skip_quoted(b, i + 1, q, false)?;
         let token = if q == b'\'' {
             Token::Literal
         } else {
-            Token::QuotedIdent
+            Token::QuotedIdent(i as u32 + 2, end as u32 - 1)
         };
+        let i = end;
         return Ok((i, token));
     }
     Ok((i, Token::Word(word.to_ascii_lowercase())))
