@@ -17,6 +17,7 @@ async fn refused(c: &Client, sql: &str) {
     let db = e.as_db_error().unwrap_or_else(|| panic!("{sql}: {e}"));
     assert_eq!(db.code().code(), "55000", "{sql}: {db}");
     assert!(db.message().contains("transaction pooling"), "{db}");
+    assert_eq!(db.where_(), None, "{sql}: {db:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -515,6 +515,8 @@ async fn pin_session_features_off_refuses_them_with_0a000() {
         assert_eq!(sqlstate(&e), "0A000", "{sql}");
         let db = e.as_db_error().unwrap();
         assert!(db.message().contains("pin_session_features"), "{sql}: {db}");
+        // pgsluice's refusal, not the trace of how the server was made to fail.
+        assert_eq!(db.where_(), None, "{sql}: {db:?}");
     }
     // Inside a transaction the refusal fails it, as any error would.
     a.batch_execute("BEGIN").await.unwrap();

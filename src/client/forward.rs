@@ -118,7 +118,7 @@ impl Replies for Listening<'_> {
     fn error(&mut self, code: &[u8], _message: &[u8]) -> Action {
         self.error_seen = true;
         if code == sqlstate::FEATURE_NOT_SUPPORTED.as_bytes() {
-            // The stand-in for a refused Parse failed as it must: the client gets why.
+            // The stand-in for a refused statement failed as it must: the client gets why.
             if let Some(bytes) = self.refusal.take() {
                 return Action::Replace(bytes);
             }
@@ -210,9 +210,7 @@ impl Session<'_> {
             };
             let (msg, bytes) = match &refused {
                 Some(r) => {
-                    if r.error.is_some() {
-                        link.refusal = r.error;
-                    }
+                    link.refusal = Some(r.error);
                     (r.message(), &r.frame[..])
                 }
                 None => {

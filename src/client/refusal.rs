@@ -10,8 +10,8 @@ use crate::protocol::frontend::Message;
 use crate::protocol::sqlstate;
 use crate::router::effects::{Feature, Features};
 
-/// The definition of a statement that fails at Parse (0A000): a Parse fails before a driver
-/// has described anything, where a DO block would fail only at Execute.
+/// The definition of a statement that fails at Parse (0A000: no value of type pg_node_tree
+/// may be written), for a refused Parse or, its text, a refused Query.
 pub(super) const STAND_IN: &[u8] = b"SELECT 'pgsluice'::pg_catalog.pg_node_tree\0\0\0";
 
 /// An ErrorResponse with SQLSTATE 0A000 and `message`, as bytes.
@@ -45,12 +45,7 @@ pub(super) fn foreign_sequences_error() -> &'static [u8] {
 /// A currval or lastval (in a Query or Parse) refused: its server may hold another client's
 /// sequence values.
 pub(super) fn foreign_sequences(msg: Message<'_>) -> Option<Refusal> {
-    stand_in(
-        msg,
-        sqlstate::OBJECT_NOT_IN_PREREQUISITE_STATE,
-        FOREIGN_SEQUENCES,
-        foreign_sequences_error(),
-    )
+    stand_in(msg, foreign_sequences_error())
 }
 
 /// A statement refused because it would pin the client (pin_session_features = false): in
@@ -60,8 +55,8 @@ pub(super) struct Refusal {
     pub frame: bytes::BytesMut,
     /// For a Parse: its name and the stand-in's definition.
     parse: Option<(Vec<u8>, Vec<u8>)>,
-    /// For a Parse: the error the client gets in place of the stand-in's.
-    pub error: Option<&'static [u8]>,
+    /// The error the client gets in place of the stand-in's.
+    pub error: &'static [u8],
 }
 
 impl Refusal {
@@ -108,42 +103,29 @@ fn refusal_error(f: Feature) -> &'static [u8] {
 
 pub(super) fn refusal(msg: Message<'_>, features: Features) -> Option<Refusal> {
     let f = features.iter().next()?;
-    stand_in(
-        msg,
-        sqlstate::FEATURE_NOT_SUPPORTED,
-        &refusal_message(f),
-        refusal_error(f),
-    )
+    stand_in(msg, refusal_error(f))
 }
 
-/// The stand-in of the Query or Parse `msg`, failing with `code` and `message` (a Query) or
-/// at Parse, the client to get `error` instead.
-fn stand_in(msg: Message<'_>, code: &str, message: &str, error: &'static [u8]) -> Option<Refusal> {
-    let sql = format!(
-        "DO $pgsluice$BEGIN RAISE EXCEPTION USING ERRCODE = '{code}', MESSAGE = {}; END$pgsluice$",
-        super::params::quote_literal(message)
-    );
+/// The stand-in of the Query or Parse `msg`: it fails with 0A000 (at Parse, before a driver
+/// has described anything, where a DO block would fail only at Execute; for a Query, without
+/// the PL/pgSQL CONTEXT a DO block's error carries), and the client gets `error` instead.
+fn stand_in(msg: Message<'_>, error: &'static [u8]) -> Option<Refusal> {
     let mut frame = bytes::BytesMut::new();
-    match msg {
+    let parse = match msg {
         Message::Query(_) => {
-            crate::protocol::frontend::encode_query(&mut frame, &sql);
-            Some(Refusal {
-                frame,
-                parse: None,
-                error: None,
-            })
+            let query = &STAND_IN[..STAND_IN.len() - 3];
+            crate::protocol::frontend::encode_query(&mut frame, std::str::from_utf8(query).ok()?);
+            None
         }
         Message::Parse { name, .. } => {
-            // A DO block would fail only at Execute, after the driver has described it; this
-            // fails at Parse, with 0A000, and the client gets the message above instead.
-            let def = STAND_IN.to_vec();
-            crate::protocol::frontend::encode_parse(&mut frame, name, &def);
-            Some(Refusal {
-                frame,
-                parse: Some((name.to_vec(), def)),
-                error: Some(error),
-            })
+            crate::protocol::frontend::encode_parse(&mut frame, name, STAND_IN);
+            Some((name.to_vec(), STAND_IN.to_vec()))
         }
-        _ => None,
-    }
+        _ => return None,
+    };
+    Some(Refusal {
+        frame,
+        parse,
+        error,
+    })
 }
