@@ -368,3 +368,61 @@ async fn a_client_gone_during_its_servers_login_leaves_the_counts_whole() {
     assert_eq!((s.active, s.idle, s.login), (1, 0, 0));
     holder.batch_execute("COMMIT").await.unwrap();
 }
+
+/// max_db_client_connections and max_user_client_connections, as PgBouncer 1.24 has them:
+/// a client one past either limit is refused at login with 53300 naming it, a client that
+/// leaves makes room, the admin console does not count, and SHOW DATABASES and SHOW USERS
+/// count the clients.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_connection_limits_per_database_and_per_user() {
+    let pg = primary();
+    let pooler = Pooler::start_db(
+        &pg,
+        "max_user_client_connections = 2\nadmin_users = [\"app\"]",
+        "max_db_client_connections = 3",
+    );
+    let refused = |e: tokio_postgres::Error, limit: &str| {
+        let db = e.as_db_error().unwrap_or_else(|| panic!("{e}"));
+        assert_eq!(db.code().code(), "53300", "{db}");
+        assert_eq!(
+            db.message(),
+            format!("client connections exceeded ({limit})")
+        );
+    };
+    let login = |user: &str, password: &str| {
+        let dsn = pooler.conn_str(user, password);
+        async move {
+            let (c, conn) = tokio_postgres::connect(&dsn, tokio_postgres::NoTls).await?;
+            tokio::spawn(conn);
+            Ok::<_, tokio_postgres::Error>(c)
+        }
+    };
+    let a1 = login("app", APP_PASSWORD).await.unwrap();
+    let _a2 = login("app", APP_PASSWORD).await.unwrap();
+    refused(
+        login("app", APP_PASSWORD).await.unwrap_err(),
+        "max_user_client_connections",
+    );
+    let _m1 = login("md5user", "md5 pw").await.unwrap();
+    refused(
+        login("md5user", "md5 pw").await.unwrap_err(),
+        "max_db_client_connections",
+    );
+    // The console, as app, is none of these.
+    let database = |column: &str| pooler.admin_column("SHOW DATABASES", column);
+    assert_eq!(database("max_client_connections"), ["3"]);
+    assert_eq!(database("current_client_connections"), ["3"]);
+    let (header, rows) = pooler.admin_table("pgsluice", "SHOW USERS");
+    let at = |name: &str| header.iter().position(|h| h == name).unwrap();
+    let app = rows.iter().find(|r| r.starts_with("app|")).unwrap();
+    let cells: Vec<&str> = app.split('|').collect();
+    assert_eq!(cells[at("max_user_client_connections")], "2");
+    assert_eq!(cells[at("current_client_connections")], "2");
+    // One leaves: the next gets in.
+    drop(a1);
+    assert!(support::wait_for(Duration::from_secs(10), || {
+        database("current_client_connections") == ["2"]
+    }));
+    let again = login("app", APP_PASSWORD).await.unwrap();
+    assert_eq!(support::one(&again, "SELECT 1").await, "1");
+}

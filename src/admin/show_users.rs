@@ -12,6 +12,8 @@ pub fn table(ctx: &Context) -> Table {
         ("pool_mode", Text),
         ("max_user_connections", Int),
         ("current_connections", Int),
+        ("max_user_client_connections", Int),
+        ("current_client_connections", Int),
     ]);
     let config = ctx.config.load();
     for (name, user) in &config.users {
@@ -32,6 +34,8 @@ pub fn table(ctx: &Context) -> Table {
             }),
             Cell::from(config.max_user_connections(name)),
             Cell::from(servers),
+            Cell::from(config.max_user_client_connections(name)),
+            Cell::from(ctx.pools.client_limits.of_user(name)),
         ]);
     }
     t

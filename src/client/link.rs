@@ -9,7 +9,7 @@ use super::params::Misaligned;
 use super::session::Session;
 use crate::cluster::InFlight;
 use crate::config::{PoolMode, ReadYourWrites};
-use crate::pool::{Checkout, ClientState, PoolError};
+use crate::pool::{Checkout, PoolError};
 use crate::protocol::backend::{self, TxStatus};
 use crate::protocol::frontend::Message;
 use crate::protocol::sqlstate;
@@ -291,7 +291,7 @@ impl Session<'_> {
     /// PAUSE: the client waits, in line, until RESUME; leaving meanwhile is fine.
     async fn wait_resumed(&self) -> Result<(), End> {
         let cluster = &self.members.cluster;
-        let _paused = self.members.enter(ClientState::Paused);
+        let _paused = self.members.paused();
         tokio::select! {
             _ = cluster.wait_resumed() => {}
             gone = client_gone(self.client) => {

@@ -6,7 +6,7 @@ use crate::cluster::Lsn;
 use crate::config::{Access, Config, CONSOLE_DATABASES};
 use crate::context::clients::{CancelTarget, LoginNames, Registration};
 use crate::context::Context;
-use crate::pool::Members;
+use crate::pool::{InState, Members};
 use crate::protocol::backend::{self, TxStatus};
 use crate::protocol::sqlstate;
 use crate::protocol::startup::{self, Startup, StartupPacket};
@@ -22,6 +22,8 @@ pub struct LoggedIn {
     pub user: String,
     pub database: String,
     pub members: Arc<Members>,
+    /// Counts it as connected (max_db_client_connections, max_user_client_connections).
+    pub connected: InState,
     /// Where the client asked its work to go (`options=-c pgsluice.route=...`).
     pub route: RouteMode,
     /// The read-your-writes floor it starts with (`options=-c pgsluice.min_lsn=...`).
@@ -434,6 +436,17 @@ async fn pool_login(
             .await;
         return None;
     }
+    let connected = match members.connect(config) {
+        Ok(connected) => connected,
+        Err(full) => {
+            let message = format!("client connections exceeded ({})", full.setting());
+            tracing::info!(db = %database, user, limit = full.setting(), "client refused");
+            stream
+                .fatal(&out, sqlstate::TOO_MANY_CONNECTIONS, &message)
+                .await;
+            return None;
+        }
+    };
     let _ = reg.slot.login.set(LoginNames::new(&database, &user));
     let pool = members.primary();
     let server_params = match pool.server_params() {
@@ -469,6 +482,7 @@ async fn pool_login(
         user,
         database,
         members,
+        connected,
         route,
         floor,
         params,

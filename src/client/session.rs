@@ -21,7 +21,7 @@ use crate::cluster::{BanTimes, Lsn};
 use crate::config::{Config, PoolMode};
 use crate::context::clients::Registration;
 use crate::context::{Admitted, Context, Phase};
-use crate::pool::{ClientState, InState, Members};
+use crate::pool::{InState, Members};
 use crate::router::effects::{Feature, Features};
 use crate::router::policy::{self, RouteMode};
 use crate::router::{Catalog, RouteCounters};
@@ -136,7 +136,7 @@ impl Resting {
             routes: ctx.routes.of(&login.database),
             catalog: ctx.catalogs.of(&login.database),
             mode: login.members.primary().setup().settings.pool_mode,
-            _connected: login.members.enter(ClientState::Connected),
+            _connected: login.connected,
             members: login.members,
             route: login.route,
             floor: login.floor,

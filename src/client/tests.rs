@@ -127,6 +127,7 @@ impl Setup {
             user: "postgres".into(),
             database: "postgres".into(),
             members: self.members.clone(),
+            connected: self.members.connect(&self.ctx.config.load()).unwrap(),
             route: RouteMode::Auto,
             floor: crate::cluster::Lsn(0),
             params: Vec::new(),

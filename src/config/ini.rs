@@ -341,7 +341,11 @@ fn database_key(key: &str) -> Option<fn(&str) -> toml::Value> {
     match key {
         "host" | "dbname" | "user" | "password" | "pool_mode" | "auth_user" | "auth_query"
         | "auth_dbname" => Some(|v| toml::Value::String(v.to_owned())),
-        "port" | "pool_size" | "min_pool_size" | "max_db_connections" => Some(number),
+        "port"
+        | "pool_size"
+        | "min_pool_size"
+        | "max_db_connections"
+        | "max_db_client_connections" => Some(number),
         _ => None,
     }
 }
@@ -424,7 +428,7 @@ fn user(name: &str, value: &str, at: At, out: &mut Converted) -> Result<(), Conf
     for (key, v) in pairs(value).map_err(|m| key_error(&at, m))? {
         let typed = match key.as_str() {
             "pool_mode" => toml::Value::String(v),
-            "pool_size" | "max_user_connections" => number(&v),
+            "pool_size" | "max_user_connections" | "max_user_client_connections" => number(&v),
             _ => {
                 out.skip(
                     format!("{at} ({key})"),
@@ -448,9 +452,9 @@ mod tests {
     use super::*;
 
     const SEED: &str = "# /etc/pgbouncer/pgbouncer.ini\n[databases]\n\
-        orders = host=db.internal port=5432 dbname=orders\n\
+        orders = host=db.internal port=5432 dbname=orders max_db_client_connections=40\n\
         'odd-name' = host=127.0.0.1 port=5433 user=app password='it''s' pool_size=5 auth_user=pgb\n\n\
-        [users]\nreport = pool_mode=session max_user_connections=3\n\n\
+        [users]\nreport = pool_mode=session max_user_connections=3 max_user_client_connections=9\n\n\
         [pgbouncer]\nlisten_addr = *\nlisten_port = 6432\nauth_type = md5\n\
         logfile = /var/log/pgbouncer/pgbouncer.log\n\
         ; Pool sizing\npool_mode = transaction\n\
@@ -483,6 +487,8 @@ mod tests {
         assert_eq!(odd.pool_size, Some(5));
         assert_eq!(odd.auth_user.as_deref(), Some("pgb"));
         assert_eq!(c.users["report"].max_user_connections, Some(3));
+        assert_eq!(c.users["report"].max_user_client_connections, Some(9));
+        assert_eq!(c.databases["orders"].max_db_client_connections, Some(40));
         assert_eq!(c.general.peers["1"], "10.0.0.1:6432");
         assert_eq!(c.general.peers["2"], "[::1]:6432");
         let skipped: Vec<&str> = conv.skipped.iter().map(|(at, _)| at.as_str()).collect();

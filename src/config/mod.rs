@@ -103,6 +103,8 @@ pub struct General {
     pub reserve_pool_timeout: Seconds,
     pub max_db_connections: usize,
     pub max_user_connections: usize,
+    pub max_db_client_connections: usize,
+    pub max_user_client_connections: usize,
     pub query_wait_timeout: Seconds,
     pub server_connect_timeout: Seconds,
     pub server_login_retry: Seconds,
@@ -180,6 +182,8 @@ impl Default for General {
             reserve_pool_timeout: Seconds::secs(5),
             max_db_connections: 0,
             max_user_connections: 0,
+            max_db_client_connections: 0,
+            max_user_client_connections: 0,
             query_wait_timeout: Seconds::secs(120),
             server_connect_timeout: Seconds::secs(15),
             server_login_retry: Seconds::secs(15),
@@ -251,6 +255,8 @@ pub struct Database {
     pub pool_mode: Option<PoolMode>,
     /// Overrides max_db_connections for this database.
     pub max_db_connections: Option<usize>,
+    /// Overrides max_db_client_connections for this database.
+    pub max_db_client_connections: Option<usize>,
     /// Streaming replicas that serve reads.
     #[serde(default)]
     pub replicas: Vec<ReplicaSpec>,
@@ -285,6 +291,8 @@ pub struct User {
     pub pool_mode: Option<PoolMode>,
     /// Overrides max_user_connections for this user.
     pub max_user_connections: Option<usize>,
+    /// Overrides max_user_client_connections for this user.
+    pub max_user_client_connections: Option<usize>,
 }
 
 /// `host:port` as logs, metrics and socket addresses write it: an IPv6 host in brackets.
@@ -447,6 +455,7 @@ impl Config {
                 pool_size: None,
                 pool_mode: None,
                 max_user_connections: None,
+                max_user_client_connections: None,
             });
             user.password.get_or_insert(secret);
         }
@@ -468,6 +477,23 @@ impl Config {
     pub fn max_db_connections(&self, database: &str) -> usize {
         let db = self.database(database).and_then(|d| d.max_db_connections);
         db.unwrap_or(self.general.max_db_connections)
+    }
+
+    /// Clients allowed to be connected to a database at once (0 = no limit).
+    pub fn max_db_client_connections(&self, database: &str) -> usize {
+        let db = self
+            .database(database)
+            .and_then(|d| d.max_db_client_connections);
+        db.unwrap_or(self.general.max_db_client_connections)
+    }
+
+    /// Clients allowed to be connected as a user at once, to any database (0 = no limit).
+    pub fn max_user_client_connections(&self, user: &str) -> usize {
+        let u = self
+            .users
+            .get(user)
+            .and_then(|u| u.max_user_client_connections);
+        u.unwrap_or(self.general.max_user_client_connections)
     }
 
     /// Server connections allowed for a user across all its pools (0 = no limit).

@@ -398,7 +398,6 @@ fn compat_databases(out: &mut String, totals: &ByDatabase, clusters: &Clusters, 
 mod tests {
     use super::*;
     use crate::cluster::BanTimes;
-    use crate::pool::ClientState;
     use std::time::Duration;
 
     /// A ban that outlasts the test.
@@ -461,7 +460,7 @@ mod tests {
     fn gauges_are_read_from_pools_clients_and_nodes_at_each_scrape() {
         let (m, config, clusters, pools, routes) = setup("default_pool_size = 7");
         let members = pools.all_members().pop().unwrap();
-        let connected = members.enter(ClientState::Connected);
+        let connected = members.connect(&config).unwrap();
         clusters.get("app").unwrap().ban(2, LONG_BAN, "test");
         let text = m.render(&pools, &clusters, &routes, &config);
         let idle = ["user=\"u\"", "state=\"idle\""];

@@ -7,6 +7,7 @@
 //! oldest waiter, and a freed slot becomes a permission to connect.
 
 mod checkout;
+mod clients;
 mod limits;
 pub mod listener;
 pub mod lookup;
@@ -15,6 +16,7 @@ mod registry;
 
 pub use checkout::Checkout;
 use checkout::Grant;
+pub use clients::{ClientLimits, Full};
 pub use limits::{Limit, Limits};
 pub use registry::{ClientCounts, ClientState, InState, Members, Pools};
 

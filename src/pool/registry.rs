@@ -1,7 +1,7 @@
 //! All pools of the process: for each (database, user) pair, created on its first client, one
 //! pool per node of the database (the primary, then each replica).
 
-use super::{Limit, Limits, Pool, PoolStats};
+use super::{ClientLimits, Full, Limit, Limits, Pool, PoolStats};
 use crate::auth::Secret;
 use crate::cluster::{Cluster, Clusters};
 use crate::config::Config;
@@ -30,6 +30,8 @@ pub struct Members {
     pub floor_waits: FloorMetrics,
     /// The shared LISTEN connection of this (database, user).
     pub listener: Arc<super::listener::Listener>,
+    /// Clients connected per database and user, every pool's.
+    client_limits: Arc<ClientLimits>,
 }
 
 /// Clients connected, and waiting on a paused database. Clients linked to a server and
@@ -91,21 +93,38 @@ impl Members {
         }
     }
 
-    pub fn enter(self: &Arc<Self>, state: ClientState) -> InState {
+    fn enter(self: &Arc<Self>, state: ClientState) -> InState {
         self.clients.cell(state).fetch_add(1, Ordering::Relaxed);
         InState {
             members: self.clone(),
             state,
         }
     }
+
+    /// Counts a client as connected for as long as the `InState` lives, unless one more
+    /// would pass max_db_client_connections or max_user_client_connections.
+    pub fn connect(self: &Arc<Self>, config: &Config) -> Result<InState, Full> {
+        let (db, user) = (self.cluster.database.as_str(), self.user.as_str());
+        self.client_limits.join(
+            (db, config.max_db_client_connections(db)),
+            (user, config.max_user_client_connections(user)),
+        )?;
+        Ok(self.enter(ClientState::Connected))
+    }
+
+    /// Counts a client as waiting for RESUME for as long as the `InState` lives.
+    pub fn paused(self: &Arc<Self>) -> InState {
+        self.enter(ClientState::Paused)
+    }
 }
 
 impl Drop for InState {
     fn drop(&mut self) {
-        self.members
-            .clients
-            .cell(self.state)
-            .fetch_sub(1, Ordering::Relaxed);
+        let m = &self.members;
+        m.clients.cell(self.state).fetch_sub(1, Ordering::Relaxed);
+        if self.state == ClientState::Connected {
+            m.client_limits.leave(&m.cluster.database, &m.user);
+        }
     }
 }
 
@@ -121,6 +140,7 @@ pub struct Pools {
     map: Mutex<HashMap<(String, String), Arc<Members>>>,
     db_limits: Mutex<HashMap<String, Arc<Limit>>>,
     user_limits: Mutex<HashMap<String, Arc<Limit>>>,
+    pub client_limits: Arc<ClientLimits>,
 }
 
 fn shared_limit(
@@ -167,6 +187,7 @@ impl Pools {
             map: Mutex::default(),
             db_limits: Mutex::default(),
             user_limits: Mutex::default(),
+            client_limits: Arc::default(),
         }
     }
 
@@ -251,6 +272,7 @@ impl Pools {
             floor_learnt: tokio::sync::Notify::new(),
             floor_waits: self.families.for_floor(database, user),
             listener: super::listener::Listener::new(),
+            client_limits: self.client_limits.clone(),
         });
         map.insert(key, members.clone());
         Some(members)
