@@ -426,3 +426,42 @@ async fn client_connection_limits_per_database_and_per_user() {
     let again = login("app", APP_PASSWORD).await.unwrap();
     assert_eq!(support::one(&again, "SELECT 1").await, "1");
 }
+
+/// A client that waits query_wait_notify for a server is told so with PgBouncer 1.25's
+/// NOTICE, once; its query runs when a server comes free.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_waiting_for_a_server_is_told_once() {
+    use futures_util::StreamExt;
+    let pg = primary();
+    let pooler = Pooler::start_db(&pg, "query_wait_notify = 1", "pool_size = 1");
+    let holder = connect(&pooler, "app", APP_PASSWORD).await;
+    holder.batch_execute("BEGIN").await.unwrap();
+    let dsn = pooler.conn_str("app", APP_PASSWORD);
+    let (waiter, mut conn) = tokio_postgres::connect(&dsn, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    let (tx, mut notices) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut messages = futures_util::stream::poll_fn(move |cx| conn.poll_message(cx));
+        while let Some(Ok(m)) = messages.next().await {
+            if let tokio_postgres::AsyncMessage::Notice(n) = m {
+                let _ = tx.send((n.code().code().to_owned(), n.message().to_owned()));
+            }
+        }
+    });
+    let query = tokio::spawn(async move {
+        let ran = support::one(&waiter, "SELECT 42").await;
+        (waiter, ran)
+    });
+    let told = tokio::time::timeout(Duration::from_secs(10), notices.recv()).await;
+    let (code, message) = told.expect("a notice within 10 s").unwrap();
+    assert_eq!(code, "00000");
+    assert_eq!(
+        message,
+        "No server connection available in postgres backend, client being queued"
+    );
+    holder.batch_execute("COMMIT").await.unwrap();
+    let (_waiter, ran) = query.await.unwrap();
+    assert_eq!(ran, "42");
+    assert!(notices.try_recv().is_err(), "told once");
+}
