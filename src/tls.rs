@@ -173,48 +173,67 @@ impl ServerCertVerifier for ChainOnly {
     }
 }
 
-/// The connector for server TLS in `mode`, built once per (mode, CA file).
-pub fn connector(mode: ServerMode, ca_file: &str) -> Result<TlsConnector, String> {
-    static CACHE: OnceLock<Mutex<HashMap<(ServerMode, String), TlsConnector>>> = OnceLock::new();
+/// How server connections ask for TLS: server_tls_sslmode, the CA that verify-ca and
+/// verify-full check with, and the certificate and key pgsluice shows if the server asks
+/// for one (empty: none), as libpq's sslcert and sslkey.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
+pub struct ServerTls {
+    pub mode: ServerMode,
+    pub ca_file: String,
+    pub cert_file: String,
+    pub key_file: String,
+}
+
+/// The connector for server TLS as `tls` says, built once per `ServerTls`. Errors name the
+/// setting at fault.
+pub fn connector(tls: &ServerTls) -> Result<TlsConnector, (&'static str, String)> {
+    static CACHE: OnceLock<Mutex<HashMap<ServerTls, TlsConnector>>> = OnceLock::new();
     let cache = CACHE.get_or_init(Mutex::default);
-    let key = (mode, ca_file.to_owned());
-    if let Some(c) = cache.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
+    if let Some(c) = cache.lock().unwrap_or_else(|e| e.into_inner()).get(tls) {
         return Ok(c.clone());
     }
     let builder = rustls::ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?;
-    let config = match mode {
+        .map_err(|e| ("server_tls_sslmode", e.to_string()))?;
+    let verifier: Arc<dyn ServerCertVerifier> = match tls.mode {
         ServerMode::VerifyCa | ServerMode::VerifyFull => {
+            let ca = |e| ("server_tls_ca_file", e);
             let mut roots = rustls::RootCertStore::empty();
-            for cert in certificates(ca_file)? {
-                roots.add(cert).map_err(|e| format!("\"{ca_file}\": {e}"))?;
+            for cert in certificates(&tls.ca_file).map_err(ca)? {
+                let bad = |e| ca(format!("\"{}\": {e}", tls.ca_file));
+                roots.add(cert).map_err(bad)?;
             }
             let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
                 Arc::new(roots),
                 provider(),
             )
             .build()
-            .map_err(|e| e.to_string())?;
-            let verifier: Arc<dyn ServerCertVerifier> = if mode == ServerMode::VerifyCa {
-                Arc::new(ChainOnly(verifier))
-            } else {
-                verifier
-            };
-            builder
-                .dangerous()
-                .with_custom_certificate_verifier(verifier)
-                .with_no_client_auth()
+            .map_err(|e| ca(e.to_string()))?;
+            match tls.mode {
+                ServerMode::VerifyCa => Arc::new(ChainOnly(verifier)),
+                _ => verifier,
+            }
         }
-        _ => builder
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(Unchecked(provider())))
-            .with_no_client_auth(),
+        _ => Arc::new(Unchecked(provider())),
+    };
+    let builder = builder
+        .dangerous()
+        .with_custom_certificate_verifier(verifier);
+    let config = if tls.cert_file.is_empty() {
+        builder.with_no_client_auth()
+    } else {
+        let certs = certificates(&tls.cert_file).map_err(|e| ("server_tls_cert_file", e))?;
+        let key = read(&tls.key_file, "key file").map_err(|e| ("server_tls_key_file", e))?;
+        let key = PrivateKeyDer::from_pem_slice(&key)
+            .map_err(|e| ("server_tls_key_file", format!("\"{}\": {e}", tls.key_file)))?;
+        builder
+            .with_client_auth_cert(certs, key)
+            .map_err(|e| ("server_tls_key_file", e.to_string()))?
     };
     let connector = TlsConnector::from(Arc::new(config));
     cache
         .lock()
         .unwrap_or_else(|e| e.into_inner())
-        .insert(key, connector.clone());
+        .insert(tls.clone(), connector.clone());
     Ok(connector)
 }

@@ -170,33 +170,40 @@ fn tls_off_answers_n_to_sslrequest() {
     assert!(!out.status.success(), "no TLS offered, so require fails");
 }
 
+/// Has `pg` serve TLS with the certificate of `certificates(dir)`, and check client
+/// certificates against its CA.
+fn serve_tls(pg: &pgsluice::localpg::LocalPostgres, dir: &Path) {
+    let d = dir.display().to_string();
+    // PostgreSQL reads its key only when owned by its own user with no group access.
+    for f in ["cert.pem", "key.pem"] {
+        let path = dir.join(f);
+        let _ = Command::new("chown").arg("postgres").arg(&path).status();
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .unwrap();
+    }
+    std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    for (key, file) in [
+        ("ssl_cert_file", "cert.pem"),
+        ("ssl_key_file", "key.pem"),
+        ("ssl_ca_file", "ca.pem"),
+    ] {
+        pg.psql(&format!("ALTER SYSTEM SET {key} = '{d}/{file}'"))
+            .unwrap();
+    }
+    pg.psql("ALTER SYSTEM SET ssl = on").unwrap();
+    pg.psql("SELECT pg_reload_conf()").unwrap();
+    assert!(support::wait_for(std::time::Duration::from_secs(5), || {
+        pg.psql("SHOW ssl").unwrap() == "on"
+    }));
+}
+
 #[test]
 fn pgsluice_verifies_a_tls_server() {
     let pg = primary();
     let dir = tempfile::tempdir().unwrap();
     certificates(dir.path());
     let d = dir.path().display().to_string();
-    // PostgreSQL reads its key only when owned by its own user with no group access.
-    for f in ["cert.pem", "key.pem"] {
-        let path = dir.path().join(f);
-        let _ = Command::new("chown").arg("postgres").arg(&path).status();
-        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
-            .unwrap();
-    }
-    std::fs::set_permissions(
-        dir.path(),
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .unwrap();
-    pg.psql(&format!("ALTER SYSTEM SET ssl_cert_file = '{d}/cert.pem'"))
-        .unwrap();
-    pg.psql(&format!("ALTER SYSTEM SET ssl_key_file = '{d}/key.pem'"))
-        .unwrap();
-    pg.psql("ALTER SYSTEM SET ssl = on").unwrap();
-    pg.psql("SELECT pg_reload_conf()").unwrap();
-    assert!(support::wait_for(std::time::Duration::from_secs(5), || {
-        pg.psql("SHOW ssl").unwrap() == "on"
-    }));
+    serve_tls(&pg, dir.path());
     for mode in ["require", "verify-ca", "verify-full"] {
         let pooler = Pooler::start(
             &pg,
@@ -224,4 +231,70 @@ fn pgsluice_verifies_a_tls_server() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("TLS"), "{err}");
+}
+
+/// A server that logs `app` in by its certificate (`cert` in pg_hba.conf): refused without
+/// server_tls_cert_file, in with it, the certificate's name the one the server saw.
+#[test]
+fn pgsluice_shows_its_certificate_to_a_server_that_asks() {
+    let pg = primary();
+    let dir = tempfile::tempdir().unwrap();
+    certificates(dir.path());
+    let d = dir.path().display().to_string();
+    // A client certificate for the role app, signed by the same CA (with an extension, so
+    // that it is an X.509 v3 one, as rustls requires).
+    std::fs::write(
+        dir.path().join("client.cnf"),
+        "basicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\n",
+    )
+    .unwrap();
+    openssl(
+        dir.path(),
+        &[
+            "req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=app", "-keyout", "app.key",
+            "-out", "app.csr",
+        ],
+    );
+    openssl(
+        dir.path(),
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "app.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            "client.cnf",
+            "-out",
+            "app.pem",
+        ],
+    );
+    serve_tls(&pg, dir.path());
+    let hba_file = pg.psql("SHOW hba_file").unwrap();
+    let hba = std::fs::read_to_string(&hba_file).unwrap();
+    std::fs::write(
+        &hba_file,
+        format!("hostssl app app 127.0.0.1/32 cert\n{hba}"),
+    )
+    .unwrap();
+    pg.psql("SELECT pg_reload_conf()").unwrap();
+
+    let without = Pooler::start(&pg, "server_tls_sslmode = \"require\"");
+    let out = without.psql("SELECT 1");
+    assert!(!out.status.success(), "in without a certificate");
+    let with = Pooler::start(
+        &pg,
+        &format!(
+            "server_tls_sslmode = \"verify-full\"\nserver_tls_ca_file = \"{d}/ca.pem\"\n\
+             server_tls_cert_file = \"{d}/app.pem\"\nserver_tls_key_file = \"{d}/app.key\""
+        ),
+    );
+    let out = with.psql("SELECT ssl, client_dn FROM pg_stat_ssl WHERE pid = pg_backend_pid()");
+    assert_eq!(stdout(&out), "t|/CN=app");
 }

@@ -417,8 +417,7 @@ impl Cluster {
             port: n.port,
             dbname: self.dbname.clone(),
             credentials: credentials.clone(),
-            tls_mode: general.server_tls_sslmode,
-            tls_ca_file: general.server_tls_ca_file.clone(),
+            tls: general.server_tls(),
             tcp: crate::server::tcp_tuning(general),
         }
     }

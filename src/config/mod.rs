@@ -159,6 +159,8 @@ pub struct General {
     pub client_tls_key_file: String,
     pub server_tls_sslmode: ServerMode,
     pub server_tls_ca_file: String,
+    pub server_tls_cert_file: String,
+    pub server_tls_key_file: String,
 }
 
 impl Default for General {
@@ -235,6 +237,20 @@ impl Default for General {
             client_tls_key_file: String::new(),
             server_tls_sslmode: ServerMode::Prefer,
             server_tls_ca_file: String::new(),
+            server_tls_cert_file: String::new(),
+            server_tls_key_file: String::new(),
+        }
+    }
+}
+
+impl General {
+    /// How server connections ask for TLS.
+    pub fn server_tls(&self) -> crate::tls::ServerTls {
+        crate::tls::ServerTls {
+            mode: self.server_tls_sslmode,
+            ca_file: self.server_tls_ca_file.clone(),
+            cert_file: self.server_tls_cert_file.clone(),
+            key_file: self.server_tls_key_file.clone(),
         }
     }
 }

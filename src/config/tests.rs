@@ -150,3 +150,17 @@ fn the_unix_socket_settings_are_checked() {
     let text = format!("unix_socket_dir = \"/run/\"\nunix_socket_mode = \"0700\"\n{MINIMAL}");
     assert!(Config::parse(&text, "t.toml").is_ok());
 }
+
+#[test]
+fn a_server_certificate_needs_its_key() {
+    let text = format!("server_tls_cert_file = \"/x.pem\"\n{MINIMAL}");
+    assert_eq!(key_of(&text), "server_tls_key_file");
+    let text = format!(
+        "server_tls_cert_file = \"/no/x.pem\"\nserver_tls_key_file = \"/no/x.key\"\n{MINIMAL}"
+    );
+    assert_eq!(
+        key_of(&text),
+        "server_tls_cert_file",
+        "the file is read at load"
+    );
+}

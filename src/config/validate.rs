@@ -102,16 +102,22 @@ impl Config {
         if matches!(
             g.server_tls_sslmode,
             ServerMode::VerifyCa | ServerMode::VerifyFull
-        ) {
-            if g.server_tls_ca_file.is_empty() {
-                return bad(
-                    "server_tls_ca_file",
-                    "server_tls_sslmode verify-ca and verify-full need a CA file".into(),
-                );
-            }
-            crate::tls::connector(g.server_tls_sslmode, &g.server_tls_ca_file)
+        ) && g.server_tls_ca_file.is_empty()
+        {
+            return bad(
+                "server_tls_ca_file",
+                "server_tls_sslmode verify-ca and verify-full need a CA file".into(),
+            );
+        }
+        if g.server_tls_cert_file.is_empty() != g.server_tls_key_file.is_empty() {
+            let why = "server_tls_cert_file and server_tls_key_file go together".into();
+            return bad("server_tls_key_file", why);
+        }
+        let checks_files = !g.server_tls_ca_file.is_empty() || !g.server_tls_cert_file.is_empty();
+        if g.server_tls_sslmode != ServerMode::Disable && checks_files {
+            crate::tls::connector(&g.server_tls())
                 .map(drop)
-                .or_else(|m| bad("server_tls_ca_file", m))?;
+                .or_else(|(key, why)| bad(key, why))?;
         }
         if g.stats_period.0.is_zero() {
             return bad("stats_period", "must be more than 0".into());

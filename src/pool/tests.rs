@@ -21,8 +21,10 @@ fn pool(pg: &LocalPostgres, extra: &str, limits: Limits) -> Arc<Pool> {
             user: "postgres".into(),
             secret: None,
         },
-        tls_mode: ServerMode::Disable,
-        tls_ca_file: String::new(),
+        tls: crate::tls::ServerTls {
+            mode: ServerMode::Disable,
+            ..Default::default()
+        },
         tcp: Default::default(),
     };
     let metrics = PoolFamilies::new(&prometheus::Registry::new(), "test")

@@ -111,13 +111,13 @@ pub async fn ask_for_tls(
 /// Asks the server for TLS as server_tls_sslmode says, and wraps the stream if it agrees.
 async fn secure(mut tcp: TcpStream, target: &Target) -> Result<Stream, LoginError> {
     use crate::tls::ServerMode;
-    if target.tls_mode == ServerMode::Disable {
+    if target.tls.mode == ServerMode::Disable {
         return Ok(Stream::Plain(tcp));
     }
     match ask_for_tls(&mut tcp).await? {
         b'S' => {
-            let connector = crate::tls::connector(target.tls_mode, &target.tls_ca_file)
-                .map_err(LoginError::Tls)?;
+            let connector = crate::tls::connector(&target.tls)
+                .map_err(|(key, why)| LoginError::Tls(format!("{key}: {why}")))?;
             let name = rustls::pki_types::ServerName::try_from(target.host.clone())
                 .map_err(|e| LoginError::Tls(e.to_string()))?;
             let tls = connector
@@ -126,7 +126,7 @@ async fn secure(mut tcp: TcpStream, target: &Target) -> Result<Stream, LoginErro
                 .map_err(|e| LoginError::Tls(e.to_string()))?;
             Ok(Stream::Tls(Box::new(tokio_rustls::TlsStream::Client(tls))))
         }
-        b'N' if target.tls_mode == ServerMode::Prefer => Ok(Stream::Plain(tcp)),
+        b'N' if target.tls.mode == ServerMode::Prefer => Ok(Stream::Plain(tcp)),
         b'N' => Err(LoginError::Tls(
             "the server does not offer TLS, and server_tls_sslmode requires it".into(),
         )),

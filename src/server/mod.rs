@@ -27,8 +27,7 @@ pub struct Target {
     pub port: u16,
     pub dbname: String,
     pub credentials: Credentials,
-    pub tls_mode: crate::tls::ServerMode,
-    pub tls_ca_file: String,
+    pub tls: crate::tls::ServerTls,
     pub tcp: crate::stream::TcpTuning,
 }
 
