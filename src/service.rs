@@ -97,7 +97,10 @@ impl Service {
         loop {
             let accepted = tokio::select! {
                 a = self.listener.accept() => a.map(|(tcp, peer)| (Stream::Plain(tcp), Peer::Tcp(peer))),
-                a = accept_unix(self.unix.as_ref()) => a.map(|unix| (Stream::Unix(unix), self.unix_peer())),
+                a = accept_unix(self.unix.as_ref()) => a.map(|unix| {
+                    let peer = self.unix_peer(&unix);
+                    (Stream::Unix(unix), peer)
+                }),
                 _ = control.wait_for(|p| *p != Phase::Running) => break,
             };
             match accepted {
@@ -120,7 +123,8 @@ impl Service {
             while let Ok(Ok(unix)) =
                 tokio::time::timeout(Duration::ZERO, accept_unix(self.unix.as_ref())).await
             {
-                self.accepted(Stream::Unix(unix), self.unix_peer());
+                let peer = self.unix_peer(&unix);
+                self.accepted(Stream::Unix(unix), peer);
             }
         }
         // New clients are refused from here on; /ready already says 503.
@@ -144,9 +148,13 @@ impl Service {
         tracing::info!("shut down");
     }
 
-    fn unix_peer(&self) -> Peer {
+    /// A client on the Unix socket: the port it was named for, and the client's process id
+    /// if the kernel tells it.
+    fn unix_peer(&self, unix: &tokio::net::UnixStream) -> Peer {
+        let pid = unix.peer_cred().ok().and_then(|c| c.pid());
         Peer::Unix {
             port: self.local_addr().port(),
+            pid: pid.map_or(0, |p| p.unsigned_abs()),
         }
     }
 

@@ -2,7 +2,7 @@
 //! pgsluice there as they reach PostgreSQL; SHOW CLIENTS says `unix`; the file has its mode,
 //! replaces one left by a process that is gone, is refused while another process serves it
 //! (taken over under so_reuseport) and is removed at the end; idle clients on it park and
-//! come back.
+//! come back; application_name_add_host names a socket client as PgBouncer does.
 
 mod support;
 
@@ -226,4 +226,34 @@ fn pgsluices_own_user_reaches_the_console_on_the_socket() {
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains("password"), "{err}");
     }
+}
+
+/// application_name_add_host: the client's address after its application_name, as PgBouncer
+/// writes it, over TCP and on the socket; its server has it too.
+#[test]
+fn application_name_add_host_says_where_a_client_is() {
+    let pg = primary();
+    let dir = tempfile::tempdir().unwrap();
+    let pooler = Pooler::with_config(config(
+        pg.port,
+        0,
+        dir.path(),
+        "application_name_add_host = true",
+    ));
+    let port = pooler.port();
+    let over_tcp = stdout(&pooler.psql("SHOW application_name"));
+    let client_port = over_tcp
+        .strip_prefix("psql - 127.0.0.1:")
+        .unwrap_or_default();
+    assert!(client_port.parse::<u16>().is_ok(), "{over_tcp}");
+    let server_side = "SELECT application_name FROM pg_stat_activity WHERE pid = pg_backend_pid()";
+    let seen = stdout(&pooler.psql(server_side));
+    assert!(seen.starts_with("psql - 127.0.0.1:"), "{seen}");
+    let on_socket = stdout(&psql(dir.path(), port, "app", "SHOW application_name"));
+    let pid = on_socket
+        .strip_prefix("psql - unix(")
+        .and_then(|rest| rest.split('@').next())
+        .unwrap_or_default();
+    assert!(pid.parse::<u32>().is_ok_and(|p| p > 0), "{on_socket}");
+    assert!(on_socket.ends_with(&format!("):{port}")), "{on_socket}");
 }

@@ -28,7 +28,7 @@ pub fn table(ctx: &Context) -> Table {
         let last = slot.last_request.load(Ordering::Relaxed);
         let local = match slot.peer {
             Peer::Tcp(_) => (g.listen_addr.as_str(), g.listen_port),
-            Peer::Unix { port } => ("unix", port),
+            Peer::Unix { port, .. } => ("unix", port),
         };
         t.row(vec![
             Cell::from("C"),

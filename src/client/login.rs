@@ -396,8 +396,11 @@ async fn pool_login(
         database,
         route,
         floor,
-        wanted,
+        mut wanted,
     } = asked;
+    if config.general.application_name_add_host {
+        add_host(&mut wanted, reg.slot.peer);
+    }
     if config.database(&database).is_none() {
         stream
             .fatal(
@@ -488,6 +491,31 @@ async fn pool_login(
         params,
         buf,
     }))
+}
+
+/// application_name_add_host: the client's address after its application_name ("app" if it
+/// gave none), as PgBouncer writes it: `psql - 10.0.0.7:51234`, `psql - unix(4321@host):6432`.
+fn add_host(wanted: &mut Vec<(String, String)>, peer: crate::context::clients::Peer) {
+    use crate::context::clients::Peer;
+    let at = match peer {
+        Peer::Tcp(addr) => addr.to_string(),
+        Peer::Unix { port, pid: 0 } => format!("unix:{port}"),
+        Peer::Unix { port, pid } => format!("unix({pid}@{}):{port}", host_name()),
+    };
+    match wanted.iter_mut().find(|(k, _)| k == "application_name") {
+        Some((_, name)) => *name = format!("{name} - {at}"),
+        None => wanted.push(("application_name".into(), format!("app - {at}"))),
+    }
+}
+
+/// This host's name, read once.
+fn host_name() -> &'static str {
+    static NAME: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    NAME.get_or_init(|| {
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|n| n.trim().to_owned())
+            .unwrap_or_default()
+    })
 }
 
 /// The startup parameters that become session settings, with `options` expanded.

@@ -13,12 +13,13 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 const SEQ_BITS: u32 = 17;
 
-/// Where a client connected from: a TCP address, or the Unix socket in unix_socket_dir (which
-/// tells nothing of the client; PgBouncer shows it as `unix` and the listening port).
+/// Where a client connected from: a TCP address, or the Unix socket in unix_socket_dir
+/// (PgBouncer shows it as `unix` and the listening port), with the client's process id if
+/// the kernel told it (0 if not).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Peer {
     Tcp(SocketAddr),
-    Unix { port: u16 },
+    Unix { port: u16, pid: u32 },
 }
 
 impl Peer {
@@ -33,7 +34,7 @@ impl Peer {
     pub fn port(&self) -> u16 {
         match self {
             Peer::Tcp(a) => a.port(),
-            Peer::Unix { port } => *port,
+            Peer::Unix { port, .. } => *port,
         }
     }
 }
@@ -42,7 +43,7 @@ impl std::fmt::Display for Peer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Peer::Tcp(a) => a.fmt(f),
-            Peer::Unix { port } => write!(f, "unix:{port}"),
+            Peer::Unix { port, .. } => write!(f, "unix:{port}"),
         }
     }
 }
