@@ -266,15 +266,20 @@ impl Stream {
         matches!(self, Stream::Unix(_))
     }
 
-    /// Whether the peer is a process of this one's own user, on a Unix socket (the kernel
-    /// says, as PostgreSQL's `peer` authentication asks it).
+    /// The system user the peer runs as, on a Unix socket (the kernel says, as PostgreSQL's
+    /// `peer` authentication asks it).
+    pub fn peer_uid(&self) -> Option<u32> {
+        match self {
+            Stream::Unix(s) => s.peer_cred().ok().map(|c| c.uid()),
+            _ => None,
+        }
+    }
+
+    /// Whether the peer is a process of this one's own user, on a Unix socket.
     pub fn peer_is_own_user(&self) -> bool {
-        let Stream::Unix(s) = self else {
-            return false;
-        };
         // SAFETY: getuid cannot fail and touches no memory of ours.
         let own = unsafe { libc::getuid() };
-        s.peer_cred().is_ok_and(|c| c.uid() == own)
+        self.peer_uid() == Some(own)
     }
 
     /// Takes the plain TCP stream out, to wrap it in TLS.

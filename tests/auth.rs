@@ -1,6 +1,6 @@
 //! Stored secrets: clients authenticated against a SCRAM verifier or md5 hash copied from
 //! pg_authid, the server login made with the hash or a database-level login; protocol
-//! version negotiation; bogus cancel keys.
+//! version negotiation; bogus cancel keys; auth_type = "hba".
 
 mod support;
 
@@ -133,4 +133,104 @@ async fn reserve_pool_opens_after_reserve_pool_timeout() {
     .unwrap();
     assert!(concurrent.0, "the reserve connection was never opened");
     both.await.unwrap();
+}
+
+/// psql as `user` (password `password`, "" for none) to `db` at `host` (an address or the
+/// socket's directory) on `port`, never asking for a password: (stdout, stderr, success).
+fn psql_at(host: &str, port: u16, user: &str, password: &str, db: &str) -> (String, String, bool) {
+    let out = std::process::Command::new(pgsluice::localpg::pg_bindir().join("psql"))
+        .arg(format!("host={host} port={port} user={user} dbname={db}"))
+        .args(["-X", "-A", "-t", "-w", "-c", "SELECT current_user"])
+        .env("PGPASSWORD", password)
+        .env("PGCONNECT_TIMEOUT", "10")
+        .output()
+        .unwrap();
+    (
+        String::from_utf8_lossy(&out.stdout).trim().to_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+        out.status.success(),
+    )
+}
+
+/// auth_type = "hba": auth_hba_file's first matching line decides, by connection type,
+/// database, user and address, with PostgreSQL's errors for a line that rejects and for no
+/// line; `peer` on the Unix socket lets in the system user the client runs as, under its
+/// own name only; a reload reads the file again.
+#[test]
+fn auth_hba_file_decides_line_by_line() {
+    let pg = primary();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display().to_string();
+    // SAFETY: getuid cannot fail.
+    let me = pgsluice::auth::peer::system_user_name(unsafe { libc::getuid() }).unwrap();
+    let hba = dir.path().join("hba.conf");
+    let lines = format!(
+        "# TYPE DATABASE USER ADDRESS METHOD\n\
+         local  pgsluice  all      reject\n\
+         local  all       {me}     peer\n\
+         local  all       app      peer\n\
+         host   all       md5user  127.0.0.1/32  reject\n\
+         host   app,pgsluice  app  127.0.0.1/32  scram-sha-256\n"
+    );
+    std::fs::write(&hba, &lines).unwrap();
+    let port = pgsluice::localpg::free_port();
+    let text = format!(
+        "listen_port = {port}\nhttp_listen = \"\"\nunix_socket_dir = \"{d}\"\n\
+         auth_type = \"hba\"\nauth_hba_file = \"{d}/hba.conf\"\nadmin_users = [\"app\"]\n\
+         [databases.app]\nport = {}\nuser = \"postgres\"\n\
+         [users.app]\npassword = \"{APP_PASSWORD}\"\n[users.md5user]\npassword = \"md5 pw\"\n\
+         [users.cleartext_user]\npassword = \"clear pw\"\n[users.\"{me}\"]\n",
+        pg.port
+    );
+    let path = dir.path().join("pgsluice.toml");
+    std::fs::write(&path, text).unwrap();
+    // Killed when dropped, also when the test fails.
+    let pooler = support::Process {
+        child: support::Process::spawn(
+            std::process::Command::new(env!("CARGO_BIN_EXE_pgsluice")),
+            &path,
+        ),
+        port,
+        http: 0,
+    };
+    let tcp = "127.0.0.1";
+    assert!(support::wait_for(Duration::from_secs(10), || {
+        psql_at(tcp, port, "app", APP_PASSWORD, "app").2
+    }));
+
+    let (who, err, ok) = psql_at(&d, port, &me, "", "app");
+    assert!(ok && who == "postgres", "{err}");
+    let (_, err, ok) = psql_at(&d, port, "app", APP_PASSWORD, "app");
+    assert!(
+        !ok && err.contains("Peer authentication failed for user \"app\""),
+        "{err}"
+    );
+    let (_, err, ok) = psql_at(&d, port, "app", APP_PASSWORD, "pgsluice");
+    let rejects = "pg_hba.conf rejects connection for host \"[local]\", user \"app\", \
+                   database \"pgsluice\", no encryption";
+    assert!(!ok && err.contains(rejects), "{err}");
+    let (_, err, ok) = psql_at(tcp, port, "app", APP_PASSWORD, "app");
+    assert!(ok, "{err}");
+    let (_, err, ok) = psql_at(tcp, port, "app", "wrong", "app");
+    assert!(
+        !ok && err.contains("password authentication failed"),
+        "{err}"
+    );
+    let (_, err, ok) = psql_at(tcp, port, "md5user", "md5 pw", "app");
+    let rejects = "pg_hba.conf rejects connection for host \"127.0.0.1\", user \"md5user\", \
+                   database \"app\", no encryption";
+    assert!(!ok && err.contains(rejects), "{err}");
+    let (_, err, ok) = psql_at(tcp, port, "cleartext_user", "clear pw", "app");
+    let no_entry = "no pg_hba.conf entry for host \"127.0.0.1\", user \"cleartext_user\", \
+                    database \"app\", no encryption";
+    assert!(!ok && err.contains(no_entry), "{err}");
+
+    // A line for md5user first, and a reload (SIGHUP): the file is read again.
+    std::fs::write(&hba, format!("host all md5user 127.0.0.1/32 md5\n{lines}")).unwrap();
+    pooler.signal("HUP");
+    assert!(support::wait_for(Duration::from_secs(10), || {
+        psql_at(tcp, port, "md5user", "md5 pw", "app").2
+    }));
+    let (who, err, ok) = psql_at(tcp, port, "md5user", "md5 pw", "app");
+    assert!(ok && who == "postgres", "{err}");
 }

@@ -7,6 +7,7 @@
 
 pub mod md5;
 pub mod passthrough;
+pub mod peer;
 pub mod scram;
 
 use scram::Verifier;

@@ -1,10 +1,13 @@
 //! Proving who a client is: trust, md5 or SCRAM-SHA-256 against the secret the configuration
-//! holds for the user, or the one auth_query finds on the server for a user it does not list.
+//! holds for the user, or the one auth_query finds on the server for a user it does not list;
+//! under auth_type = "hba", whichever auth_hba_file's lines ask of the client (or peer).
 
 use super::login::{protocol_violation, read_more};
 use crate::auth::scram::ServerExchange;
 use crate::auth::{md5, scram, Secret};
+use crate::config::hba::{Conn, Method};
 use crate::config::{AuthType, Config};
+use crate::context::clients::Peer;
 use crate::context::Context;
 use crate::pool::lookup::{Found, Fresh};
 use crate::protocol::backend;
@@ -56,11 +59,17 @@ pub(super) async fn authenticate(
     ctx: &Context,
     config: &Config,
     stream: &mut Stream,
-    buf: &mut BytesMut,
-    out: &mut BytesMut,
+    (buf, out): (&mut BytesMut, &mut BytesMut),
+    (asked, peer): (&str, Peer),
     database: Option<&str>,
     user: &str,
 ) -> Option<Option<Secret>> {
+    let proof = match config.general.auth_type {
+        AuthType::Trust => Proof::Trust,
+        AuthType::Md5 => Proof::Md5,
+        AuthType::ScramSha256 => Proof::Scram,
+        AuthType::Hba => by_hba(config, stream, (asked, peer), user).await?,
+    };
     let (listed, found) = find_secret(ctx, config, stream, database, user).await?;
     let looked_up = found.is_some();
     let mut secret = listed.or_else(|| found.as_ref().and_then(|f| f.secret.clone()));
@@ -68,8 +77,8 @@ pub(super) async fn authenticate(
     let kept = found.as_ref().is_some_and(|f| f.kept);
     let db = database.unwrap_or_default();
     let mut for_servers = None;
-    let ok = match (config.general.auth_type, &secret) {
-        (AuthType::Trust, _) => {
+    let ok = match (proof, &secret) {
+        (Proof::Trust, _) => {
             if !known {
                 let _ = stream.write_all(out).await;
                 stream
@@ -83,7 +92,7 @@ pub(super) async fn authenticate(
             }
             true
         }
-        (AuthType::Md5, Some(Secret::Scram(_))) | (AuthType::ScramSha256, _) => {
+        (Proof::Md5, Some(Secret::Scram(_))) | (Proof::Scram, _) => {
             let verifier = match &secret {
                 Some(Secret::Plain(p)) => ctx.verifier_for(user, p),
                 Some(s) => s
@@ -115,7 +124,7 @@ pub(super) async fn authenticate(
                 None => return None,
             }
         }
-        (AuthType::Md5, _) => {
+        (Proof::Md5, _) => {
             let salt: [u8; 4] = rand::random();
             backend::authentication_md5(out, salt);
             if stream.write_all(out).await.is_err() {
@@ -156,6 +165,67 @@ pub(super) async fn authenticate(
         return None;
     }
     Some(for_servers)
+}
+
+/// What a client must show: nothing, or its password by md5 or SCRAM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Proof {
+    Trust,
+    Md5,
+    Scram,
+}
+
+/// auth_type = "hba": what auth_hba_file's first matching line asks of this client, who asked
+/// for database `asked`; None when it is refused (and has been told, in PostgreSQL's words).
+async fn by_hba(
+    config: &Config,
+    stream: &mut Stream,
+    (asked, peer): (&str, Peer),
+    user: &str,
+) -> Option<Proof> {
+    let conn = match peer {
+        Peer::Unix { .. } => Conn::Local,
+        Peer::Tcp(addr) => Conn::Host {
+            ip: addr.ip(),
+            tls: stream.is_tls(),
+        },
+    };
+    let method = config
+        .hba
+        .as_ref()
+        .and_then(|h| h.method(conn, asked, user));
+    let refused = |why: &str| {
+        let host = match conn {
+            Conn::Local => "[local]".to_owned(),
+            Conn::Host { ip, .. } => ip.to_string(),
+        };
+        let encryption = match stream.is_tls() {
+            true => "SSL encryption",
+            false => "no encryption",
+        };
+        format!("{why} for host \"{host}\", user \"{user}\", database \"{asked}\", {encryption}")
+    };
+    let message = match method {
+        Some(Method::Trust) => return Some(Proof::Trust),
+        Some(Method::Md5) => return Some(Proof::Md5),
+        Some(Method::ScramSha256) => return Some(Proof::Scram),
+        Some(Method::Peer) => {
+            let runs_as = stream
+                .peer_uid()
+                .and_then(crate::auth::peer::system_user_name);
+            if runs_as.as_deref() == Some(user) {
+                return Some(Proof::Trust);
+            }
+            tracing::info!(user, system_user = ?runs_as, "peer authentication failed");
+            format!("Peer authentication failed for user \"{user}\"")
+        }
+        Some(Method::Reject) => refused("pg_hba.conf rejects connection"),
+        None => refused("no pg_hba.conf entry"),
+    };
+    stream
+        .fatal(&[], sqlstate::INVALID_AUTHORIZATION, &message)
+        .await;
+    None
 }
 
 /// The user's secret as configured, or else as auth_query finds it (when the client asked for

@@ -64,15 +64,17 @@ async fn console_login(
     stream: &mut Stream,
     mut buf: BytesMut,
     mut out: BytesMut,
-    user: String,
+    (asked, user): (&str, String),
     reg: &Registration,
 ) -> Option<Login> {
     let database = "pgsluice";
     // As PgBouncer lets its own user in: no password asked of a process of the user pgsluice
     // runs as, on the Unix socket, that logs in by the console's name.
     let own = CONSOLE_DATABASES.contains(&user.as_str()) && stream.peer_is_own_user();
+    let bufs = (&mut buf, &mut out);
+    let client = (asked, reg.slot.peer);
     if !own
-        && authenticate(ctx, config, stream, &mut buf, &mut out, None, &user)
+        && authenticate(ctx, config, stream, bufs, client, None, &user)
             .await
             .is_none()
     {
@@ -181,7 +183,7 @@ pub async fn login(
         backend::negotiate_protocol_version(&mut out, 0, &unsupported);
     }
     if config.is_console(&database) {
-        return console_login(ctx, config, stream, buf, out, user, reg).await;
+        return console_login(ctx, config, stream, buf, out, (&database, user), reg).await;
     }
     let asked = Asked {
         user,
@@ -415,8 +417,8 @@ async fn pool_login(
         ctx,
         config,
         stream,
-        &mut buf,
-        &mut out,
+        (&mut buf, &mut out),
+        (&database, reg.slot.peer),
         Some(&database),
         &user,
     )

@@ -6,6 +6,7 @@
 
 mod console;
 mod duration;
+pub mod hba;
 pub mod ini;
 mod reload;
 mod replicas;
@@ -61,6 +62,9 @@ pub enum AuthType {
     Md5,
     #[serde(rename = "scram-sha-256")]
     ScramSha256,
+    /// By auth_hba_file, line by line.
+    #[serde(rename = "hba")]
+    Hba,
 }
 
 /// How the secret of a user the configuration does not list is found: `query` with the user
@@ -90,6 +94,8 @@ pub struct General {
     pub pool_mode: PoolMode,
     pub auth_type: AuthType,
     pub auth_file: String,
+    /// The pg_hba.conf-style file of auth_type = "hba".
+    pub auth_hba_file: String,
     /// Who looks up the passwords of users the configuration does not list (empty: no one).
     pub auth_user: String,
     pub auth_query: String,
@@ -175,6 +181,7 @@ impl Default for General {
             pool_mode: PoolMode::Transaction,
             auth_type: AuthType::Md5,
             auth_file: String::new(),
+            auth_hba_file: String::new(),
             auth_user: String::new(),
             auth_query: DEFAULT_AUTH_QUERY.into(),
             auth_dbname: String::new(),
@@ -338,6 +345,8 @@ pub struct Config {
     pub general: General,
     pub databases: BTreeMap<String, Database>,
     pub users: BTreeMap<String, User>,
+    /// auth_hba_file's lines, read with the file (auth_type = "hba").
+    pub hba: Option<std::sync::Arc<hba::Hba>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -442,6 +451,7 @@ impl Config {
             general,
             databases,
             users,
+            hba: None,
         };
         config
             .read_auth_file()
@@ -450,6 +460,11 @@ impl Config {
                 key: "auth_file".into(),
                 message,
             })?;
+        config.read_hba_file().map_err(|message| ConfigError::Key {
+            file: file.into(),
+            key: "auth_hba_file".into(),
+            message,
+        })?;
         config
             .validate()
             .map_err(|(key, message)| ConfigError::Key {
@@ -458,6 +473,21 @@ impl Config {
                 message,
             })?;
         Ok(config)
+    }
+
+    /// Reads auth_hba_file when auth_type = "hba" asks for it.
+    fn read_hba_file(&mut self) -> Result<(), String> {
+        if self.general.auth_type != AuthType::Hba {
+            return Ok(());
+        }
+        let path = &self.general.auth_hba_file;
+        if path.is_empty() {
+            return Err("auth_type = \"hba\" needs a file".into());
+        }
+        let text = std::fs::read_to_string(path).map_err(|e| format!("{path}: {e}"))?;
+        let hba = hba::Hba::parse(&text).map_err(|(n, why)| format!("{path}:{n}: {why}"))?;
+        self.hba = Some(std::sync::Arc::new(hba));
+        Ok(())
     }
 
     /// Adds the users of `auth_file` (PgBouncer's userlist.txt): a user also in `[users]`

@@ -164,3 +164,37 @@ fn a_server_certificate_needs_its_key() {
         "the file is read at load"
     );
 }
+
+#[test]
+fn auth_type_hba_reads_its_file_at_load() {
+    let text = format!("auth_type = \"hba\"\n{MINIMAL}");
+    assert_eq!(key_of(&text), "auth_hba_file");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("hba.conf");
+    std::fs::write(
+        &path,
+        "local all all trust\nhost all all 10.0.0.0/8 ident\n",
+    )
+    .unwrap();
+    let text = format!(
+        "auth_type = \"hba\"\nauth_hba_file = \"{}\"\n{MINIMAL}",
+        path.display()
+    );
+    match Config::parse(&text, "t.toml") {
+        Err(ConfigError::Key { key, message, .. }) => {
+            assert_eq!(key, "auth_hba_file");
+            assert!(
+                message.contains("hba.conf:2: method \"ident\""),
+                "{message}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    std::fs::write(&path, "local all all trust\n").unwrap();
+    let c = Config::parse(&text, "t.toml").unwrap();
+    let local = hba::Conn::Local;
+    assert_eq!(
+        c.hba.unwrap().method(local, "app", "u"),
+        Some(hba::Method::Trust)
+    );
+}
