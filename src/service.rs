@@ -22,6 +22,8 @@ use tokio::net::TcpListener;
 pub struct Service {
     pub ctx: Arc<Context>,
     listener: TcpListener,
+    /// The port bound (listen_port, or the one listen_port 0 got).
+    port: u16,
     /// The Unix socket in unix_socket_dir, if one is configured.
     unix: Option<SocketFile>,
     http: Option<TcpListener>,
@@ -39,10 +41,11 @@ impl Service {
         let reuse = config.general.so_reuseport;
         let addr = crate::config::host_port(host, config.general.listen_port);
         let listener = crate::listen::tcp(&addr, reuse).await?;
+        let port = listener.local_addr()?.port();
         let unix = match config.general.unix_socket_dir.as_str() {
             "" => None,
             // Named for the port bound (listen_port 0 takes any).
-            dir => Some(unix_socket(dir, listener.local_addr()?.port(), &config)?),
+            dir => Some(unix_socket(dir, port, &config)?),
         };
         let http =
             match config.general.http_listen.as_str() {
@@ -56,6 +59,7 @@ impl Service {
         Ok(Service {
             ctx,
             listener,
+            port,
             unix,
             http,
             lot,
@@ -98,7 +102,7 @@ impl Service {
             let accepted = tokio::select! {
                 a = self.listener.accept() => a.map(|(tcp, peer)| (Stream::Plain(tcp), Peer::Tcp(peer))),
                 a = accept_unix(self.unix.as_ref()) => a.map(|unix| {
-                    let peer = self.unix_peer(&unix);
+                    let peer = unix_peer(self.port, &unix);
                     (Stream::Unix(unix), peer)
                 }),
                 _ = control.wait_for(|p| *p != Phase::Running) => break,
@@ -112,7 +116,8 @@ impl Service {
                 }
             }
         }
-        if self.ctx.phase() == Phase::HandingOver {
+        let handing_over = self.ctx.phase() == Phase::HandingOver;
+        if handing_over {
             // Connections already queued on this socket are this process's to serve: closing
             // it would reset them. The other process takes every later one.
             while let Ok(Ok((stream, peer))) =
@@ -120,15 +125,18 @@ impl Service {
             {
                 self.accepted(Stream::Plain(stream), Peer::Tcp(peer));
             }
+        }
+        // New clients are refused from here on; /ready already says 503. The port is closed
+        // right after its last accept: one that came in between would be reset.
+        drop(self.listener);
+        if handing_over {
             while let Ok(Ok(unix)) =
                 tokio::time::timeout(Duration::ZERO, accept_unix(self.unix.as_ref())).await
             {
-                let peer = self.unix_peer(&unix);
-                self.accepted(Stream::Unix(unix), peer);
+                let peer = unix_peer(self.port, &unix);
+                accepted(&self.ctx, &self.lot, Stream::Unix(unix), peer);
             }
         }
-        // New clients are refused from here on; /ready already says 503.
-        drop(self.listener);
         drop(self.unix.take());
         let timeout = self.ctx.config.load().general.shutdown_timeout.0;
         tracing::info!(clients = self.ctx.client_count(), ?timeout, "shutting down");
@@ -148,22 +156,24 @@ impl Service {
         tracing::info!("shut down");
     }
 
-    /// A client on the Unix socket: the port it was named for, and the client's process id
-    /// if the kernel tells it.
-    fn unix_peer(&self, unix: &tokio::net::UnixStream) -> Peer {
-        let pid = unix.peer_cred().ok().and_then(|c| c.pid());
-        Peer::Unix {
-            port: self.local_addr().port(),
-            pid: pid.map_or(0, |p| p.unsigned_abs()),
-        }
-    }
-
-    /// A new connection: counted for max_client_conn, then served by a task of its own.
     fn accepted(&self, stream: Stream, peer: Peer) {
-        let admitted = self.ctx.admit();
-        let lot = self.lot.clone();
-        tokio::spawn(handle(self.ctx.clone(), lot, stream, peer, admitted));
+        accepted(&self.ctx, &self.lot, stream, peer);
     }
+}
+
+/// A client on the Unix socket named for `port`, and its process id if the kernel tells it.
+fn unix_peer(port: u16, unix: &tokio::net::UnixStream) -> Peer {
+    let pid = unix.peer_cred().ok().and_then(|c| c.pid());
+    Peer::Unix {
+        port,
+        pid: pid.map_or(0, |p| p.unsigned_abs()),
+    }
+}
+
+/// A new connection: counted for max_client_conn, then served by a task of its own.
+fn accepted(ctx: &Arc<Context>, lot: &Arc<Lot>, stream: Stream, peer: Peer) {
+    let admitted = ctx.admit();
+    tokio::spawn(handle(ctx.clone(), lot.clone(), stream, peer, admitted));
 }
 
 /// Serves one client from accept to close. An idle client's memory is mostly this future
