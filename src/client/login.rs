@@ -245,7 +245,8 @@ async fn forward_cancel(
 /// or else to every instance `peers_dns` resolves to, where only the one whose client has that
 /// key acts on it; dropped when neither applies. A key with this instance's own peer_id goes to
 /// `peers_dns` too: instances found by DNS may share a peer_id.
-async fn to_peer(general: &crate::config::General, process_id: i32, secret_key: i32, ours: bool) {
+async fn to_peer(ctx: &Context, general: &crate::config::General, key: (i32, i32), ours: bool) {
+    let (process_id, secret_key) = key;
     let peer = crate::context::clients::Cancels::issuer(process_id);
     if let Some(addr) = general.peers.get(&peer.to_string()).filter(|_| !ours) {
         tracing::info!(peer, %addr, "cancel request sent on to its peer");
@@ -259,6 +260,16 @@ async fn to_peer(general: &crate::config::General, process_id: i32, secret_key: 
         if !ours {
             tracing::info!(peer, "cancel request for an unknown peer dropped");
         }
+        return;
+    }
+    let now = (crate::stats::unix_micros() / 1_000_000) as u32;
+    if !ctx.cancels.may_fan_out(now) {
+        let most = crate::context::clients::FAN_OUTS_PER_SECOND;
+        tracing::warn!(
+            peer,
+            most,
+            "cancel request dropped: more than peers_dns takes a second"
+        );
         return;
     }
     let found = tokio::time::timeout(
@@ -357,7 +368,7 @@ async fn read_startup(
                     None if from_peer => {}
                     None => {
                         let ours = ctx.cancels.ours(process_id);
-                        to_peer(&config.general, process_id, secret_key, ours).await;
+                        to_peer(ctx, &config.general, (process_id, secret_key), ours).await;
                     }
                 }
                 return None;

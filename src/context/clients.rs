@@ -231,7 +231,15 @@ pub struct Cancels {
     peer_id: u32,
     next: AtomicU32,
     slots: Slots,
+    /// The unix second of the last cancel request sent on to every peers_dns instance (high
+    /// 32 bits), and how many went that second (low 32).
+    fan_outs: AtomicU64,
 }
+
+/// Cancel requests sent on to every instance peers_dns finds, at most this many a second:
+/// each costs a lookup and a connection to every instance, and requests that match no one
+/// (mistyped or forged keys) must not become a flood between instances.
+pub const FAN_OUTS_PER_SECOND: u32 = 20;
 
 /// Removes a client's slot when its session ends, however it ends. Owns what it needs, so
 /// that a parked client (which has no task to borrow from) can keep it.
@@ -256,6 +264,30 @@ impl Cancels {
             peer_id: peer_id.into(),
             next: AtomicU32::new(0),
             slots: Slots::default(),
+            fan_outs: AtomicU64::new(0),
+        }
+    }
+
+    /// Whether a cancel request may be sent on to every peers_dns instance in unix second
+    /// `now` (FAN_OUTS_PER_SECOND at most); counts it if so.
+    pub fn may_fan_out(&self, now: u32) -> bool {
+        let mut seen = self.fan_outs.load(Ordering::Relaxed);
+        loop {
+            let (second, count) = ((seen >> 32) as u32, seen as u32);
+            let next = match second == now {
+                true if count >= FAN_OUTS_PER_SECOND => return false,
+                true => seen + 1,
+                false => (u64::from(now) << 32) | 1,
+            };
+            match self.fan_outs.compare_exchange_weak(
+                seen,
+                next,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return true,
+                Err(actual) => seen = actual,
+            }
         }
     }
 
@@ -360,6 +392,15 @@ impl Cancels {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fan_outs_are_bounded_per_second() {
+        let c = Cancels::new(1);
+        let allowed = (0..50).filter(|_| c.may_fan_out(100)).count();
+        assert_eq!(allowed, FAN_OUTS_PER_SECOND as usize);
+        assert!(c.may_fan_out(101), "a new second, a new allowance");
+        assert!(c.may_fan_out(101));
+    }
 
     #[test]
     fn a_wake_before_the_wait_is_kept_once() {
