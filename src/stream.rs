@@ -275,6 +275,19 @@ impl Stream {
         }
     }
 
+    /// The common name of the certificate a TLS client showed (and client_tls_ca_file's CA
+    /// signed: the handshake refused any other), if it showed one.
+    pub fn client_certificate_name(&self) -> Option<String> {
+        let Stream::Tls(tls) = self else {
+            return None;
+        };
+        let tokio_rustls::TlsStream::Server(server) = &**tls else {
+            return None;
+        };
+        let first = server.get_ref().1.peer_certificates()?.first()?;
+        crate::tls::common_name(first)
+    }
+
     /// Whether the peer is a process of this one's own user, on a Unix socket.
     pub fn peer_is_own_user(&self) -> bool {
         // SAFETY: getuid cannot fail and touches no memory of ours.

@@ -61,19 +61,101 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-/// The acceptor for client TLS, from PEM files. Errors name the file and what is wrong.
-pub fn acceptor(cert_file: &str, key_file: &str) -> Result<TlsAcceptor, (String, String)> {
+/// The acceptor for client TLS, from PEM files; with `ca_file`, clients may show a
+/// certificate that CA signed (checked here; its name is checked by `cert` authentication),
+/// and one it did not sign is refused. Errors name the setting and what is wrong.
+pub fn acceptor(
+    cert_file: &str,
+    key_file: &str,
+    ca_file: &str,
+) -> Result<TlsAcceptor, (String, String)> {
     let certs = certificates(cert_file).map_err(|e| ("client_tls_cert_file".into(), e))?;
     let key_pem = read(key_file, "key file").map_err(|e| ("client_tls_key_file".into(), e))?;
     let key = PrivateKeyDer::from_pem_slice(&key_pem)
         .map_err(|e| ("client_tls_key_file".into(), format!("\"{key_file}\": {e}")))?;
-    let config = rustls::ServerConfig::builder_with_provider(provider())
+    let builder = rustls::ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
-        .map_err(|e| ("client_tls_sslmode".into(), e.to_string()))?
-        .with_no_client_auth()
+        .map_err(|e| ("client_tls_sslmode".into(), e.to_string()))?;
+    let builder = if ca_file.is_empty() {
+        builder.with_no_client_auth()
+    } else {
+        let ca = |e: String| ("client_tls_ca_file".to_owned(), e);
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in certificates(ca_file).map_err(ca)? {
+            roots
+                .add(cert)
+                .map_err(|e| ca(format!("\"{ca_file}\": {e}")))?;
+        }
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            Arc::new(roots),
+            provider(),
+        )
+        .allow_unauthenticated()
+        .build()
+        .map_err(|e| ca(e.to_string()))?;
+        builder.with_client_cert_verifier(verifier)
+    };
+    let config = builder
         .with_single_cert(certs, key)
         .map_err(|e| ("client_tls_key_file".into(), e.to_string()))?;
     Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+/// The common name (CN) in the subject of a DER certificate: who a client certificate names,
+/// as PostgreSQL's `cert` authentication reads it.
+pub fn common_name(der: &[u8]) -> Option<String> {
+    let (_, certificate, _) = tlv(der)?;
+    let (_, tbs, _) = tlv(certificate)?;
+    let mut rest = tbs;
+    // version [0] (optional), serial, signature algorithm, issuer, validity, subject.
+    let (tag, _, after) = tlv(rest)?;
+    if tag == 0xa0 {
+        rest = after;
+    }
+    for _ in 0..4 {
+        rest = tlv(rest)?.2;
+    }
+    let (_, subject, _) = tlv(rest)?;
+    let mut names = subject;
+    let mut found = None;
+    while !names.is_empty() {
+        let (_, set, next) = tlv(names)?;
+        names = next;
+        let mut attributes = set;
+        while !attributes.is_empty() {
+            let (_, attribute, next) = tlv(attributes)?;
+            attributes = next;
+            let (oid_tag, oid, value) = tlv(attribute)?;
+            const CN: [u8; 3] = [0x55, 0x04, 0x03];
+            if oid_tag == 0x06 && oid == CN {
+                let (string_tag, text, _) = tlv(value)?;
+                // UTF8String, PrintableString, IA5String, T61String: bytes as they are.
+                if matches!(string_tag, 0x0c | 0x13 | 0x16 | 0x14) {
+                    found = Some(String::from_utf8(text.to_vec()).ok()?);
+                }
+            }
+        }
+    }
+    found
+}
+
+/// One DER item: its tag, its contents, and what follows it.
+fn tlv(der: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    let (&tag, rest) = der.split_first()?;
+    let (&first, rest) = rest.split_first()?;
+    let (len, rest) = if first < 0x80 {
+        (usize::from(first), rest)
+    } else {
+        let n = usize::from(first & 0x7f);
+        if n == 0 || n > 4 || rest.len() < n {
+            return None;
+        }
+        let len = rest[..n]
+            .iter()
+            .fold(0usize, |acc, &b| (acc << 8) | usize::from(b));
+        (len, &rest[n..])
+    };
+    (rest.len() >= len).then(|| (tag, &rest[..len], &rest[len..]))
 }
 
 /// Accepts any certificate: libpq's sslmode=require and prefer check nothing either.
@@ -236,4 +318,69 @@ pub fn connector(tls: &ServerTls) -> Result<TlsConnector, (&'static str, String)
         .unwrap_or_else(|e| e.into_inner())
         .insert(tls.clone(), connector.clone());
     Ok(connector)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A certificate's DER with only what `common_name` walks: TBS with a version, serial,
+    /// algorithm, issuer, validity, then the subject.
+    fn certificate(subject: &[u8]) -> Vec<u8> {
+        let item = |tag: u8, body: &[u8]| {
+            let mut v = vec![tag, body.len() as u8];
+            v.extend_from_slice(body);
+            v
+        };
+        let cn = |name: &str| {
+            let oid = item(0x06, &[0x55, 0x04, 0x03]);
+            let value = item(0x0c, name.as_bytes());
+            item(0x31, &item(0x30, &[oid, value].concat()))
+        };
+        let issuer = item(0x30, &cn("issuer CA"));
+        let tbs = [
+            item(0xa0, &item(0x02, &[2])),
+            item(0x02, &[1]),
+            item(0x30, &[]),
+            issuer,
+            item(0x30, &[]),
+            item(0x30, subject),
+        ]
+        .concat();
+        item(0x30, &item(0x30, &tbs))
+    }
+
+    #[test]
+    fn the_subjects_common_name_not_the_issuers() {
+        let rdn = |oid: &[u8], tag: u8, value: &str| {
+            let mut attribute = vec![0x06, oid.len() as u8];
+            attribute.extend_from_slice(oid);
+            attribute.extend([tag, value.len() as u8]);
+            attribute.extend_from_slice(value.as_bytes());
+            let mut seq = vec![0x30, attribute.len() as u8];
+            seq.extend(attribute);
+            let mut set = vec![0x31, seq.len() as u8];
+            set.extend(seq);
+            set
+        };
+        let org = rdn(&[0x55, 0x04, 0x0a], 0x0c, "Example");
+        let cn = rdn(&[0x55, 0x04, 0x03], 0x13, "app");
+        assert_eq!(
+            common_name(&certificate(&[org.clone(), cn].concat())).as_deref(),
+            Some("app")
+        );
+        assert_eq!(common_name(&certificate(&org)), None);
+        assert_eq!(
+            common_name(&[0x30, 0x82, 0xff]),
+            None,
+            "a length past the end"
+        );
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_bytes_are_read_without_a_panic(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200)) {
+            let _ = common_name(&bytes);
+        }
+    }
 }

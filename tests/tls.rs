@@ -241,40 +241,7 @@ fn pgsluice_shows_its_certificate_to_a_server_that_asks() {
     let dir = tempfile::tempdir().unwrap();
     certificates(dir.path());
     let d = dir.path().display().to_string();
-    // A client certificate for the role app, signed by the same CA (with an extension, so
-    // that it is an X.509 v3 one, as rustls requires).
-    std::fs::write(
-        dir.path().join("client.cnf"),
-        "basicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\n",
-    )
-    .unwrap();
-    openssl(
-        dir.path(),
-        &[
-            "req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=app", "-keyout", "app.key",
-            "-out", "app.csr",
-        ],
-    );
-    openssl(
-        dir.path(),
-        &[
-            "x509",
-            "-req",
-            "-in",
-            "app.csr",
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-days",
-            "2",
-            "-extfile",
-            "client.cnf",
-            "-out",
-            "app.pem",
-        ],
-    );
+    client_certificate(dir.path(), "app");
     serve_tls(&pg, dir.path());
     let hba_file = pg.psql("SHOW hba_file").unwrap();
     let hba = std::fs::read_to_string(&hba_file).unwrap();
@@ -297,4 +264,98 @@ fn pgsluice_shows_its_certificate_to_a_server_that_asks() {
     );
     let out = with.psql("SELECT ssl, client_dn FROM pg_stat_ssl WHERE pid = pg_backend_pid()");
     assert_eq!(stdout(&out), "t|/CN=app");
+}
+
+/// A client certificate for role `name`, signed by the CA of `certificates(dir)`: NAME.pem
+/// and NAME.key (an X.509 v3 certificate, as rustls requires; the key readable by its owner
+/// only, as libpq requires).
+fn client_certificate(dir: &Path, name: &str) {
+    std::fs::write(
+        dir.join("client.cnf"),
+        "basicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\n",
+    )
+    .unwrap();
+    let (key, csr, pem) = (
+        format!("{name}.key"),
+        format!("{name}.csr"),
+        format!("{name}.pem"),
+    );
+    let subject = format!("/CN={name}");
+    openssl(
+        dir,
+        &[
+            "req", "-newkey", "rsa:2048", "-nodes", "-subj", &subject, "-keyout", &key, "-out",
+            &csr,
+        ],
+    );
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            "client.cnf",
+            "-out",
+            &pem,
+        ],
+    );
+    std::fs::set_permissions(
+        dir.join(&key),
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+}
+
+/// auth_type = "cert", as PgBouncer has it: a TLS client whose certificate (signed by
+/// client_tls_ca_file's CA) names the user it asks for logs in without a password; no
+/// certificate, or one naming another user, is refused with PostgreSQL's words.
+#[test]
+fn a_client_certificate_that_names_the_user_logs_it_in() {
+    let pg = primary();
+    let dir = tempfile::tempdir().unwrap();
+    certificates(dir.path());
+    client_certificate(dir.path(), "app");
+    let d = dir.path().display().to_string();
+    let pooler = Pooler::start(
+        &pg,
+        &format!(
+            "auth_type = \"cert\"\nclient_tls_sslmode = \"require\"\n\
+             client_tls_cert_file = \"{d}/cert.pem\"\nclient_tls_key_file = \"{d}/key.pem\"\n\
+             client_tls_ca_file = \"{d}/ca.pem\""
+        ),
+    );
+    let psql = |user: &str, certificate: &str| {
+        Command::new(pgsluice::localpg::pg_bindir().join("psql"))
+            .arg(format!(
+                "host=127.0.0.1 port={} user={user} dbname=app sslmode=require {certificate}",
+                pooler.port()
+            ))
+            .args(["-X", "-A", "-t", "-w", "-c", "SELECT current_user"])
+            .env_remove("PGPASSWORD")
+            .output()
+            .unwrap()
+    };
+    let app = format!("sslcert={d}/app.pem sslkey={d}/app.key");
+    assert_eq!(stdout(&psql("app", &app)), "app");
+    let out = psql("md5user", &app);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("certificate authentication failed for user \"md5user\""),
+        "{err}"
+    );
+    let out = psql("app", "sslcert=/nonexistent");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("connection requires a valid client certificate"),
+        "{err}"
+    );
 }

@@ -1,6 +1,7 @@
 //! Proving who a client is: trust, md5 or SCRAM-SHA-256 against the secret the configuration
 //! holds for the user, or the one auth_query finds on the server for a user it does not list;
-//! under auth_type = "hba", whichever auth_hba_file's lines ask of the client (or peer).
+//! a TLS certificate that names the user (cert); under auth_type = "hba", whichever
+//! auth_hba_file's lines ask of the client (or peer).
 
 use super::login::{protocol_violation, read_more};
 use crate::auth::scram::ServerExchange;
@@ -68,6 +69,7 @@ pub(super) async fn authenticate(
         AuthType::Trust => Proof::Trust,
         AuthType::Md5 => Proof::Md5,
         AuthType::ScramSha256 => Proof::Scram,
+        AuthType::Cert => by_certificate(stream, user).await?,
         AuthType::Hba => by_hba(config, stream, (asked, peer), user).await?,
     };
     let (listed, found) = find_secret(ctx, config, stream, database, user).await?;
@@ -219,8 +221,27 @@ async fn by_hba(
             tracing::info!(user, system_user = ?runs_as, "peer authentication failed");
             format!("Peer authentication failed for user \"{user}\"")
         }
+        Some(Method::Cert) => return by_certificate(stream, user).await,
         Some(Method::Reject) => refused("pg_hba.conf rejects connection"),
         None => refused("no pg_hba.conf entry"),
+    };
+    stream
+        .fatal(&[], sqlstate::INVALID_AUTHORIZATION, &message)
+        .await;
+    None
+}
+
+/// `cert` authentication: the client's TLS certificate (its CA checked in the handshake)
+/// must name the user it asks for; then it needs no password. None when it is refused (and
+/// has been told, in PostgreSQL's words).
+async fn by_certificate(stream: &mut Stream, user: &str) -> Option<Proof> {
+    let message = match stream.client_certificate_name() {
+        Some(name) if name == user => return Some(Proof::Trust),
+        Some(name) => {
+            tracing::info!(user, certificate = %name, "certificate authentication failed");
+            format!("certificate authentication failed for user \"{user}\"")
+        }
+        None => "connection requires a valid client certificate".to_owned(),
     };
     stream
         .fatal(&[], sqlstate::INVALID_AUTHORIZATION, &message)

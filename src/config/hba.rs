@@ -13,6 +13,8 @@ pub enum Method {
     ScramSha256,
     /// On the Unix socket: the system user the client runs as must be the user it asks for.
     Peer,
+    /// On TLS (hostssl): the client's certificate must name the user it asks for.
+    Cert,
 }
 
 /// How a client connected.
@@ -71,6 +73,11 @@ impl Hba {
             rules.push(rule(&fields).map_err(|e| (n + 1, e))?);
         }
         Ok(Hba { rules })
+    }
+
+    /// Whether a line asks for a client certificate.
+    pub fn asks_for_certificates(&self) -> bool {
+        self.rules.iter().any(|r| r.method == Method::Cert)
     }
 
     /// The method of the first line that matches, None if none does.
@@ -251,11 +258,11 @@ fn rule(fields: &[Vec<Item>]) -> Result<Rule, String> {
         "scram-sha-256" => Method::ScramSha256,
         "peer" if kind == Kind::Local => Method::Peer,
         "peer" => return Err("peer works only on local lines (the Unix socket)".into()),
-        other => {
-            return Err(format!(
-                "method \"{other}\" is not supported: trust, reject, md5, scram-sha-256 or peer"
-            ))
-        }
+        "cert" if kind == Kind::HostSsl => Method::Cert,
+        "cert" => return Err("cert works only on hostssl lines".into()),
+        other => return Err(format!(
+            "method \"{other}\" is not supported: trust, reject, md5, scram-sha-256, peer or cert"
+        )),
     };
     if let Some(option) = fields.get(at + 1).and_then(|f| f.first()) {
         return Err(format!("option \"{}\" is not supported", option.text));
@@ -334,6 +341,7 @@ mod tests {
 # TYPE  DATABASE        USER            ADDRESS                 METHOD
 local   all             all                                     peer
 host    \"all\",app       app,\"Odd User\"  10.1.0.0/16             scram-sha-256
+hostssl all             certified       0.0.0.0/0               cert
 hostssl sameuser        all             0.0.0.0/0               md5 # a comment
 host    pgsluice        admin           192.168.1.0 255.255.255.0 trust
 hostnossl all           all             ::1/128                 reject
@@ -383,6 +391,7 @@ host    all             all             all                     md5
         for (text, why) in [
             ("host all all 10.0.0.0/8 ident", "method \"ident\""),
             ("host all all 10.0.0.0/8 peer", "peer works only"),
+            ("host all all 10.0.0.0/8 cert", "cert works only"),
             ("local @dbs all trust", "@file"),
             ("local all +admins trust", "+group"),
             ("host all all 10.0.0.0/33 trust", "address"),

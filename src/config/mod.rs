@@ -62,6 +62,9 @@ pub enum AuthType {
     Md5,
     #[serde(rename = "scram-sha-256")]
     ScramSha256,
+    /// A TLS client certificate (client_tls_ca_file's) whose common name is the user.
+    #[serde(rename = "cert")]
+    Cert,
     /// By auth_hba_file, line by line.
     #[serde(rename = "hba")]
     Hba,
@@ -164,6 +167,7 @@ pub struct General {
     pub client_tls_sslmode: ClientMode,
     pub client_tls_cert_file: String,
     pub client_tls_key_file: String,
+    pub client_tls_ca_file: String,
     pub server_tls_sslmode: ServerMode,
     pub server_tls_ca_file: String,
     pub server_tls_cert_file: String,
@@ -244,6 +248,7 @@ impl Default for General {
             client_tls_sslmode: ClientMode::Disable,
             client_tls_cert_file: String::new(),
             client_tls_key_file: String::new(),
+            client_tls_ca_file: String::new(),
             server_tls_sslmode: ServerMode::Prefer,
             server_tls_ca_file: String::new(),
             server_tls_cert_file: String::new(),

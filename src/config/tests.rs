@@ -198,3 +198,9 @@ fn auth_type_hba_reads_its_file_at_load() {
         Some(hba::Method::Trust)
     );
 }
+
+#[test]
+fn certificate_authentication_needs_a_ca() {
+    let text = format!("auth_type = \"cert\"\n{MINIMAL}");
+    assert_eq!(key_of(&text), "client_tls_ca_file");
+}

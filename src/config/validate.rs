@@ -1,7 +1,7 @@
 //! Validation of a loaded configuration: every value checked once, at load, with an error that
 //! names its key, so that a bad file (at start or at a reload) changes nothing.
 
-use super::{ClientMode, Config, ServerMode};
+use super::{AuthType, ClientMode, Config, ServerMode};
 use crate::auth::Secret;
 use std::net::IpAddr;
 
@@ -94,10 +94,19 @@ impl Config {
         if g.max_packet_size < 1024 {
             return bad("max_packet_size", "must be at least 1024".into());
         }
+        let cert_lines = self.hba.as_ref().is_some_and(|h| h.asks_for_certificates());
+        if (g.auth_type == AuthType::Cert || cert_lines) && g.client_tls_ca_file.is_empty() {
+            let why = "cert authentication needs client_tls_ca_file (and client TLS)".into();
+            return bad("client_tls_ca_file", why);
+        }
         if g.client_tls_sslmode != ClientMode::Disable {
-            crate::tls::acceptor(&g.client_tls_cert_file, &g.client_tls_key_file)
-                .map(drop)
-                .or_else(|(key, message)| bad(&key, message))?;
+            crate::tls::acceptor(
+                &g.client_tls_cert_file,
+                &g.client_tls_key_file,
+                &g.client_tls_ca_file,
+            )
+            .map(drop)
+            .or_else(|(key, message)| bad(&key, message))?;
         }
         if matches!(
             g.server_tls_sslmode,

@@ -300,7 +300,12 @@ fn acceptor(config: &Config) -> Option<tokio_rustls::TlsAcceptor> {
     if g.client_tls_sslmode == crate::tls::ClientMode::Disable {
         return None;
     }
-    match crate::tls::acceptor(&g.client_tls_cert_file, &g.client_tls_key_file) {
+    let (cert, key, ca) = (
+        &g.client_tls_cert_file,
+        &g.client_tls_key_file,
+        &g.client_tls_ca_file,
+    );
+    match crate::tls::acceptor(cert, key, ca) {
         Ok(a) => Some(a),
         Err((key, e)) => {
             tracing::error!(key, error = %e, "client TLS is off");
