@@ -1,6 +1,7 @@
 //! TLS on both sides, with certificates the test makes with openssl: psql with
-//! sslmode=require through pgsluice, plain clients refused under require, and pgsluice
-//! verifying a TLS server against its CA.
+//! sslmode=require through pgsluice, plain clients refused under require (not on the Unix
+//! socket), pgsluice verifying a TLS server against its CA and showing its own certificate to
+//! a server that asks, and clients logged in by their certificates (auth_type = "cert").
 
 mod support;
 
@@ -19,6 +20,39 @@ fn openssl(dir: &Path, args: &[&str]) {
         out.status.success(),
         "openssl {args:?}: {}",
         String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A key (`key`) and a certificate (`pem`) for `subject`, signed by ca.pem/ca.key in `dir`
+/// with the X.509 v3 `extensions` (rustls takes no v1 certificate).
+fn signed(dir: &Path, subject: &str, (key, pem): (&str, &str), extensions: &str) {
+    let (csr, ext) = (format!("{pem}.csr"), format!("{pem}.cnf"));
+    std::fs::write(dir.join(&ext), extensions).unwrap();
+    openssl(
+        dir,
+        &[
+            "req", "-newkey", "rsa:2048", "-nodes", "-subj", subject, "-keyout", key, "-out", &csr,
+        ],
+    );
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            &ext,
+            "-out",
+            pem,
+        ],
     );
 }
 
@@ -42,45 +76,11 @@ fn certificates(dir: &Path) {
             "ca.pem",
         ],
     );
-    openssl(
+    signed(
         dir,
-        &[
-            "req",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-subj",
-            "/CN=localhost",
-            "-keyout",
-            "key.pem",
-            "-out",
-            "cert.csr",
-        ],
-    );
-    std::fs::write(
-        dir.join("ext.cnf"),
+        "/CN=localhost",
+        ("key.pem", "cert.pem"),
         "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
-    )
-    .unwrap();
-    openssl(
-        dir,
-        &[
-            "x509",
-            "-req",
-            "-in",
-            "cert.csr",
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-days",
-            "2",
-            "-extfile",
-            "ext.cnf",
-            "-out",
-            "cert.pem",
-        ],
     );
 }
 
@@ -270,43 +270,12 @@ fn pgsluice_shows_its_certificate_to_a_server_that_asks() {
 /// and NAME.key (an X.509 v3 certificate, as rustls requires; the key readable by its owner
 /// only, as libpq requires).
 fn client_certificate(dir: &Path, name: &str) {
-    std::fs::write(
-        dir.join("client.cnf"),
+    let key = format!("{name}.key");
+    signed(
+        dir,
+        &format!("/CN={name}"),
+        (&key, &format!("{name}.pem")),
         "basicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\n",
-    )
-    .unwrap();
-    let (key, csr, pem) = (
-        format!("{name}.key"),
-        format!("{name}.csr"),
-        format!("{name}.pem"),
-    );
-    let subject = format!("/CN={name}");
-    openssl(
-        dir,
-        &[
-            "req", "-newkey", "rsa:2048", "-nodes", "-subj", &subject, "-keyout", &key, "-out",
-            &csr,
-        ],
-    );
-    openssl(
-        dir,
-        &[
-            "x509",
-            "-req",
-            "-in",
-            &csr,
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-days",
-            "2",
-            "-extfile",
-            "client.cnf",
-            "-out",
-            &pem,
-        ],
     );
     std::fs::set_permissions(
         dir.join(&key),

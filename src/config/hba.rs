@@ -260,9 +260,11 @@ fn rule(fields: &[Vec<Item>]) -> Result<Rule, String> {
         "peer" => return Err("peer works only on local lines (the Unix socket)".into()),
         "cert" if kind == Kind::HostSsl => Method::Cert,
         "cert" => return Err("cert works only on hostssl lines".into()),
-        other => return Err(format!(
+        other => {
+            return Err(format!(
             "method \"{other}\" is not supported: trust, reject, md5, scram-sha-256, peer or cert"
-        )),
+        ))
+        }
     };
     if let Some(option) = fields.get(at + 1).and_then(|f| f.first()) {
         return Err(format!("option \"{}\" is not supported", option.text));
