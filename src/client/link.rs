@@ -20,7 +20,6 @@ use crate::server::exchange::Exchange;
 use bytes::BytesMut;
 use std::sync::Arc;
 use std::time::Instant;
-use tokio::io::AsyncWriteExt;
 
 /// PostgreSQL's text for a cancelled statement.
 const CANCELLED: &str = "canceling statement due to user request";
@@ -306,17 +305,13 @@ impl Session<'_> {
     }
 
     /// Waits for a server of `node`'s pool; a client that leaves or cancels its work
-    /// meanwhile gives up its place. One that waits query_wait_notify is told, once.
-    async fn checkout(&mut self, node: usize, since: Instant) -> Result<Waited, End> {
+    /// meanwhile gives up its place.
+    async fn checkout(&self, node: usize, since: std::time::Instant) -> Result<Waited, End> {
         let pool = &self.members.pools[node];
         let waiting = pool.checkout_for(Some(self.params.fingerprint()), since);
         tokio::pin!(waiting);
-        let notify = self.config.general.query_wait_notify.enabled();
-        let mut notify =
-            notify.map(|after| Box::pin(tokio::time::sleep_until((since + after).into())));
         let mut watch_client = true;
         let checkout = loop {
-            let mut tell = false;
             tokio::select! {
                 // Checkout first: when a server is free there is no need to look at the client.
                 biased;
@@ -333,15 +328,6 @@ impl Session<'_> {
                     if self.reg.slot.take_cancel() {
                         return Ok(Waited::Cancelled);
                     }
-                }
-                _ = async { notify.as_mut().expect("guarded").await }, if notify.is_some() => {
-                    tell = true;
-                }
-            }
-            if tell {
-                notify = None;
-                if self.client.write_all(queued_notice()).await.is_err() {
-                    return Err(End::LeftWaiting);
                 }
             }
         };
@@ -448,15 +434,4 @@ impl Session<'_> {
         self.retries += 1;
         self.wrote |= retry.wrote;
     }
-}
-
-/// The NoticeResponse a client gets once it has waited query_wait_notify, PgBouncer's.
-fn queued_notice() -> &'static [u8] {
-    static NOTICE: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
-    NOTICE.get_or_init(|| {
-        let mut b = BytesMut::new();
-        let message = "No server connection available in postgres backend, client being queued";
-        backend::notice_or_error(&mut b, b'N', "NOTICE", "00000", message);
-        b.to_vec()
-    })
 }
