@@ -108,7 +108,7 @@ impl Service {
                 _ = control.wait_for(|p| *p != Phase::Running) => break,
             };
             match accepted {
-                Ok((stream, peer)) => self.accepted(stream, peer),
+                Ok((stream, peer)) => serve_client(&self.ctx, &self.lot, stream, peer),
                 Err(e) => {
                     // Out of file descriptors and the like: back off instead of spinning.
                     tracing::warn!(error = %e, "accept failed");
@@ -123,7 +123,7 @@ impl Service {
             while let Ok(Ok((stream, peer))) =
                 tokio::time::timeout(Duration::ZERO, self.listener.accept()).await
             {
-                self.accepted(Stream::Plain(stream), Peer::Tcp(peer));
+                serve_client(&self.ctx, &self.lot, Stream::Plain(stream), Peer::Tcp(peer));
             }
         }
         // New clients are refused from here on; /ready already says 503. The port is closed
@@ -134,7 +134,7 @@ impl Service {
                 tokio::time::timeout(Duration::ZERO, accept_unix(self.unix.as_ref())).await
             {
                 let peer = unix_peer(self.port, &unix);
-                accepted(&self.ctx, &self.lot, Stream::Unix(unix), peer);
+                serve_client(&self.ctx, &self.lot, Stream::Unix(unix), peer);
             }
         }
         drop(self.unix.take());
@@ -155,10 +155,6 @@ impl Service {
         let _ = tokio::time::timeout(Duration::from_secs(15), wait_until(&self.ctx, gone)).await;
         tracing::info!("shut down");
     }
-
-    fn accepted(&self, stream: Stream, peer: Peer) {
-        accepted(&self.ctx, &self.lot, stream, peer);
-    }
 }
 
 /// A client on the Unix socket named for `port`, and its process id if the kernel tells it.
@@ -171,7 +167,7 @@ fn unix_peer(port: u16, unix: &tokio::net::UnixStream) -> Peer {
 }
 
 /// A new connection: counted for max_client_conn, then served by a task of its own.
-fn accepted(ctx: &Arc<Context>, lot: &Arc<Lot>, stream: Stream, peer: Peer) {
+fn serve_client(ctx: &Arc<Context>, lot: &Arc<Lot>, stream: Stream, peer: Peer) {
     let admitted = ctx.admit();
     tokio::spawn(handle(ctx.clone(), lot.clone(), stream, peer, admitted));
 }

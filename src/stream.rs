@@ -221,22 +221,9 @@ impl Stream {
     /// no system call unless the socket has shown activity since its last read.
     pub fn stirred_while_idle(&self) -> bool {
         let mut cx = Context::from_waker(std::task::Waker::noop());
-        match self {
-            Stream::Unix(s) => {
-                if s.poll_read_ready(&mut cx).is_pending() {
-                    return false;
-                }
-                // Whatever it reads is not kept: a connection with news is given up.
-                !matches!(s.try_read(&mut [0u8; 1]), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
-            }
-            other => {
-                let Some(tcp) = other.tcp() else {
-                    return true;
-                };
-                let mut byte = [0u8; 1];
-                let mut buf = ReadBuf::new(&mut byte);
-                !matches!(tcp.poll_peek(&mut cx, &mut buf), Poll::Pending)
-            }
+        match self.socket() {
+            Some(socket) => socket.poll_peek_one(&mut cx).is_ready(),
+            None => true,
         }
     }
 

@@ -57,6 +57,21 @@ fn certificates(path: &str) -> Result<Vec<CertificateDer<'static>>, String> {
     Ok(certs)
 }
 
+/// The private key of a PEM file.
+fn private_key(path: &str) -> Result<PrivateKeyDer<'static>, String> {
+    let pem = read(path, "key file")?;
+    PrivateKeyDer::from_pem_slice(&pem).map_err(|e| format!("\"{path}\": {e}"))
+}
+
+/// The CA certificates of a PEM file, to check peers' certificates against.
+fn roots(ca_file: &str) -> Result<rustls::RootCertStore, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in certificates(ca_file)? {
+        roots.add(cert).map_err(|e| format!("\"{ca_file}\": {e}"))?;
+    }
+    Ok(roots)
+}
+
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
@@ -70,9 +85,7 @@ pub fn acceptor(
     ca_file: &str,
 ) -> Result<TlsAcceptor, (String, String)> {
     let certs = certificates(cert_file).map_err(|e| ("client_tls_cert_file".into(), e))?;
-    let key_pem = read(key_file, "key file").map_err(|e| ("client_tls_key_file".into(), e))?;
-    let key = PrivateKeyDer::from_pem_slice(&key_pem)
-        .map_err(|e| ("client_tls_key_file".into(), format!("\"{key_file}\": {e}")))?;
+    let key = private_key(key_file).map_err(|e| ("client_tls_key_file".into(), e))?;
     let builder = rustls::ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| ("client_tls_sslmode".into(), e.to_string()))?;
@@ -80,14 +93,8 @@ pub fn acceptor(
         builder.with_no_client_auth()
     } else {
         let ca = |e: String| ("client_tls_ca_file".to_owned(), e);
-        let mut roots = rustls::RootCertStore::empty();
-        for cert in certificates(ca_file).map_err(ca)? {
-            roots
-                .add(cert)
-                .map_err(|e| ca(format!("\"{ca_file}\": {e}")))?;
-        }
         let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
-            Arc::new(roots),
+            Arc::new(roots(ca_file).map_err(ca)?),
             provider(),
         )
         .allow_unauthenticated()
@@ -280,13 +287,8 @@ pub fn connector(tls: &ServerTls) -> Result<TlsConnector, (&'static str, String)
     let verifier: Arc<dyn ServerCertVerifier> = match tls.mode {
         ServerMode::VerifyCa | ServerMode::VerifyFull => {
             let ca = |e| ("server_tls_ca_file", e);
-            let mut roots = rustls::RootCertStore::empty();
-            for cert in certificates(&tls.ca_file).map_err(ca)? {
-                let bad = |e| ca(format!("\"{}\": {e}", tls.ca_file));
-                roots.add(cert).map_err(bad)?;
-            }
             let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
-                Arc::new(roots),
+                Arc::new(roots(&tls.ca_file).map_err(ca)?),
                 provider(),
             )
             .build()
@@ -305,9 +307,7 @@ pub fn connector(tls: &ServerTls) -> Result<TlsConnector, (&'static str, String)
         builder.with_no_client_auth()
     } else {
         let certs = certificates(&tls.cert_file).map_err(|e| ("server_tls_cert_file", e))?;
-        let key = read(&tls.key_file, "key file").map_err(|e| ("server_tls_key_file", e))?;
-        let key = PrivateKeyDer::from_pem_slice(&key)
-            .map_err(|e| ("server_tls_key_file", format!("\"{}\": {e}", tls.key_file)))?;
+        let key = private_key(&tls.key_file).map_err(|e| ("server_tls_key_file", e))?;
         builder
             .with_client_auth_cert(certs, key)
             .map_err(|e| ("server_tls_key_file", e.to_string()))?

@@ -2,9 +2,8 @@
 //! Idle clients count as cl_active on the primary's row, as PgBouncer counts them. A cancel
 //! request is sent on at once, on a connection of its own: while it (or a resend) is on its
 //! way it counts in cl_active_cancel_req and sv_active_cancel (none waits:
-//! cl_waiting_cancel_req is 0);
-//! the server it went to counts in sv_being_canceled until it is closed (it is never pooled
-//! again) as well as in sv_active.
+//! cl_waiting_cancel_req is 0); the server it went to counts in sv_being_canceled until it
+//! is closed (it is never pooled again) as well as in sv_active.
 
 use super::{Cell, Kind, Table};
 use crate::context::Context;

@@ -90,8 +90,8 @@ enum Socket {
 }
 
 impl Socket {
-    /// The socket of a plain stream, out of tokio's IO driver; None for TLS, which keeps
-    /// state beside its socket and does not park.
+    /// The socket of a plain stream, out of tokio's IO driver; a TLS stream, which keeps
+    /// state beside its socket and does not park, comes back as it was.
     fn of(stream: Stream) -> Result<io::Result<Socket>, Stream> {
         match stream {
             Stream::Plain(tcp) => Ok(tcp
@@ -104,6 +104,13 @@ impl Socket {
         }
     }
 
+    fn source(&mut self) -> &mut dyn mio::event::Source {
+        match self {
+            Socket::Tcp(s) => s,
+            Socket::Unix(s) => s,
+        }
+    }
+
     /// The socket back with tokio.
     fn into_stream(self) -> io::Result<Stream> {
         match self {
@@ -113,6 +120,7 @@ impl Socket {
     }
 }
 
+/// Registered with the lot's epoll as the socket it holds.
 impl mio::event::Source for Socket {
     fn register(
         &mut self,
@@ -120,10 +128,7 @@ impl mio::event::Source for Socket {
         token: mio::Token,
         interests: mio::Interest,
     ) -> io::Result<()> {
-        match self {
-            Socket::Tcp(s) => s.register(registry, token, interests),
-            Socket::Unix(s) => s.register(registry, token, interests),
-        }
+        self.source().register(registry, token, interests)
     }
 
     fn reregister(
@@ -132,17 +137,11 @@ impl mio::event::Source for Socket {
         token: mio::Token,
         interests: mio::Interest,
     ) -> io::Result<()> {
-        match self {
-            Socket::Tcp(s) => s.reregister(registry, token, interests),
-            Socket::Unix(s) => s.reregister(registry, token, interests),
-        }
+        self.source().reregister(registry, token, interests)
     }
 
     fn deregister(&mut self, registry: &mio::Registry) -> io::Result<()> {
-        match self {
-            Socket::Tcp(s) => s.deregister(registry),
-            Socket::Unix(s) => s.deregister(registry),
-        }
+        self.source().deregister(registry)
     }
 }
 

@@ -13,7 +13,7 @@
 //! class is worked out once and kept with the statement for its later Binds.
 
 pub use super::functions::WriteFunctions;
-use super::lexer::{tokens, Token};
+use super::lexer::{tokens, unquoted, Token};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Class {
@@ -172,11 +172,7 @@ fn query(t: &[Token], sql: &str, write_functions: &WriteFunctions) -> Class {
                 return Class::Write(WriteReason::WriteFunction);
             }
             Token::QuotedIdent(from, to) if may_name_relation(t, i) => {
-                let name = sql.get(*from as usize..*to as usize).unwrap_or_default();
-                let name = match name.contains("\"\"") {
-                    true => std::borrow::Cow::Owned(name.replace("\"\"", "\"")),
-                    false => std::borrow::Cow::Borrowed(name),
-                };
+                let name = unquoted(sql.get(*from as usize..*to as usize).unwrap_or_default());
                 if write_functions.is_sequence(&name) {
                     return Class::Write(WriteReason::ServerState);
                 }

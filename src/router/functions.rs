@@ -87,11 +87,9 @@ impl WriteFunctions {
     /// Whether `name` (lowercase, as the tokenizer gives a word; exact, as a quoted name) may
     /// be a sequence's.
     pub fn is_sequence(&self, name: &str) -> bool {
-        !self.sequences.is_empty()
-            && self
-                .sequences
-                .binary_search_by(|n| n.as_ref().cmp(name))
-                .is_ok()
+        self.sequences
+            .binary_search_by(|n| n.as_ref().cmp(name))
+            .is_ok()
     }
 
     /// Whether a call of `function` (lowercase, as the tokenizer gives a word; exact, as a

@@ -53,7 +53,7 @@ pub fn tokens(sql: &str) -> Result<Vec<Token>, ()> {
                 let next = b[i..].iter().find(|c| !c.is_ascii_whitespace());
                 if next == Some(&b'(') {
                     out.push(Token::QuotedCall(
-                        sql[start + 1..i - 1].replace("\"\"", "\""),
+                        unquoted(&sql[start + 1..i - 1]).into_owned(),
                     ));
                 } else {
                     out.push(Token::QuotedIdent(start as u32 + 1, i as u32 - 1));
@@ -160,6 +160,14 @@ fn word(sql: &str, mut i: usize) -> Result<(usize, Token), ()> {
         return Ok((i, token));
     }
     Ok((i, Token::Word(word.to_ascii_lowercase())))
+}
+
+/// A quoted identifier's text from what stands between its quotes (`""` is one `"`).
+pub(super) fn unquoted(raw: &str) -> std::borrow::Cow<'_, str> {
+    match raw.contains("\"\"") {
+        true => std::borrow::Cow::Owned(raw.replace("\"\"", "\"")),
+        false => std::borrow::Cow::Borrowed(raw),
+    }
 }
 
 /// The word of a `pgsluice: WORD` comment body.
